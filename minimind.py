@@ -1,0 +1,546 @@
+"""minimind.py: the MiniMind decoder, a small modern Llama-style language model (book chapters 5 and 8).
+
+Chapter 2's GPT learned positions and used LayerNorm and a GELU MLP. MiniMind (and Llama, Qwen,
+Mistral) changes five things, each built by hand below, smallest first:
+
+    RMSNorm          normalise by the root mean square only, no mean, no bias
+    RoPE             rotate queries and keys by an angle that grows with the position
+    GQA              several query heads share one key/value head: a smaller KV cache
+    SwiGLU           a gated MLP: down(silu(gate(x)) * up(x))
+    MoE (optional)   several SwiGLU "experts", a router picks top_k of them per token
+
+then the block, the model, a KV cache and `generate`, which streams token ids one at a time.
+
+Run `python minimind.py` for the table of named sizes (parameters, memory, FLOPs, KV cache).
+Use it from Python:
+
+    from minimind import MiniMind, MiniMindConfig, SIZES
+    model = MiniMind(MiniMindConfig(**SIZES["tiny"], vocab_size=6400))
+    logits, loss = model(idx, targets)                       # idx, targets: [B, T] token ids
+    for token in model.generate([1, 2, 3], max_new_tokens=20, temperature=0.8, top_p=0.9):
+        print(token)
+
+Imports torch and the standard library only; nothing from the rest of the project.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Configuration and the named sizes
+
+
+@dataclass
+class MiniMindConfig:
+    dim: int = 512  # width of the residual stream
+    n_layers: int = 8  # number of blocks
+    n_heads: int = 8  # query heads
+    n_kv_heads: int = 2  # key/value heads; n_heads must be a multiple (n_kv_heads == n_heads is plain MHA)
+    vocab_size: int = 6400  # set from the tokenizer by the trainer
+    max_seq_len: int = 512  # longest context; the RoPE tables and the KV cache are this long
+    rope_theta: float = 1e6  # RoPE base: larger = slower-turning angles = longer usable context
+    norm_eps: float = 1e-6  # added under the square root in RMSNorm
+    ffn_hidden: int = 0  # hidden width of each SwiGLU; 0 or None = derive it with ffn_rule
+    ffn_rule: str = "8/3"  # "8/3": 64*ceil((8*dim/3)/64) (MiniMind2); "pi": 64*ceil(pi*dim/64) (MiniMind-3)
+    qk_norm: bool = False  # RMSNorm over head_dim on queries and keys before RoPE (MiniMind-3, Qwen3)
+    dropout: float = 0.0
+    tie_embeddings: bool = True  # lm_head shares its weight with embed_tokens
+    n_experts: int = 0  # 0 = dense SwiGLU; > 0 = that many routed experts per block
+    top_k: int = 1  # experts each token is sent to
+    n_shared_experts: int = 0  # experts every token always goes through, besides the routed ones
+    aux_loss_coef: float = 0.01  # weight of the MoE load-balancing loss in the total loss
+
+    def __post_init__(self):
+        assert self.dim % self.n_heads == 0, "dim must be a multiple of n_heads"
+        assert self.n_heads % self.n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads"
+        assert (self.dim // self.n_heads) % 2 == 0, "head_dim must be even for RoPE"
+        assert self.ffn_rule in ("8/3", "pi"), f"ffn_rule is '8/3' or 'pi', not {self.ffn_rule!r}"
+        assert self.n_experts == 0 or 1 <= self.top_k <= self.n_experts, "need 1 <= top_k <= n_experts"
+
+    @property
+    def head_dim(self):
+        return self.dim // self.n_heads
+
+    @property
+    def hidden_dim(self):
+        """The SwiGLU hidden width. SwiGLU has three matrices instead of two, so 8/3*dim keeps the
+        parameters of a 4*dim GELU MLP; rounding up to a multiple of 64 suits the matmul kernels."""
+        if self.ffn_hidden:
+            return self.ffn_hidden
+        if self.ffn_rule == "pi":
+            return 64 * math.ceil(math.pi * self.dim / 64)
+        return 64 * ((int(8 * self.dim / 3) + 63) // 64)  # MiniMind's integer form of 64*ceil(8d/3/64)
+
+
+# Named sizes: keyword arguments for MiniMindConfig (the trainer sets vocab_size and max_seq_len).
+# The first four are MiniMind's published models; their parameter counts are checked in the tests.
+SIZES = {
+    "nano": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2),  # 1.6M at vocab 6400: tests, CPU preset
+    "tiny": dict(dim=256, n_layers=6, n_heads=4, n_kv_heads=2),  # 6.1M: minutes on two CPU cores
+    "minimind2-small": dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=2),  # 25.83M
+    "minimind2": dict(dim=768, n_layers=16, n_heads=8, n_kv_heads=2),  # 104.03M
+    "minimind3": dict(dim=768, n_layers=8, n_heads=8, n_kv_heads=4, qk_norm=True, ffn_rule="pi"),  # 63.91M
+    "minimind3-moe": dict(dim=768, n_layers=8, n_heads=8, n_kv_heads=4, qk_norm=True, ffn_rule="pi",
+                          n_experts=4, top_k=1),  # 198.42M total, 63.94M active per token
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. RMSNorm
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight.
+
+    LayerNorm subtracts the mean, divides by the standard deviation, then scales and shifts.
+    RMSNorm keeps only the rescaling: cheaper, and it trains as well. The sum of squares is done in
+    fp32 even when x is bf16 (squaring bf16 values loses precision and can overflow in fp16), and
+    the result is cast back to x's dtype."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Rotary position embeddings (RoPE)
+
+
+def rope_tables(head_dim, max_seq_len, theta=1e6):
+    """cos and sin tables, each [max_seq_len, head_dim], in the rotate-half layout.
+
+    Channel pair i (channels i and i + head_dim/2) at position m is rotated by the angle
+    m * theta^(-2i/head_dim): pair 0 turns fastest (one radian per token), the last pair slowest.
+    Rotate-half pairs channel i with channel i + head_dim/2 (not 2i with 2i+1), as Hugging Face's
+    Llama and Qwen do, so the weights export to them without permuting rows."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # [hd/2]
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # [L, hd/2]
+    angles = torch.cat([angles, angles], dim=-1)  # [L, hd]: both halves of a pair share an angle
+    return angles.cos(), angles.sin()
+
+
+def rotate_half(x):
+    """[x1, x2] -> [-x2, x1], with x1, x2 the two halves of the last axis."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate each channel pair (a, b) of x by its angle: (a cos - b sin, b cos + a sin).
+    x: [B, H, T, hd]; cos, sin: [T, hd] for the positions of x's T tokens.
+
+    Why this encodes position: a rotation by angle m*f, then a dot product with a vector rotated by
+    n*f, depends only on (m - n)*f. So a query at position m and a key at position n score
+    q.k by their *relative* position, whatever m and n are (tested in tests/test_minimind.py)."""
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. The KV cache
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, one pair of tensors per layer, so that generating
+    a new token runs the model on that one token instead of on the whole context again.
+
+    k[i], v[i]: [B, n_kv_heads, max_seq_len, head_dim], filled for positions [0, length).
+    They are stored *before* grouped-query attention repeats them to n_heads: with 8 query heads
+    and 2 KV heads the cache is 4x smaller than with plain multi-head attention."""
+
+    def __init__(self, config, batch_size=1, device="cpu", dtype=torch.float32):
+        shape = (batch_size, config.n_kv_heads, config.max_seq_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.length = 0  # positions filled; forward() sets it to start_pos + T
+
+    def nbytes(self):
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Attention: hand-written, grouped-query, with a KV cache
+
+
+def attention_by_hand(q, k, v, mask=None, dropout_p=0.0):
+    """softmax(q k^T / sqrt(hd) + mask) v, what F.scaled_dot_product_attention computes.
+    q: [B, H, T, hd], k and v: [B, H, L, hd] (L >= T keys when a cache holds earlier tokens).
+    mask: bool [T, L], True where query t may look at key l; None = everything."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # [B, H, T, L]
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))  # -inf -> weight exactly 0
+    weights = F.softmax(scores.float(), dim=-1).to(q.dtype)  # [B, H, T, L], rows sum to 1
+    if dropout_p > 0:
+        weights = F.dropout(weights, p=dropout_p)
+    return weights @ v  # [B, H, T, hd]
+
+
+def causal_mask(T, L, start_pos, device):
+    """bool [T, L]: the query at position start_pos + t may see keys at positions 0..start_pos + t."""
+    q_pos = start_pos + torch.arange(T, device=device)
+    return torch.arange(L, device=device)[None, :] <= q_pos[:, None]
+
+
+def repeat_kv(x, n_rep):
+    """[B, H_kv, L, hd] -> [B, H_kv * n_rep, L, hd]: KV head j serves query heads j*n_rep .. j*n_rep+n_rep-1."""
+    if n_rep == 1:
+        return x
+    B, H_kv, L, hd = x.shape
+    return x[:, :, None].expand(B, H_kv, n_rep, L, hd).reshape(B, H_kv * n_rep, L, hd)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention (GQA) with RoPE.
+
+    n_heads query heads, but only n_kv_heads key/value heads, each shared by n_heads/n_kv_heads
+    query heads. Quality stays close to full multi-head attention while the K/V projections and,
+    above all, the KV cache shrink by that factor: at inference the cache, not the weights, is what
+    fills memory on long contexts."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        # QK-norm: normalising each head's q and k bounds the attention logits, a cheap guard
+        # against the loss spikes that large logits cause.
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.use_sdpa = True  # False = attention_by_hand (the tests check both agree)
+
+    def forward(self, x, cos, sin, cache=None, start_pos=0):
+        """x: [B, T, dim] for positions start_pos .. start_pos+T-1; cos, sin: [T, hd].
+        cache: None, or this layer's (k, v) buffers from a KVCache, which receive this call's keys
+        and values and supply the earlier ones."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, T, hd]
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, T, hd]
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        if cache is not None:  # write this step's keys/values, then read back all of them so far
+            k_buf, v_buf = cache  # each [B, H_kv, max_seq_len, hd]
+            k_buf[:, :, start_pos:start_pos + T] = k
+            v_buf[:, :, start_pos:start_pos + T] = v
+            k, v = k_buf[:, :, :start_pos + T], v_buf[:, :, :start_pos + T]  # [B, H_kv, L, hd]
+            k, v = k.to(q.dtype), v.to(q.dtype)  # no-op unless the cache dtype differs (autocast)
+        L = k.size(2)
+        n_rep = self.n_heads // self.n_kv_heads
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # [B, H, L, hd]
+
+        p = self.dropout if self.training else 0.0
+        # Which keys each query may see: all of them for one new token; a lower-triangular mask
+        # for a prompt from position 0; a shifted triangle for a chunk appended to a cache.
+        mask = None if T == 1 else causal_mask(T, L, start_pos, x.device)  # [T, L]
+        if not self.use_sdpa:
+            y = attention_by_hand(q, k, v, mask, p)
+        elif mask is not None and start_pos == 0 and L == T:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # fused causal kernel
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # [B, T, H*hd]
+        return self.resid_dropout(self.o_proj(y))  # [B, T, dim]
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. SwiGLU feed-forward and the mixture of experts
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)), silu(a) = a * sigmoid(a).
+    The gate branch decides, channel by channel, how much of the up branch passes: a learned,
+    input-dependent filter, which trains better than GPT's plain GELU MLP at the same size."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))  # [.., dim]
+
+
+class MoE(nn.Module):
+    """Mixture of experts: n_experts SwiGLUs, of which each token uses only top_k.
+
+    The router (`gate`, a Linear dim -> n_experts) gives each token a probability per expert; the
+    token goes to its top_k experts and their outputs are summed, weighted by those probabilities
+    (renormalised to sum to 1 when top_k > 1; with top_k = 1 the raw probability is kept, as in
+    MiniMind, so the language-model loss still trains the router). Shared experts, if any, see
+    every token. Parameters grow with n_experts, compute per token only with top_k.
+
+    Load balancing. Left alone, the router sends everything to a few experts and the rest never
+    learn. The auxiliary loss (Switch Transformer) is
+        aux = n_experts * sum_i f_i * P_i
+    f_i: fraction of the (token, slot) assignments that went to expert i; P_i: mean router
+    probability of expert i. It is smallest, 1, when both are uniform (1/n_experts each). After a
+    forward, self.aux holds it for this layer."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_experts, self.top_k = cfg.n_experts, cfg.top_k
+        self.gate = nn.Linear(cfg.dim, cfg.n_experts, bias=False)
+        self.experts = nn.ModuleList(FeedForward(cfg) for _ in range(cfg.n_experts))
+        self.shared_experts = nn.ModuleList(FeedForward(cfg) for _ in range(cfg.n_shared_experts))
+        self.aux = torch.zeros(())
+
+    def forward(self, x):
+        B, T, D = x.shape
+        x = x.reshape(B * T, D)  # [N, D]: routing is per token, the batch layout does not matter
+        probs = F.softmax(self.gate(x).float(), dim=-1)  # [N, E]
+        weight, chosen = probs.topk(self.top_k, dim=-1)  # [N, k] each
+        if self.top_k > 1:
+            weight = weight / weight.sum(dim=-1, keepdim=True)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            token, slot = torch.where(chosen == e)  # the tokens routed to expert e, and in which slot
+            # An expert with no tokens still runs (on 0 rows), so all parameters get a gradient,
+            # which distributed training (DDP) expects.
+            y = expert(x[token]) * weight[token, slot, None]  # [n_e, D]
+            out.index_add_(0, token, y.to(out.dtype))
+        for expert in self.shared_experts:
+            out = out + expert(x)
+        f = F.one_hot(chosen.reshape(-1), self.n_experts).float().mean(0)  # [E], sums to 1
+        P = probs.mean(0)  # [E], sums to 1
+        self.aux = self.n_experts * (f * P).sum()
+        return out.view(B, T, D)
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. The block and the model
+
+
+class Block(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)); names follow Hugging Face Llama."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MoE(cfg) if cfg.n_experts else FeedForward(cfg)
+
+    def forward(self, x, cos, sin, cache=None, start_pos=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start_pos)  # [B, T, dim]
+        return x + self.mlp(self.post_attention_layernorm(x))  # [B, T, dim]
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick one token id from logits [V].
+
+    temperature 0: the most likely token (greedy). Otherwise softmax(logits / temperature):
+    below 1 sharper, above 1 flatter. top_k keeps only the k most likely tokens; top_p ("nucleus")
+    keeps the smallest set of most likely tokens whose probabilities add up to at least top_p.
+    Both cut the long tail of unlikely tokens that makes samples derail."""
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        before = probs.cumsum(-1) - probs  # probability mass of the tokens ranked above each one
+        sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # the top one stays
+        logits = torch.full_like(logits, float("-inf")).scatter(0, order, sorted_logits)
+    probs = F.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class MiniMind(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:  # the same matrix maps ids to vectors and vectors to logits
+            self.lm_head.weight = self.embed_tokens.weight
+        # RoPE tables: computed, not learned, so kept out of the state_dict (persistent=False)
+        # and rebuilt from the config on load.
+        cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)  # [max_seq_len, hd]
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.aux_loss = torch.zeros(())  # the MoE term of the last forward's loss (0 when dense)
+        # Weights ~ N(0, 0.02); the projections that write into the residual stream (o_proj,
+        # down_proj) shrink by 1/sqrt(2 n_layers) so the stream's variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * config.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    def num_params(self, active=False):
+        """Parameters, the tied embedding/head counted once. active=True: only those one token
+        uses, i.e. top_k of the n_experts routed experts in each MoE block."""
+        n = sum(p.numel() for p in self.parameters())
+        if active and self.config.n_experts:
+            per_expert = sum(p.numel() for p in self.layers[0].mlp.experts[0].parameters())
+            n -= self.config.n_layers * (self.config.n_experts - self.config.top_k) * per_expert
+        return n
+
+    def new_kv_cache(self, batch_size=1, dtype=None):
+        """An empty KVCache on the model's device, in the model's dtype unless told otherwise."""
+        w = self.embed_tokens.weight
+        return KVCache(self.config, batch_size, w.device, dtype or w.dtype)
+
+    def forward(self, idx, targets=None, kv_cache=None, start_pos=0):
+        """idx: [B, T] token ids at positions start_pos .. start_pos+T-1.
+        targets: [B, T] next-token ids, -100 where no loss is wanted (padding, prompt tokens).
+        kv_cache: a KVCache from new_kv_cache(B); this call's keys and values are written into it
+        at start_pos, and the queries attend to everything it holds up to start_pos + T.
+        Returns logits [B, T, vocab_size] and loss: mean cross-entropy + the MoE auxiliary term
+        (None without targets). self.aux_loss holds that auxiliary term (aux_loss_coef * the sum of
+        the layers' aux), so loss - model.aux_loss is the plain cross-entropy."""
+        B, T = idx.shape
+        if start_pos + T > self.config.max_seq_len:
+            raise ValueError(f"positions up to {start_pos + T}, but max_seq_len is {self.config.max_seq_len}")
+        cos = self.rope_cos[start_pos:start_pos + T]  # [T, hd]
+        sin = self.rope_sin[start_pos:start_pos + T]
+        x = self.dropout(self.embed_tokens(idx))  # [B, T, dim]; no position vector: RoPE does it
+        for i, layer in enumerate(self.layers):
+            cache = (kv_cache.k[i], kv_cache.v[i]) if kv_cache is not None else None
+            x = layer(x, cos, sin, cache, start_pos)  # [B, T, dim]
+        if kv_cache is not None:
+            kv_cache.length = start_pos + T
+        logits = self.lm_head(self.norm(x))  # [B, T, vocab_size]
+
+        if self.config.n_experts:
+            self.aux_loss = self.config.aux_loss_coef * sum(layer.mlp.aux for layer in self.layers)
+        else:
+            self.aux_loss = torch.zeros((), device=idx.device)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(B * T, -1).float(), targets.reshape(B * T), ignore_index=-100)
+            loss = loss + self.aux_loss
+        return logits, loss
+
+    @torch.no_grad()  # on a generator function torch turns grad off only while it runs, not between yields
+    def generate(self, idx, max_new_tokens=256, temperature=1.0, top_k=None, top_p=None,
+                 repetition_penalty=1.0, stop_tokens=(), seed=None, generator=None, use_cache=True):
+        """Yield new token ids (ints) one at a time, for one sequence, so a chat can print as it goes.
+
+        idx: the prompt, a list of ids, a 1-D tensor or a [1, T] tensor.
+        temperature, top_k, top_p: see sample_next (temperature 0 = greedy).
+        repetition_penalty > 1 makes every token already in the prompt or the output less likely
+        (a positive logit is divided by it, a negative one multiplied, as in CTRL / Hugging Face).
+        stop_tokens: ids that end generation; the stop token is yielded, then the generator returns,
+        so a caller can tell "stopped" from "ran out of max_new_tokens".
+        seed or generator: make sampling reproducible (a seed makes a fresh torch.Generator).
+        use_cache=False runs the whole window through the model for every token: the slow
+        reference that the cached path must match, and the baseline of the benchmark.
+
+        The prompt is run once (prefill), filling the KV cache; then each step runs only the newest
+        token. The context window is max_seq_len tokens: when it is full, the oldest tokens are
+        dropped, the most recent max_seq_len // 2 kept, and the cache is refilled from them (RoPE
+        positions change, so old keys cannot be reused). Both paths crop identically, so greedy
+        output is the same token for token. The model is in eval mode meanwhile, then restored."""
+        if torch.is_tensor(idx) and idx.dim() == 2 and idx.size(0) != 1:
+            raise ValueError("generate takes one sequence: a list, a 1-D tensor or a [1, T] tensor")
+        tokens = idx.reshape(-1).tolist() if torch.is_tensor(idx) else [int(t) for t in idx]
+        stop_tokens = set(stop_tokens or ())
+        if not tokens:
+            raise ValueError("generate needs a prompt of at least one token")
+        device, window = self.embed_tokens.weight.device, self.config.max_seq_len
+        keep = max(1, window // 2)
+        if seed is not None:
+            generator = torch.Generator(device=device).manual_seed(seed)
+        seen = torch.zeros(self.config.vocab_size, dtype=torch.bool, device=device)
+        seen[torch.tensor(tokens, device=device)] = True
+        start = max(0, len(tokens) - window)  # index in tokens of the first token in the window
+        cache = self.new_kv_cache(1) if use_cache else None
+        pos = 0  # tokens of the window already in the cache
+        was_training = self.training
+        self.eval()
+        try:
+            for _ in range(max_new_tokens):
+                if len(tokens) - start > window:  # window full: keep the most recent `keep` tokens
+                    start, pos = len(tokens) - keep, 0
+                if use_cache:  # run what the cache lacks: the whole window after a crop, else one token
+                    new = torch.tensor([tokens[start + pos:]], device=device)  # [1, T_new]
+                    logits, _ = self(new, kv_cache=cache, start_pos=pos)
+                    pos = len(tokens) - start
+                else:
+                    logits, _ = self(torch.tensor([tokens[start:]], device=device))
+                logits = logits[0, -1].float()  # [V]: the prediction for the next token
+                if repetition_penalty != 1.0:
+                    penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+                    logits = torch.where(seen, penalised, logits)
+                token = sample_next(logits, temperature, top_k, top_p, generator)
+                yield token
+                if token in stop_tokens:
+                    return
+                tokens.append(token)
+                seen[token] = True
+        finally:
+            self.train(was_training)
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. Costs: FLOPs per token and the size table
+
+
+def flops_per_token(config, seq_len=None):
+    """Training FLOPs per token (forward + backward), the estimate of Kaplan et al. / PaLM:
+
+        6 * N  +  12 * n_layers * dim * seq_len
+
+    N: parameters in matmuls one token goes through (active ones for MoE; the embedding lookup
+    is not a matmul, but with tied embeddings the same matrix is the lm_head, which is). Each
+    multiply-add is 2 FLOPs in the forward pass and 4 in the backward, hence 6N. The second term
+    is attention itself, q.k and weights.v over seq_len keys (the causal mask saves half of it
+    in principle; the estimate ignores that, as nanoGPT's does). seq_len defaults to max_seq_len.
+    Multiply by tokens to get a run's compute; divide by 3 for inference FLOPs."""
+    seq_len = seq_len or config.max_seq_len
+    with torch.device("meta"):  # builds the model without allocating its weights
+        n = MiniMind(config).num_params(active=True)
+    if not config.tie_embeddings:
+        n -= config.vocab_size * config.dim  # the separate input embedding does no matmul
+    return 6 * n + 12 * config.n_layers * config.dim * seq_len
+
+
+def kv_bytes_per_token(config, bytes_per_value=2):
+    """KV-cache memory per token of context: keys and values, every layer, n_kv_heads heads (bf16: 2 bytes)."""
+    return 2 * config.n_layers * config.n_kv_heads * config.head_dim * bytes_per_value
+
+
+def size_table(vocab_size=6400, seq_len=512):
+    """The named sizes as lines of text (what `python minimind.py` prints)."""
+    head = (f"{'size':<16}{'dim':>5}{'layers':>7}{'heads':>7}{'ffn':>6}{'params':>10}{'active':>10}"
+            f"{'fp32 MB':>9}{'bf16 MB':>9}{'int8 MB':>9}{'GFLOP/tok':>10}{'KV B/tok':>10}")
+    lines = [head, "-" * len(head)]
+    for name, kw in SIZES.items():
+        cfg = MiniMindConfig(**kw, vocab_size=vocab_size, max_seq_len=seq_len)
+        with torch.device("meta"):
+            model = MiniMind(cfg)
+        total, active = model.num_params(), model.num_params(active=True)
+        lines.append(
+            f"{name:<16}{cfg.dim:>5}{cfg.n_layers:>7}{f'{cfg.n_heads}/{cfg.n_kv_heads}':>7}{cfg.hidden_dim:>6}"
+            f"{total / 1e6:>9.2f}M{active / 1e6:>9.2f}M{total * 4 / 2**20:>9.1f}{total * 2 / 2**20:>9.1f}"
+            f"{total / 2**20:>9.1f}{flops_per_token(cfg, seq_len) / 1e9:>10.3f}{kv_bytes_per_token(cfg):>10,}")
+    lines.append(f"vocab {vocab_size}, seq_len {seq_len}. heads: query/KV. int8: weights only (scales not "
+                 "counted). GFLOP/tok: training (6N + attention). KV B/tok: bf16 cache per token of context.")
+    return lines
+
+
+if __name__ == "__main__":
+    print("\n".join(size_table()))
