@@ -484,7 +484,7 @@ def read_texts(paths):
         if not os.path.isfile(path):
             raise InputError(f"{path}: no such file")
         if path.endswith(".jsonl"):
-            with open(path, encoding="utf-8", errors="strict") as f:
+            with open(path, encoding="utf-8") as f:
                 for lineno, line in enumerate(f, 1):
                     if not line.strip():
                         continue
@@ -498,6 +498,16 @@ def read_texts(paths):
         else:
             with open(path, encoding="utf-8") as f:
                 yield f.read()
+
+
+def read_texts_checked(paths):
+    """read_texts, with a bad UTF-8 byte reported as a user error that names the file."""
+    path = None
+    try:
+        for path in paths:
+            yield from read_texts([path])
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def main(argv=None):
@@ -520,19 +530,20 @@ def main(argv=None):
             return 0
         if not args.input:
             p.error("give --input FILE ... to train, or --tokenizer FILE --encode TEXT")
-        # Read everything once up front so a malformed line stops us before any work is done
-        # and before anything is written.
-        texts = list(read_texts(args.input))
+        # Documents stream from disk one at a time; a malformed line stops training with an
+        # error before save() runs, so nothing is written.
         t0 = time.time()
-        tok = Tokenizer.train(texts, args.vocab_size, progress=True)
+        tok = Tokenizer.train(read_texts_checked(args.input), args.vocab_size, progress=True)
         seconds = time.time() - t0
-        n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-        n_tokens = sum(len(tok.encode_ordinary(t)) for t in texts)
+        n_bytes = n_tokens = 0
+        for text in read_texts_checked(args.input):  # second pass: measure the compression
+            n_bytes += len(text.encode("utf-8"))
+            n_tokens += len(tok.encode_ordinary(text))
         tok.save(args.out)
         print(f"trained vocab {tok.vocab_size} on {n_bytes:,} bytes in {seconds:.1f}s; "
               f"{n_bytes / max(n_tokens, 1):.2f} bytes/token; saved {args.out}")
         return 0
-    except (InputError, TokenizerFileError, UnicodeDecodeError, ValueError, OSError) as e:
+    except (InputError, TokenizerFileError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
