@@ -1,0 +1,226 @@
+"""train.py: data reading, downloads, presets, schedule, resource calculator, checkpoints, exact
+resume, DDP on CPU, and a tiny end-to-end run. Tiny models and a small text keep it to seconds."""
+import http.server
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from bpe import Tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small text (the first help topics) and a 320-token BPE trained on it, on disk."""
+    from pydoc_data.topics import topics
+    d = tmp_path_factory.mktemp("data")
+    text = "\n\n".join(topics[k] for k in sorted(topics)[:12])
+    (d / "text.txt").write_text(text, encoding="utf-8")
+    Tokenizer.train(text, 320).save(d / "tok.json")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLM_CACHE", str(tmp_path / "cache"))
+
+
+def tiny_args(corpus, out, *extra):
+    return ["--data", str(corpus / "text.txt"), "--tokenizer", str(corpus / "tok.json"), "--size", "nano",
+            "--seq-len", "32", "--batch-size", "4", "--max-steps", "6", "--warmup-steps", "2",
+            "--eval-every", "1000", "--eval-batches", "2", "--sample-tokens", "8", "--out-dir", str(out),
+            *extra]
+
+
+def losses(run_dir):
+    rows = [json.loads(l) for l in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+# ---- data ----------------------------------------------------------------------------------
+def test_read_txt_jsonl_and_folder(tmp_path):
+    (tmp_path / "a.txt").write_text("hello world")
+    (tmp_path / "b.jsonl").write_text('{"text": "one"}\n\n{"text": "two"}\n')
+    assert list(train.read_documents(tmp_path / "a.txt")) == ["hello world"]
+    assert list(train.read_documents(tmp_path / "b.jsonl")) == ["one", "two"]
+    assert list(train.read_documents(tmp_path)) == ["hello world", "one", "two"]
+
+
+@pytest.mark.parametrize("line, why", [("{not json", "not valid JSON"), ('{"txt": "x"}', '"text" string'),
+                                       ('["text"]', '"text" string')])
+def test_malformed_jsonl_names_file_and_line(tmp_path, line, why):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "fine"}\n' + line + "\n")
+    with pytest.raises(train.UserError, match=f"bad.jsonl:2: .*{why}"):
+        list(train.read_documents(path))
+
+
+def test_malformed_jsonl_cli_exit_2_and_no_damage(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": 3}\n')
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"precious")
+    r = subprocess.run([sys.executable, "train.py", "--data", str(path), "--out-dir", str(out), "--max-steps", "1"],
+                       cwd=ROOT, capture_output=True, text=True, env={**os.environ})
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith(f"error: {path}:2:")
+    assert "Traceback" not in r.stderr
+    assert (out / "model.pt").read_bytes() == b"precious"
+
+
+def test_python_docs_corpus_is_fixed_and_large_enough():
+    docs = train.python_docs_documents()
+    text = "\n\n".join(docs)
+    assert 0.8e6 < len(text.encode()) < 3e6
+    assert docs == train.python_docs_documents()  # a fixed order
+    assert any(name == "json.dumps" for name, _ in train.python_docs_entries())
+
+
+def test_split_is_deterministic_and_disjoint():
+    docs = [f"doc {i}" for i in range(100)]
+    tr, va = train.split_documents(docs, 0.1)
+    assert len(va) == 10 and len(tr) == 90 and not set(tr) & set(va)
+    tr1, va1 = train.split_documents(["x" * 1000], 0.1)  # one long document: split at its end
+    assert len(tr1[0]) == 900 and len(va1[0]) == 100
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves BODY at /file, honouring `Range: bytes=N-` as real servers do."""
+    BODY = bytes(range(256)) * 400
+
+    def do_GET(self):
+        start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(self.BODY) - start))
+        self.end_headers()
+        self.wfile.write(self.BODY[start:])
+
+    def log_message(self, *args):
+        pass
+
+
+def test_download_against_local_server_with_resume(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/file"
+    try:
+        dest = train.download(url, tmp_path / "a.bin", len(RangeHandler.BODY))
+        assert dest.read_bytes() == RangeHandler.BODY
+        part = tmp_path / "b.bin.part"  # an interrupted earlier download: resumed, not restarted
+        part.write_bytes(RangeHandler.BODY[:1000])
+        assert train.download(url, tmp_path / "b.bin").read_bytes() == RangeHandler.BODY
+        with pytest.raises(train.UserError, match="incomplete"):
+            train.download(url, tmp_path / "c.bin", expected_size=5)
+        assert not (tmp_path / "c.bin").exists()
+    finally:
+        server.shutdown()
+
+
+# ---- configuration, schedule, calculator ---------------------------------------------------
+def test_presets_and_flag_overrides():
+    cfg = train.parse_config(train.TrainConfig, ["--preset", "t4-small", "--batch-size", "8"], train.PRESETS)
+    assert (cfg.size, cfg.seq_len, cfg.dtype, cfg.batch_size) == ("minimind2-small", 512, "fp16", 8)
+    cfg = train.parse_config(train.TrainConfig, ["--preset", "cpu"], train.PRESETS, {"max_steps": 3})
+    assert cfg.max_steps == 3 and cfg.size == "nano"
+    cfg = train.parse_config(train.TrainConfig, ["-f", "/tmp/kernel.json"], train.PRESETS)  # Jupyter's args
+    assert cfg.data == "python-docs"
+    with pytest.raises(train.UserError, match="unknown preset"):
+        train.parse_config(train.TrainConfig, ["--preset", "nope"], train.PRESETS)
+    for name, (description, values) in train.PRESETS.items():
+        assert description and set(values) <= {f.name for f in train.dataclasses.fields(train.TrainConfig)}
+        train.resource_report(train.TrainConfig(preset=name, **values))  # every preset's model builds
+
+
+def test_lr_schedule():
+    lrs = [train.lr_at(s, 1.0, 10, 100, 0.1) for s in range(101)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # never rises after warmup
+    assert lrs[100] == pytest.approx(0.1)
+    assert lrs[55] == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the cosine
+
+
+def test_dry_run_figures_match_a_real_model():
+    cfg = train.TrainConfig(size="nano", vocab_size=512, seq_len=32, batch_size=2, tokens_per_step=256)
+    text, figures = train.resource_report(cfg)
+    model = train.build_model("minimind", train.model_config("minimind", "nano", 512, 32))
+    assert figures["params"] == sum(p.numel() for p in model.parameters())
+    assert figures["tokens_per_step"] == 256
+    opt = train.make_optimizer(model, 1e-3, 0.1, (0.9, 0.95), "cpu")
+    _, loss = model(torch.randint(512, (2, 32)), torch.randint(512, (2, 32)))
+    loss.backward()
+    opt.step()
+    state_bytes = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if t.dim())
+    assert figures["memory"]["optimizer (AdamW m and v, fp32)"] == state_bytes
+    assert "T4" in text and "A100" in text
+    r = subprocess.run([sys.executable, "train.py", "--preset", "t4-small", "--dry-run"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "25,829,888" in r.stdout  # minimind2-small at vocab 6400
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+def test_killed_write_leaves_previous_file(tmp_path):
+    path = tmp_path / "model.pt"
+    train.atomic_write(path, lambda f: torch.save({"w": torch.ones(3)}, f))
+
+    def dies_halfway(f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.atomic_write(path, dies_halfway)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+
+
+def test_tiny_run_lowers_loss_and_writes_a_run_directory(corpus, tmp_path):
+    out = tmp_path / "run"
+    result = train.main(tiny_args(corpus, out, "--max-steps", "30", "--lr", "3e-3"))
+    ls = losses(out)
+    assert len(ls) == 30 and sum(ls[-5:]) / 5 < ls[0] - 0.5
+    for name in ("model.pt", "tokenizer.json", "train_state.pt", "config.json", "log.jsonl", "loss.svg"):
+        assert (out / name).exists(), name
+    payload = torch.load(out / "model.pt", weights_only=True)
+    assert payload["arch"] == "minimind" and payload["step"] == 30
+    model, tok, meta = train.load_run(out)
+    assert tok.vocab_size == 320 and math.isfinite(result["val_loss"])
+    assert (out / "loss.svg").read_text().startswith("<svg")
+
+
+def test_resume_is_exact(corpus, tmp_path):
+    full, split = tmp_path / "full", tmp_path / "split"
+    train.main(tiny_args(corpus, full, "--dropout", "0.1"))
+    train.main(tiny_args(corpus, split, "--dropout", "0.1", "--halt-at", "3"))
+    assert len(losses(split)) == 3
+    train.main(tiny_args(corpus, split, "--resume"))
+    assert losses(split) == losses(full)  # bit for bit, step for step
+    a = torch.load(full / "model.pt", weights_only=True)["model"]
+    b = torch.load(split / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gpt_model_trains_too(corpus, tmp_path):
+    out = tmp_path / "gpt"
+    train.main(tiny_args(corpus, out, "--model", "gpt", "--size", "cpu", "--max-steps", "3"))
+    model, tok, meta = train.load_run(out)
+    assert meta["arch"] == "gpt"
+
+
+def test_ddp_two_processes_match_one(corpus, tmp_path):
+    """2 gloo processes with batch 2 each == 1 process with batch 4 (same global batch)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    train.main(tiny_args(corpus, one, "--max-steps", "4"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "train.py",
+           *tiny_args(corpus, two, "--max-steps", "4", "--batch-size", "2")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert losses(two) == pytest.approx(losses(one), abs=1e-5)
