@@ -109,7 +109,7 @@ def merge(ids, pair, new_id):
 # standard-library `re` has neither, so we spell them with what it has:
 #   \p{L}  -> [^\W\d_]   "a word character that is not a digit or underscore"
 #   \p{N}  -> \d         "a decimal digit" (any script: Arabic-Indic, Devanagari, ...)
-#   "not a letter and not a number" -> (?:[^\w]|_)   (underscore is a \w character in `re`)
+#   "not a letter and not a number" -> [^\w]|_   (underscore is a \w character in `re`)
 # Differences: \d misses the rarer numbers (superscripts "²", fractions "½", Roman numerals "Ⅻ"),
 # and \w counts them as word characters, so here they behave like letters. The possessive "?+" and
 # "++" are dropped (Python 3.10's `re` lacks them); they only make `regex` faster: the pieces after
@@ -371,9 +371,9 @@ class Tokenizer:
         texts = [text_or_iterable_of_texts] if isinstance(text_or_iterable_of_texts, str) \
             else text_or_iterable_of_texts
 
-        # (a) Count the distinct chunks. English text of any size has a few hundred thousand
-        # distinct chunks at most (" the" occurs a million times but is stored once), so all
-        # later work scales with the number of distinct chunks, not with the size of the text.
+        # (a) Count the distinct chunks. " the" may occur a million times but is stored once
+        # with its count, and the number of distinct chunks grows far more slowly than the
+        # text, so all later work scales with the distinct chunks, not with the size of text.
         # Special-token names are cut out first: they get their own ids, and letting "<|" or
         # "endoftext" become ordinary merges would waste vocabulary.
         split = re.compile(GPT4_SPLIT_PATTERN)

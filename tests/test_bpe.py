@@ -253,6 +253,13 @@ def test_cli_reports_a_malformed_jsonl_line(tmp_path):
     assert not (tmp_path / "tok.json").exists()
 
 
+def test_cli_reports_a_file_that_is_not_utf8(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    r = run_cli("--input", "latin1.txt", "--vocab-size", "300", "--out", "tok.json", cwd=tmp_path)
+    assert r.returncode == 2 and "error: latin1.txt: not UTF-8" in r.stderr
+    assert not (tmp_path / "tok.json").exists()
+
+
 def test_cli_reports_a_corrupt_tokenizer_file(tmp_path):
     (tmp_path / "tok.json").write_text("{not json", encoding="utf-8")
     r = run_cli("--tokenizer", "tok.json", "--encode", "hi", cwd=tmp_path)
