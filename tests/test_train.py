@@ -13,25 +13,8 @@ import pytest
 import torch
 
 import train
-from bpe import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A small text (the first help topics) and a 320-token BPE trained on it, on disk."""
-    from pydoc_data.topics import topics
-    d = tmp_path_factory.mktemp("data")
-    text = "\n\n".join(topics[k] for k in sorted(topics)[:12])
-    (d / "text.txt").write_text(text, encoding="utf-8")
-    Tokenizer.train(text, 320).save(d / "tok.json")
-    return d
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SLM_CACHE", str(tmp_path / "cache"))
 
 
 def tiny_args(corpus, out, *extra):

@@ -1,0 +1,37 @@
+"""Shared fixtures: a small text with its tokenizer, and a tiny pre-trained run directory that the
+tests of sft.py, dpo.py, eval.py, quantize.py and chat.py start from. Seconds, not minutes."""
+from pathlib import Path
+
+import pytest
+
+from bpe import Tokenizer
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Downloads and token caches go to a fresh folder, never to the user's ~/.cache/slm."""
+    monkeypatch.setenv("SLM_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A folder with text.txt (the first help topics, ~60 KB) and tok.json (a 320-token BPE)."""
+    from pydoc_data.topics import topics
+    d = tmp_path_factory.mktemp("corpus")
+    text = "\n\n".join(topics[k] for k in sorted(topics)[:12])
+    (d / "text.txt").write_text(text, encoding="utf-8")
+    Tokenizer.train(text, 320).save(d / "tok.json")
+    return d
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(corpus, tmp_path_factory):
+    """A run directory of a `nano` MiniMind trained for 40 steps on the corpus (context 64)."""
+    import train
+    out = tmp_path_factory.mktemp("runs") / "pretrain"
+    train.main(["--data", str(corpus / "text.txt"), "--tokenizer", str(corpus / "tok.json"),
+                "--size", "nano", "--seq-len", "64", "--batch-size", "8", "--max-steps", "40",
+                "--warmup-steps", "5", "--lr", "3e-3", "--eval-every", "1000", "--eval-batches", "2",
+                "--sample-tokens", "8", "--out-dir", str(out)],
+               )
+    return out
