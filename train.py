@@ -674,14 +674,15 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir, model, arch, mcfg, tok, optimizer, scaler, step, extra_state=None):
+def save_checkpoint(run_dir, model, arch, mcfg, tok, optimizer, scaler, step, extra_state=None, stage="pretrain"):
     """train_state.pt first, then model.pt, both stamped with the step; each file is written
-    atomically, and resume refuses a pair whose steps differ."""
+    atomically, and resume refuses a pair whose steps differ. `stage` (pretrain, sft, dpo) tells
+    chat.py and eval.py whether the model speaks the chat template."""
     state = {"step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
              "rng": rng_state(), **(extra_state or {})}
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     atomic_write(Path(run_dir) / "train_state.pt", lambda f: torch.save(state, f))
-    save_model(run_dir, model, arch, mcfg, tok, extra={"step": step})
+    save_model(run_dir, model, arch, mcfg, tok, extra={"step": step, "stage": stage})
 
 
 def load_checkpoint(run_dir, model, optimizer, scaler):
