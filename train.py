@@ -293,7 +293,7 @@ def download(url, dest, expected_size=None):
 
 
 def read_documents(path):
-    """Yield the documents of a .txt (one document), a .jsonl ({"text": ...} per line), or a folder
+    """Yield the documents of a .txt (see below), a .jsonl ({"text": ...} per line), or a folder
     of them (sorted). A malformed line raises UserError naming FILE:LINE."""
     path = Path(path)
     if path.is_dir():
@@ -317,11 +317,12 @@ def read_documents(path):
                 if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                     raise UserError(f'{path}:{lineno}: expected an object with a "text" string')
                 yield obj["text"]
-    else:
+    else:  # one document, or several separated by <|endoftext|> lines (as TinyStories ships)
         try:
-            yield path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})")
+        yield from (doc.strip() for doc in text.split("<|endoftext|>") if doc.strip())
 
 
 def resolve_data(data):

@@ -36,6 +36,8 @@ def test_read_txt_jsonl_and_folder(tmp_path):
     assert list(train.read_documents(tmp_path / "a.txt")) == ["hello world"]
     assert list(train.read_documents(tmp_path / "b.jsonl")) == ["one", "two"]
     assert list(train.read_documents(tmp_path)) == ["hello world", "one", "two"]
+    (tmp_path / "c.txt").write_text("story one\n<|endoftext|>\nstory two\n<|endoftext|>\n")  # TinyStories' layout
+    assert list(train.read_documents(tmp_path / "c.txt")) == ["story one", "story two"]
 
 
 @pytest.mark.parametrize("line, why", [("{not json", "not valid JSON"), ('{"txt": "x"}', '"text" string'),
