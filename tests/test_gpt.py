@@ -1,0 +1,233 @@
+"""Tests for gpt.py: the hand-written attention against PyTorch's fused kernel, causality, the
+GPT-2 parameter count, learning, sampling, and the command line. CPU, a few seconds."""
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gpt import (GPT, SIZES, CharTokenizer, GPTConfig, causal_attention, get_batch, get_lr,  # noqa: E402
+                 UserError, load_text, main, make_optimizer, parse_args, split_data)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread is as fast, and far faster on a busy shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=40, dropout=0.0)
+
+
+def tiny_model(seed=0, **kw):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**{**TINY, **kw}))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_hand_attention_equals_sdpa_values_and_gradients(dtype, tol):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 11, 8, dtype=dtype, requires_grad=True) for _ in range(3))
+    upstream = torch.randn(2, 3, 11, 8, dtype=dtype)
+    ours = causal_attention(q, k, v)
+    grads_ours = torch.autograd.grad((ours * upstream).sum(), (q, k, v))
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    grads_ref = torch.autograd.grad((ref * upstream).sum(), (q, k, v))
+    torch.testing.assert_close(ours, ref, atol=tol, rtol=tol)
+    for g_ours, g_ref in zip(grads_ours, grads_ref):
+        torch.testing.assert_close(g_ours, g_ref, atol=tol, rtol=tol)
+
+
+def test_hand_and_fused_models_agree():
+    fused = tiny_model(fused_attention=True)
+    hand = tiny_model(fused_attention=False)
+    hand.load_state_dict(fused.state_dict())
+    idx = torch.randint(0, TINY["vocab_size"], (3, 16))
+    logits_f, loss_f = fused(idx, idx)
+    logits_h, loss_h = hand(idx, idx)
+    torch.testing.assert_close(logits_f, logits_h, atol=1e-5, rtol=1e-5)
+    loss_f.backward()
+    loss_h.backward()
+    for (name, pf), ph in zip(fused.named_parameters(), hand.parameters()):
+        torch.testing.assert_close(pf.grad, ph.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_causality_a_token_never_changes_earlier_logits(fused):
+    model = tiny_model(fused_attention=fused).eval()
+    idx = torch.randint(0, TINY["vocab_size"], (1, 16))
+    base, _ = model(idx)
+    for t in (0, 5, 15):
+        changed = idx.clone()
+        changed[0, t] = (changed[0, t] + 1) % TINY["vocab_size"]
+        logits, _ = model(changed)
+        torch.testing.assert_close(logits[:, :t], base[:, :t], atol=1e-6, rtol=0)
+        assert not torch.allclose(logits[:, t:], base[:, t:])  # the change is seen from t on
+
+
+def test_gpt2_size_has_124_439_808_parameters():
+    with torch.device("meta"):  # shapes only, no memory
+        model = GPT(GPTConfig(**SIZES["gpt2"]))
+    assert model.num_params() == 124_439_808
+    assert model.lm_head.weight is model.transformer.wte.weight
+    # the same count, by hand: embeddings + 12 blocks + final LayerNorm
+    C, V, T, L = 768, 50257, 1024, 12
+    block = 2 * (2 * C) + (C * 3 * C + 3 * C) + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C)
+    assert V * C + T * C + L * block + 2 * C == 124_439_808
+
+
+def test_gpt2_parameter_names_mirror_gpt2():
+    with torch.device("meta"):
+        names = set(GPT(GPTConfig(**SIZES["gpt2"])).state_dict())
+    for name in ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.ln_1.weight",
+                 "transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.bias",
+                 "transformer.h.11.mlp.c_fc.weight", "transformer.h.11.mlp.c_proj.weight",
+                 "transformer.h.11.ln_2.bias", "transformer.ln_f.weight", "lm_head.weight"]:
+        assert name in names
+
+
+def test_config_round_trips_and_sizes_build():
+    for name, kw in SIZES.items():
+        config = GPTConfig(**kw)
+        assert GPTConfig(**dataclasses.asdict(config)) == config
+    assert SIZES["cpu"] == dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0)
+
+
+def test_residual_projections_are_scaled_by_depth():
+    model = GPT(GPTConfig(n_layer=8, n_head=4, n_embd=256, block_size=16, vocab_size=50))
+    std_proj = model.transformer.h[0].mlp.c_proj.weight.std().item()
+    std_fc = model.transformer.h[0].mlp.c_fc.weight.std().item()
+    assert abs(std_fc - 0.02) < 0.002
+    assert abs(std_proj - 0.02 / 4) < 0.0005  # 1 / sqrt(2 * 8) = 1/4
+
+
+def test_loss_ignores_minus_100_targets():
+    model = tiny_model()
+    idx = torch.randint(0, TINY["vocab_size"], (2, 16))
+    targets = torch.randint(0, TINY["vocab_size"], (2, 16))
+    targets[:, :10] = -100
+    logits, loss = model(idx, targets)
+    expected = F.cross_entropy(logits[:, 10:].reshape(-1, TINY["vocab_size"]), targets[:, 10:].reshape(-1))
+    torch.testing.assert_close(loss, expected)
+    assert model(idx)[1] is None
+
+
+def test_a_few_steps_lower_the_loss():
+    text = load_text()[:20000]
+    tok = CharTokenizer(text)
+    train, _ = split_data(tok.encode(text))
+    model = tiny_model(vocab_size=tok.vocab_size)
+    opt = make_optimizer(model, 3e-3, 0.1, (0.9, 0.99))
+    torch.manual_seed(0)
+    x, y = get_batch(train, 16, 16)
+    first = model(x, y)[1].item()
+    for _ in range(30):
+        x, y = get_batch(train, 16, 16)
+        loss = model(x, y)[1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x, y = get_batch(train, 16, 16)
+    assert model(x, y)[1].item() < first - 0.5
+
+
+def test_overfits_one_small_batch():
+    model = tiny_model()
+    torch.manual_seed(1)
+    x = torch.randint(0, TINY["vocab_size"], (4, 16))
+    y = torch.randint(0, TINY["vocab_size"], (4, 16))
+    opt = make_optimizer(model, 1e-2, 0.0, (0.9, 0.99))
+    for _ in range(150):
+        loss = model(x, y)[1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+
+
+def test_weight_decay_only_on_matrices():
+    model = tiny_model()
+    decay, no_decay = make_optimizer(model, 1e-3, 0.1, (0.9, 0.99)).param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_lr_schedule_warms_up_then_decays_to_min():
+    assert get_lr(0, 1.0, 0.1, 10, 100) == pytest.approx(0.1)
+    assert get_lr(9, 1.0, 0.1, 10, 100) == pytest.approx(1.0)
+    assert get_lr(100, 1.0, 0.1, 10, 100) == pytest.approx(0.1)
+    lrs = [get_lr(i, 1.0, 0.1, 10, 100) for i in range(10, 101)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_char_tokenizer_round_trips():
+    tok = CharTokenizer("hello")
+    assert tok.encode("hell") == [1, 0, 2, 2]
+    assert tok.decode(tok.encode("olleh")) == "olleh"
+
+
+def test_generate_is_reproducible_greedy_and_crops_context():
+    model = tiny_model()
+    start = torch.zeros(2, 1, dtype=torch.long)
+    a = model.generate(start, 40, top_k=5, generator=torch.Generator().manual_seed(7))
+    b = model.generate(start, 40, top_k=5, generator=torch.Generator().manual_seed(7))
+    assert a.shape == (2, 41) and torch.equal(a, b)  # 40 > block_size 16: the context is cropped
+    greedy = model.generate(start, 3, temperature=0)
+    for t in range(1, 4):
+        assert greedy[0, t] == model(greedy[:, :t])[0][0, -1].argmax()
+
+
+def test_generate_respects_top_k():
+    model = tiny_model()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)  # spread the logits out so the top 3 are well defined
+    context = torch.randint(0, TINY["vocab_size"], (1, 5))
+    top3 = set(model(context)[0][0, -1].topk(3).indices.tolist())
+    batch = context.repeat(500, 1)
+    gen = torch.Generator().manual_seed(0)
+    sampled = set(model.generate(batch, 1, temperature=2.0, top_k=3, generator=gen)[:, -1].tolist())
+    assert sampled <= top3
+    unrestricted = set(model.generate(batch, 1, temperature=2.0, generator=gen)[:, -1].tolist())
+    assert not unrestricted <= top3  # without top_k, other tokens do come up
+
+
+def test_main_from_a_notebook(tmp_path):
+    data = tmp_path / "tiny.txt"
+    data.write_text("the quick brown fox jumps over the lazy dog. " * 60)
+    out = main(data=str(data), max_iters=5, eval_interval=5, eval_iters=2, batch_size=4, sample_tokens=10)
+    assert out["val_loss"] < 5 and isinstance(out["model"], GPT) and len(out["sample"]) == 11
+    # Jupyter passes "-f kernel.json" to the kernel: ignored, not fatal
+    assert parse_args(["-f", "kernel.json", "--max-iters", "3"])["max_iters"] == 3
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "gpt.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_cli_runs_end_to_end():
+    r = run_cli("--max-iters", "20", "--eval-interval", "10", "--eval-iters", "2", "--sample-tokens", "50",
+                "--no-fused-attention")
+    assert r.returncode == 0, r.stderr
+    assert "step    20: train loss" in r.stdout and "sample" in r.stdout
+
+
+def test_cli_bad_data_file_is_one_error_line(tmp_path):
+    r = run_cli("--data", str(tmp_path / "missing.txt"))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: cannot read {tmp_path / 'missing.txt'}: No such file or directory"]
+    short = tmp_path / "short.txt"  # the same check, in-process (a subprocess costs a torch import)
+    short.write_text("abc")
+    with pytest.raises(UserError, match="too short"):
+        main(data=str(short))
