@@ -386,7 +386,8 @@ class MiniMind(nn.Module):
         # down_proj) shrink by 1/sqrt(2 n_layers) so the stream's variance does not grow with depth.
         for name, p in self.named_parameters():
             if p.dim() == 2:
-                std = 0.02 / math.sqrt(2 * config.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+                writes_to_stream = name.endswith(("o_proj.weight", "down_proj.weight"))
+                std = 0.02 / math.sqrt(2 * config.n_layers) if writes_to_stream else 0.02
                 nn.init.normal_(p, mean=0.0, std=std)
 
     def num_params(self, active=False):
