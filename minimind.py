@@ -86,6 +86,7 @@ SIZES = {
     "minimind3": dict(dim=768, n_layers=8, n_heads=8, n_kv_heads=4, qk_norm=True, ffn_rule="pi"),  # 63.91M
     "minimind3-moe": dict(dim=768, n_layers=8, n_heads=8, n_kv_heads=4, qk_norm=True, ffn_rule="pi",
                           n_experts=4, top_k=1),  # 198.42M total, 63.94M active per token
+    "minimind-350m": dict(dim=1024, n_layers=32, n_heads=16, n_kv_heads=4),  # 361M: train.py's a100-350m
 }
 
 
