@@ -262,8 +262,8 @@ class ChatSession:
     """The conversation the terminal keeps: a system prompt, and turns that drop off the front
     when the context is full."""
 
-    def __init__(self, engine, cfg, out=sys.stdout):
-        self.engine, self.cfg, self.out = engine, cfg, out
+    def __init__(self, engine, cfg, out=None):
+        self.engine, self.cfg, self.out = engine, cfg, out or sys.stdout
         self.system, self.turns = cfg.system, []
         self.generator = make_generator(engine, cfg.seed)  # one RNG for the session: reproducible
         # Room kept free for the answer; the prompt gets the rest of the context.
@@ -289,7 +289,8 @@ class ChatSession:
         else:  # text mode: each prompt is continued on its own
             turns = None
             ids = self.engine.prompt_ids([{"role": "user", "content": text}])
-            label += text  # show the continuation after the text it continues
+            if not self.cfg.prompt:  # in the terminal, show the continuation after the text it continues
+                label += text
         self.write(label)
         cfg = self.cfg
         answer = Answer(self.engine, ids, cfg.max_new_tokens, self.generator, temperature=cfg.temperature,
