@@ -1,0 +1,372 @@
+"""quantize.py: INT8 weights, one scale per output channel, written by hand (book chapter 11).
+
+    python quantize.py out/dpo                          # -> out/dpo-int8 (embedding and head stay float)
+    python quantize.py out/dpo --include-embeddings     # the embedding table (and the tied head) too
+    python quantize.py out/pretrain --out /tmp/p8 --data my.txt   # perplexity measured on your text
+
+A float32 weight takes 4 bytes; an int8 one takes 1. Every nn.Linear weight of the model is
+replaced by int8 numbers plus one float scale per output row, the layer runs straight from them,
+and the new run directory holds the int8 tensors on disk. Norms (and biases) stay float: they are
+tiny and sensitive. The command prints a per-layer error table and the perplexity before and after.
+
+Reading order: the quantizer (scale, round, clamp) and its error bound -> a Linear that runs from
+int8 weights (a readable reference path and a fast CPU kernel, proven equal in the tests) -> an
+int8 embedding table that the tied output head shares -> swapping a model's layers -> saving and
+loading run directories (load_run reads ANY run directory, float or INT8; eval.py and chat.py use
+it) -> the command line.
+"""
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import train
+from bpe import Tokenizer
+from train import UserError, run_cli
+
+SCHEME = "int8-per-channel-symmetric"
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. The quantizer
+# ---------------------------------------------------------------------------------------------
+def quantize_per_channel(w):
+    """w: float [N, K] (N output channels) -> (q int8 [N, K], scale float32 [N]).
+
+    Symmetric, one scale per output channel (row):
+
+        scale[n] = max_k |w[n, k]| / 127
+        q[n, k]  = clamp(round(w[n, k] / scale[n]), -127, 127)
+        w_hat    = q * scale                    (dequantized weight)
+
+    Symmetric: 0.0 maps to the integer 0 exactly, and no zero-point is needed, so the matmul is
+    just x @ q^T times the scales. -128 is left out so the range is the same on both sides.
+    Per channel: one outlier row no longer spoils the resolution of every other row, as one scale
+    for the whole matrix would.
+
+    Error bound. round() moves a number by at most 1/2, so |w/scale - q| <= 1/2, i.e.
+
+        |w - w_hat| <= scale / 2      elementwise,
+
+    and the clamp never bites, because |w/scale| <= 127 by the choice of scale. An all-zero row
+    would give scale 0 and 0/0; its scale is set to 1 instead (any positive value: q is 0 anyway).
+    """
+    w = w.detach().float()
+    scale = w.abs().amax(dim=1) / 127.0                      # [N]
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero row: avoid 0/0
+    q = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)  # [N, K]
+    return q, scale
+
+
+def dequantize(q, scale):
+    """int8 [N, K] and scales [N] -> float32 [N, K]: w_hat = q * scale, row by row."""
+    return q.float() * scale[:, None]
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. A linear layer that runs from int8 weights
+# ---------------------------------------------------------------------------------------------
+# The fast CPU path: torch's weight-only int8 matmul, y = x @ q^T * scales, which reads the int8
+# weight directly (4x less memory traffic than fp32, and decoding one token at a time is bound by
+# memory traffic). On torch 2.13 for CPU it is fast with bfloat16 activations (about 2x an fp32
+# nn.Linear for one token) but slow with fp32 ones, and it needs in_features to be a multiple of
+# 16 (other sizes crash or give garbage), so it is used only where those hold. Activations lose a
+# little precision in bf16 (8 bits of mantissa); the tests bound the difference to the reference.
+HAS_INT8_KERNEL = hasattr(torch, "_weight_int8pack_mm")
+
+
+def int8_linear(x, q, scale, bias=None, fast=True):
+    """y = x @ (q * scale)^T + bias, for x [..., K], q int8 [N, K], scale [N].
+
+    Reference path: dequantize, then an ordinary float matmul (clear, and works on any device).
+    Fast path (CPU): the int8 kernel with bf16 activations and unit scales, then the float32
+    scales applied to its output: x @ (q * s)^T = (x @ q^T) * s, since s is one number per output
+    column. Scaling afterwards in fp32 keeps the scales exact (a bf16 scale would be off by up to
+    0.4%, the same way for a whole channel)."""
+    if fast and HAS_INT8_KERNEL and x.device.type == "cpu" and q.size(1) % 16 == 0:
+        x2 = x.reshape(-1, x.size(-1)).to(torch.bfloat16).contiguous()           # [M, K]
+        ones = torch.ones(q.size(0), dtype=torch.bfloat16)                        # [N]
+        y = torch._weight_int8pack_mm(x2, q, ones).float() * scale                 # [M, N]
+        y = y.reshape(*x.shape[:-1], q.size(0))                                   # [..., N]
+        if bias is not None:
+            y = y + bias.float()
+        return y.to(x.dtype)
+    return F.linear(x, dequantize(q, scale).to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+class QuantizedLinear(nn.Module):
+    """nn.Linear with an int8 weight and a float32 scale per output channel, stored as buffers
+    (they are not trained, and buffers are what state_dict saves besides parameters)."""
+
+    def __init__(self, in_features, out_features, bias=False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+        self.fast = True  # False: always the reference path (the tests compare the two)
+
+    @classmethod
+    def from_float(cls, linear):
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        layer.weight_int8, layer.scale = quantize_per_channel(linear.weight)
+        if linear.bias is not None:
+            layer.bias.data.copy_(linear.bias.detach().float())
+        return layer
+
+    def forward(self, x):
+        return int8_linear(x, self.weight_int8, self.scale, self.bias, self.fast)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
+
+
+class QuantizedEmbedding(nn.Module):
+    """An int8 embedding table with one scale per row (per token): a lookup gathers the rows and
+    dequantizes only those, q[idx] * scale[idx]. The rows of the table are exactly the output
+    channels of a tied lm_head, so the same int8 numbers and scales serve both (TiedQuantizedHead)."""
+
+    def __init__(self, num_embeddings, embedding_dim):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.register_buffer("weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(num_embeddings))
+
+    @classmethod
+    def from_float(cls, embedding):
+        layer = cls(embedding.num_embeddings, embedding.embedding_dim)
+        layer.weight_int8, layer.scale = quantize_per_channel(embedding.weight)
+        return layer
+
+    @property
+    def weight(self):
+        """The dequantized float table. minimind.generate and new_kv_cache read embed_tokens.weight
+        (for its device and dtype, once per call), so the quantized table answers with its float view."""
+        return dequantize(self.weight_int8, self.scale)
+
+    def forward(self, idx):
+        return self.weight_int8[idx].float() * self.scale[idx].unsqueeze(-1)  # [..., dim]
+
+
+class TiedQuantizedHead(nn.Module):
+    """The output head tied to a QuantizedEmbedding: logits = x @ (q * scale)^T with the
+    embedding's own int8 table, so the matrix is quantized once and stored once."""
+
+    def __init__(self, embedding):
+        super().__init__()
+        self.embedding = embedding  # the same module object: its buffers are shared, not copied
+        self.fast = True
+
+    def forward(self, x):
+        return int8_linear(x, self.embedding.weight_int8, self.embedding.scale, None, self.fast)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Swapping the layers of a model
+# ---------------------------------------------------------------------------------------------
+TOKEN_EMBEDDING = {"MiniMind": "embed_tokens", "GPT": "transformer.wte"}  # class name -> module path
+
+
+def error_row(name, w, q, scale):
+    """How far the dequantized weight is from the float one: max |w - w_hat|, relative error
+    ||w - w_hat|| / ||w|| (Frobenius), and max |w - w_hat| / (scale / 2), which the bound keeps <= 1."""
+    w = w.detach().float()
+    err = (w - dequantize(q, scale)).abs()
+    return {"layer": name, "shape": list(w.shape), "max_abs_err": err.max().item(),
+            "rel_err": (err.norm() / w.norm().clamp(min=1e-30)).item(),
+            "bound_ratio": (err / (scale[:, None] / 2)).max().item()}
+
+
+def replace_module(model, name, new):
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def quantize_model(model, include_embeddings=False):
+    """Replace, in place, every nn.Linear of the model except the output head by a QuantizedLinear;
+    with include_embeddings, the token embedding and the head too (quantized once if they are tied).
+    Returns the per-layer error rows. Norms, position embeddings and biases stay float."""
+    rows = []
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"]
+    for name, linear in linears:
+        layer = QuantizedLinear.from_float(linear)
+        rows.append(error_row(name, linear.weight, layer.weight_int8, layer.scale))
+        replace_module(model, name, layer)
+    if include_embeddings:
+        emb_name = TOKEN_EMBEDDING[type(model).__name__]
+        emb, head = model.get_submodule(emb_name), model.lm_head
+        tied = head.weight is emb.weight
+        q_emb = QuantizedEmbedding.from_float(emb)
+        rows.append(error_row(emb_name + (" (+ tied lm_head)" if tied else ""), emb.weight,
+                              q_emb.weight_int8, q_emb.scale))
+        if tied:
+            q_head = TiedQuantizedHead(q_emb)
+        else:
+            q_head = QuantizedLinear.from_float(head)
+            rows.append(error_row("lm_head", head.weight, q_head.weight_int8, q_head.scale))
+        replace_module(model, emb_name, q_emb)
+        replace_module(model, "lm_head", q_head)
+    return rows
+
+
+def set_fast(model, fast):
+    """Switch every int8 layer of the model between the fast kernel and the reference path."""
+    for m in model.modules():
+        if hasattr(m, "fast"):
+            m.fast = fast
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Run directories: load any of them, write an INT8 one
+# ---------------------------------------------------------------------------------------------
+def load_run(run_dir, device="cpu"):
+    """Any run directory -> (model in eval mode, tokenizer, payload without the weights).
+
+    A float run is built as train.load_run builds it. An INT8 run (payload["quantized"]) is built
+    as the float model first (the skeleton: right shapes, random weights), its layers swapped
+    exactly as quantize_model swapped them when it was written, then the saved int8 tensors are
+    loaded into it. model.pt is read once, with weights_only=True."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    payload = train.read_model_file(run_dir)
+    try:
+        tok = Tokenizer.load(run_dir / "tokenizer.json")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{run_dir / 'tokenizer.json'}: {e}")
+    if tok.vocab_size != payload["config"]["vocab_size"]:
+        raise UserError(f"{run_dir}: tokenizer has {tok.vocab_size} tokens, model expects "
+                        f"{payload['config']['vocab_size']}")
+    model = train.build_model(payload["arch"], payload["config"])
+    quantized = payload.get("quantized")
+    if quantized:
+        if quantized.get("scheme") != SCHEME:
+            raise UserError(f"{run_dir / 'model.pt'}: unknown quantization scheme {quantized.get('scheme')!r}")
+        quantize_model(model, quantized["include_embeddings"])
+    try:
+        model.load_state_dict(payload.pop("model"))
+    except RuntimeError as e:
+        raise UserError(f"{run_dir / 'model.pt'}: weights do not fit the model ({str(e).splitlines()[0]})")
+    return model.to(device).eval(), tok, payload
+
+
+def copy_atomic(src, dst):
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def write_int8_run(src_dir, out_dir, model, payload, include_embeddings):
+    """model.pt with the int8 state_dict and payload["quantized"], plus the source's tokenizer,
+    config, log and loss picture. train_state.pt is not copied: it holds the float optimizer's
+    state, and an INT8 model is for inference, not for more training."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "config.json", "log.jsonl", "loss.svg"):
+        if (src_dir / name).exists():
+            copy_atomic(src_dir / name, out_dir / name)
+    new = {**payload, "model": model.state_dict(),
+           "quantized": {"scheme": SCHEME, "include_embeddings": include_embeddings, "source": str(src_dir)}}
+    train.atomic_write(out_dir / "model.pt", lambda f: torch.save(new, f))
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. The command line
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class QuantizeConfig:
+    run_dir: str = field(default="out/dpo", metadata={"help": "run directory to quantize (float)"})
+    out: str = field(default="", metadata={"help": "run directory to write (default: RUN_DIR-int8)"})
+    include_embeddings: bool = field(default=False, metadata={
+        "help": "quantize the token embedding (and the output head tied to it) too"})
+    data: str = field(default="python-docs", metadata={
+        "help": "text for the perplexity before/after, as train.py's --data (its validation split)"})
+    val_fraction: float = field(default=0.05, metadata={"help": "share of --data held out (as in train.py)"})
+    eval_batches: int = field(default=8, metadata={"help": "validation batches for perplexity (0: skip it)"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per validation batch"})
+    device: str = field(default="cpu", metadata={"help": "where to measure perplexity: cpu | cuda | mps"})
+
+
+def parse_args(argv=None, overrides=None):
+    """Flags from the dataclass (as train.parse_config makes them) plus the positional RUN_DIR."""
+    if argv is None and "ipykernel" in sys.modules:
+        argv = []  # a notebook kernel's own arguments are not ours
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for f in dataclasses.fields(QuantizeConfig):
+        if f.name == "run_dir":
+            parser.add_argument("run_dir", nargs="?", default=None, help=f.metadata["help"])
+        elif f.type in (bool, "bool"):
+            parser.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction,
+                                default=None, help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+            parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
+                                help=f"{f.metadata['help']} (default: {f.default!r})")
+    args, _ = parser.parse_known_args(argv)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    return QuantizeConfig(**{**given, **(overrides or {})})
+
+
+def validation_perplexity(model, tok, payload, cfg, device):
+    """Perplexity on --data's validation split, with train.evaluate (summed NLL / token count), the
+    same definition eval.py reports, on the same evenly spaced windows before and after."""
+    data_cfg = types.SimpleNamespace(data=cfg.data, tokenizer=str(Path(cfg.run_dir) / "tokenizer.json"),
+                                     vocab_size=tok.vocab_size, val_fraction=cfg.val_fraction)
+    _, _, val = train.prepare_data(data_cfg)
+    context = payload["config"].get("max_seq_len") or payload["config"]["block_size"]
+    seq_len = min(context, len(val) - 1)
+    if seq_len < 2:
+        raise UserError(f"{cfg.data}: only {len(val)} validation tokens; too few to measure perplexity")
+    windows = train.eval_windows(val, seq_len, cfg.batch_size, cfg.eval_batches)
+    byte_lengths = torch.tensor([0 if tok.is_special(i) else len(tok.id_to_bytes(i))
+                                 for i in range(tok.vocab_size)]).numpy()
+    result = train.evaluate(model, windows, byte_lengths, device, torch.float32)
+    model.eval()  # train.evaluate leaves the model in training mode
+    return result
+
+
+def main(argv=None, **overrides):
+    """Quantize RUN_DIR into a new run directory; returns the error rows and the perplexities."""
+    cfg = parse_args(argv, overrides)
+    src = Path(cfg.run_dir.rstrip("/\\") or cfg.run_dir)
+    out = Path(cfg.out) if cfg.out else src.with_name(src.name + "-int8")
+    model, tok, payload = load_run(src, "cpu")
+    if payload.get("quantized"):
+        raise UserError(f"{src / 'model.pt'}: already quantized ({payload['quantized']['scheme']})")
+    if out.resolve() == src.resolve():
+        raise UserError(f"--out {out} is the source run directory; choose another one")
+    device = train.pick_device(cfg.device)
+    before = validation_perplexity(model.to(device), tok, payload, cfg, device) if cfg.eval_batches else None
+
+    rows = quantize_model(model.cpu(), cfg.include_embeddings)
+    print(f"{'layer':<40}{'shape':>14}{'max |w - w_hat|':>17}{'relative':>11}{'/ (scale/2)':>13}")
+    for r in rows:
+        print(f"{r['layer']:<40}{'x'.join(map(str, r['shape'])):>14}{r['max_abs_err']:>17.3e}"
+              f"{r['rel_err']:>11.2e}{r['bound_ratio']:>13.3f}")
+    write_int8_run(src, out, model, payload, cfg.include_embeddings)
+    # Measure the model as it was saved: loaded back from disk, the way eval.py and chat.py see it.
+    model, _, _ = load_run(out, device)
+    after = validation_perplexity(model, tok, payload, cfg, device) if cfg.eval_batches else None
+
+    size_before, size_after = (src / "model.pt").stat().st_size, (out / "model.pt").stat().st_size
+    print(f"model.pt: {size_before / 2**20:.2f} MB -> {size_after / 2**20:.2f} MB "
+          f"({size_after / size_before:.3f}x)" + (", embeddings included" if cfg.include_embeddings else ""))
+    if before and after:
+        print(f"validation perplexity: {before['val_ppl']:.3f} -> {after['val_ppl']:.3f} "
+              f"({100 * (after['val_ppl'] / before['val_ppl'] - 1):+.2f}%), bits per byte "
+              f"{before['val_bpb']:.4f} -> {after['val_bpb']:.4f}")
+    print(f"wrote {out}")
+    return {"out": str(out), "layers": rows, "before": before, "after": after,
+            "size_before": size_before, "size_after": size_after}
+
+
+if __name__ == "__main__":
+    run_cli(main)
