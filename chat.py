@@ -138,12 +138,16 @@ class Engine:
         names = ["<|endoftext|>"] + (["<|im_end|>", "<|im_start|>"] if self.chat else [])
         self.stop_ids = {special[n] for n in names if n in special}
         self.name = Path(run_dir).resolve().name
-        self.n_params = sum(p.numel() for p in self.model.parameters())
+        # An INT8 run keeps its quantized weights as int8 buffers, not parameters: count both.
+        self.n_params = (sum(p.numel() for p in self.model.parameters())
+                         + sum(b.numel() for b in self.model.buffers() if b.dtype == torch.int8))
+        self.weights = "INT8 weights" if self.payload.get("quantized") else "float weights"
 
     def describe(self):
         mode = ("chat mode (ChatML template, multi-turn)" if self.chat
                 else "text mode: a pre-trained model continues your text (no chat template, no history)")
-        return (f"{self.name}: {self.arch}, stage {self.stage}, {self.n_params / 1e6:.1f}M parameters, "
+        return (f"{self.name}: {self.arch}, stage {self.stage}, {self.n_params / 1e6:.1f}M parameters "
+                f"({self.weights}), "
                 f"context {self.context} tokens, on {self.device}. {mode}")
 
     def prompt_ids(self, messages):

@@ -23,6 +23,7 @@ from bpe import Tokenizer
 from sft import render_chat
 
 ROOT = Path(__file__).resolve().parent.parent
+HELLO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What does len do?"}]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -99,6 +100,20 @@ def test_user_errors(tmp_path, pretrained_run):
         chat.main([str(pretrained_run), "-p", "hi", "--temperature", "-1"])
     done = run_cli(tmp_path / "nope", "-p", "hi")
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+
+
+def test_an_int8_run_directory_chats(sft_run, tmp_path, capsys):
+    quantize = pytest.importorskip("quantize")
+    if not hasattr(quantize, "load_run"):
+        pytest.skip("quantize.py has no load_run yet")
+    assert chat.load_run is quantize.load_run
+    quantize.main([str(sft_run), "--out", str(tmp_path / "int8"), "--eval-batches", "0"])
+    engine = chat.Engine(tmp_path / "int8")
+    assert engine.chat and "INT8" in engine.describe()
+    answer = chat.Answer(engine, engine.prompt_ids(HELLO), 6, temperature=0, top_k=0, top_p=1.0,
+                         repetition_penalty=1.0)
+    "".join(answer.stream())
+    assert answer.n_tokens >= 1 and answer.finish_reason in ("stop", "length")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,9 +286,6 @@ def events(port, **body):
     lines = [block for block in text.split("\n\n") if block]
     assert all(line.startswith("data: ") for line in lines)
     return [json.loads(line[6:]) for line in lines[:-1]], lines[-1]
-
-
-HELLO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What does len do?"}]
 
 
 def test_health_and_models(server):
