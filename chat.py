@@ -67,8 +67,7 @@ def parse_args(argv=None, overrides=None):
     """Flags from the dataclass (like train.parse_config) plus the positional RUN_DIR and -p."""
     if argv is None and "ipykernel" in sys.modules:
         argv = []  # a notebook kernel's own arguments are not ours
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for f in dataclasses.fields(ChatConfig):
         helptext = f.metadata["help"]
         if f.name == "run_dir":
@@ -76,7 +75,8 @@ def parse_args(argv=None, overrides=None):
             continue
         names = ["--" + f.name.replace("_", "-")] + (["-p"] if f.name == "prompt" else [])
         if f.type in (bool, "bool"):
-            parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{helptext} (default: {f.default})")
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
             parser.add_argument(*names, type=kind, default=None, help=f"{helptext} (default: {f.default!r})")
