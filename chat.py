@@ -170,7 +170,7 @@ class Engine:
 
 def make_generator(engine, seed):
     """A seeded torch.Generator (the same answers every run), or None (torch's global RNG)."""
-    if seed is None or seed < 0:
+    if seed is None:
         return None
     return torch.Generator(device=engine.device).manual_seed(seed % 2**63)
 
@@ -269,7 +269,8 @@ class ChatSession:
     def __init__(self, engine, cfg, out=None):
         self.engine, self.cfg, self.out = engine, cfg, out or sys.stdout
         self.system, self.turns = cfg.system, []
-        self.generator = make_generator(engine, cfg.seed)  # one RNG for the session: reproducible
+        # One RNG for the whole session, so a seeded session repeats answer for answer.
+        self.generator = make_generator(engine, cfg.seed if cfg.seed >= 0 else None)
         # Room kept free for the answer; the prompt gets the rest of the context.
         self.budget = engine.context - min(cfg.max_new_tokens, engine.context // 2)
 
@@ -282,6 +283,9 @@ class ChatSession:
         if self.engine.chat:
             turns, dropped = fit_history(self.engine.tok, self.system, self.turns + [{"role": "user", "content": text}],
                                          self.budget)
+            if turns is None and self.cfg.prompt:  # one-shot mode: a user error, exit status 2
+                raise UserError(f"the prompt does not fit in this model's context of {self.engine.context} "
+                                f"tokens (with {self.engine.context - self.budget} kept for the answer)")
             if turns is None:
                 self.write(f"[that message is too long for this model's context of {self.engine.context} tokens "
                            f"(with {self.engine.context - self.budget} kept for the answer); not sent]\n")
@@ -352,7 +356,10 @@ def repl(session, read=input):
             if not session.command(line):
                 return
             continue
-        session.reply(line, "model> " if session.engine.chat else "")
+        try:
+            session.reply(line, "model> " if session.engine.chat else "")
+        except KeyboardInterrupt:  # Ctrl-C before the first token: nothing was said, go on
+            session.write(" [stopped]\n")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -164,6 +164,8 @@ def test_session_truncates_history_and_tells_the_user(sft_run, capsys):
     assert session.turns[0]["role"] == "user" and session.turns[-2]["content"] == "third one"
     chat.repl(session, Script("x " * 200))  # longer than the context alone: refused, not sent
     assert "too long" in capsys.readouterr().out
+    with pytest.raises(train.UserError, match="does not fit"):  # -p: an error, exit status 2
+        chat.main([str(sft_run), "-p", "x " * 200])
 
 
 def test_commands_and_ctrl_c(sft_run, capsys):
@@ -309,9 +311,10 @@ def test_non_streaming_completion_matches_the_engine(server):
                      "total_tokens": len(ids) + answer.n_tokens}
     if choice["finish_reason"] == "length":
         assert usage["completion_tokens"] == 6
-    a = complete(server["port"], messages=HELLO, seed=11, temperature=1.0, max_tokens=8)
-    b = complete(server["port"], messages=HELLO, seed=11, temperature=1.0, max_tokens=8)
-    assert a["choices"][0]["message"] == b["choices"][0]["message"]  # a seed makes sampling repeat
+    for seed in (11, -3):  # a seed makes sampling repeat
+        a = complete(server["port"], messages=HELLO, seed=seed, temperature=1.0, max_tokens=8)
+        b = complete(server["port"], messages=HELLO, seed=seed, temperature=1.0, max_tokens=8)
+        assert a["choices"][0]["message"] == b["choices"][0]["message"]
 
 
 def test_streaming_completion_event_by_event(server):
