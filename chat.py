@@ -36,10 +36,7 @@ import minimind
 from sft import render_chat
 from train import UserError, pick_device, run_cli
 
-try:  # quantize.load_run reads every run directory, INT8 ones included; train's reads float ones
-    from quantize import load_run
-except ImportError:
-    from train import load_run
+from quantize import load_run  # reads every run directory, float or INT8
 
 
 # ---------------------------------------------------------------------------------------------

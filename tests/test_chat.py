@@ -103,9 +103,7 @@ def test_user_errors(tmp_path, pretrained_run):
 
 
 def test_an_int8_run_directory_chats(sft_run, tmp_path, capsys):
-    quantize = pytest.importorskip("quantize")
-    if not hasattr(quantize, "load_run"):
-        pytest.skip("quantize.py has no load_run yet")
+    import quantize
     assert chat.load_run is quantize.load_run
     quantize.main([str(sft_run), "--out", str(tmp_path / "int8"), "--eval-batches", "0"])
     engine = chat.Engine(tmp_path / "int8")
