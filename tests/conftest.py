@@ -1,10 +1,17 @@
 """Shared fixtures: a small text with its tokenizer, and a tiny pre-trained run directory that the
 tests of sft.py, dpo.py, eval.py, quantize.py and chat.py start from. Seconds, not minutes."""
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from bpe import Tokenizer
+
+# Tiny models gain nothing from a second thread, and on a busy 2-core machine threads that wait on
+# each other make each small op hundreds of times slower. Subprocesses inherit the variable.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
