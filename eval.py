@@ -240,6 +240,10 @@ def prompt_suite(model, tok, payload, cfg, device):
 # ---------------------------------------------------------------------------------------------
 # 4. Readiness checks
 # ---------------------------------------------------------------------------------------------
+SHORT = {"beats the bigram baseline": "bigram", "no non-finite values": "finite", "tokenizer round trip":
+         "round-trip", "generation terminates": "stops", "chat format adherence": "format"}  # for the table
+
+
 def readiness_checks(r, model, tok, text, cfg):
     """[(check, PASS/FAIL, reason)] for one evaluated run r."""
     checks = []
@@ -338,7 +342,7 @@ def format_table(results):
                                 ("repetition (4-grams)", "repetition"), ("stopped", "stopped"),
                                 ("mean length", "mean_length"), ("chat format", "format"))]
     rows += [("readiness", lambda r: "READY" if all(c["status"] == "PASS" for c in r["readiness"]) else
-              "FAIL: " + ", ".join(c["check"].split()[0] for c in r["readiness"] if c["status"] != "PASS"))]
+              "FAIL: " + ",".join(SHORT[c["check"]] for c in r["readiness"] if c["status"] != "PASS"))]
     width = max(14, *(len(r["name"]) + 2 for r in results))
     lines = [f"{'':<22}" + "".join(f"{r['name']:>{width}}" for r in results)]
     lines += [f"{label:<22}" + "".join(f"{get(r):>{width}}" for r in results) for label, get in rows]
