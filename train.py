@@ -60,8 +60,7 @@ def run_cli(main_fn):
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class TrainConfig:
-    preset: str = field(default="", metadata={"help": "named defaults: " + "|".join(
-        ["cpu", "t4-small", "l4-base", "a100-base", "a100-350m", "gpt2-124m"])})
+    preset: str = field(default="", metadata={"help": "named defaults, listed below; flags given explicitly win"})
     # model
     model: str = field(default="minimind", metadata={"help": "architecture: minimind | gpt"})
     size: str = field(default="nano", metadata={"help": "a named size from minimind.SIZES / gpt.SIZES"})
@@ -104,30 +103,30 @@ class TrainConfig:
 
 # Each preset: a one-line description of the hardware and time it expects, then its defaults.
 PRESETS = {
-    "cpu": ("2 CPU cores, about 8 minutes: a 1.6M MiniMind on Python's docs",
+    "cpu": ("2 CPU cores, about 8 minutes: a 1.3M MiniMind (nano) on Python's docs",
             dict(model="minimind", size="nano", seq_len=256, batch_size=16, max_steps=1500, lr=2e-3,
                  vocab_size=4096, dtype="fp32")),
-    "t4-small": ("free Colab T4 (16 GB, fp16), about 2.5 hours: minimind2-small (26M) on TinyStories",
+    "t4-small": ("free Colab T4 (16 GB, fp16 + scaler), 1-2 hours: minimind2-small (26M) on TinyStories",
                  dict(model="minimind", size="minimind2-small", data="tinystories", seq_len=512,
                       batch_size=32, tokens_per_step=65536, max_steps=6000, lr=1e-3, vocab_size=6400,
                       dtype="fp16", warmup_steps=300, eval_every=500, save_every=500)),
-    "l4-base": ("one L4 (24 GB, bf16), about 10 hours: minimind2 (104M) on TinyStories",
+    "l4-base": ("one L4 (24 GB, bf16), about 6 hours: minimind2 (104M) on TinyStories",
                 dict(model="minimind", size="minimind2", data="tinystories", seq_len=512, batch_size=32,
                      tokens_per_step=131072, max_steps=10000, lr=6e-4, vocab_size=6400, dtype="bf16",
                      warmup_steps=500, eval_every=500, save_every=1000)),
-    "a100-base": ("one A100 (40/80 GB, bf16), about 3 hours: minimind2 (104M) on TinyStories",
+    "a100-base": ("one A100 (40/80 GB, bf16), about 5 hours: minimind2 (104M), context 1024, TinyStories",
                   dict(model="minimind", size="minimind2", data="tinystories", seq_len=1024,
                        batch_size=64, tokens_per_step=262144, max_steps=10000, lr=6e-4,
                        vocab_size=6400, dtype="bf16", compile=True, warmup_steps=500,
                        eval_every=500, save_every=1000)),
-    "a100-350m": ("one A100 80 GB (bf16), about a day: a ~350M MiniMind; bring your own data",
+    "a100-350m": ("one A100 80 GB (bf16), about 27 hours: a 361M MiniMind; bring more data than TinyStories",
                   dict(model="minimind", size="minimind-350m", data="tinystories", seq_len=1024,
-                       batch_size=32, tokens_per_step=524288, max_steps=20000, lr=3e-4,
+                       batch_size=32, tokens_per_step=524288, max_steps=8000, lr=3e-4,
                        vocab_size=6400, dtype="bf16", compile=True, warmup_steps=1000,
                        eval_every=1000, save_every=1000)),
-    "gpt2-124m": ("one A100 (bf16), about a day: the GPT of gpt.py at 124M, GPT-2 small's shape",
+    "gpt2-124m": ("one A100 (bf16), about 11 hours: the GPT of gpt.py at GPT-2 small's 124M",
                   dict(model="gpt", size="gpt2", data="tinystories", seq_len=1024, batch_size=32,
-                       tokens_per_step=524288, max_steps=10000, lr=6e-4, vocab_size=8192,
+                       tokens_per_step=524288, max_steps=10000, lr=6e-4, vocab_size=50257,
                        dtype="bf16", compile=True, warmup_steps=700, eval_every=500, save_every=1000)),
 }
 
@@ -138,13 +137,15 @@ def parse_config(cls, argv=None, presets=None, overrides=None):
     Every field becomes a kebab-case flag with its help and default; unknown arguments (the ones
     Jupyter passes to a kernel) are ignored, so `main()` works in a notebook cell too."""
     presets = presets or {}
+    epilog = "presets:\n" + "\n".join(f"  {k:<11} {v[0]}" for k, v in presets.items()) if presets else None
     parser = argparse.ArgumentParser(description=inspect.getdoc(sys.modules[cls.__module__]).split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         helptext = f.metadata.get("help", "")
         if f.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{helptext} (default: {f.default})")
         else:
             kind = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
             parser.add_argument(flag, type=kind, default=None, help=f"{helptext} (default: {f.default})")

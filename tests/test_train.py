@@ -123,7 +123,9 @@ def test_presets_and_flag_overrides():
         train.parse_config(train.TrainConfig, ["--preset", "nope"], train.PRESETS)
     for name, (description, values) in train.PRESETS.items():
         assert description and set(values) <= {f.name for f in train.dataclasses.fields(train.TrainConfig)}
-        train.resource_report(train.TrainConfig(preset=name, **values))  # every preset's model builds
+        _, figures = train.resource_report(train.TrainConfig(preset=name, **values))  # every preset builds
+        if name == "gpt2-124m":
+            assert figures["params"] == 124_439_808  # GPT-2 small exactly
 
 
 def test_lr_schedule():
