@@ -187,6 +187,7 @@ def dpo(cfg):
         print(f"note: {cfg.init} is a {payload.get('stage', 'pretrain')} run; DPO usually starts from an SFT run")
     rows, held, exact = load_pairs(cfg.data, tok, cfg.seq_len)
     exact = exact[:cfg.eval_exact] if cfg.eval_exact else exact
+    held = held[:cfg.eval_heldout] if cfg.eval_heldout else held
     pad = tok.special_tokens["<|endoftext|>"]
     print(f"{len(rows):,} training pairs, {len(held):,} held out, {len(exact)} held-out exercises; "
           f"loss {cfg.loss}, beta {cfg.beta}" + (f", label smoothing {cfg.label_smoothing}" if cfg.label_smoothing else ""))

@@ -345,6 +345,8 @@ class FineTuneConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW decay (matrices only)"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: off)"})
     eval_exact: int = field(default=200, metadata={"help": "held-out exercises for exact match (0: all)"})
+    eval_heldout: int = field(default=0, metadata={
+        "help": "held-out conversations (dpo.py: pairs) for held-out loss (preference accuracy) (0: all)"})
     max_new_tokens: int = field(default=24, metadata={"help": "longest generated answer in exact match"})
     out_dir: str = field(default="out/sft", metadata={"help": "run directory to write"})
     save_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
@@ -479,6 +481,7 @@ def sft(cfg):
     cfg, model, tok, payload, device, dtype = load_stage(cfg, SFTConfig, "sft")
     rows, held, exact = load_sft_data(cfg.data, tok, cfg.seq_len)
     exact = exact[:cfg.eval_exact] if cfg.eval_exact else exact
+    held = held[:cfg.eval_heldout] if cfg.eval_heldout else held
     pad = tok.special_tokens["<|endoftext|>"]
     print(f"{len(rows):,} training conversations, {len(held):,} held out, {len(exact)} held-out exercises")
 

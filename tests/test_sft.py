@@ -159,7 +159,7 @@ def test_cli_error_on_malformed_file(tmp_path, pretrained_run):
 def test_end_to_end_on_builtin_data(tmp_path, pretrained_run):
     out = tmp_path / "sft"
     r = run("sft.py", "--init", pretrained_run, "--max-steps", 3, "--batch-size", 4, "--eval-exact", 3,
-            "--max-new-tokens", 3, "--out-dir", out)
+            "--max-new-tokens", 3, "--eval-heldout", 8, "--out-dir", out)
     assert r.returncode == 0, r.stderr
     assert "held-out exact match" in r.stdout and "held-out assistant loss" in r.stdout
     model, _, payload = train.load_run(out)
