@@ -216,14 +216,8 @@ def dpo(cfg):
         return {"pref_accuracy": preference_accuracy(policy, held, pad, device, dtype),
                 "exact_match": sft.exact_match(policy, tok, exact, cfg.max_new_tokens)}
 
-    before, after, step = sft.fine_tune(cfg, "dpo", policy, tok, payload, device, dtype, len(rows),
-                                        step_loss, evaluate)
-    if after is None:
-        return {"step": step, "before": before}
-    sft.print_before_after(before, after, {"pref_accuracy": "held-out preference accuracy",
-                                           "exact_match": "held-out exact match"})
-    print(f"done: {step} steps. Run directory: {cfg.out_dir}")
-    return {"step": step, "before": before, "after": after}
+    return sft.fine_tune(cfg, "dpo", policy, tok, payload, device, dtype, len(rows), step_loss, evaluate,
+                         {"pref_accuracy": "held-out preference accuracy", "exact_match": "held-out exact match"})
 
 
 def main(argv=None, **overrides):

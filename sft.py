@@ -321,13 +321,6 @@ def exact_match(model, tok, items, max_new_tokens=24):
                for it in items) / len(items)
 
 
-def print_before_after(before, after, names):
-    """A small table: one row per metric, before and after the stage."""
-    print(f"{'metric':<28}{'before':>10}{'after':>10}")
-    for key, label in names.items():
-        print(f"{label:<28}{before[key]:>10.4f}{after[key]:>10.4f}")
-
-
 # ---------------------------------------------------------------------------------------------
 # The fine-tuning loop (shared with dpo.py): schedule, clipping, logging, checkpoints, resume
 # ---------------------------------------------------------------------------------------------
@@ -391,9 +384,10 @@ def load_stage(cfg, cls, stage):
     return cfg, model.train(), tok, payload, device, dtype
 
 
-def fine_tune(cfg, stage, model, tok, payload, device, dtype, n_items, step_loss, evaluate):
+def fine_tune(cfg, stage, model, tok, payload, device, dtype, n_items, step_loss, evaluate, labels):
     """Run cfg.max_steps optimizer steps of step_loss(indices) -> (loss, {name: value to log}),
-    with evaluate() -> {metric: value} at the start and the end. Returns (before, after, step)."""
+    with evaluate() -> {metric: value} at the start and the end, printed as a before/after table
+    (labels: {metric: row label}). Returns {"step", "before", "after"} ("after" absent on a halt)."""
     out = Path(cfg.out_dir)
     optimizer = train.make_optimizer(model, cfg.lr, cfg.weight_decay, (0.9, 0.95), device)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
@@ -439,17 +433,21 @@ def fine_tune(cfg, stage, model, tok, payload, device, dtype, n_items, step_loss
                 checkpoint(step)
             if step == cfg.halt_at:
                 tqdm.write(f"halted at step {step} (--halt-at); continue with --resume --out-dir {out}")
-                return before, None, step
+                return {"step": step, "before": before}
     except KeyboardInterrupt:
         checkpoint(step)
         tqdm.write(f"\ninterrupted: saved step {step} to {out}; continue with --resume --out-dir {out}")
-        return before, None, step
+        return {"step": step, "before": before}
     finally:
         bar.close()
     checkpoint(step)
     after = evaluate()
     log.write(step=step, eval="after", **after)
-    return before, after, step
+    print(f"{'metric':<32}{'before':>10}{'after':>10}")
+    for key, label in labels.items():
+        print(f"{label:<32}{before[key]:>10.4f}{after[key]:>10.4f}")
+    print(f"done: {step} steps. Run directory: {out}")
+    return {"step": step, "before": before, "after": after}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,12 +491,8 @@ def sft(cfg):
         return {"val_loss": heldout_loss(model, held, pad, device, dtype),
                 "exact_match": exact_match(model, tok, exact, cfg.max_new_tokens)}
 
-    before, after, step = fine_tune(cfg, "sft", model, tok, payload, device, dtype, len(rows), step_loss, evaluate)
-    if after is None:
-        return {"step": step, "before": before}
-    print_before_after(before, after, {"val_loss": "held-out assistant loss", "exact_match": "held-out exact match"})
-    print(f"done: {step} steps. Run directory: {cfg.out_dir}")
-    return {"step": step, "before": before, "after": after}
+    return fine_tune(cfg, "sft", model, tok, payload, device, dtype, len(rows), step_loss, evaluate,
+                     {"val_loss": "held-out assistant loss", "exact_match": "held-out exact match"})
 
 
 def main(argv=None, **overrides):
