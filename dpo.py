@@ -175,6 +175,8 @@ class DPOConfig(sft.FineTuneConfig):
         "help": "conservative DPO: the assumed share of pairs whose label is wrong (0 to 0.5)"})
     precompute_ref: bool = field(default=False, metadata={
         "help": "compute the reference log-probs once and free the reference model"})
+    sft_weight: float = field(default=0.0, metadata={
+        "help": "add this times the SFT loss on the chosen answers (as in RPO): keeps them likely"})
 
 
 def dpo(cfg):
@@ -208,6 +210,9 @@ def dpo(cfg):
             with torch.no_grad():
                 ref_c, ref_r = pair_logprobs(ref, batch, pad, device, dtype)
         loss, chosen, rejected = preference_loss(pi_c, pi_r, ref_c, ref_r, cfg.beta, cfg.loss, cfg.label_smoothing)
+        if cfg.sft_weight:  # DPO can lower the chosen answers too, as long as the rejected fall faster
+            n_tokens = sum(sum(c[1][1:]) for c, _ in batch)
+            loss = loss + cfg.sft_weight * -pi_c.sum() / n_tokens  # the SFT loss: sum / count, as in sft.py
         return loss, {"rewards/chosen": chosen.mean().item(), "rewards/rejected": rejected.mean().item(),
                       "rewards/accuracies": (chosen > rejected).float().mean().item(),
                       "rewards/margins": (chosen - rejected).mean().item()}

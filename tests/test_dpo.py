@@ -156,3 +156,15 @@ def test_end_to_end_and_resume(tmp_path, pretrained_run, pairs_file):
     bad.write_text(json.dumps(PAIR) + "\n" + BAD_PAIRS["no rejected side"] + "\n")
     r = run("dpo.py", "--init", sft_dir, "--data", bad, "--out-dir", tmp_path / "x")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(f"error: {bad}:2: ")
+
+
+def test_sft_weight_adds_the_sft_loss_on_chosen(tmp_path, pretrained_run, pairs_file):
+    dpo.main(["--init", str(pretrained_run), "--data", str(pairs_file), "--max-steps", "1", "--batch-size", "4",
+              "--eval-exact", "0", "--sft-weight", "0.5", "--out-dir", str(tmp_path / "rpo")])
+    first = [json.loads(l) for l in (tmp_path / "rpo" / "log.jsonl").read_text().splitlines()][1]
+    model, tok, _ = train.load_run(pretrained_run)
+    rows, _, _ = dpo.load_pairs(str(pairs_file), tok, 64)
+    batch = [rows[i][0] for i in sft.RandomBatches(len(rows), 4, 1337).next()]  # the same first batch
+    with torch.no_grad():
+        nll = sft.model_loss(model, *sft.collate(batch, tok.special_tokens["<|endoftext|>"]), "cpu", torch.float32)
+    assert first["loss"] == pytest.approx(math.log(2) + 0.5 * nll.item(), abs=1e-4)
