@@ -478,36 +478,32 @@ class InputError(Exception):
 
 
 def read_texts(paths):
-    """Yield documents from .txt files (the whole file is one document) and .jsonl files
-    (one {"text": ...} object per line), reading one line at a time."""
-    for path in paths:
+    """Yield documents from .txt files and .jsonl files (one {"text": ...} object per line,
+    read one line at a time). A .txt file is one document, or several separated by
+    <|endoftext|> (as TinyStories ships). A malformed line or a byte that is not UTF-8 raises
+    InputError naming the file (and line)."""
+    for path in map(str, paths):
         if not os.path.isfile(path):
             raise InputError(f"{path}: no such file")
-        if path.endswith(".jsonl"):
-            with open(path, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                        raise InputError(f'{path}:{lineno}: expected an object with a "text" string')
-                    yield obj["text"]
-        else:
-            with open(path, encoding="utf-8") as f:
-                yield f.read()
-
-
-def read_texts_checked(paths):
-    """read_texts, with a bad UTF-8 byte reported as a user error that names the file."""
-    path = None
-    try:
-        for path in paths:
-            yield from read_texts([path])
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        try:
+            if path.endswith(".jsonl"):
+                with open(path, encoding="utf-8") as f:
+                    for lineno, line in enumerate(f, 1):
+                        if not line.strip():
+                            continue
+                        try:
+                            obj = json.loads(line)
+                        except json.JSONDecodeError as e:
+                            raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                            raise InputError(f'{path}:{lineno}: expected an object with a "text" string')
+                        yield obj["text"]
+            else:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+                yield from (doc.strip() for doc in text.split("<|endoftext|>") if doc.strip())
+        except UnicodeDecodeError as e:
+            raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def main(argv=None):
@@ -533,10 +529,10 @@ def main(argv=None):
         # Documents stream from disk one at a time; a malformed line stops training with an
         # error before save() runs, so nothing is written.
         t0 = time.time()
-        tok = Tokenizer.train(read_texts_checked(args.input), args.vocab_size, progress=True)
+        tok = Tokenizer.train(read_texts(args.input), args.vocab_size, progress=True)
         seconds = time.time() - t0
         n_bytes = n_tokens = 0
-        for text in read_texts_checked(args.input):  # second pass: measure the compression
+        for text in read_texts(args.input):  # second pass: measure the compression
             n_bytes += len(text.encode("utf-8"))
             n_tokens += len(tok.encode_ordinary(text))
         tok.save(args.out)

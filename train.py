@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import bpe
 import gpt
 import minimind
 from bpe import Tokenizer
@@ -294,36 +295,16 @@ def download(url, dest, expected_size=None):
 
 
 def read_documents(path):
-    """Yield the documents of a .txt (see below), a .jsonl ({"text": ...} per line), or a folder
-    of them (sorted). A malformed line raises UserError naming FILE:LINE."""
+    """Yield the documents of a .txt, a .jsonl ({"text": ...} per line), or a folder of them
+    (sorted), with bpe.read_texts; a malformed line raises UserError naming FILE:LINE."""
     path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl"))
-        if not files:
-            raise UserError(f"{path}: no .txt or .jsonl files in this folder")
-        for p in files:
-            yield from read_documents(p)
-        return
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
-    if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})")
-                if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                    raise UserError(f'{path}:{lineno}: expected an object with a "text" string')
-                yield obj["text"]
-    else:  # one document, or several separated by <|endoftext|> lines (as TinyStories ships)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})")
-        yield from (doc.strip() for doc in text.split("<|endoftext|>") if doc.strip())
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")) if path.is_dir() else [path]
+    if not files:
+        raise UserError(f"{path}: no .txt or .jsonl files in this folder")
+    try:
+        yield from bpe.read_texts(files)
+    except bpe.InputError as e:
+        raise UserError(str(e)) from None
 
 
 def resolve_data(data):
