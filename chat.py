@@ -17,9 +17,7 @@ A model fine-tuned for chat (stage "sft" or "dpo") sees the conversation in the 
 sft.render_chat and stops at <|im_end|>; a pre-trained model just continues the text it is given.
 Only the standard library serves HTTP: no web framework, nothing to install.
 """
-import argparse
 import codecs
-import dataclasses
 import json
 import sys
 import threading
@@ -34,7 +32,7 @@ import torch
 
 import minimind
 from sft import render_chat
-from train import UserError, pick_device, run_cli
+from train import UserError, parse_config, pick_device, run_cli
 
 from quantize import load_run  # reads every run directory, float or INT8
 
@@ -44,8 +42,9 @@ from quantize import load_run  # reads every run directory, float or INT8
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class ChatConfig:
-    run_dir: str = field(default="out/dpo", metadata={"help": "run directory to load (any stage, float or INT8)"})
-    prompt: str = field(default="", metadata={"help": "-p: answer this prompt once and exit"})
+    run_dir: str = field(default="out/dpo", metadata={"help": "run directory to load (any stage, float or INT8)",
+                                                      "positional": "?"})
+    prompt: str = field(default="", metadata={"help": "answer this prompt once and exit", "short": "-p"})
     system: str = field(default="", metadata={"help": "system prompt (chat mode)"})
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature; 0 = greedy"})
     top_k: int = field(default=50, metadata={"help": "sample among the k most likely tokens (0: all)"})
@@ -61,29 +60,8 @@ class ChatConfig:
 
 
 def parse_args(argv=None, overrides=None):
-    """Flags from the dataclass (like train.parse_config) plus the positional RUN_DIR and -p."""
-    if argv is None and "ipykernel" in sys.modules:
-        argv = []  # a notebook kernel's own arguments are not ours
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(ChatConfig):
-        helptext = f.metadata["help"]
-        if f.name == "run_dir":
-            parser.add_argument("run_dir", nargs="?", default=None, help=f"{helptext} (default: {f.default})")
-            continue
-        names = ["--" + f.name.replace("_", "-")] + (["-p"] if f.name == "prompt" else [])
-        if f.type in (bool, "bool"):
-            parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{helptext} (default: {f.default})")
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            parser.add_argument(*names, type=kind, default=None, help=f"{helptext} (default: {f.default!r})")
-    args, _unknown = parser.parse_known_args(argv)
-    values = {k: v for k, v in vars(args).items() if v is not None}
-    values.update(overrides or {})
-    bad = set(values) - {f.name for f in dataclasses.fields(ChatConfig)}
-    if bad:
-        raise UserError(f"unknown option(s): {', '.join(sorted(bad))}")
-    cfg = ChatConfig(**values)
+    """train.parse_config's flags (RUN_DIR positional, -p for --prompt), with the values checked."""
+    cfg = parse_config(ChatConfig, argv, None, overrides)
     if cfg.temperature < 0 or not 0 < cfg.top_p <= 1 or cfg.top_k < 0 or cfg.repetition_penalty <= 0:
         raise UserError("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --repetition-penalty > 0")
     if cfg.max_new_tokens < 1 or cfg.max_body < 1:

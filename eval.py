@@ -14,12 +14,9 @@ Reading order: the figures on text (perplexity and bits per byte, built on train
 the baselines any model must beat (uniform, unigram, bigram) -> generation figures over a fixed
 prompt suite -> the readiness checks -> one run, then the table across runs -> the command line.
 """
-import argparse
-import dataclasses
 import hashlib
 import json
 import math
-import sys
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +27,7 @@ import torch
 import train
 from quantize import load_run  # reads every run directory: float or INT8, MiniMind or GPT
 from sft import render_chat
-from train import UserError, run_cli
+from train import UserError, parse_config, run_cli
 
 
 # ---------------------------------------------------------------------------------------------
@@ -38,7 +35,8 @@ from train import UserError, run_cli
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class EvalConfig:
-    run_dirs: list = field(default_factory=list, metadata={"help": "run directories to evaluate (one or more)"})
+    run_dirs: list = field(default_factory=list, metadata={"help": "run directories to evaluate (one or more)",
+                                                            "positional": "*"})
     data: str = field(default="python-docs", metadata={
         "help": "text to measure on, as train.py's --data: python-docs | tinystories | shakespeare | a file or folder"})
     val_fraction: float = field(default=0.05, metadata={"help": "share of --data held out (as in train.py)"})
@@ -60,22 +58,8 @@ class EvalConfig:
 
 
 def parse_args(argv=None, overrides=None):
-    """Flags from the dataclass (as train.parse_config makes them) plus the positional RUN_DIRs."""
-    if argv is None and "ipykernel" in sys.modules:
-        argv = []  # a notebook kernel's own arguments are not ours
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(EvalConfig):
-        flag, helptext = "--" + f.name.replace("_", "-"), f.metadata["help"]
-        if f.name == "run_dirs":
-            parser.add_argument("run_dirs", nargs="*", default=None, help=helptext)
-        elif f.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helptext)
-        else:
-            kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-            parser.add_argument(flag, type=kind, default=None, help=f"{helptext} (default: {f.default!r})")
-    args, _ = parser.parse_known_args(argv)
-    given = {k: v for k, v in vars(args).items() if v not in (None, [])}
-    cfg = EvalConfig(**{**given, **(overrides or {})})
+    """train.parse_config's flags, with the run directories as positional arguments."""
+    cfg = parse_config(EvalConfig, argv, None, overrides)
     if isinstance(cfg.run_dirs, (str, Path)):
         cfg.run_dirs = [cfg.run_dirs]
     if not cfg.run_dirs:

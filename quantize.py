@@ -15,11 +15,8 @@ int8 embedding table that the tied output head shares -> swapping a model's laye
 loading run directories (load_run reads ANY run directory, float or INT8; eval.py and chat.py use
 it) -> the command line.
 """
-import argparse
-import dataclasses
 import os
 import shutil
-import sys
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +27,7 @@ import torch.nn.functional as F
 
 import train
 from bpe import Tokenizer
-from train import UserError, run_cli
+from train import UserError, parse_config, run_cli
 
 SCHEME = "int8-per-channel-symmetric"
 
@@ -283,7 +280,7 @@ def write_int8_run(src_dir, out_dir, model, payload, include_embeddings):
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class QuantizeConfig:
-    run_dir: str = field(default="out/dpo", metadata={"help": "run directory to quantize (float)"})
+    run_dir: str = field(default="out/dpo", metadata={"help": "run directory to quantize (float)", "positional": "?"})
     out: str = field(default="", metadata={"help": "run directory to write (default: RUN_DIR-int8)"})
     include_embeddings: bool = field(default=False, metadata={
         "help": "quantize the token embedding (and the output head tied to it) too"})
@@ -293,26 +290,6 @@ class QuantizeConfig:
     eval_batches: int = field(default=8, metadata={"help": "validation batches for perplexity (0: skip it)"})
     batch_size: int = field(default=8, metadata={"help": "sequences per validation batch"})
     device: str = field(default="cpu", metadata={"help": "where to measure perplexity: cpu | cuda | mps"})
-
-
-def parse_args(argv=None, overrides=None):
-    """Flags from the dataclass (as train.parse_config makes them) plus the positional RUN_DIR."""
-    if argv is None and "ipykernel" in sys.modules:
-        argv = []  # a notebook kernel's own arguments are not ours
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(QuantizeConfig):
-        if f.name == "run_dir":
-            parser.add_argument("run_dir", nargs="?", default=None, help=f.metadata["help"])
-        elif f.type in (bool, "bool"):
-            parser.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction,
-                                default=None, help=f.metadata["help"])
-        else:
-            kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-            parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
-                                help=f"{f.metadata['help']} (default: {f.default!r})")
-    args, _ = parser.parse_known_args(argv)
-    given = {k: v for k, v in vars(args).items() if v is not None}
-    return QuantizeConfig(**{**given, **(overrides or {})})
 
 
 def validation_perplexity(model, tok, payload, cfg, device):
@@ -335,7 +312,7 @@ def validation_perplexity(model, tok, payload, cfg, device):
 
 def main(argv=None, **overrides):
     """Quantize RUN_DIR into a new run directory; returns the error rows and the perplexities."""
-    cfg = parse_args(argv, overrides)
+    cfg = parse_config(QuantizeConfig, argv, None, overrides)
     src = Path(cfg.run_dir.rstrip("/\\") or cfg.run_dir)
     out = Path(cfg.out) if cfg.out else src.with_name(src.name + "-int8")
     model, tok, payload = load_run(src, "cpu")

@@ -135,31 +135,37 @@ PRESETS = {
 def parse_config(cls, argv=None, presets=None, overrides=None):
     """(shared) Build a config dataclass from defaults < preset < command-line flags < overrides.
 
-    Every field becomes a kebab-case flag with its help and default; unknown arguments (the ones
-    Jupyter passes to a kernel) are ignored, so `main()` works in a notebook cell too."""
+    Every field becomes a kebab-case flag with its help and default. A field's metadata may add
+    "positional" (an nargs, e.g. "?" for a RUN_DIR) or "short" (e.g. "-p"). Unknown arguments are
+    ignored and a notebook kernel's own argv is not read, so `main()` works in a notebook cell."""
+    if argv is None and "ipykernel" in sys.modules:
+        argv = []  # a notebook kernel's own arguments (-f kernel.json) are not ours
     presets = presets or {}
     epilog = "presets:\n" + "\n".join(f"  {k:<11} {v[0]}" for k, v in presets.items()) if presets else None
     parser = argparse.ArgumentParser(description=inspect.getdoc(sys.modules[cls.__module__]).split("\n")[0],
                                      epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
         helptext = f.metadata.get("help", "")
+        if f.default is not dataclasses.MISSING:
+            helptext += f" (default: {f.default})"
+        if "positional" in f.metadata:
+            parser.add_argument(f.name, nargs=f.metadata["positional"], default=None, help=helptext)
+            continue
+        names = ["--" + f.name.replace("_", "-")] + ([f.metadata["short"]] if "short" in f.metadata else [])
         if f.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{helptext} (default: {f.default})")
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         else:
-            kind = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-            parser.add_argument(flag, type=kind, default=None, help=f"{helptext} (default: {f.default})")
+            kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+            parser.add_argument(*names, type=kind, default=None, help=helptext)
     args, _unknown = parser.parse_known_args(argv)
-    given = {k: v for k, v in vars(args).items() if v is not None}
+    given = {k: v for k, v in vars(args).items() if v is not None and v != []}
     given.update(overrides or {})
     name = given.get("preset", "")
     if name and name not in presets:
         raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(presets)}")
     values = dict(presets[name][1]) if name else {}
     values.update(given)
-    known = {f.name for f in dataclasses.fields(cls)}
-    bad = set(values) - known
+    bad = set(values) - {f.name for f in dataclasses.fields(cls)}
     if bad:
         raise UserError(f"unknown option(s): {', '.join(sorted(bad))}")
     return cls(**values)

@@ -1,7 +1,7 @@
 """Shared fixtures: a small text with its tokenizer, and a tiny pre-trained run directory that the
 tests of sft.py, dpo.py, eval.py, quantize.py and chat.py start from. Seconds, not minutes."""
 import os
-from pathlib import Path
+
 
 import pytest
 import torch

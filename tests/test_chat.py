@@ -26,15 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 HELLO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What does len do?"}]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared, busy CPU: torch's threads waiting for each other cost more than
-    the arithmetic (a 13 ms linear layer instead of 0.05 ms), so these tests use one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def sft_run(pretrained_run, tmp_path_factory):

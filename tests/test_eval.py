@@ -22,14 +22,6 @@ from bpe import Tokenizer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on a shared two-core machine, two OpenMP threads per process can be 50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_model(vocab):
     torch.manual_seed(0)

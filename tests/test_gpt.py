@@ -17,14 +17,6 @@ from gpt import (GPT, SIZES, CharTokenizer, GPTConfig, causal_attention, get_bat
                  UserError, load_text, main, make_optimizer, parse_args, split_data)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is as fast, and far faster on a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=40, dropout=0.0)
 
