@@ -77,7 +77,7 @@ class TrainConfig:
     batch_size: int = field(default=16, metadata={"help": "sequences per micro-batch (per process)"})
     tokens_per_step: int = field(default=0, metadata={
         "help": "tokens per optimizer step; sets gradient accumulation (0: one micro-batch per step)"})
-    max_steps: int = field(default=1500, metadata={"help": "optimizer steps"})
+    max_steps: int = field(default=1200, metadata={"help": "optimizer steps"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine floor as a fraction of lr"})
     warmup_steps: int = field(default=100, metadata={"help": "linear warmup steps"})
@@ -104,8 +104,8 @@ class TrainConfig:
 
 # Each preset: a one-line description of the hardware and time it expects, then its defaults.
 PRESETS = {
-    "cpu": ("2 CPU cores, about 8 minutes: a 1.3M MiniMind (nano) on Python's docs",
-            dict(model="minimind", size="nano", seq_len=256, batch_size=16, max_steps=1500, lr=2e-3,
+    "cpu": ("2 CPU cores, about 7 minutes: a 1.3M MiniMind (nano) on Python's docs",
+            dict(model="minimind", size="nano", seq_len=256, batch_size=16, max_steps=1200, lr=2e-3,
                  vocab_size=4096, dtype="fp32")),
     "t4-small": ("free Colab T4 (16 GB, fp16 + scaler), 1-2 hours: minimind2-small (26M) on TinyStories",
                  dict(model="minimind", size="minimind2-small", data="tinystories", seq_len=512,
