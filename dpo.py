@@ -175,8 +175,8 @@ class DPOConfig(sft.FineTuneConfig):
         "help": "conservative DPO: the assumed share of pairs whose label is wrong (0 to 0.5)"})
     precompute_ref: bool = field(default=False, metadata={
         "help": "compute the reference log-probs once and free the reference model"})
-    sft_weight: float = field(default=0.0, metadata={
-        "help": "add this times the SFT loss on the chosen answers (as in RPO): keeps them likely"})
+    sft_weight: float = field(default=1.0, metadata={
+        "help": "add this times the SFT loss on the chosen answers (as in RPO): keeps them likely; 0: plain DPO"})
 
 
 def dpo(cfg):

@@ -119,7 +119,7 @@ def pairs_file(tmp_path_factory):
 
 def test_precomputed_reference_gives_the_same_losses(tmp_path, pretrained_run, pairs_file):
     common = ["--init", str(pretrained_run), "--data", str(pairs_file), "--max-steps", "3",
-              "--batch-size", "4", "--warmup-steps", "1", "--lr", "1e-3", "--eval-exact", "0"]
+              "--batch-size", "4", "--warmup-steps", "1", "--lr", "1e-3", "--eval-exact", "0", "--sft-weight", "0"]
     dpo.main(common + ["--out-dir", str(tmp_path / "live")])
     dpo.main(common + ["--out-dir", str(tmp_path / "pre"), "--precompute-ref"])
     logs = [[json.loads(l) for l in (tmp_path / d / "log.jsonl").read_text().splitlines()] for d in ("live", "pre")]
