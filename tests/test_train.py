@@ -211,3 +211,33 @@ def test_ddp_two_processes_match_one(corpus, tmp_path):
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert losses(two) == pytest.approx(losses(one), abs=1e-5)
+
+
+def test_ctrl_c_saves_and_exits_cleanly(corpus, tmp_path):
+    import signal
+    import time
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "train.py", *tiny_args(corpus, out, "--max-steps", "100000")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(losses(out) if (out / "log.jsonl").exists() else []) < 3:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-1000:]
+    assert "interrupted: saved step" in stderr + stdout
+    saved = torch.load(out / "model.pt", weights_only=True)["step"]
+    assert saved == len(losses(out)) >= 3  # the checkpoint holds every step that was logged
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(corpus, tmp_path):
+    out = tmp_path / "run"
+    train.main(tiny_args(corpus, out, "--max-steps", "2"))
+    before = (out / "model.pt").read_bytes()
+    # A learning rate this large with no clipping blows the weights up within a few steps.
+    r = subprocess.run([sys.executable, "train.py", *tiny_args(corpus, out, "--max-steps", "50", "--lr", "1e12",
+                                                               "--grad-clip", "0", "--warmup-steps", "1",
+                                                               "--save-every", "1000")],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "error: loss became" in r.stderr and "Traceback" not in r.stderr
+    assert (out / "model.pt").read_bytes() == before
