@@ -727,6 +727,22 @@ def prepare_data(cfg):
     return tok, train_tokens, val_tokens
 
 
+def check_config(cfg):
+    """Catch impossible flag values here, with a clear message, not deep inside torch."""
+    for name in ("seq_len", "batch_size", "max_steps", "eval_every", "eval_batches", "save_every"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(cfg, name)}")
+    if not 0 < cfg.val_fraction < 0.5:
+        raise UserError(f"--val-fraction must be between 0 and 0.5; got {cfg.val_fraction}")
+    if cfg.lr <= 0 or cfg.warmup_steps < 0 or cfg.tokens_per_step < 0:
+        raise UserError("--lr must be positive, --warmup-steps and --tokens-per-step not negative")
+    device = pick_device(cfg.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible to PyTorch here")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: Apple's MPS backend is not available here")
+
+
 def train(cfg):
     out = Path(cfg.out_dir)
     if cfg.resume:  # continue with the saved config; only these may differ from it
@@ -735,6 +751,7 @@ def train(cfg):
             raise UserError(f"{saved}: no such file; nothing to resume")
         keep = {k: getattr(cfg, k) for k in ("resume", "halt_at", "device", "out_dir")}
         cfg = TrainConfig(**{**json.loads(saved.read_text()), **keep})
+    check_config(cfg)
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
     device = pick_device(cfg.device)

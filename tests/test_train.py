@@ -121,6 +121,10 @@ def test_presets_and_flag_overrides():
     assert cfg.data == "python-docs"
     with pytest.raises(train.UserError, match="unknown preset"):
         train.parse_config(train.TrainConfig, ["--preset", "nope"], train.PRESETS)
+    for bad, why in ((["--batch-size", "0"], "--batch-size must be at least 1"),
+                     (["--val-fraction", "0"], "--val-fraction"), (["--lr", "-1"], "--lr must be positive")):
+        with pytest.raises(train.UserError, match=why):
+            train.check_config(train.parse_config(train.TrainConfig, bad, train.PRESETS))
     for name, (description, values) in train.PRESETS.items():
         assert description and set(values) <= {f.name for f in train.dataclasses.fields(train.TrainConfig)}
         _, figures = train.resource_report(train.TrainConfig(preset=name, **values))  # every preset builds
