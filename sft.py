@@ -371,7 +371,10 @@ def load_stage(cfg, cls, stage):
             raise UserError(f"{saved}: no such file; nothing to resume")
         keep = {k: getattr(cfg, k) for k in ("resume", "halt_at", "device", "out_dir")}
         cfg = cls(**{**json.loads(saved.read_text()), **keep})
-    device = train.pick_device(cfg.device)
+    train.check_positive(cfg, ("batch_size", "max_steps", "save_every"))
+    if cfg.lr <= 0:
+        raise UserError(f"--lr must be positive; got {cfg.lr}")
+    device = train.check_device(cfg.device)
     dtype = train.pick_dtype(device, cfg.dtype)
     torch.manual_seed(cfg.seed)
     model, tok, payload = train.load_run(cfg.init, device)

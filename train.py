@@ -727,20 +727,30 @@ def prepare_data(cfg):
     return tok, train_tokens, val_tokens
 
 
-def check_config(cfg):
-    """Catch impossible flag values here, with a clear message, not deep inside torch."""
-    for name in ("seq_len", "batch_size", "max_steps", "eval_every", "eval_batches", "save_every"):
+def check_positive(cfg, names):
+    """(shared) Each named flag must be at least 1: caught here, not deep inside torch."""
+    for name in names:
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(cfg, name)}")
+
+
+def check_device(name):
+    """(shared) pick_device, refusing a device this machine does not have with a clear message."""
+    device = pick_device(name)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible to PyTorch here")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: Apple's MPS backend is not available here")
+    return device
+
+
+def check_config(cfg):
+    check_positive(cfg, ("seq_len", "batch_size", "max_steps", "eval_every", "eval_batches", "save_every"))
     if not 0 < cfg.val_fraction < 0.5:
         raise UserError(f"--val-fraction must be between 0 and 0.5; got {cfg.val_fraction}")
     if cfg.lr <= 0 or cfg.warmup_steps < 0 or cfg.tokens_per_step < 0:
         raise UserError("--lr must be positive, --warmup-steps and --tokens-per-step not negative")
-    device = pick_device(cfg.device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible to PyTorch here")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps: Apple's MPS backend is not available here")
+    check_device(cfg.device)
 
 
 def train(cfg):

@@ -187,3 +187,12 @@ def test_exact_resume(tmp_path, pretrained_run):
     logs = [[json.loads(l) for l in (tmp_path / d / "log.jsonl").read_text().splitlines()]
             for d in ("straight", "split")]
     assert [r.get("loss") for r in logs[0]] == [r.get("loss") for r in logs[1]]
+
+
+def test_impossible_flags_are_one_error_line(pretrained_run, tmp_path):
+    for flags, why in ((["--batch-size", "0"], "--batch-size must be at least 1"),
+                       (["--lr", "0"], "--lr must be positive")):
+        r = subprocess.run([sys.executable, "sft.py", "--init", str(pretrained_run), "--out-dir",
+                            str(tmp_path / "out"), *flags], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(f"error: {why}"), r.stderr
+        assert not (tmp_path / "out").exists()
