@@ -37,7 +37,6 @@ from tqdm import tqdm
 import bpe
 import gpt
 import minimind
-from bpe import Tokenizer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,12 +345,12 @@ def get_tokenizer(cfg, train_docs, cache, fingerprint):
     """--tokenizer FILE, or a BPE trained on (a sample of) the training documents, cached."""
     if cfg.tokenizer:
         try:
-            return Tokenizer.load(cfg.tokenizer)
+            return bpe.Tokenizer.load(cfg.tokenizer)
         except (OSError, ValueError) as e:
             raise UserError(f"{cfg.tokenizer}: {e}")
     cached = cache / f"{fingerprint}.bpe{cfg.vocab_size}.json"
     if cached.exists():
-        return Tokenizer.load(cached)
+        return bpe.Tokenizer.load(cached)
     sample, budget = [], 20_000_000  # at most ~20 MB of text: enough for a good BPE, fast to train
     for d in train_docs:
         sample.append(d)
@@ -359,7 +358,7 @@ def get_tokenizer(cfg, train_docs, cache, fingerprint):
         if budget <= 0:
             break
     print(f"training a {cfg.vocab_size}-token BPE tokenizer on {sum(map(len, sample)) / 1e6:.1f} MB ...")
-    tok = Tokenizer.train(sample, cfg.vocab_size)
+    tok = bpe.Tokenizer.train(sample, cfg.vocab_size)
     tok.save(cached)
     return tok
 
@@ -452,8 +451,7 @@ def save_model(run_dir, model, arch, config, tokenizer, extra=None):
     payload = {"format": "slm-run", "version": 1, "arch": arch, "config": dict(config),
                "model": model.state_dict(), **(extra or {})}
     atomic_write(run_dir / "model.pt", lambda f: torch.save(payload, f))
-    tokenizer.save(run_dir / "tokenizer.json.tmp")
-    os.replace(run_dir / "tokenizer.json.tmp", run_dir / "tokenizer.json")
+    tokenizer.save(run_dir / "tokenizer.json")  # bpe.py writes atomically too
 
 
 def read_model_file(run_dir):
@@ -475,7 +473,7 @@ def load_run(run_dir, device="cpu"):
     quantize.load_run wraps this for INT8 run directories."""
     payload = read_model_file(run_dir)
     try:
-        tok = Tokenizer.load(Path(run_dir) / "tokenizer.json")
+        tok = bpe.Tokenizer.load(Path(run_dir) / "tokenizer.json")
     except (OSError, ValueError) as e:
         raise UserError(f"{Path(run_dir) / 'tokenizer.json'}: {e}")
     if tok.vocab_size != payload["config"]["vocab_size"]:
