@@ -772,7 +772,11 @@ def train(cfg):
     dtype = pick_dtype(device, cfg.dtype)
     torch.manual_seed(cfg.seed + rank)
 
+    if ddp and not master:  # rank 0 trains the tokenizer and writes the token cache; the others wait,
+        torch.distributed.barrier()  # then read what it wrote
     tok, train_tokens, val_tokens = prepare_data(cfg)
+    if ddp and master:
+        torch.distributed.barrier()
     mcfg = model_config(cfg.model, cfg.size, tok.vocab_size, cfg.seq_len, cfg.dropout)
     model = build_model(cfg.model, mcfg).to(device)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device)
