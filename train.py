@@ -881,7 +881,8 @@ def train(cfg):
         return {"step": step}
     finally:
         bar.close()
-        if ddp:
+        if ddp:  # every process leaves its last collective before any tears the group down
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
     checkpoint(step)
     final = evaluate_and_sample(step)
