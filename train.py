@@ -402,6 +402,9 @@ class Batches:
 
 def eval_windows(tokens, seq_len, batch_size, n_batches):
     """Fixed, evenly spaced validation windows: the same text at every evaluation."""
+    if len(tokens) <= seq_len + 1:
+        raise UserError(f"the validation split has only {len(tokens)} tokens, not enough for one window of "
+                        f"--seq-len {seq_len}: give more text, a larger --val-fraction or a smaller --seq-len")
     n = min(n_batches * batch_size, max(1, (len(tokens) - 1) // seq_len))
     starts = np.linspace(0, len(tokens) - seq_len - 1, n).astype(np.int64)
     rows = torch.from_numpy(np.stack([tokens[s:s + seq_len + 1] for s in starts]).astype(np.int64))
