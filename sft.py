@@ -344,6 +344,7 @@ class FineTuneConfig:
     out_dir: str = field(default="out/sft", metadata={"help": "run directory to write"})
     save_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out-dir exactly"})
+    overwrite: bool = field(default=False, metadata={"help": "start a new run in an --out-dir that holds one"})
     halt_at: int = field(default=0, metadata={"help": "stop after this step with a checkpoint, as if interrupted"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | mps"})
     dtype: str = field(default="auto", metadata={"help": "auto | fp32 | bf16 | fp16"})
@@ -369,9 +370,10 @@ def load_stage(cfg, cls, stage):
         saved = Path(cfg.out_dir) / "config.json"
         if not saved.exists():
             raise UserError(f"{saved}: no such file; nothing to resume")
-        keep = {k: getattr(cfg, k) for k in ("resume", "halt_at", "device", "out_dir")}
-        cfg = cls(**{**json.loads(saved.read_text()), **keep})
+        keep = {k: getattr(cfg, k) for k in ("resume", "overwrite", "halt_at", "device", "out_dir")}
+        cfg = train.read_saved_config(cls, saved, keep)
     train.check_positive(cfg, ("batch_size", "max_steps", "save_every"))
+    train.refuse_to_overwrite(cfg)
     if cfg.lr <= 0:
         raise UserError(f"--lr must be positive; got {cfg.lr}")
     device = train.check_device(cfg.device)
@@ -422,12 +424,12 @@ def fine_tune(cfg, stage, model, tok, payload, device, dtype, n_items, step_loss
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")).item()
+            if not math.isfinite(loss.item()) or not (math.isfinite(grad_norm) or scaler.is_enabled()):
+                raise UserError(f"loss {loss.item()}, gradient norm {grad_norm} at step {step + 1}; stopped. The "
+                                f"last good checkpoint in {out} is untouched (try a lower --lr)")
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            if not math.isfinite(loss.item()):
-                raise UserError(f"loss became {loss.item()} at step {step + 1}; stopped. The last good "
-                                f"checkpoint in {out} is untouched (try a lower --lr)")
             step += 1
             log.write(step=step, loss=loss.item(), lr=lr, grad_norm=grad_norm, **logs)
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")

@@ -96,6 +96,7 @@ class TrainConfig:
     save_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
     sample_tokens: int = field(default=120, metadata={"help": "tokens in each printed sample"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out-dir exactly"})
+    overwrite: bool = field(default=False, metadata={"help": "start a new run in an --out-dir that holds one"})
     halt_at: int = field(default=0, metadata={
         "help": "stop after this step with a checkpoint, as if interrupted (split a schedule across sessions)"})
     dry_run: bool = field(default=False, metadata={"help": "print the resource calculator and exit"})
@@ -156,7 +157,11 @@ def parse_config(cls, argv=None, presets=None, overrides=None):
         else:
             kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
             parser.add_argument(*names, type=kind, default=None, help=helptext)
-    args, _unknown = parser.parse_known_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown[:1] == ["-f"]:  # Jupyter's "-f kernel.json", when argv was passed on from a notebook
+        unknown = unknown[2:]
+    if unknown:
+        raise UserError(f"unknown argument(s): {' '.join(unknown)} (see --help)")
     given = {k: v for k, v in vars(args).items() if v is not None and v != []}
     given.update(overrides or {})
     name = given.get("preset", "")
@@ -348,7 +353,7 @@ def get_tokenizer(cfg, train_docs, cache, fingerprint):
             return bpe.Tokenizer.load(cfg.tokenizer)
         except (OSError, ValueError) as e:
             raise UserError(f"{cfg.tokenizer}: {e}")
-    cached = cache / f"{fingerprint}.bpe{cfg.vocab_size}.json"
+    cached = cache / f"{fingerprint}.v{cfg.val_fraction}.bpe{cfg.vocab_size}.json"  # never saw this val split
     if cached.exists():
         return bpe.Tokenizer.load(cached)
     sample, budget = [], 20_000_000  # at most ~20 MB of text: enough for a good BPE, fast to train
@@ -358,7 +363,10 @@ def get_tokenizer(cfg, train_docs, cache, fingerprint):
         if budget <= 0:
             break
     print(f"training a {cfg.vocab_size}-token BPE tokenizer on {sum(map(len, sample)) / 1e6:.1f} MB ...")
-    tok = bpe.Tokenizer.train(sample, cfg.vocab_size)
+    try:
+        tok = bpe.Tokenizer.train(sample, cfg.vocab_size)
+    except ValueError as e:
+        raise UserError(f"--vocab-size {cfg.vocab_size}: {e}")
     tok.save(cached)
     return tok
 
@@ -482,15 +490,19 @@ def load_run(run_dir, device="cpu"):
     if tok.vocab_size != payload["config"]["vocab_size"]:
         raise UserError(f"{run_dir}: tokenizer has {tok.vocab_size} tokens, model expects "
                         f"{payload['config']['vocab_size']}")
-    model = build_model(payload["arch"], payload["config"])
-    model.load_state_dict(payload.pop("model"))
+    try:
+        model = build_model(payload["arch"], payload["config"])
+        model.load_state_dict(payload.pop("model"))
+    except (RuntimeError, TypeError, KeyError) as e:
+        raise UserError(f"{Path(run_dir) / 'model.pt'}: weights do not fit the model it describes "
+                        f"({str(e).splitlines()[0]}); an INT8 run loads with quantize.load_run")
     return model.to(device).eval(), tok, payload
 
 
 def write_loss_svg(log_path, svg_path):
     """Draw train and val loss against step as an SVG (no plotting library needed)."""
     train, val = [], []
-    for line in Path(log_path).read_text().splitlines():
+    for line in filter(is_json, Path(log_path).read_text().splitlines()):
         row = json.loads(line)
         if "loss" in row:
             train.append((row["step"], row["loss"]))
@@ -692,6 +704,14 @@ def load_checkpoint(run_dir, model, optimizer, scaler):
     return state
 
 
+def is_json(line):
+    try:
+        json.loads(line)
+        return True
+    except json.JSONDecodeError:
+        return False
+
+
 class RunLog:
     """log.jsonl, one JSON object per line; on resume, lines after the checkpoint are dropped."""
 
@@ -700,8 +720,9 @@ class RunLog:
         if keep_until_step is None or not self.path.exists():
             self.path.write_text("")
         else:
-            kept = [l for l in self.path.read_text().splitlines() if json.loads(l)["step"] <= keep_until_step]
-            self.path.write_text("".join(l + "\n" for l in kept))
+            rows = [json.loads(l) for l in self.path.read_text().splitlines() if is_json(l)]  # a kill may tear a line
+            kept = "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= keep_until_step)
+            atomic_write(self.path, lambda f: f.write(kept.encode()))
 
     def write(self, **row):
         with open(self.path, "a") as f:
@@ -715,7 +736,7 @@ def prepare_data(cfg):
     """Tokenizer plus train/val token arrays, reading and encoding the text only when not cached."""
     make_docs, cache, fingerprint = resolve_data(cfg.data)
     docs = None
-    if not cfg.tokenizer and not (cache / f"{fingerprint}.bpe{cfg.vocab_size}.json").exists():
+    if not cfg.tokenizer and not (cache / f"{fingerprint}.v{cfg.val_fraction}.bpe{cfg.vocab_size}.json").exists():
         docs = split_documents(make_docs(), cfg.val_fraction)
     tok = get_tokenizer(cfg, docs[0] if docs else None, cache, fingerprint)
     tok_hash = hashlib.sha1(json.dumps(tok.special_tokens, sort_keys=True).encode() +
@@ -745,13 +766,31 @@ def check_device(name):
     return device
 
 
+def read_saved_config(cls, path, keep):
+    """(shared) The config a run saved in config.json, with the fields in `keep` replaced."""
+    try:
+        return cls(**{**json.loads(Path(path).read_text()), **keep})
+    except (json.JSONDecodeError, TypeError) as e:
+        raise UserError(f"{path}: not a config this script wrote ({e})")
+
+
+def refuse_to_overwrite(cfg):
+    """(shared) A fresh run must not clobber a run directory that already holds a run."""
+    if not cfg.resume and not cfg.overwrite and (Path(cfg.out_dir) / "model.pt").exists():
+        raise UserError(f"{cfg.out_dir} already holds a run: --resume continues it, --overwrite starts again "
+                        f"there, or choose another --out-dir")
+
+
 def check_config(cfg):
     check_positive(cfg, ("seq_len", "batch_size", "max_steps", "eval_every", "eval_batches", "save_every"))
     if not 0 < cfg.val_fraction < 0.5:
         raise UserError(f"--val-fraction must be between 0 and 0.5; got {cfg.val_fraction}")
     if cfg.lr <= 0 or cfg.warmup_steps < 0 or cfg.tokens_per_step < 0:
         raise UserError("--lr must be positive, --warmup-steps and --tokens-per-step not negative")
+    if not 0 <= cfg.dropout < 1:
+        raise UserError(f"--dropout must be in [0, 1); got {cfg.dropout}")
     check_device(cfg.device)
+    refuse_to_overwrite(cfg)
 
 
 def train(cfg):
@@ -760,8 +799,8 @@ def train(cfg):
         saved = out / "config.json"
         if not saved.exists():
             raise UserError(f"{saved}: no such file; nothing to resume")
-        keep = {k: getattr(cfg, k) for k in ("resume", "halt_at", "device", "out_dir")}
-        cfg = TrainConfig(**{**json.loads(saved.read_text()), **keep})
+        keep = {k: getattr(cfg, k) for k in ("resume", "overwrite", "halt_at", "device", "out_dir")}
+        cfg = read_saved_config(TrainConfig, saved, keep)
     check_config(cfg)
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
@@ -846,26 +885,27 @@ def train(cfg):
                         _, loss = net(x, y)
                     scaler.scale(loss / accum).backward()
                 loss_sum += loss.detach()
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            scaler.unscale_(optimizer)  # true gradients (a no-op without fp16's scaler)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")).item()
             if ddp:
                 torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
             loss_value = loss_sum.item() / accum
-            if not math.isfinite(loss_value):
-                raise UserError(f"loss became {loss_value} at step {step + 1}; stopped. The last good checkpoint "
-                                f"in {out} is untouched (try a lower --lr or --dtype bf16/fp32)")
+            # Checked before the step, so bad numbers never reach the weights or a checkpoint. With
+            # fp16 an overflowing gradient is normal: the scaler skips that step and lowers its scale.
+            if not math.isfinite(loss_value) or not (math.isfinite(grad_norm) or scaler.is_enabled()):
+                raise UserError(f"loss {loss_value}, gradient norm {grad_norm} at step {step + 1}; stopped. The last "
+                                f"good checkpoint in {out} is untouched (try a lower --lr or --dtype bf16/fp32)")
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
             step += 1
             now = time.perf_counter()
             tokens_per_s = accum * tokens_micro / (now - t_last)
             t_last = now
             if master:
                 mfu = flops_token * tokens_per_s / peak if peak else None
-                log.write(step=step, loss=loss_value, lr=lr, tokens_per_s=round(tokens_per_s),
-                          **({"grad_norm": grad_norm} if cfg.grad_clip else {}), **({"mfu": mfu} if mfu else {}))
+                log.write(step=step, loss=loss_value, lr=lr, tokens_per_s=round(tokens_per_s), grad_norm=grad_norm,
+                          **({"mfu": mfu} if mfu else {}))
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_s:,.0f}",
                                 **({"mfu": f"{mfu:.1%}"} if mfu else {}))
                 bar.update()

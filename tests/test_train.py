@@ -55,7 +55,8 @@ def test_malformed_jsonl_cli_exit_2_and_no_damage(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "model.pt").write_bytes(b"precious")
-    r = subprocess.run([sys.executable, "train.py", "--data", str(path), "--out-dir", str(out), "--max-steps", "1"],
+    r = subprocess.run([sys.executable, "train.py", "--data", str(path), "--out-dir", str(out), "--max-steps", "1",
+                        "--overwrite"],
                        cwd=ROOT, capture_output=True, text=True, env={**os.environ})
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith(f"error: {path}:2:")
@@ -121,6 +122,8 @@ def test_presets_and_flag_overrides():
     assert cfg.data == "python-docs"
     with pytest.raises(train.UserError, match="unknown preset"):
         train.parse_config(train.TrainConfig, ["--preset", "nope"], train.PRESETS)
+    with pytest.raises(train.UserError, match="unknown argument.*--batchsize"):  # a typo is not ignored
+        train.parse_config(train.TrainConfig, ["--batchsize", "3"], train.PRESETS)
     for bad, why in ((["--batch-size", "0"], "--batch-size must be at least 1"),
                      (["--val-fraction", "0"], "--val-fraction"), (["--lr", "-1"], "--lr must be positive")):
         with pytest.raises(train.UserError, match=why):
@@ -186,6 +189,26 @@ def test_tiny_run_lowers_loss_and_writes_a_run_directory(corpus, tmp_path):
     assert (out / "loss.svg").read_text().startswith("<svg")
 
 
+def test_a_fresh_run_never_clobbers_an_existing_one(corpus, tmp_path):
+    out = tmp_path / "run"
+    train.main(tiny_args(corpus, out, "--max-steps", "2"))
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(train.UserError, match="already holds a run"):
+        train.main(tiny_args(corpus, out, "--lr", "0.5"))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+    train.main(tiny_args(corpus, out, "--max-steps", "3", "--overwrite"))
+    assert torch.load(out / "model.pt", weights_only=True)["step"] == 3
+
+
+def test_resume_survives_a_torn_log_line(corpus, tmp_path):
+    out = tmp_path / "run"
+    train.main(tiny_args(corpus, out, "--halt-at", "3"))
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"step": 4, "lo')  # the process was killed in the middle of a line
+    train.main(tiny_args(corpus, out, "--resume"))
+    assert len(losses(out)) == 6
+
+
 def test_resume_is_exact(corpus, tmp_path):
     full, split = tmp_path / "full", tmp_path / "split"
     train.main(tiny_args(corpus, full, "--dropout", "0.1"))
@@ -236,12 +259,13 @@ def test_ctrl_c_saves_and_exits_cleanly(corpus, tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(corpus, tmp_path):
     out = tmp_path / "run"
-    train.main(tiny_args(corpus, out, "--max-steps", "2"))
-    before = (out / "model.pt").read_bytes()
-    # A learning rate this large with no clipping blows the weights up within a few steps.
+    # A learning rate this large with no clipping blows the weights up within a few steps; a
+    # checkpoint is due after every step, so the run must stop before bad numbers reach one.
     r = subprocess.run([sys.executable, "train.py", *tiny_args(corpus, out, "--max-steps", "50", "--lr", "1e12",
                                                                "--grad-clip", "0", "--warmup-steps", "1",
-                                                               "--save-every", "1000")],
+                                                               "--save-every", "1")],
                        cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 2 and "error: loss became" in r.stderr and "Traceback" not in r.stderr
-    assert (out / "model.pt").read_bytes() == before
+    assert r.returncode == 2 and "error: loss" in r.stderr and "Traceback" not in r.stderr
+    payload = torch.load(out / "model.pt", weights_only=True)
+    assert payload["step"] < 50
+    assert all(torch.isfinite(t).all() for t in payload["model"].values())
