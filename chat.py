@@ -32,7 +32,7 @@ import torch
 
 import minimind
 from sft import render_chat
-from train import UserError, parse_config, pick_device, run_cli
+from train import UserError, check_device, parse_config, run_cli
 
 from quantize import load_run  # reads every run directory, float or INT8
 
@@ -564,7 +564,7 @@ def main(argv=None, **overrides):
     cfg = parse_args(argv, overrides)
     if cfg.seed >= 0:
         torch.manual_seed(cfg.seed)
-    engine = Engine(cfg.run_dir, pick_device(cfg.device))
+    engine = Engine(cfg.run_dir, check_device(cfg.device))
     if cfg.serve:
         return serve(engine, cfg)
     interactive = "ipykernel" in sys.modules or sys.stdin.isatty()

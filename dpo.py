@@ -185,6 +185,8 @@ def dpo(cfg):
         raise UserError(f"--label-smoothing must be in [0, 0.5); got {cfg.label_smoothing}")
     if cfg.beta <= 0:
         raise UserError(f"--beta must be positive; got {cfg.beta}")
+    if cfg.loss not in ("sigmoid", "ipo"):
+        raise UserError(f"--loss must be sigmoid or ipo; got {cfg.loss!r}")
     if payload.get("stage") != "sft":
         print(f"note: {cfg.init} is a {payload.get('stage', 'pretrain')} run; DPO usually starts from an SFT run")
     rows, held, exact = load_pairs(cfg.data, tok, cfg.seq_len)

@@ -64,6 +64,7 @@ def parse_args(argv=None, overrides=None):
         cfg.run_dirs = [cfg.run_dirs]
     if not cfg.run_dirs:
         raise UserError("give at least one run directory: python eval.py out/pretrain [out/sft ...]")
+    train.check_positive(cfg, ("max_tokens", "batch_size", "baseline_tokens"))
     return cfg
 
 
@@ -249,9 +250,11 @@ def readiness_checks(r, model, tok, text, cfg):
                        f"(need {cfg.min_share:.0%})"))
         checks.append(("chat format adherence", g["format"] >= cfg.min_share,
                        f"{g['format']:.0%} end with <|im_end|>, non-empty, nothing stray (need {cfg.min_share:.0%})"))
-    else:  # a pre-trained model continues text; ending at <|endoftext|> is a bonus, not a requirement
-        checks.append(("generation terminates", True, f"every generation stopped within {cfg.max_new_tokens} "
-                       f"tokens; {g['stopped']:.0%} ended on <|endoftext|>"))
+    else:  # a pre-trained model continues text: it must end a document or run to the cap without looping
+        ok = g["repetition"] <= 0.5
+        checks.append(("generation terminates", ok, f"{g['stopped']:.0%} ended on <|endoftext|>, the rest ran to "
+                       f"{cfg.max_new_tokens} tokens; repeated 4-grams {g['repetition']:.0%} (a model stuck in "
+                       f"a loop never ends: the limit is 50%)"))
     return [{"check": c, "status": "PASS" if ok else "FAIL", "reason": why} for c, ok, why in checks]
 
 
@@ -336,7 +339,7 @@ def format_table(results):
 def main(argv=None, **overrides):
     """Evaluate the run directories; print the table, write readiness.md (and --json); return the figures."""
     cfg = parse_args(argv, overrides)
-    device = train.pick_device(cfg.device)
+    device = train.check_device(cfg.device)
     fits, results = {}, []
     for run_dir in cfg.run_dirs:
         results.append(evaluate_run(run_dir, cfg, device, fits))

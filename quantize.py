@@ -313,6 +313,9 @@ def validation_perplexity(model, tok, payload, cfg, device):
 def main(argv=None, **overrides):
     """Quantize RUN_DIR into a new run directory; returns the error rows and the perplexities."""
     cfg = parse_config(QuantizeConfig, argv, None, overrides)
+    train.check_positive(cfg, ("batch_size",))
+    if cfg.eval_batches < 0:
+        raise UserError(f"--eval-batches must not be negative; got {cfg.eval_batches}")
     src = Path(cfg.run_dir.rstrip("/\\") or cfg.run_dir)
     out = Path(cfg.out) if cfg.out else src.with_name(src.name + "-int8")
     model, tok, payload = load_run(src, "cpu")
@@ -320,7 +323,7 @@ def main(argv=None, **overrides):
         raise UserError(f"{src / 'model.pt'}: already quantized ({payload['quantized']['scheme']})")
     if out.resolve() == src.resolve():
         raise UserError(f"--out {out} is the source run directory; choose another one")
-    device = train.pick_device(cfg.device)
+    device = train.check_device(cfg.device)
     before = validation_perplexity(model.to(device), tok, payload, cfg, device) if cfg.eval_batches else None
 
     rows = quantize_model(model.cpu(), cfg.include_embeddings)

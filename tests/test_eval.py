@@ -133,6 +133,19 @@ def test_chat_run_gets_the_format_check(pretrained_run, corpus, tmp_path):
     r = results[0]
     assert r["chat"] and "format" in r["generation"]
     assert [c["check"] for c in r["readiness"]][-1] == "chat format adherence"
-    # an untrained-for-chat model does not end its answers with <|im_end|>: the report says so
-    assert r["readiness"][-1]["status"] == ("PASS" if r["generation"]["format"] >= 0.5 else "FAIL")
+    # a model never trained on chat does not end its answers with <|im_end|>: the report says so
+    assert r["generation"]["format"] < 0.5
+    assert r["readiness"][-1]["status"] == "FAIL"
     assert "chat format adherence" in (run / "readiness.md").read_text()
+
+
+def test_a_base_model_stuck_in_a_loop_fails_generation_terminates(pretrained_run):
+    model, tok, _ = quantize.load_run(pretrained_run)
+    cfg = evaluation.EvalConfig(run_dirs=[str(pretrained_run)])
+    base = {"loss": 1.0, "baselines": {"bigram": {"loss": 2.0}}, "chat": False}
+    looping = evaluation.generation_figures([[5, 6, 7, 8] * 10], stop={0})
+    healthy = evaluation.generation_figures([list(range(40))], stop={0})
+    status = lambda g: {c["check"]: c["status"] for c in evaluation.readiness_checks(
+        {**base, "generation": g}, model, tok, "some text", cfg)}["generation terminates"]
+    assert looping["repetition"] > 0.5 and status(looping) == "FAIL"
+    assert healthy["repetition"] == 0 and status(healthy) == "PASS"
