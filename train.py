@@ -656,7 +656,7 @@ def sample(model, arch, tok, prompt, max_new_tokens, seed=0, temperature=0.8, to
     else:
         out = list(model.generate(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                   seed=seed, stop_tokens=[tok.special_tokens["<|endoftext|>"]]))
-    return tok.decode(out)
+    return tok.decode([t for t in out if not tok.is_special(t)])  # the end-of-text marker is not text
 
 
 # ---------------------------------------------------------------------------------------------
