@@ -677,14 +677,18 @@ def set_rng_state(state):
 
 
 def save_checkpoint(run_dir, model, arch, mcfg, tok, optimizer, scaler, step, extra_state=None, stage="pretrain"):
-    """train_state.pt first, then model.pt, both stamped with the step; each file is written
-    atomically, and resume refuses a pair whose steps differ. `stage` (pretrain, sft, dpo) tells
-    chat.py and eval.py whether the model speaks the chat template."""
+    """model.pt and train_state.pt, both stamped with the step. The state is written in full under
+    a side name first, then model.pt is replaced, then the state is renamed into place: a kill
+    leaves the old pair or the new one (or, for the instant between two renames, a pair whose
+    steps differ, which resume refuses). `stage` (pretrain, sft, dpo) tells chat.py and eval.py
+    whether the model speaks the chat template."""
     state = {"step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
              "rng": rng_state(), **(extra_state or {})}
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    atomic_write(Path(run_dir) / "train_state.pt", lambda f: torch.save(state, f))
+    state_path = Path(run_dir) / "train_state.pt"
+    atomic_write(state_path.with_name("train_state.pt.next"), lambda f: torch.save(state, f))
     save_model(run_dir, model, arch, mcfg, tok, extra={"step": step, "stage": stage})
+    os.replace(state_path.with_name("train_state.pt.next"), state_path)
 
 
 def load_checkpoint(run_dir, model, optimizer, scaler):
