@@ -559,10 +559,8 @@ ASSUMED_MFU = 0.35  # the share of peak a well-tuned small-model run reaches; T4
 
 
 def count_params(model, active=False):
-    if hasattr(model, "num_params"):
-        return model.num_params(active=active) if "active" in inspect.signature(model.num_params).parameters \
-            else model.num_params()
-    return sum(p.numel() for p in model.parameters())
+    """Parameters (a tied matrix once); active=True: those one token uses (MiniMind's MoE)."""
+    return model.num_params(active=active) if isinstance(model, minimind.MiniMind) else model.num_params()
 
 
 def flops_per_token(arch, config, n_params):
