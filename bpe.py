@@ -30,6 +30,7 @@ are vocab_size-3, vocab_size-2, vocab_size-1). `tok.vocab_size` counts all of th
 number of rows a model's embedding table needs.
 """
 import argparse
+import collections
 import heapq
 import json
 import os
@@ -414,14 +415,11 @@ class Tokenizer:
         """
         words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]   # chunk -> byte ids
         freqs = list(chunk_counts.values())                              # chunk -> its count
-        pair_counts, where = {}, {}
+        pair_counts, where = {}, collections.defaultdict(set)  # where: pair -> chunks that hold it
         for w, (ids, f) in enumerate(zip(words, freqs)):
             for pair in zip(ids, ids[1:]):
                 pair_counts[pair] = pair_counts.get(pair, 0) + f
-                s = where.get(pair)
-                if s is None:
-                    where[pair] = s = set()
-                s.add(w)
+                where[pair].add(w)
         heap = [(-c, a, b) for (a, b), c in pair_counts.items()]
         heapq.heapify(heap)
 
@@ -446,10 +444,7 @@ class Tokenizer:
                     delta[pair] = delta.get(pair, 0) - f
                 for pair in zip(new, new[1:]):
                     delta[pair] = delta.get(pair, 0) + f
-                    s = where.get(pair)
-                    if s is None:
-                        where[pair] = s = set()
-                    s.add(w)
+                    where[pair].add(w)
                 words[w] = new
             for pair, d in delta.items():
                 if d == 0:
