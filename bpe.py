@@ -136,6 +136,11 @@ GPT4_SPLIT_PATTERN = "|".join([
 # Steps 5 to 7 live in the Tokenizer class: special tokens, save/load, fast training.
 # ---------------------------------------------------------------------------------------------
 
+class UserError(ValueError):
+    """A mistake in the user's input (a file, a line, a flag, a value): the project's one exception
+    for it. Every script prints it as one line `error: ...` and exits with status 2."""
+
+
 class TokenizerFileError(ValueError):
     """A tokenizer file that cannot be loaded: not JSON, not ours, or damaged."""
 

@@ -8,14 +8,16 @@
     echo "What does len do?" | python chat.py out/dpo
     python chat.py out/dpo-int8 --serve --port 8000 # POST http://127.0.0.1:8000/v1/chat/completions
 
-Reading order: the config -> loading a run (float or INT8, MiniMind or GPT) -> turning token ids
-into text as they arrive (UTF-8 split across tokens, stop strings) -> the terminal chat (history,
+Reading order: the config -> a loaded run (any run directory: float or INT8, MiniMind or GPT;
+every model streams ids from the same `generate`) -> turning token ids into text as they arrive (UTF-8 split across tokens, stop strings) -> the terminal chat (history,
 dropping old turns when the context is full, /commands, Ctrl-C) -> the HTTP server (validation,
 OpenAI's JSON objects, server-sent events, one generation at a time) -> main.
 
 A model fine-tuned for chat (stage "sft" or "dpo") sees the conversation in the ChatML template of
 sft.render_chat and stops at <|im_end|>; a pre-trained model just continues the text it is given.
 Only the standard library serves HTTP: no web framework, nothing to install.
+
+Imports: rundir.py (opening a run directory, flags, errors) and sft.py (the chat template).
 """
 import codecs
 import json
@@ -24,17 +26,14 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import torch
 
-import minimind
+from rundir import UserError, check_device, is_chat, load_run, option, parse_config, run_cli
 from sft import render_chat
-from train import UserError, check_device, parse_config, run_cli
-
-from quantize import load_run  # reads every run directory, float or INT8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,25 +41,24 @@ from quantize import load_run  # reads every run directory, float or INT8
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class ChatConfig:
-    run_dir: str = field(default="out/dpo", metadata={"help": "run directory to load (any stage, float or INT8)",
-                                                      "positional": "?"})
-    prompt: str = field(default="", metadata={"help": "answer this prompt once and exit", "short": "-p"})
-    system: str = field(default="", metadata={"help": "system prompt (chat mode)"})
-    temperature: float = field(default=0.7, metadata={"help": "sampling temperature; 0 = greedy"})
-    top_k: int = field(default=50, metadata={"help": "sample among the k most likely tokens (0: all)"})
-    top_p: float = field(default=0.9, metadata={"help": "nucleus sampling: smallest set with this much probability (1: off)"})
-    repetition_penalty: float = field(default=1.1, metadata={"help": "> 1 makes tokens already seen less likely"})
-    max_new_tokens: int = field(default=256, metadata={"help": "longest answer, in tokens"})
-    seed: int = field(default=-1, metadata={"help": "random seed for reproducible answers (-1: different every run)"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | mps"})
-    serve: bool = field(default=False, metadata={"help": "run the OpenAI-compatible HTTP server instead of chatting"})
-    host: str = field(default="127.0.0.1", metadata={"help": "server address (0.0.0.0 exposes it to your network)"})
-    port: int = field(default=8000, metadata={"help": "server port (0: any free port)"})
-    max_body: int = field(default=1_000_000, metadata={"help": "largest request body the server accepts, in bytes"})
+    run_dir: str = option("out/dpo", "run directory to load (any stage, float or INT8)", positional="?")
+    prompt: str = option("", "answer this prompt once and exit", short="-p")
+    system: str = option("", "system prompt (chat mode)")
+    temperature: float = option(0.7, "sampling temperature; 0 = greedy")
+    top_k: int = option(50, "sample among the k most likely tokens (0: all)")
+    top_p: float = option(0.9, "nucleus sampling: smallest set with this much probability (1: off)")
+    repetition_penalty: float = option(1.1, "> 1 makes tokens already seen less likely")
+    max_new_tokens: int = option(256, "longest answer, in tokens")
+    seed: int = option(-1, "random seed for reproducible answers (-1: different every run)")
+    device: str = option("auto", "auto | cpu | cuda | mps")
+    serve: bool = option(False, "run the OpenAI-compatible HTTP server instead of chatting")
+    host: str = option("127.0.0.1", "server address (0.0.0.0 exposes it to your network)")
+    port: int = option(8000, "server port (0: any free port)")
+    max_body: int = option(1_000_000, "largest request body the server accepts, in bytes")
 
 
 def parse_args(argv=None, overrides=None):
-    """train.parse_config's flags (RUN_DIR positional, -p for --prompt), with the values checked."""
+    """rundir.parse_config's flags (RUN_DIR positional, -p for --prompt), with the values checked."""
     cfg = parse_config(ChatConfig, argv, None, overrides)
     if cfg.temperature < 0 or not 0 < cfg.top_p <= 1 or cfg.top_k < 0 or cfg.repetition_penalty <= 0:
         raise UserError("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --repetition-penalty > 0")
@@ -72,29 +70,6 @@ def parse_args(argv=None, overrides=None):
 # ---------------------------------------------------------------------------------------------
 # The model: load any run directory and produce token ids one at a time.
 # ---------------------------------------------------------------------------------------------
-@torch.no_grad()
-def gpt_stream(model, ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_tokens, generator):
-    """Streaming generation for gpt.GPT, which has no KV cache: one forward pass over the last
-    block_size tokens for every new token (slower, but the same answers MiniMind's generate would
-    give with use_cache=False). Yields ids like MiniMind.generate, the stop token included."""
-    tokens, window = list(ids), model.config.block_size
-    device = next(model.parameters()).device
-    seen = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
-    seen[torch.tensor(tokens, device=device)] = True
-    for _ in range(max_new_tokens):
-        logits, _ = model(torch.tensor([tokens[-window:]], device=device))  # [1, T, V]
-        logits = logits[0, -1].float()
-        if repetition_penalty != 1.0:  # the same rule as MiniMind.generate (CTRL's penalty)
-            penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
-            logits = torch.where(seen, penalised, logits)
-        token = minimind.sample_next(logits, temperature, top_k, top_p, generator)
-        yield token
-        if token in stop_tokens:
-            return
-        tokens.append(token)
-        seen[token] = True
-
-
 class Engine:
     """A loaded run directory: the model, its tokenizer, the mode (chat or text) and its limits."""
 
@@ -104,9 +79,8 @@ class Engine:
         self.model, self.tok, self.payload = load_run(run_dir, device=device)
         self.device, self.arch = device, self.payload.get("arch", "minimind")
         self.stage = self.payload.get("stage", "pretrain")
-        self.chat = self.stage in ("sft", "dpo")  # fine-tuned on ChatML conversations
-        config = self.payload["config"]
-        self.context = config.get("max_seq_len") or config["block_size"]
+        self.chat = is_chat(self.payload)  # fine-tuned on ChatML conversations
+        self.context = self.model.context_length
         special = self.tok.special_tokens
         self.eot = special["<|endoftext|>"]
         # A chat answer ends at <|im_end|>; a model that opens a new turn has finished too.
@@ -133,13 +107,10 @@ class Engine:
         return [self.eot] + self.tok.encode("\n".join(m["content"] for m in messages), allowed_special="none")
 
     def tokens(self, ids, max_new_tokens, generator, temperature, top_k, top_p, repetition_penalty):
-        """A generator of new token ids: prefill the prompt once, then one cached step per token."""
-        top_k = top_k or None  # 0 means "no top-k"
-        if self.arch == "gpt":
-            return gpt_stream(self.model, ids, max_new_tokens, temperature, top_k, top_p,
-                              repetition_penalty, self.stop_ids, generator)
-        return self.model.generate(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                                   top_p=top_p, repetition_penalty=repetition_penalty,
+        """A generator of new token ids, from the model's streaming generate (MiniMind's prefills
+        the prompt once, then runs one cached step per token)."""
+        return self.model.generate(ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                                   top_k=top_k or None, top_p=top_p, repetition_penalty=repetition_penalty,
                                    stop_tokens=self.stop_ids, generator=generator)
 
 

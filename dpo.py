@@ -7,18 +7,21 @@
 
 Reading order: preference pairs (built in, or MiniMind's jsonl) -> sequence log-probabilities on
 the response tokens -> the DPO, conservative DPO and IPO losses, with the derivation -> the
-reference model (live, or precomputed) -> evaluation -> the run. The training loop, the masks and
-the run directory come from sft.py and train.py; the run directory it writes has stage "dpo".
+reference model (live, or precomputed) -> evaluation -> DPO as a stage of train.py's training
+loop -> main. The masks and the start from a run come from sft.py; the run directory it writes
+has stage "dpo".
+
+Imports: sft.py (chat rows, masks, the fine-tuning config), train.py (the loop), rundir.py.
 """
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 import sft
 import train
-from train import UserError, run_cli
+from rundir import UserError, autocast, option, parse_config, pick_dtype, run_cli
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,7 +80,7 @@ def sequence_logprobs(model, rows, pad_id, device, dtype):
     prompt and headers do not count. In a multi-turn pair the earlier assistant turns are the
     same on both sides, so their terms cancel in h below and only the final answers matter."""
     x, y = sft.collate(rows, pad_id)
-    with train.autocast(device, dtype):
+    with autocast(device, dtype):
         logits, _ = model(x.to(device))
     picked, _ = sft.token_logprobs(logits, y.to(device))
     return picked.sum(-1)
@@ -127,6 +130,8 @@ def preference_loss(pi_c, pi_r, ref_c, ref_r, beta=0.1, kind="sigmoid", label_sm
 @torch.no_grad()
 def precompute_reference(ref, rows, pad_id, device, dtype, batch_size=32):
     """[len(rows), 2] reference (chosen, rejected) log-probs for every pair, in order."""
+    if not rows:
+        return torch.zeros(0, 2)
     out = [torch.stack(pair_logprobs(ref, rows[i:i + batch_size], pad_id, device, dtype), 1).cpu()
            for i in range(0, len(rows), batch_size)]
     return torch.cat(out)
@@ -143,93 +148,144 @@ def make_reference(policy):
 # Evaluation
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
-def preference_accuracy(model, rows, pad_id, device, dtype, batch_size=32):
-    """Share of held-out pairs where the model gives the chosen answer a higher log-probability
-    than the rejected one (the model's own preference, no reference needed)."""
+def preference_figures(model, rows, ref_table, beta, pad_id, device, dtype, batch_size=32):
+    """On held-out pairs: the DPO loss (against the reference's log-probs in ref_table, [pairs, 2])
+    and the preference accuracy, the share of pairs where the model gives the chosen answer a
+    higher log-probability than the rejected one (its own preference, no reference needed)."""
     if not rows:
-        return float("nan")
+        return {"val_loss": float("nan"), "pref_accuracy": float("nan")}
+    was_training = model.training
     model.eval()
-    wins = 0
+    wins, loss = 0, 0.0
     for i in range(0, len(rows), batch_size):
         c, r = pair_logprobs(model, rows[i:i + batch_size], pad_id, device, dtype)
+        ref_c, ref_r = ref_table[i:i + batch_size].to(device).unbind(1)
+        loss += preference_loss(c, r, ref_c, ref_r, beta)[0].item() * len(c)
         wins += int((c > r).sum())
-    model.train()
-    return wins / len(rows)
+    model.train(was_training)
+    return {"val_loss": loss / len(rows), "pref_accuracy": wins / len(rows)}
 
 
 # ---------------------------------------------------------------------------------------------
-# The run
+# DPO as a stage of the training loop (train.train_loop does the rest)
 # ---------------------------------------------------------------------------------------------
+def dpo_stage(cfg, policy, ref, ref_table, held_ref, tok, rows, held, exact, dtype):
+    """DPO as a train.Stage. A micro-batch is the chosen and the rejected rows of its pairs, in one
+    forward pass of 2B rows, and (with --precompute-ref) the reference's log-probs of those pairs,
+    from ref_table; otherwise the live reference model `ref` computes them. held_ref: the
+    reference's log-probs of the held-out pairs. The loss: the preference loss averaged over the
+    step's pairs, plus --sft-weight times the SFT loss on the chosen answers, averaged over their
+    tokens."""
+    device, pad = str(next(policy.parameters()).device), tok.special_tokens["<|endoftext|>"]
+
+    def batch(indices):
+        pairs = [rows[i] for i in indices]
+        x, y = sft.collate([c for c, _ in pairs] + [r for _, r in pairs], pad)
+        return x.to(device), y.to(device), None if ref_table is None else ref_table[indices].to(device)
+
+    def counts(b):
+        n = b[0].size(0) // 2
+        return {"pairs": n, "tokens": int((b[1][:n] != sft.IGNORE).sum())}
+
+    def loss(net, b, totals):
+        x, y, ref_lp = b
+        n = x.size(0) // 2
+        if ref_lp is None:  # the reference runs first: the policy's forward must be the last one,
+            with torch.no_grad():  # whose MoE balancing term the loop adds
+                ref_lp = sft.token_logprobs(ref(x)[0], y)[0].sum(-1).view(2, n).T
+        picked, _ = sft.token_logprobs(net(x)[0], y)
+        pi_c, pi_r = picked.sum(-1).split(n)
+        pref, chosen, rejected = preference_loss(pi_c, pi_r, ref_lp[:, 0], ref_lp[:, 1], cfg.beta, cfg.loss,
+                                                 cfg.label_smoothing)
+        share = pref * n / totals["pairs"]
+        if cfg.sft_weight:  # DPO can lower the chosen answers too, as long as the rejected fall faster
+            share = share + cfg.sft_weight * -pi_c.sum() / totals["tokens"]  # SFT's loss: sum / count
+        return share, {"rewards/chosen": chosen.mean().item(), "rewards/rejected": rejected.mean().item(),
+                       "rewards/accuracies": (chosen > rejected).float().mean().item(),
+                       "rewards/margins": (chosen - rejected).mean().item()}
+
+    def evaluate(model, full):
+        metrics = preference_figures(model, held, held_ref, cfg.beta, pad, device, dtype)
+        if full:
+            metrics["exact_match"] = sft.exact_match(model, tok, exact, cfg.max_new_tokens)
+        return metrics
+
+    labels = {"val_loss": "held-out DPO loss", "pref_accuracy": "held-out preference accuracy",
+              "exact_match": "held-out exact match"}
+    return train.Stage("dpo", len(rows), batch, counts, loss, evaluate, labels, cfg.seq_len)
+
+
 @dataclass
 class DPOConfig(sft.FineTuneConfig):
-    init: str = field(default="out/sft", metadata={"help": "run directory to start from (an SFT run)"})
-    data: str = field(default="python-docs", metadata={"help": "python-docs (built in) | a MiniMind DPO .jsonl"})
-    batch_size: int = field(default=16, metadata={"help": "preference pairs per step"})
-    max_steps: int = field(default=300, metadata={"help": "optimizer steps"})
-    lr: float = field(default=2e-4, metadata={"help": "peak learning rate (below SFT's)"})
-    warmup_steps: int = field(default=20, metadata={"help": "linear warmup steps"})
-    out_dir: str = field(default="out/dpo", metadata={"help": "run directory to write"})
-    loss: str = field(default="sigmoid", metadata={"help": "sigmoid (DPO) | ipo"})
-    beta: float = field(default=0.1, metadata={"help": "strength of the pull toward the reference"})
-    label_smoothing: float = field(default=0.0, metadata={
-        "help": "conservative DPO: the assumed share of pairs whose label is wrong (0 to 0.5)"})
-    precompute_ref: bool = field(default=False, metadata={
-        "help": "compute the reference log-probs once and free the reference model"})
-    sft_weight: float = field(default=1.0, metadata={
-        "help": "add this times the SFT loss on the chosen answers (as in RPO): keeps them likely; 0: plain DPO"})
+    init: str = option("out/sft", "run directory to start from (an SFT run)")
+    data: str = option("python-docs", "python-docs (built in) | a MiniMind DPO .jsonl")
+    batch_size: int = option(16, "preference pairs per micro-batch (per process)")
+    max_steps: int = option(300, "optimizer steps")
+    lr: float = option(2e-4, "peak learning rate (below SFT's)")
+    warmup_steps: int = option(20, "linear warmup steps")
+    eval_every: int = option(100, "steps between evaluations on held-out pairs")
+    out_dir: str = option("out/dpo", "run directory to write")
+    loss: str = option("sigmoid", "sigmoid (DPO) | ipo")
+    beta: float = option(0.1, "strength of the pull toward the reference")
+    label_smoothing: float = option(0.0, "conservative DPO: the assumed share of pairs whose label is "
+                                         "wrong (0 to 0.5)")
+    precompute_ref: bool = option(False, "compute the reference log-probs once and free the reference model")
+    sft_weight: float = option(1.0, "add this times the SFT loss on the chosen answers (as in RPO): keeps "
+                                    "them likely; 0: plain DPO")
 
 
-def dpo(cfg):
-    cfg, policy, tok, payload, device, dtype = sft.load_stage(cfg, DPOConfig, "dpo")
+# Each preset: the hardware and model sizes it is for, then its defaults. A pair is two rows, so a
+# micro-batch of 8 pairs is 16 sequences; the frozen reference costs one more copy of the weights.
+PRESETS = {
+    "cpu": ("2 CPU cores, about a minute: the CPU SFT run (nano) on the built-in pairs",
+            dict(batch_size=16, max_steps=300, dtype="fp32")),
+    "t4": ("free Colab T4 (16 GB, fp16 + scaler): models up to ~100M, full fine-tuning, frozen reference",
+           dict(batch_size=8, grad_accum=4, seq_len=512, max_steps=500, lr=1e-4, dtype="fp16",
+                eval_every=100, save_every=250)),
+    "a100": ("one A100 (bf16): models up to ~400M, full fine-tuning, frozen reference",
+             dict(batch_size=32, seq_len=1024, max_steps=500, lr=1e-4, dtype="bf16", compile=True,
+                  eval_every=100, save_every=250)),
+}
+
+
+def check_dpo(cfg):
     if not 0 <= cfg.label_smoothing < 0.5:
         raise UserError(f"--label-smoothing must be in [0, 0.5); got {cfg.label_smoothing}")
     if cfg.beta <= 0:
         raise UserError(f"--beta must be positive; got {cfg.beta}")
     if cfg.loss not in ("sigmoid", "ipo"):
         raise UserError(f"--loss must be sigmoid or ipo; got {cfg.loss!r}")
-    if payload.get("stage") != "sft":
-        print(f"note: {cfg.init} is a {payload.get('stage', 'pretrain')} run; DPO usually starts from an SFT run")
-    rows, held, exact = load_pairs(cfg.data, tok, cfg.seq_len)
-    exact = exact[:cfg.eval_exact] if cfg.eval_exact else exact
-    held = held[:cfg.eval_heldout] if cfg.eval_heldout else held
-    pad = tok.special_tokens["<|endoftext|>"]
-    print(f"{len(rows):,} training pairs, {len(held):,} held out, {len(exact)} held-out exercises; "
-          f"loss {cfg.loss}, beta {cfg.beta}" + (f", label smoothing {cfg.label_smoothing}" if cfg.label_smoothing else ""))
-    # The reference is the --init model, built before a resumed policy loads its later weights.
-    ref = make_reference(policy)
-    ref_table = None
-    if cfg.precompute_ref:
-        ref_table = precompute_reference(ref, rows, pad, device, dtype)
-        del ref  # its memory is free from here on: only the [pairs, 2] table is kept
-        ref = None
 
-    def step_loss(indices):
-        batch = [rows[i] for i in indices]
-        pi_c, pi_r = pair_logprobs(policy, batch, pad, device, dtype)
-        if ref is None:
-            ref_c, ref_r = ref_table[indices].to(device).unbind(1)
-        else:
-            with torch.no_grad():
-                ref_c, ref_r = pair_logprobs(ref, batch, pad, device, dtype)
-        loss, chosen, rejected = preference_loss(pi_c, pi_r, ref_c, ref_r, cfg.beta, cfg.loss, cfg.label_smoothing)
-        if cfg.sft_weight:  # DPO can lower the chosen answers too, as long as the rejected fall faster
-            n_tokens = sum(sum(c[1][1:]) for c, _ in batch)
-            loss = loss + cfg.sft_weight * -pi_c.sum() / n_tokens  # the SFT loss: sum / count, as in sft.py
-        return loss, {"rewards/chosen": chosen.mean().item(), "rewards/rejected": rejected.mean().item(),
-                      "rewards/accuracies": (chosen > rejected).float().mean().item(),
-                      "rewards/margins": (chosen - rejected).mean().item()}
 
-    def evaluate():
-        return {"pref_accuracy": preference_accuracy(policy, held, pad, device, dtype),
-                "exact_match": sft.exact_match(policy, tok, exact, cfg.max_new_tokens)}
-
-    return sft.fine_tune(cfg, "dpo", policy, tok, payload, device, dtype, len(rows), step_loss, evaluate,
-                         {"pref_accuracy": "held-out preference accuracy", "exact_match": "held-out exact match"})
+def dpo(cfg):
+    cfg = sft.settle(cfg, DPOConfig)
+    check_dpo(cfg)
+    with train.processes(cfg.device) as (rank, world, device):
+        torch.manual_seed(cfg.seed)
+        cfg, policy, tok, payload = sft.start(cfg, device)
+        dtype = pick_dtype(device, cfg.dtype)
+        if payload.get("stage") != "sft" and train.is_master():
+            print(f"note: {cfg.init} is a {payload.get('stage', 'pretrain')} run; DPO usually starts from an SFT run")
+        rows, held, exact = load_pairs(cfg.data, tok, cfg.seq_len)
+        exact = exact[:cfg.eval_exact] if cfg.eval_exact else exact
+        held = held[:cfg.eval_heldout] if cfg.eval_heldout else held
+        sft.announce("dpo", cfg, policy, payload, device, dtype,
+                     f"{len(rows):,} training pairs, {len(held):,} held out, {len(exact)} held-out exercises; loss "
+                     f"{cfg.loss}, beta {cfg.beta}" + (f", label smoothing {cfg.label_smoothing}"
+                                                      if cfg.label_smoothing else ""))
+        # The reference is the --init model, copied before a resumed policy loads its later weights.
+        ref, pad = make_reference(policy), tok.special_tokens["<|endoftext|>"]
+        held_ref = precompute_reference(ref, held, pad, device, dtype)  # for the held-out DPO loss
+        ref_table = precompute_reference(ref, rows, pad, device, dtype) if cfg.precompute_ref else None
+        if cfg.precompute_ref:
+            ref = None  # its memory is free from here on: only the [pairs, 2] tables are kept
+        stage = dpo_stage(cfg, policy, ref, ref_table, held_ref, tok, rows, held, exact, dtype)
+        return train.train_loop(cfg, policy, tok, stage, train.origin_of(cfg.init, payload))
 
 
 def main(argv=None, **overrides):
     """Align with flags from argv (or sys.argv) and keyword overrides (for notebooks)."""
-    return dpo(train.parse_config(DPOConfig, argv, None, overrides))
+    return dpo(parse_config(DPOConfig, argv, PRESETS, overrides))
 
 
 if __name__ == "__main__":

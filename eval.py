@@ -4,30 +4,39 @@ readiness report (book chapter 7).
     python eval.py out/pretrain                                   # one run
     python eval.py out/pretrain out/sft out/dpo out/dpo-int8      # one table, runs side by side
     python eval.py out/sft --data my.txt --json figures.json      # your text; the figures as JSON
+    python eval.py out/sft --chat-data my_chats.jsonl             # chat runs judged on your chats
 
 Every run is measured on the same text: the validation split of --data (as train.py splits it),
 encoded with that run's own tokenizer. Runs with different tokenizers cut the same text into
 different tokens, so their losses per token are not comparable; bits per byte is, which is why it
-is reported. Each run directory gets a readiness.md: checks with PASS/FAIL and the reason.
+is reported. A chat model (stage sft or dpo) is also measured on held-out conversations
+(--chat-data, the assistant's tokens only), and judged on those: a model fine-tuned to answer
+questions is not made to continue documentation. Each run directory gets a readiness.md: checks
+with PASS/FAIL and the reason, and which text each figure was measured on.
 
 Reading order: the figures on text (perplexity and bits per byte, built on train.evaluate) ->
-the baselines any model must beat (uniform, unigram, bigram) -> generation figures over a fixed
-prompt suite -> the readiness checks -> one run, then the table across runs -> the command line.
+the baselines any model must beat (uniform, unigram, bigram) -> the same figures on held-out chats
+-> generation figures over a fixed prompt suite -> the readiness checks -> one run, then the table
+across runs -> the command line.
+
+Imports: rundir.py (opening any run directory, float or INT8), train.py (the validation text and
+train.evaluate), sft.py (the chat template and the held-out conversations).
 """
 import hashlib
 import json
 import math
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+import sft
 import train
-from quantize import load_run  # reads every run directory: float or INT8, MiniMind or GPT
+from rundir import UserError, atomic_write, check_device, check_positive, is_chat, load_run, option, parse_config, run_cli
 from sft import render_chat
-from train import UserError, parse_config, run_cli
+from train import byte_lengths  # noqa: F401  (UTF-8 bytes per token id; special tokens count 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -35,47 +44,41 @@ from train import UserError, parse_config, run_cli
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class EvalConfig:
-    run_dirs: list = field(default_factory=list, metadata={"help": "run directories to evaluate (one or more)",
-                                                            "positional": "*"})
-    data: str = field(default="python-docs", metadata={
-        "help": "text to measure on, as train.py's --data: python-docs | tinystories | shakespeare | a file or folder"})
-    val_fraction: float = field(default=0.05, metadata={"help": "share of --data held out (as in train.py)"})
-    max_tokens: int = field(default=16384, metadata={"help": "predicted tokens per run, at most (keeps CPU runs fast)"})
-    seq_len: int = field(default=0, metadata={"help": "window length (0: the model's context)"})
-    batch_size: int = field(default=8, metadata={"help": "windows per forward pass"})
-    add_k: float = field(default=0.1, metadata={"help": "add-k smoothing of the unigram and bigram baselines"})
-    baseline_tokens: int = field(default=5_000_000, metadata={
-        "help": "training tokens the baselines are fitted on, at most"})
-    max_new_tokens: int = field(default=48, metadata={"help": "tokens per generation of the prompt suite"})
-    temperature: float = field(default=0.7, metadata={"help": "sampling temperature of the prompt suite (0: greedy)"})
-    top_k: int = field(default=50, metadata={"help": "sample among the k most likely tokens (0: all)"})
-    seed: int = field(default=0, metadata={"help": "seed of the prompt suite's sampling"})
-    min_share: float = field(default=0.5, metadata={
-        "help": "chat runs: share of answers that must stop and follow the format to PASS"})
-    json: str = field(default="", metadata={"help": "also write the figures to this JSON file"})
-    report: bool = field(default=True, metadata={"help": "write readiness.md into each run directory"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | mps"})
+    run_dirs: list = option([], "run directories to evaluate (one or more)", positional="*")
+    data: str = option("python-docs", "text to measure on, as train.py's --data: python-docs | tinystories | "
+                                      "shakespeare | a file or folder")
+    chat_data: str = option("python-docs", "held-out conversations chat runs are judged on: python-docs "
+                                           "(sft.py's built-in held-out set) | a MiniMind SFT .jsonl")
+    val_fraction: float = option(0.05, "share of --data held out (as in train.py)")
+    max_tokens: int = option(16384, "predicted tokens per run, at most (keeps CPU runs fast)")
+    seq_len: int = option(0, "window length (0: the model's context)")
+    batch_size: int = option(8, "windows per forward pass")
+    add_k: float = option(0.1, "add-k smoothing of the unigram and bigram baselines")
+    baseline_tokens: int = option(5_000_000, "training tokens the baselines are fitted on, at most")
+    max_new_tokens: int = option(48, "tokens per generation of the prompt suite")
+    temperature: float = option(0.7, "sampling temperature of the prompt suite (0: greedy)")
+    top_k: int = option(50, "sample among the k most likely tokens (0: all)")
+    seed: int = option(0, "seed of the prompt suite's sampling")
+    min_share: float = option(0.5, "chat runs: share of answers that must stop and follow the format to PASS")
+    json: str = option("", "also write the figures to this JSON file")
+    report: bool = option(True, "write readiness.md into each run directory")
+    device: str = option("auto", "auto | cpu | cuda | mps")
 
 
 def parse_args(argv=None, overrides=None):
-    """train.parse_config's flags, with the run directories as positional arguments."""
+    """rundir.parse_config's flags, with the run directories as positional arguments."""
     cfg = parse_config(EvalConfig, argv, None, overrides)
     if isinstance(cfg.run_dirs, (str, Path)):
         cfg.run_dirs = [cfg.run_dirs]
     if not cfg.run_dirs:
         raise UserError("give at least one run directory: python eval.py out/pretrain [out/sft ...]")
-    train.check_positive(cfg, ("max_tokens", "batch_size", "baseline_tokens"))
+    check_positive(cfg, ("max_tokens", "batch_size", "baseline_tokens"))
     return cfg
 
 
 # ---------------------------------------------------------------------------------------------
 # 1. Figures on text: perplexity and bits per byte
 # ---------------------------------------------------------------------------------------------
-def byte_lengths(tok):
-    """UTF-8 bytes each token id stands for; special tokens stand for no text, so they count 0."""
-    return np.array([0 if tok.is_special(i) else len(tok.id_to_bytes(i)) for i in range(tok.vocab_size)])
-
-
 def contiguous_windows(tokens, seq_len, batch_size, max_tokens):
     """Cut tokens[0 .. n] into consecutive windows so that each of the first n tokens after the
     first is predicted exactly once (n = min(max_tokens, len - 1)). Window i is the input
@@ -90,7 +93,7 @@ def contiguous_windows(tokens, seq_len, batch_size, max_tokens):
 
 
 def perplexity(model, windows, lengths, device):
-    """Loss, perplexity and bits per byte of the model on the windows' targets.
+    """Loss, perplexity and bits per byte of the model on the windows' targets (-100: not counted).
 
     With N predicted tokens and NLL_i = -ln p(token_i | the tokens before it):
 
@@ -104,9 +107,8 @@ def perplexity(model, windows, lengths, device):
     bpb = (N / bytes) * loss / ln 2. The computation is train.evaluate, the one train.py logs and
     quantize.py reports before and after, so the three always agree."""
     result = train.evaluate(model, windows, lengths, device, torch.float32)
-    model.eval()  # train.evaluate leaves the model in training mode
-    count = sum(y.numel() for _, y in windows)
-    nbytes = int(sum(lengths[y.numpy()].sum() for _, y in windows))
+    count = sum(int((y != sft.IGNORE).sum()) for _, y in windows)
+    nbytes = int(sum(lengths[y[y != sft.IGNORE].numpy()].sum() for _, y in windows))
     return {"loss": result["val_loss"], "ppl": result["val_ppl"], "bpb": result["val_bpb"],
             "tokens": count, "bytes": nbytes, "nll_sum": result["val_loss"] * count}
 
@@ -132,11 +134,12 @@ def fit_baselines(train_tokens, vocab_size, k):
 
 def baseline_losses(fit, windows, lengths):
     """Mean NLL (nats per token) and bits per byte of the uniform, unigram and bigram models on the
-    windows' targets: the same predicted tokens as the model. The bigram sees the input token x[t]
-    (the token before y[t])."""
+    windows' targets (those not -100): the same predicted tokens as the model. The bigram sees the
+    input token x[t] (the token before y[t])."""
     V, k = fit["V"], fit["k"]
-    prev = np.concatenate([x.numpy().ravel() for x, _ in windows])
-    nxt = np.concatenate([y.numpy().ravel() for _, y in windows])
+    masks = [y != sft.IGNORE for _, y in windows]
+    prev = np.concatenate([x[m].numpy() for (x, _), m in zip(windows, masks)])
+    nxt = np.concatenate([y[m].numpy() for (_, y), m in zip(windows, masks)])
     nbytes = max(int(lengths[nxt].sum()), 1)
     uni = -np.log((fit["unigram"][nxt] + k) / (fit["unigram"].sum() + k * V))
     code = prev * V + nxt
@@ -145,6 +148,20 @@ def baseline_losses(fit, windows, lengths):
     bi = -np.log((pair + k) / (fit["follows"][prev] + k * V))
     out = {"uniform": math.log(V) * len(nxt), "unigram": uni.sum(), "bigram": bi.sum()}
     return {name: {"loss": s / len(nxt), "bpb": s / (math.log(2) * nbytes)} for name, s in out.items()}
+
+
+def chat_figures(model, tok, cfg, device):
+    """The text figures again, on held-out conversations (--chat-data), counting the assistant's
+    tokens only (sft.py's mask): what a chat model is for. The baselines are fitted on the training
+    conversations, rendered the same way."""
+    rows, held, _ = sft.load_sft_data(cfg.chat_data, tok, model.context_length, quiet=True)
+    pad = tok.special_tokens["<|endoftext|>"]
+    windows = [sft.collate(held[i:i + cfg.batch_size], pad) for i in range(0, len(held), cfg.batch_size)]
+    fit = fit_baselines(np.concatenate([np.array(ids) for ids, _ in rows]), tok.vocab_size, cfg.add_k)
+    lengths = byte_lengths(tok)
+    figures = perplexity(model, windows, lengths, device)
+    figures["baselines"] = baseline_losses(fit, windows, lengths)
+    return figures
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,22 +173,11 @@ CHAT_PROMPTS = ["What does `len` do?", "What is 7 + 5?", "Reverse the letters: c
                 "Explain `json.dumps`.", "Which is larger, 4 or 9?", "Write in capitals: d o g"]
 
 
-def is_chat(payload):
-    return payload.get("stage") in ("sft", "dpo")
-
-
 @torch.no_grad()
-def generate_ids(model, arch, prompt, stop, cfg, seed, device):
+def generate_ids(model, prompt, stop, cfg, seed):
     """New token ids for one prompt: at most max_new_tokens, ending with a stop token if one came."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    if arch == "gpt":  # gpt.GPT.generate has no stop tokens: generate the budget, cut at the first stop
-        out = model.generate(torch.tensor([prompt[-model.config.block_size:]], device=device), cfg.max_new_tokens,
-                             temperature=cfg.temperature, top_k=cfg.top_k or None, generator=gen)[0]
-        new = out[min(len(prompt), model.config.block_size):].tolist()
-        cut = next((i for i, t in enumerate(new) if t in stop), None)
-        return new if cut is None else new[:cut + 1]
     return list(model.generate(prompt, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                               top_k=cfg.top_k or None, stop_tokens=stop, generator=gen))
+                               top_k=cfg.top_k or None, stop_tokens=stop, seed=seed))
 
 
 def ngrams(ids, n):
@@ -215,7 +221,7 @@ def prompt_suite(model, tok, payload, cfg, device):
             prompt = render_chat(tok, [{"role": "user", "content": text}], add_generation_prompt=True)[0]
         else:
             prompt = [special["<|endoftext|>"]] + tok.encode(text, allowed_special="none")
-        out = generate_ids(model, payload["arch"], prompt, stop, cfg, cfg.seed + i, device)
+        out = generate_ids(model, prompt, stop, cfg, cfg.seed + i)
         outputs.append(out)
         samples.append({"prompt": text, "output": tok.decode(out)})
     figures = generation_figures(outputs, stop, special["<|im_end|>"] if chat else None)
@@ -232,9 +238,12 @@ SHORT = {"beats the bigram baseline": "bigram", "no non-finite values": "finite"
 def readiness_checks(r, model, tok, text, cfg):
     """[(check, PASS/FAIL, reason)] for one evaluated run r."""
     checks = []
-    bigram = r["baselines"]["bigram"]["loss"]
-    checks.append(("beats the bigram baseline", r["loss"] < bigram,
-                   f"loss {r['loss']:.3f} vs bigram {bigram:.3f} nats/token on the same tokens"))
+    # A chat model is judged on what it is for, held-out conversations; a base model on text.
+    judged, on = (r["chats"], f"the assistant's tokens of held-out chats ({cfg.chat_data})") if r["chat"] \
+        else (r, f"the validation split of {cfg.data}")
+    bigram = judged["baselines"]["bigram"]["loss"]
+    checks.append(("beats the bigram baseline", judged["loss"] < bigram,
+                   f"loss {judged['loss']:.3f} vs bigram {bigram:.3f} nats/token on the same tokens: {on}"))
     bad = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
            if t.is_floating_point() and not torch.isfinite(t).all()]
     finite = math.isfinite(r["loss"]) and not bad
@@ -258,19 +267,28 @@ def readiness_checks(r, model, tok, text, cfg):
     return [{"check": c, "status": "PASS" if ok else "FAIL", "reason": why} for c, ok, why in checks]
 
 
+def figure_lines(f, on):
+    """Markdown table rows of one set of figures (loss, perplexity, bpb, baselines) and its text."""
+    b = f["baselines"]
+    lines = [f"| loss (nats/token), {on} | {f['loss']:.4f} |", f"| perplexity, {on} | {f['ppl']:.3f} |",
+             f"| bits per byte, {on} | {f['bpb']:.4f} |"]
+    return lines + [f"| {name} baseline loss / bpb, {on} | {b[name]['loss']:.4f} / {b[name]['bpb']:.4f} |"
+                    for name in b]
+
+
 def readiness_markdown(r, cfg):
+    ready = all(c["status"] == "PASS" for c in r["readiness"])
     lines = [f"# Readiness report: {r['name']}", "",
              f"stage {r['stage']}, {r['arch']}" + (f", {r['quantized']}" if r["quantized"] else "") +
              f"; measured by eval.py on the validation split of `{cfg.data}` ({r['tokens']:,} tokens, "
-             f"{r['bytes']:,} bytes)", "",
-             f"**{'READY' if all(c['status'] == 'PASS' for c in r['readiness']) else 'NOT READY'}**", "",
-             "| check | result | reason |", "|---|---|---|"]
+             f"{r['bytes']:,} bytes)" + (f" and on the assistant's tokens of held-out conversations "
+                                        f"(`{cfg.chat_data}`, {r['chats']['tokens']:,} tokens)" if r["chat"] else ""),
+             "", f"**{'READY' if ready else 'NOT READY'}**", "", "| check | result | reason |", "|---|---|---|"]
     lines += [f"| {c['check']} | {c['status']} | {c['reason']} |" for c in r["readiness"]]
-    b = r["baselines"]
-    lines += ["", "| figure | value |", "|---|---|", f"| loss (nats/token) | {r['loss']:.4f} |",
-              f"| perplexity | {r['ppl']:.3f} |", f"| bits per byte | {r['bpb']:.4f} |"]
-    lines += [f"| {name} baseline loss / bpb | {b[name]['loss']:.4f} / {b[name]['bpb']:.4f} |" for name in b]
-    lines += [f"| {k} | {v:.3f} |" for k, v in r["generation"].items()]
+    lines += ["", "| figure | value |", "|---|---|"] + figure_lines(r, "text")
+    if r["chat"]:
+        lines += figure_lines(r["chats"], "held-out chats")
+    lines += [f"| {k} (prompt suite) | {v:.3f} |" for k, v in r["generation"].items()]
     lines += ["", "## Samples", ""] + [f"- `{s['prompt']}` -> {json.dumps(s['output'])}" for s in r["samples"]]
     return "\n".join(lines) + "\n"
 
@@ -293,8 +311,7 @@ def validation_data(run_dir, tok, cfg, fits):
 def evaluate_run(run_dir, cfg, device, fits):
     model, tok, payload = load_run(run_dir, device)
     val_tokens, fit = validation_data(run_dir, tok, cfg, fits)
-    context = payload["config"].get("max_seq_len") or payload["config"]["block_size"]
-    seq_len = min(cfg.seq_len or context, context)
+    seq_len = min(cfg.seq_len or model.context_length, model.context_length)
     if len(val_tokens) < 2:
         raise UserError(f"{cfg.data}: the validation split has {len(val_tokens)} tokens; nothing to measure")
     windows = contiguous_windows(val_tokens, seq_len, cfg.batch_size, cfg.max_tokens)
@@ -305,12 +322,14 @@ def evaluate_run(run_dir, cfg, device, fits):
          "file_mb": (Path(run_dir) / "model.pt").stat().st_size / 2**20}
     r.update(perplexity(model, windows, lengths, device))
     r["baselines"] = baseline_losses(fit, windows, lengths)
+    if r["chat"]:
+        r["chats"] = chat_figures(model, tok, cfg, device)
     r["generation"], r["samples"] = prompt_suite(model, tok, payload, cfg, device)
     text = tok.decode(val_tokens[:min(cfg.max_tokens, len(val_tokens) - 1) + 1].tolist())
     r["readiness"] = readiness_checks(r, model, tok, text, cfg)
     if cfg.report:
         md = readiness_markdown(r, cfg)
-        train.atomic_write(Path(run_dir) / "readiness.md", lambda f: f.write(md.encode()))
+        atomic_write(Path(run_dir) / "readiness.md", lambda f: f.write(md.encode()))
     return r
 
 
@@ -324,6 +343,10 @@ def format_table(results):
             ("bits per byte", lambda r: f"{r['bpb']:.4f}")]
     rows += [(f"{name} baseline bpb", lambda r, n=name: f"{r['baselines'][n]['bpb']:.4f}")
              for name in ("uniform", "unigram", "bigram")]
+    chats = lambda key: lambda r: key(r["chats"]) if r["chat"] else "-"
+    rows += [("chats: loss", chats(lambda f: f"{f['loss']:.4f}")),
+             ("chats: bits per byte", chats(lambda f: f"{f['bpb']:.4f}")),
+             ("chats: bigram bpb", chats(lambda f: f"{f['baselines']['bigram']['bpb']:.4f}"))]
     rows += [(label, lambda r, k=key: f"{r['generation'][k]:.3f}" if k in r["generation"] else "-")
              for label, key in (("distinct-1", "distinct_1"), ("distinct-2", "distinct_2"),
                                 ("repetition (4-grams)", "repetition"), ("stopped", "stopped"),
@@ -339,7 +362,7 @@ def format_table(results):
 def main(argv=None, **overrides):
     """Evaluate the run directories; print the table, write readiness.md (and --json); return the figures."""
     cfg = parse_args(argv, overrides)
-    device = train.check_device(cfg.device)
+    device = check_device(cfg.device)
     fits, results = {}, []
     for run_dir in cfg.run_dirs:
         results.append(evaluate_run(run_dir, cfg, device, fits))
@@ -348,8 +371,8 @@ def main(argv=None, **overrides):
         failed = [c for c in r["readiness"] if c["status"] != "PASS"]
         print(f"{r['name']}: " + ("ready" if not failed else "; ".join(f"{c['check']}: {c['reason']}" for c in failed)))
     if cfg.json:
-        out = {"data": cfg.data, "runs": [{k: v for k, v in r.items()} for r in results]}
-        train.atomic_write(cfg.json, lambda f: f.write(json.dumps(out, indent=2).encode()))
+        out = {"data": cfg.data, "chat_data": cfg.chat_data, "runs": results}
+        atomic_write(cfg.json, lambda f: f.write(json.dumps(out, indent=2).encode()))
     return results
 
 

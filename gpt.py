@@ -10,7 +10,11 @@ notebook cell.
     python gpt.py --help                              # every option with its default
 
 From a notebook: `from gpt import main; out = main(max_iters=500)`; `out["model"]` is the model.
-The `GPT` class also serves train.py, which trains it on BPE tokens (`--model gpt`).
+Pasted whole into a notebook cell, the file runs a short demo (150 steps) instead of parsing flags.
+The `GPT` class also serves train.py, which trains it on BPE tokens (`--model gpt`), and convert.py,
+which loads released GPT-2 weights into it. It answers the questions every script asks of a model
+the same way minimind.MiniMind does: `context_length`, `n_layers`, `width`, `num_params()` and a
+streaming `generate` that yields token ids one at a time.
 """
 import argparse
 import contextlib
@@ -29,13 +33,10 @@ from tqdm import tqdm
 # 1. Data: characters in, integers out
 
 
-class UserError(Exception):
-    """A mistake the user can fix (a missing file, a too-short text): the CLI prints it as one line."""
-
-
 def load_text(path=None):
     """The text of `path`, or, when path is None, Python's own help topics (~0.5 MB of English that
-    ship with every CPython, so nothing is downloaded)."""
+    ship with every CPython, so nothing is downloaded). A file that cannot be read is a ValueError,
+    which the command line prints as one `error:` line."""
     if path is None:
         from pydoc_data.topics import topics
         return "\n\n".join(topics[name] for name in sorted(topics))
@@ -43,9 +44,9 @@ def load_text(path=None):
         with open(path, encoding="utf-8") as f:
             return f.read()
     except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
     except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (byte {e.start})") from None
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.start})") from None
 
 
 class CharTokenizer:
@@ -73,7 +74,8 @@ def split_data(ids, val_fraction=0.1):
 
 def get_batch(data, block_size, batch_size, device="cpu"):
     """`batch_size` random windows of the text. The target y is x shifted left by one, so position t
-    of y is the token that follows x[0..t]: one window gives block_size training examples at once."""
+    of y is the token that follows x[0..t]: one window gives block_size training examples at
+    once."""
     ix = torch.randint(len(data) - block_size, (batch_size,))
     x = torch.stack([data[i : i + block_size] for i in ix])  # (B, T)
     y = torch.stack([data[i + 1 : i + 1 + block_size] for i in ix])  # (B, T)
@@ -89,7 +91,8 @@ def causal_attention(q, k, v, dropout_p=0.0):
     q, k, v: (B, nh, T, hs), that is batch, heads, time, head size. Returns (B, nh, T, hs).
     This computes what F.scaled_dot_product_attention(q, k, v, is_causal=True) computes."""
     T, hs = q.size(-2), q.size(-1)
-    # How much does query t "match" key s? One dot product per pair: (B, nh, T, hs) @ (B, nh, hs, T).
+    # How much does query t "match" key s? One dot product per pair:
+    # (B, nh, T, hs) @ (B, nh, hs, T).
     # Dividing by sqrt(hs) keeps the scores' variance near 1 whatever the head size, so the softmax
     # below starts out soft instead of nearly one-hot (which would give vanishing gradients).
     att = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, T)
@@ -145,13 +148,15 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         # GELU: a smooth ReLU. GPT-2 used its tanh approximation, which differs from the exact
-        # one by less than 0.001 and is slower on a CPU, so we use the exact one.
-        self.gelu = nn.GELU()
+        # one by less than 0.001 and is slower on a CPU, so we train with the exact one; released
+        # GPT-2 weights were trained with the approximation, so an imported GPT-2 keeps it.
+        self.gelu = nn.GELU(approximate=config.gelu_approximate)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+        # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
 class Block(nn.Module):
@@ -186,6 +191,7 @@ class GPTConfig:
     dropout: float = 0.0  # 0 for small data and short runs, 0.1-0.2 when a model starts to overfit
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
     fused_attention: bool = True  # F.scaled_dot_product_attention instead of causal_attention
+    gelu_approximate: str = "none"  # "none": exact GELU; "tanh": GPT-2's approximation (imports)
 
 
 # Named sizes: keyword arguments for GPTConfig (the char sizes get vocab_size from the tokenizer).
@@ -226,15 +232,29 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def num_params(self):
-        """Number of parameters; the tied embedding / head matrix counts once."""
+    # The questions every script asks of a model, answered as minimind.MiniMind answers them.
+    @property
+    def context_length(self):
+        return self.config.block_size
+
+    @property
+    def n_layers(self):
+        return self.config.n_layer
+
+    @property
+    def width(self):
+        return self.config.n_embd
+
+    def num_params(self, active=False):
+        """Number of parameters; the tied embedding / head matrix counts once. (`active` is for
+        MiniMind's mixture of experts; in a GPT every token uses every parameter.)"""
         return sum(p.numel() for p in self.parameters())  # parameters() yields a shared one once
 
     def forward(self, idx, targets=None):
         """idx: (B, T) token ids. Returns logits (B, T, vocab_size) and, given targets (B, T), the
         mean cross-entropy over the positions whose target is not -100 (else loss is None)."""
         B, T = idx.shape
-        assert T <= self.config.block_size, f"sequence of {T} tokens, block_size is {self.config.block_size}"
+        assert T <= self.config.block_size, f"{T} tokens; block_size is {self.config.block_size}"
         pos = torch.arange(T, device=idx.device)  # (T,)
         # Attention by itself does not know the order of the tokens; adding a learned vector per
         # position tells it. (T, C) broadcasts over the batch.
@@ -246,46 +266,84 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, vocab_size): a score for every possible next token
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-100)
+            loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T),
+                                   ignore_index=-100)
         return logits, loss
 
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
-        """Extend idx (B, T) by max_new_tokens tokens, one at a time, each sampled from the model's
-        prediction for the next position. temperature < 1 sharpens the distribution, 0 is greedy
-        (always the most likely token); top_k keeps only the k most likely tokens. `generator` (a
-        torch.Generator on the model's device) makes sampling reproducible."""
+    @torch.no_grad()  # on a generator function torch turns grad off only while it runs
+    def generate(self, idx, max_new_tokens=256, temperature=1.0, top_k=None, top_p=None,
+                 repetition_penalty=1.0, stop_tokens=(), seed=None, generator=None):
+        """Yield new token ids one at a time, each sampled from the model's prediction for the
+        next position, so a caller can print as they come.
+
+        idx: the prompt, a list of ids or a (1, T) tensor. temperature < 1 sharpens the
+        distribution, 0 is greedy (always the most likely token); top_k and top_p cut its tail
+        (see sample_token); repetition_penalty > 1 makes tokens already seen less likely. The stop
+        token, when one comes, is yielded and ends the generation. seed (or a torch.Generator on
+        the model's device) makes sampling reproducible. There is no KV cache: every step runs
+        the last block_size tokens through the model again, the simple way (minimind.py adds a
+        cache)."""
+        tokens = idx.reshape(-1).tolist() if torch.is_tensor(idx) else [int(t) for t in idx]
+        device = self.lm_head.weight.device
+        if seed is not None:
+            generator = torch.Generator(device=device).manual_seed(seed)
+        seen = torch.zeros(self.config.vocab_size, dtype=torch.bool, device=device)
+        seen[tokens] = True
         was_training = self.training
         self.eval()  # no dropout while sampling
-        for _ in range(max_new_tokens):
-            context = idx[:, -self.config.block_size :]  # the model knows only block_size positions
-            logits, _ = self(context)
-            logits = logits[:, -1, :]  # (B, vocab_size): the prediction for the next position
-            if temperature == 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = F.softmax(logits, dim=-1)
-                next_id = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
-            idx = torch.cat([idx, next_id], dim=1)  # (B, T + 1)
-        self.train(was_training)
-        return idx
+        try:
+            for _ in range(max_new_tokens):
+                context = torch.tensor([tokens[-self.config.block_size:]], device=device)  # (1, T)
+                logits = self(context)[0][0, -1].float()  # (vocab_size,): the next position
+                if repetition_penalty != 1.0:  # CTRL's rule: shrink what was already said
+                    penalised = torch.where(logits > 0, logits / repetition_penalty,
+                                            logits * repetition_penalty)
+                    logits = torch.where(seen, penalised, logits)
+                token = sample_token(logits, temperature, top_k, top_p, generator)
+                yield token
+                if token in stop_tokens:
+                    return
+                tokens.append(token)
+                seen[token] = True
+        finally:
+            self.train(was_training)
+
+
+def sample_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """One token id from the logits (vocab_size,) of the next position.
+
+    temperature 0 takes the most likely token. Otherwise the probabilities are
+    softmax(logits / temperature), then two optional cuts of the unlikely tail, which is where
+    samples derail: top_k keeps the k most likely tokens; top_p keeps the most likely tokens
+    whose probabilities add up to top_p (the "nucleus"). torch.multinomial renormalises what is
+    left, so zeroed tokens simply never come."""
+    if temperature == 0:
+        return int(logits.argmax())
+    probs = F.softmax(logits / temperature, dim=-1)
+    if top_k:
+        kth = torch.topk(probs, min(top_k, probs.numel())).values[-1]
+        probs = torch.where(probs < kth, 0.0, probs)
+    if top_p is not None and top_p < 1.0:
+        ranked, order = (probs / probs.sum()).sort(descending=True)
+        above = ranked.cumsum(0) - ranked  # the mass of the tokens ranked before each one
+        probs = probs.scatter(0, order, torch.where(above >= top_p, 0.0, ranked))
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 # ----------------------------------------------------------------------------------------------
 # 4. Training
 
 
-def make_optimizer(model, learning_rate, weight_decay, betas):
+def make_optimizer(model, learning_rate, weight_decay, betas, fused=False):
     """AdamW with weight decay on the matrices (embeddings, Linear weights) only: decaying biases
-    and LayerNorm gains towards 0 only hurts, they hold no 'memorised' detail worth shrinking."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+    and LayerNorm gains towards 0 only hurts, they hold no 'memorised' detail worth shrinking.
+    Frozen parameters (requires_grad False, as under LoRA) stay out of it: AdamW keeps two numbers
+    per parameter it holds. fused=True: one CUDA kernel for the whole update (train.py on a GPU)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    extra = {"fused": True} if fused else {}
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
 
 
 def get_lr(it, learning_rate, min_lr, warmup_iters, max_iters):
@@ -303,7 +361,8 @@ def estimate_loss(model, splits, eval_iters, block_size, batch_size, device):
     model.eval()
     out = {}
     for name, data in splits.items():
-        losses = [model(*get_batch(data, block_size, batch_size, device))[1].item() for _ in range(eval_iters)]
+        losses = [model(*get_batch(data, block_size, batch_size, device))[1].item()
+                  for _ in range(eval_iters)]
         out[name] = sum(losses) / len(losses)
     model.train()
     return out
@@ -324,68 +383,52 @@ class TrainConfig:
     min_lr: float = option(1e-4, "learning rate at the end of the cosine decay")
     warmup_iters: int = option(100, "steps of linear warm-up")
     weight_decay: float = option(0.1, "AdamW weight decay, matrices only")
-    beta2: float = option(0.99, "AdamW beta2 (0.99 rather than 0.999: few tokens per step, noisy gradients)")
+    beta2: float = option(0.99, "AdamW beta2 (0.99, not 0.999: few tokens a step, noisy gradients)")
     grad_clip: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
     eval_interval: int = option(250, "estimate train/val loss every this many steps")
     eval_iters: int = option(20, "batches per loss estimate")
     sample_tokens: int = option(500, "characters to sample at the end")
     temperature: float = option(0.8, "sampling temperature (0: greedy)")
     top_k: int = option(0, "sample only from the k most likely characters (0: all)")
-    fused_attention: bool = option(True, "F.scaled_dot_product_attention (fast) or the hand-written path")
+    fused_attention: bool = option(True, "F.scaled_dot_product_attention (fast), else by hand")
     device: str = option("auto", "cuda, mps or cpu; auto picks the first available")
     seed: int = option(1337, "seeds weights, batches and the sample")
 
 
-def pick_device(name):
+def pick_device(name="auto"):
+    """cuda, then Apple's mps, then cpu, unless `name` says which."""
     if name != "auto":
         return name
     if torch.cuda.is_available():
         return "cuda"
-    if torch.backends.mps.is_available():
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
 
 
-def main(**overrides):
-    """Train a character-level GPT and print a sample. Keyword arguments are TrainConfig fields.
-    Returns a dict: model, tokenizer, config, train_loss, val_loss, sample, seconds."""
-    cfg = TrainConfig(**overrides)
-    if cfg.size not in SIZES:
-        raise UserError(f"unknown size {cfg.size!r}; choose one of {', '.join(SIZES)}")
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-
-    text = load_text(cfg.data)
-    tok = CharTokenizer(text)
-    train_data, val_data = split_data(tok.encode(text))
-    mconf = GPTConfig(**{**SIZES[cfg.size], "vocab_size": tok.vocab_size, "fused_attention": cfg.fused_attention})
-    if len(val_data) <= mconf.block_size:
-        raise UserError(f"{cfg.data} is too short: its last 10% must be longer than block_size={mconf.block_size}")
-    print(f"data: {len(text):,} characters, vocab {tok.vocab_size}, train {len(train_data):,} / val {len(val_data):,}")
-
-    model = GPT(mconf).to(device)
-    print(f"model: {cfg.size}, {model.num_params() / 1e6:.2f}M parameters, device {device}")
+def train(model, train_data, val_data, cfg, device):
+    """The training loop: every eval_interval steps (and at the end) estimate the train and val
+    losses; every step: set the learning rate, take a batch, forward, backward, clip, update.
+    Returns the last loss estimates."""
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, (0.9, cfg.beta2))
     # bf16 autocast where the GPU has it; plain fp32 elsewhere (and always on CPU).
     use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-    splits = {"train": train_data, "val": val_data}
-
-    t0 = time.time()
-    losses = {}
+    autocast = torch.autocast("cuda", torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    splits, block_size = {"train": train_data, "val": val_data}, model.config.block_size
     bar = tqdm(range(cfg.max_iters + 1), desc="training", unit="step", file=sys.stderr)
     for it in bar:
-        # Every eval_interval steps, and at the end: the losses that tell us how training goes.
         if it % cfg.eval_interval == 0 or it == cfg.max_iters:
             with autocast:
-                losses = estimate_loss(model, splits, cfg.eval_iters, mconf.block_size, cfg.batch_size, device)
-            bar.write(f"step {it:5d}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                losses = estimate_loss(model, splits, cfg.eval_iters, block_size, cfg.batch_size,
+                                       device)
+            bar.write(f"step {it:5d}: train loss {losses['train']:.4f}, "
+                      f"val loss {losses['val']:.4f}")
         if it == cfg.max_iters:
             break
         lr = get_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.max_iters)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = get_batch(train_data, mconf.block_size, cfg.batch_size, device)
+        x, y = get_batch(train_data, block_size, cfg.batch_size, device)
         with autocast:
             _, loss = model(x, y)
         optimizer.zero_grad(set_to_none=True)
@@ -396,43 +439,82 @@ def main(**overrides):
         if it % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")
     bar.close()
+    return losses
+
+
+def main(**overrides):
+    """Train a character-level GPT and print a sample. Keyword arguments are TrainConfig fields.
+    Returns a dict: model, tokenizer, config, train_loss, val_loss, sample, seconds."""
+    cfg = TrainConfig(**overrides)
+    if cfg.size not in SIZES:
+        raise ValueError(f"unknown size {cfg.size!r}; choose one of {', '.join(SIZES)}")
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    text = load_text(cfg.data)
+    tok = CharTokenizer(text)
+    train_data, val_data = split_data(tok.encode(text))
+    mconf = GPTConfig(**{**SIZES[cfg.size], "vocab_size": tok.vocab_size,
+                         "fused_attention": cfg.fused_attention})
+    if len(val_data) <= mconf.block_size:
+        raise ValueError(f"{cfg.data} is too short: its last 10% must be longer than "
+                         f"block_size={mconf.block_size}")
+    print(f"data: {len(text):,} characters, vocab {tok.vocab_size}, "
+          f"train {len(train_data):,} / val {len(val_data):,}")
+    model = GPT(mconf).to(device)
+    print(f"model: {cfg.size}, {model.num_params() / 1e6:.2f}M parameters, device {device}")
+
+    t0 = time.time()
+    losses = train(model, train_data, val_data, cfg, device)
     seconds = time.time() - t0
     print(f"trained {cfg.max_iters} steps in {seconds:.1f}s")
 
     # Sample: start from a newline and let the model write.
     start = tok.encode("\n") if "\n" in tok.stoi else [0]
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    out = model.generate(torch.tensor([start], device=device), cfg.sample_tokens,
-                         temperature=cfg.temperature, top_k=cfg.top_k or None, generator=gen)
-    sample = tok.decode(out[0].tolist())
+    new = model.generate(start, cfg.sample_tokens, temperature=cfg.temperature,
+                         top_k=cfg.top_k or None, seed=cfg.seed)
+    sample = tok.decode(start + list(new))
     print("-" * 40 + " sample " + "-" * 40 + sample + "\n" + "-" * 88)
     return dict(model=model, tokenizer=tok, config=cfg, train_loss=losses["train"],
                 val_loss=losses["val"], sample=sample, seconds=seconds)
 
 
+def in_notebook():
+    """True inside a Jupyter kernel, whose own command line (-f kernel.json) is not for us."""
+    return "ipykernel" in sys.modules
+
+
 def parse_args(argv=None):
-    """One --flag per TrainConfig field. Unknown arguments (such as the ones Jupyter passes to a
-    kernel) are reported and ignored rather than fatal."""
-    parser = argparse.ArgumentParser(description="Train a character-level GPT (chapter 2) and sample from it.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """One --flag per TrainConfig field; an unknown flag is an error (a typo must not be
+    silently ignored). In a notebook the kernel's own arguments are not read at all."""
+    if argv is None and in_notebook():
+        argv = []
+    parser = argparse.ArgumentParser(
+        description="Train a character-level GPT (chapter 2) and sample from it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata["help"]
         if f.type is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=help_text)
         elif f.name == "size":
             parser.add_argument(flag, choices=list(SIZES), default=f.default, help=help_text)
         else:
             parser.add_argument(flag, type=f.type, default=f.default, help=help_text)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        print(f"ignoring unknown arguments: {' '.join(unknown)}", file=sys.stderr)
+        raise ValueError(f"unknown argument(s): {' '.join(unknown)} (see --help)")
     return vars(args)
 
 
 if __name__ == "__main__":
     try:
-        main(**parse_args())
-    except UserError as e:
+        if in_notebook():  # pasted into a notebook cell: a short demo; main(...) for the full run
+            print("notebook: a short demo (150 steps); main(max_iters=2000) is the full run")
+            main(max_iters=150, eval_interval=50, sample_tokens=200)
+        else:
+            main(**parse_args())
+    except (ValueError, OSError) as e:  # a bad file or value: one line, not a traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

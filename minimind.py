@@ -40,6 +40,7 @@ class MiniMindConfig:
     n_layers: int = 8  # number of blocks
     n_heads: int = 8  # query heads
     n_kv_heads: int = 2  # key/value heads; n_heads must be a multiple (n_kv_heads == n_heads is plain MHA)
+    head_dim: int = 0  # width of one head; 0 = dim // n_heads (Qwen3 sets it: 128 at dim 1024, 16 heads)
     vocab_size: int = 6400  # set from the tokenizer by the trainer
     max_seq_len: int = 512  # longest context; the RoPE tables and the KV cache are this long
     rope_theta: float = 1e6  # RoPE base: larger = slower-turning angles = longer usable context
@@ -47,6 +48,7 @@ class MiniMindConfig:
     ffn_hidden: int = 0  # hidden width of each SwiGLU; 0 or None = derive it with ffn_rule
     ffn_rule: str = "8/3"  # "8/3": 64*ceil((8*dim/3)/64) (MiniMind2); "pi": 64*ceil(pi*dim/64) (MiniMind-3)
     qk_norm: bool = False  # RMSNorm over head_dim on queries and keys before RoPE (MiniMind-3, Qwen3)
+    qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2, Qwen2.5)
     dropout: float = 0.0
     tie_embeddings: bool = True  # lm_head shares its weight with embed_tokens
     n_experts: int = 0  # 0 = dense SwiGLU; > 0 = that many routed experts per block
@@ -55,15 +57,13 @@ class MiniMindConfig:
     aux_loss_coef: float = 0.01  # weight of the MoE load-balancing loss in the total loss
 
     def __post_init__(self):
-        assert self.dim % self.n_heads == 0, "dim must be a multiple of n_heads"
+        if not self.head_dim:
+            assert self.dim % self.n_heads == 0, "dim must be a multiple of n_heads (or set head_dim)"
+            self.head_dim = self.dim // self.n_heads
         assert self.n_heads % self.n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads"
-        assert (self.dim // self.n_heads) % 2 == 0, "head_dim must be even for RoPE"
+        assert self.head_dim % 2 == 0, "head_dim must be even for RoPE"
         assert self.ffn_rule in ("8/3", "pi"), f"ffn_rule is '8/3' or 'pi', not {self.ffn_rule!r}"
         assert self.n_experts == 0 or 1 <= self.top_k <= self.n_experts, "need 1 <= top_k <= n_experts"
-
-    @property
-    def head_dim(self):
-        return self.dim // self.n_heads
 
     @property
     def hidden_dim(self):
@@ -210,9 +210,9 @@ class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
         # QK-norm: normalising each head's q and k bounds the attention logits, a cheap guard
         # against the loss spikes that large logits cause.
@@ -385,11 +385,27 @@ class MiniMind(nn.Module):
         self.aux_loss = torch.zeros(())  # the MoE term of the last forward's loss (0 when dense)
         # Weights ~ N(0, 0.02); the projections that write into the residual stream (o_proj,
         # down_proj) shrink by 1/sqrt(2 n_layers) so the stream's variance does not grow with depth.
+        # Biases (Qwen2's q/k/v) start at 0.
         for name, p in self.named_parameters():
             if p.dim() == 2:
                 writes_to_stream = name.endswith(("o_proj.weight", "down_proj.weight"))
                 std = 0.02 / math.sqrt(2 * config.n_layers) if writes_to_stream else 0.02
                 nn.init.normal_(p, mean=0.0, std=std)
+            elif name.endswith(".bias"):
+                nn.init.zeros_(p)
+
+    # The questions every script asks of a model, answered as gpt.GPT answers them.
+    @property
+    def context_length(self):
+        return self.config.max_seq_len
+
+    @property
+    def n_layers(self):
+        return self.config.n_layers
+
+    @property
+    def width(self):
+        return self.config.dim
 
     def num_params(self, active=False):
         """Parameters, the tied embedding/head counted once. active=True: only those one token

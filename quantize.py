@@ -11,23 +11,25 @@ tiny and sensitive. The command prints a per-layer error table and the perplexit
 
 Reading order: the quantizer (scale, round, clamp) and its error bound -> a Linear that runs from
 int8 weights (a readable reference path and a fast CPU kernel, proven equal in the tests) -> an
-int8 embedding table that the tied output head shares -> swapping a model's layers -> saving and
-loading run directories (load_run reads ANY run directory, float or INT8; eval.py and chat.py use
-it) -> the command line.
+int8 embedding table that the tied output head shares -> swapping a model's layers -> writing an
+INT8 run directory (rundir.load_run opens it again, with prepare_int8_skeleton) -> the command line.
+
+Imports: rundir.py (run directories, flags, errors) and train.py (the validation text and its
+perplexity, as train.py measures it).
 """
 import os
 import shutil
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import rundir
 import train
-from bpe import Tokenizer
-from train import UserError, parse_config, run_cli
+from rundir import UserError, option, parse_config, run_cli
 
 SCHEME = "int8-per-channel-symmetric"
 
@@ -225,35 +227,13 @@ def set_fast(model, fast):
 # ---------------------------------------------------------------------------------------------
 # 4. Run directories: load any of them, write an INT8 one
 # ---------------------------------------------------------------------------------------------
-def load_run(run_dir, device="cpu"):
-    """Any run directory -> (model in eval mode, tokenizer, payload without the weights).
-
-    A float run is built as train.load_run builds it. An INT8 run (payload["quantized"]) is built
-    as the float model first (the skeleton: right shapes, random weights), its layers swapped
-    exactly as quantize_model swapped them when it was written, then the saved int8 tensors are
-    loaded into it. model.pt is read once, with weights_only=True."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run directory")
-    payload = train.read_model_file(run_dir)
-    try:
-        tok = Tokenizer.load(run_dir / "tokenizer.json")
-    except (OSError, ValueError) as e:
-        raise UserError(f"{run_dir / 'tokenizer.json'}: {e}")
-    if tok.vocab_size != payload["config"]["vocab_size"]:
-        raise UserError(f"{run_dir}: tokenizer has {tok.vocab_size} tokens, model expects "
-                        f"{payload['config']['vocab_size']}")
-    model = train.build_model(payload["arch"], payload["config"])
-    quantized = payload.get("quantized")
-    if quantized:
-        if quantized.get("scheme") != SCHEME:
-            raise UserError(f"{run_dir / 'model.pt'}: unknown quantization scheme {quantized.get('scheme')!r}")
-        quantize_model(model, quantized["include_embeddings"])
-    try:
-        model.load_state_dict(payload.pop("model"))
-    except RuntimeError as e:
-        raise UserError(f"{run_dir / 'model.pt'}: weights do not fit the model ({str(e).splitlines()[0]})")
-    return model.to(device).eval(), tok, payload
+def prepare_int8_skeleton(model, quantized, run_dir):
+    """Make a float model (just built: right shapes, random weights) ready to receive an INT8 run's
+    saved tensors: its layers swapped exactly as quantize_model swapped them when the run was
+    written. rundir.load_run calls this for a model.pt with a "quantized" entry."""
+    if quantized.get("scheme") != SCHEME:
+        raise UserError(f"{Path(run_dir) / 'model.pt'}: unknown quantization scheme {quantized.get('scheme')!r}")
+    quantize_model(model, quantized["include_embeddings"])
 
 
 def copy_atomic(src, dst):
@@ -272,7 +252,7 @@ def write_int8_run(src_dir, out_dir, model, payload, include_embeddings):
             copy_atomic(src_dir / name, out_dir / name)
     new = {**payload, "model": model.state_dict(),
            "quantized": {"scheme": SCHEME, "include_embeddings": include_embeddings, "source": str(src_dir)}}
-    train.atomic_write(out_dir / "model.pt", lambda f: torch.save(new, f))
+    rundir.atomic_write(out_dir / "model.pt", lambda f: torch.save(new, f))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,51 +260,46 @@ def write_int8_run(src_dir, out_dir, model, payload, include_embeddings):
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class QuantizeConfig:
-    run_dir: str = field(default="out/dpo", metadata={"help": "run directory to quantize (float)", "positional": "?"})
-    out: str = field(default="", metadata={"help": "run directory to write (default: RUN_DIR-int8)"})
-    include_embeddings: bool = field(default=False, metadata={
-        "help": "quantize the token embedding (and the output head tied to it) too"})
-    data: str = field(default="python-docs", metadata={
-        "help": "text for the perplexity before/after, as train.py's --data (its validation split)"})
-    val_fraction: float = field(default=0.05, metadata={"help": "share of --data held out (as in train.py)"})
-    eval_batches: int = field(default=8, metadata={"help": "validation batches for perplexity (0: skip it)"})
-    batch_size: int = field(default=8, metadata={"help": "sequences per validation batch"})
-    device: str = field(default="cpu", metadata={"help": "where to measure perplexity: cpu | cuda | mps"})
+    run_dir: str = option("out/dpo", "run directory to quantize (float)", positional="?")
+    out: str = option("", "run directory to write (default: RUN_DIR-int8)")
+    include_embeddings: bool = option(False, "quantize the token embedding (and the output head tied "
+                                                    "to it) too")
+    data: str = option("python-docs", "text for the perplexity before/after, as train.py's --data "
+                                      "(its validation split)")
+    val_fraction: float = option(0.05, "share of --data held out (as in train.py)")
+    eval_batches: int = option(8, "validation batches for perplexity (0: skip it)")
+    batch_size: int = option(8, "sequences per validation batch")
+    device: str = option("cpu", "where to measure perplexity: cpu | cuda | mps")
 
 
-def validation_perplexity(model, tok, payload, cfg, device):
+def validation_perplexity(model, tok, cfg, device):
     """Perplexity on --data's validation split, with train.evaluate (summed NLL / token count), the
     same definition eval.py reports, on the same evenly spaced windows before and after."""
     data_cfg = types.SimpleNamespace(data=cfg.data, tokenizer=str(Path(cfg.run_dir) / "tokenizer.json"),
                                      vocab_size=tok.vocab_size, val_fraction=cfg.val_fraction)
     _, _, val = train.prepare_data(data_cfg)
-    context = payload["config"].get("max_seq_len") or payload["config"]["block_size"]
-    seq_len = min(context, len(val) - 1)
+    seq_len = min(model.context_length, len(val) - 1)
     if seq_len < 2:
         raise UserError(f"{cfg.data}: only {len(val)} validation tokens; too few to measure perplexity")
     windows = train.eval_windows(val, seq_len, cfg.batch_size, cfg.eval_batches)
-    byte_lengths = torch.tensor([0 if tok.is_special(i) else len(tok.id_to_bytes(i))
-                                 for i in range(tok.vocab_size)]).numpy()
-    result = train.evaluate(model, windows, byte_lengths, device, torch.float32)
-    model.eval()  # train.evaluate leaves the model in training mode
-    return result
+    return train.evaluate(model, windows, train.byte_lengths(tok), device, torch.float32)
 
 
 def main(argv=None, **overrides):
     """Quantize RUN_DIR into a new run directory; returns the error rows and the perplexities."""
     cfg = parse_config(QuantizeConfig, argv, None, overrides)
-    train.check_positive(cfg, ("batch_size",))
+    rundir.check_positive(cfg, ("batch_size",))
     if cfg.eval_batches < 0:
         raise UserError(f"--eval-batches must not be negative; got {cfg.eval_batches}")
     src = Path(cfg.run_dir.rstrip("/\\") or cfg.run_dir)
     out = Path(cfg.out) if cfg.out else src.with_name(src.name + "-int8")
-    model, tok, payload = load_run(src, "cpu")
+    model, tok, payload = rundir.load_run(src, "cpu")
     if payload.get("quantized"):
         raise UserError(f"{src / 'model.pt'}: already quantized ({payload['quantized']['scheme']})")
     if out.resolve() == src.resolve():
         raise UserError(f"--out {out} is the source run directory; choose another one")
-    device = train.check_device(cfg.device)
-    before = validation_perplexity(model.to(device), tok, payload, cfg, device) if cfg.eval_batches else None
+    device = rundir.check_device(cfg.device)
+    before = validation_perplexity(model.to(device), tok, cfg, device) if cfg.eval_batches else None
 
     rows = quantize_model(model.cpu(), cfg.include_embeddings)
     print(f"{'layer':<40}{'shape':>14}{'max |w - w_hat|':>17}{'relative':>11}{'/ (scale/2)':>13}")
@@ -333,8 +308,8 @@ def main(argv=None, **overrides):
               f"{r['rel_err']:>11.2e}{r['bound_ratio']:>13.3f}")
     write_int8_run(src, out, model, payload, cfg.include_embeddings)
     # Measure the model as it was saved: loaded back from disk, the way eval.py and chat.py see it.
-    model, _, _ = load_run(out, device)
-    after = validation_perplexity(model, tok, payload, cfg, device) if cfg.eval_batches else None
+    model, _, _ = rundir.load_run(out, device)
+    after = validation_perplexity(model, tok, cfg, device) if cfg.eval_batches else None
 
     size_before, size_after = (src / "model.pt").stat().st_size, (out / "model.pt").stat().st_size
     print(f"model.pt: {size_before / 2**20:.2f} MB -> {size_after / 2**20:.2f} MB "

@@ -2,32 +2,33 @@
 
     python sft.py --init out/pretrain        # built-in Python-docs conversations -> out/sft
     python sft.py --show-example             # one rendered conversation: token, target, trained?
-
     python sft.py --init out/pretrain --data my_sft.jsonl   # MiniMind's format: {"conversations": [...]}
+    python sft.py --init out/smollm --preset t4             # a released model (convert.py) on a T4
     python sft.py --init out/pretrain --halt-at 300; python sft.py --resume   # split across sessions
 
 Reading order: the chat template and its loss mask (render_chat, shared by dpo.py, eval.py and
 chat.py) -> the shift, truncation and padding -> the loss written by hand -> data (MiniMind jsonl
 and the built-in Python-docs conversations) -> evaluation (held-out loss, greedy exact match) ->
-the fine-tuning loop dpo.py reuses -> SFT itself. The run directory it writes (stage "sft") is
-what dpo.py, eval.py and chat.py take as input.
+SFT as a stage of train.py's training loop (its batches, its loss, its evaluation) -> the config,
+presets and the start from an --init run that dpo.py shares -> main. The run directory it writes
+(stage "sft") is what dpo.py, eval.py and chat.py take as input.
+
+Imports: train.py (the training loop, the start from a run) and rundir.py (flags, errors).
 """
 import dataclasses
 import functools
 import json
-import math
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import train
-from bpe import Tokenizer  # noqa: F401  (the run directory's tokenizer is a bpe.Tokenizer)
-from train import UserError, run_cli
+from rundir import (UserError, autocast, check_device, check_positive, load_run, option, parse_config,
+                    pick_dtype, read_saved_config, refuse_to_overwrite, run_cli)
 
 ROLES = ("system", "user", "assistant")
 
@@ -107,8 +108,9 @@ def token_logprobs(logits, targets):
     return picked * mask, mask
 
 
-def masked_cross_entropy(logits, targets):
-    """Cross-entropy over the trained tokens: the SUM of their -log p divided by their COUNT.
+def masked_cross_entropy(logits, targets, total=None):
+    """Cross-entropy over the trained tokens: the SUM of their -log p divided by their COUNT
+    (or by `total`, the trained tokens of a whole optimizer step, when this batch is one part of it).
 
     Why not the mean of each conversation's own mean: that would give the one token of "7" in a
     short arithmetic answer the same total weight as a 40-token explanation, so short answers
@@ -116,16 +118,7 @@ def masked_cross_entropy(logits, targets):
     Summing over tokens makes every trained token count the same, which is what
     F.cross_entropy(..., ignore_index=-100) computes (tests/test_sft.py checks they agree)."""
     picked, mask = token_logprobs(logits, targets)
-    return -picked.sum() / mask.sum().clamp(min=1)
-
-
-def model_loss(model, x, y, device, dtype):
-    """Forward pass and the hand-written loss, plus MiniMind's MoE balancing term when it has one."""
-    with train.autocast(device, dtype):
-        logits, _ = model(x.to(device))
-    loss = masked_cross_entropy(logits, y.to(device))
-    aux = getattr(model, "aux_loss", None)
-    return loss + aux if torch.is_tensor(aux) and aux.requires_grad else loss
+    return -picked.sum() / (total if total is not None else mask.sum().clamp(min=1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,7 +244,7 @@ def python_docs_conversations(seed=0):
     return items["train"], items["heldout"]
 
 
-def load_sft_data(data, tok, seq_len, heldout_every=20):
+def load_sft_data(data, tok, seq_len, heldout_every=20, quiet=False):
     """--data -> (train examples, held-out examples, held-out exercises with exact answers).
     A jsonl is split by position (every 20th conversation held out); it has no exact-match set."""
     if data == "python-docs":
@@ -265,7 +258,7 @@ def load_sft_data(data, tok, seq_len, heldout_every=20):
     to_rows = lambda its: [e for e in (chat_example(tok, it["messages"], seq_len) for it in its) if e]
     rows, held = to_rows(train_items), to_rows(heldout)
     dropped = len(train_items) + len(heldout) - len(rows) - len(held)
-    if dropped:
+    if dropped and not quiet:
         print(f"dropped {dropped} conversation(s) whose first {seq_len + 1} tokens train nothing")
     if not rows:
         raise UserError(f"{data}: no conversation has an assistant token within --seq-len {seq_len}")
@@ -280,15 +273,16 @@ def heldout_loss(model, rows, pad_id, device, dtype, batch_size=32):
     """Summed -log p over every held-out trained token / their count (one number for the set)."""
     if not rows:
         return float("nan")
+    was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(rows), batch_size):
         x, y = collate(rows[i:i + batch_size], pad_id)
-        with train.autocast(device, dtype):
+        with autocast(device, dtype):
             logits, _ = model(x.to(device))
         picked, mask = token_logprobs(logits, y.to(device))
         total, count = total - picked.sum().item(), count + mask.sum().item()
-    model.train()
+    model.train(was_training)
     return total / max(count, 1)
 
 
@@ -297,19 +291,7 @@ def greedy_reply(model, tok, messages, max_new_tokens=24):
     """The model's answer to messages, greedy (temperature 0), stopping at <|im_end|>."""
     end = tok.special_tokens["<|im_end|>"]
     ids, _ = render_chat(tok, messages, add_generation_prompt=True)
-    if hasattr(model, "new_kv_cache"):  # MiniMind: the KV-cached streaming generate
-        out = list(model.generate(ids, max_new_tokens=max_new_tokens, temperature=0, stop_tokens=[end]))
-    else:  # gpt.GPT: argmax one token at a time over the (cropped) window
-        was, out = model.training, []
-        model.eval()
-        window = model.config.block_size
-        device = next(model.parameters()).device
-        for _ in range(max_new_tokens):
-            logits, _ = model(torch.tensor([(ids + out)[-window:]], device=device))
-            out.append(int(logits[0, -1].argmax()))
-            if out[-1] == end:
-                break
-        model.train(was)
+    out = list(model.generate(ids, max_new_tokens=max_new_tokens, temperature=0, stop_tokens={end}))
     return tok.decode([t for t in out if t != end]).strip()
 
 
@@ -322,137 +304,85 @@ def exact_match(model, tok, items, max_new_tokens=24):
 
 
 # ---------------------------------------------------------------------------------------------
-# The fine-tuning loop (shared with dpo.py): schedule, clipping, logging, checkpoints, resume
+# SFT as a stage of the training loop (train.train_loop does the rest)
+# ---------------------------------------------------------------------------------------------
+def sft_stage(cfg, model, tok, rows, held, exact, dtype):
+    """SFT as a train.Stage: batches of conversations padded to their longest; the loss, the masked
+    cross-entropy over the step's trained tokens; held-out assistant loss, and (at the start and
+    the end) greedy exact match on held-out exercises."""
+    device, pad = str(next(model.parameters()).device), tok.special_tokens["<|endoftext|>"]
+
+    def batch(indices):
+        x, y = collate([rows[i] for i in indices], pad)
+        return x.to(device), y.to(device)
+
+    def loss(net, b, totals):
+        logits, _ = net(b[0])
+        return masked_cross_entropy(logits, b[1], totals["tokens"]), {}
+
+    def evaluate(model, full):
+        metrics = {"val_loss": heldout_loss(model, held, pad, device, dtype)}
+        if full:
+            metrics["exact_match"] = exact_match(model, tok, exact, cfg.max_new_tokens)
+        return metrics
+
+    labels = {"val_loss": "held-out assistant loss", "exact_match": "held-out exact match"}
+    return train.Stage("sft", len(rows), batch, lambda b: {"tokens": int((b[1] != IGNORE).sum())}, loss,
+                       evaluate, labels, cfg.seq_len)
+
+
+# ---------------------------------------------------------------------------------------------
+# The config, presets and the start from a run, shared with dpo.py
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class FineTuneConfig:
-    """The flags sft.py and dpo.py share; each script's config adds its own and its defaults."""
-    init: str = field(default="out/pretrain", metadata={"help": "run directory to start from (a pre-training run)"})
-    data: str = field(default="python-docs", metadata={"help": "python-docs (built in) | a MiniMind SFT .jsonl"})
-    seq_len: int = field(default=0, metadata={"help": "longest conversation in tokens (0: the model's context)"})
-    batch_size: int = field(default=32, metadata={"help": "conversations per step"})
-    max_steps: int = field(default=1200, metadata={"help": "optimizer steps"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (below pre-training's)"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine floor as a fraction of lr"})
-    warmup_steps: int = field(default=50, metadata={"help": "linear warmup steps"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decay (matrices only)"})
-    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: off)"})
-    eval_exact: int = field(default=200, metadata={"help": "held-out exercises for exact match (0: all)"})
-    eval_heldout: int = field(default=0, metadata={
-        "help": "held-out conversations (dpo.py: pairs) for held-out loss (preference accuracy) (0: all)"})
-    max_new_tokens: int = field(default=24, metadata={"help": "longest generated answer in exact match"})
-    out_dir: str = field(default="out/sft", metadata={"help": "run directory to write"})
-    save_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
-    resume: bool = field(default=False, metadata={"help": "continue the run in --out-dir exactly"})
-    overwrite: bool = field(default=False, metadata={"help": "start a new run in an --out-dir that holds one"})
-    halt_at: int = field(default=0, metadata={"help": "stop after this step with a checkpoint, as if interrupted"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | mps"})
-    dtype: str = field(default="auto", metadata={"help": "auto | fp32 | bf16 | fp16"})
-    seed: int = field(default=1337, metadata={"help": "random seed (data order)"})
+class FineTuneConfig(train.LoopConfig):
+    """The flags sft.py and dpo.py share: the training loop's, with fine-tuning's defaults, and
+    where to start from. Each script's config adds its own."""
+    preset: str = option("", "named defaults, listed below; flags given explicitly win")
+    init: str = option("out/pretrain", "run directory to start from (a pre-training run)")
+    data: str = option("python-docs", "python-docs (built in) | a MiniMind SFT .jsonl")
+    seq_len: int = option(0, "longest conversation in tokens (0: the model's context)")
+    batch_size: int = option(32, "conversations per micro-batch (per process)")
+    lr: float = option(1e-3, "peak learning rate (below pre-training's)")
+    warmup_steps: int = option(50, "linear warmup steps")
+    weight_decay: float = option(0.0, "AdamW decay (matrices only)")
+    dropout: float = option(0.0, "dropout probability while fine-tuning")
+    out_dir: str = option("out/sft", "run directory to write")
+    eval_exact: int = option(200, "held-out exercises for exact match (0: all)")
+    eval_heldout: int = option(0, "held-out conversations (dpo.py: pairs) evaluated (0: all)")
+    max_new_tokens: int = option(24, "longest generated answer in exact match")
 
 
-class RandomBatches:
-    """Each step draws batch_size item indices at random (with replacement) from its own
-    generator, whose state goes into train_state.pt: a resumed run draws the same batches."""
-
-    def __init__(self, n_items, batch_size, seed):
-        self.n_items, self.batch_size = n_items, batch_size
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def next(self):
-        return torch.randint(self.n_items, (self.batch_size,), generator=self.gen).tolist()
-
-
-def load_stage(cfg, cls, stage):
-    """Shared start of sft.py and dpo.py: on --resume the saved config (only resume, halt_at,
-    device, out_dir may change); device, precision, seed; the --init run."""
-    if cfg.resume:
-        saved = Path(cfg.out_dir) / "config.json"
-        if not saved.exists():
-            raise UserError(f"{saved}: no such file; nothing to resume")
-        keep = {k: getattr(cfg, k) for k in ("resume", "overwrite", "halt_at", "device", "out_dir")}
-        cfg = train.read_saved_config(cls, saved, keep)
-    train.check_positive(cfg, ("batch_size", "max_steps", "save_every"))
-    train.refuse_to_overwrite(cfg)
-    if cfg.lr <= 0:
-        raise UserError(f"--lr must be positive; got {cfg.lr}")
-    device = train.check_device(cfg.device)
-    dtype = train.pick_dtype(device, cfg.dtype)
-    torch.manual_seed(cfg.seed)
-    model, tok, payload = train.load_run(cfg.init, device)
-    window = payload["config"].get("max_seq_len", payload["config"].get("block_size"))
-    if cfg.seq_len > window or cfg.seq_len < 0:
+def start(cfg, device):
+    """The --init run on the device, in training mode, and --seq-len 0 set to the model's context.
+    Returns (cfg, model, tok, payload)."""
+    model, tok, payload = train.start_from(cfg.init, device, cfg.dropout)
+    window = model.context_length
+    if cfg.seq_len > window:
         raise UserError(f"--seq-len {cfg.seq_len}: the model in {cfg.init} takes at most {window} tokens")
     cfg = dataclasses.replace(cfg, seq_len=cfg.seq_len or window)
-    print(f"{stage}: {payload['arch']} from {cfg.init} ({payload.get('stage', 'pretrain')}, step "
-          f"{payload.get('step')}), {device} {dtype}")
-    return cfg, model.train(), tok, payload, device, dtype
+    return cfg, model, tok, payload
 
 
-def fine_tune(cfg, stage, model, tok, payload, device, dtype, n_items, step_loss, evaluate, labels):
-    """Run cfg.max_steps optimizer steps of step_loss(indices) -> (loss, {name: value to log}),
-    with evaluate() -> {metric: value} at the start and the end, printed as a before/after table
-    (labels: {metric: row label}). Returns {"step", "before", "after"} ("after" absent on a halt)."""
-    out = Path(cfg.out_dir)
-    optimizer = train.make_optimizer(model, cfg.lr, cfg.weight_decay, (0.9, 0.95), device)
-    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
-    batches = RandomBatches(n_items, cfg.batch_size, cfg.seed)
-    step, before = 0, None
+def settle(cfg, cls):
+    """The config of a run about to start: the saved one on --resume; every value checked, before
+    anything is loaded or written."""
     if cfg.resume:
-        state = train.load_checkpoint(out, model, optimizer, scaler)
-        step, before = state["step"], state["before"]
-        batches.gen.set_state(state["batches"])
-    out.mkdir(parents=True, exist_ok=True)
-    train.atomic_write(out / "config.json", lambda f: f.write(json.dumps(dataclasses.asdict(cfg), indent=2).encode()))
-    log = train.RunLog(out, step if cfg.resume else None)
-    if before is None:
-        before = evaluate()
-        log.write(step=0, eval="before", **before)
+        keep = {k: getattr(cfg, k) for k in ("resume", "overwrite", "halt_at", "device", "out_dir")}
+        cfg = read_saved_config(cls, Path(cfg.out_dir) / "config.json", keep)
+    check_positive(cfg, ("batch_size", "grad_accum", "max_steps", "save_every", "eval_every"))
+    if cfg.lr <= 0 or cfg.seq_len < 0 or not 0 <= cfg.dropout < 1:
+        raise UserError("--lr must be positive, --seq-len not negative, --dropout in [0, 1)")
+    check_device(cfg.device)
+    refuse_to_overwrite(cfg)
+    return cfg
 
-    def checkpoint(at_step):
-        train.save_checkpoint(out, model, payload["arch"], payload["config"], tok, optimizer, scaler, at_step,
-                              {"batches": batches.gen.get_state(), "before": before}, stage=stage)
-        train.write_loss_svg(out / "log.jsonl", out / "loss.svg")
 
-    bar = tqdm(total=cfg.max_steps, initial=step, unit="step", dynamic_ncols=True)
-    try:
-        while step < cfg.max_steps:
-            lr = train.lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss, logs = step_loss(batches.next())
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")).item()
-            if not math.isfinite(loss.item()) or not (math.isfinite(grad_norm) or scaler.is_enabled()):
-                raise UserError(f"loss {loss.item()}, gradient norm {grad_norm} at step {step + 1}; stopped. The "
-                                f"last good checkpoint in {out} is untouched (try a lower --lr)")
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            log.write(step=step, loss=loss.item(), lr=lr, grad_norm=grad_norm, **logs)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")
-            bar.update()
-            if step % cfg.save_every == 0 or step == cfg.halt_at:
-                checkpoint(step)
-            if step == cfg.halt_at:
-                tqdm.write(f"halted at step {step} (--halt-at); continue with --resume --out-dir {out}")
-                return {"step": step, "before": before}
-    except KeyboardInterrupt:
-        checkpoint(step)
-        tqdm.write(f"\ninterrupted: saved step {step} to {out}; continue with --resume --out-dir {out}")
-        return {"step": step, "before": before}
-    finally:
-        bar.close()
-    checkpoint(step)
-    after = evaluate()
-    log.write(step=step, eval="after", **after)
-    print(f"{'metric':<32}{'before':>10}{'after':>10}")
-    for key, label in labels.items():
-        print(f"{label:<32}{before[key]:>10.4f}{after[key]:>10.4f}")
-    print(f"done: {step} steps. Run directory: {out}")
-    return {"step": step, "before": before, "after": after}
+def announce(stage, cfg, model, payload, device, dtype, what):
+    """One line saying what is about to be trained (process 0 only)."""
+    if train.is_master():
+        print(f"{stage}: {payload['arch']} from {cfg.init} ({payload.get('stage', 'pretrain')}, "
+              f"{model.num_params() / 1e6:.2f}M parameters), {device} {dtype}, {what}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,7 +390,21 @@ def fine_tune(cfg, stage, model, tok, payload, device, dtype, n_items, step_loss
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class SFTConfig(FineTuneConfig):
-    show_example: bool = field(default=False, metadata={"help": "print one rendered conversation as a table and exit"})
+    show_example: bool = option(False, "print one rendered conversation as a table and exit")
+
+
+# Each preset: the hardware and model sizes it is for, then its defaults. The batch sizes keep a
+# step at 32-64 conversations of up to 512 tokens; fp16 on a T4 runs with the gradient scaler.
+PRESETS = {
+    "cpu": ("2 CPU cores, about 2.5 minutes: the CPU pre-training run (nano) on the built-in chats",
+            dict(batch_size=32, max_steps=1200, dtype="fp32")),
+    "t4": ("free Colab T4 (16 GB, fp16 + scaler): models up to ~100M (minimind2-small, minimind2), "
+           "full fine-tuning", dict(batch_size=16, grad_accum=4, seq_len=512, max_steps=2000, lr=5e-4,
+                                    dtype="fp16", eval_every=250, save_every=250)),
+    "a100": ("one A100 (bf16): models up to ~400M, full fine-tuning",
+             dict(batch_size=64, seq_len=1024, max_steps=2000, lr=3e-4, dtype="bf16", compile=True,
+                  eval_every=250, save_every=500)),
+}
 
 
 def show_example(tok, messages):
@@ -476,33 +420,28 @@ def show_example(tok, messages):
 
 def sft(cfg):
     if cfg.show_example:
-        _, tok, _ = train.load_run(cfg.init)
+        _, tok, _ = load_run(cfg.init)
         items = python_docs_conversations()[0]
         show_example(tok, [{"role": "system", "content": "You are a helpful assistant."},
                            *items[0]["messages"], *items[1]["messages"]])
         return None
-    cfg, model, tok, payload, device, dtype = load_stage(cfg, SFTConfig, "sft")
-    rows, held, exact = load_sft_data(cfg.data, tok, cfg.seq_len)
-    exact = exact[:cfg.eval_exact] if cfg.eval_exact else exact
-    held = held[:cfg.eval_heldout] if cfg.eval_heldout else held
-    pad = tok.special_tokens["<|endoftext|>"]
-    print(f"{len(rows):,} training conversations, {len(held):,} held out, {len(exact)} held-out exercises")
-
-    def step_loss(indices):
-        x, y = collate([rows[i] for i in indices], pad)
-        return model_loss(model, x, y, device, dtype), {"tokens": int((y != IGNORE).sum())}
-
-    def evaluate():
-        return {"val_loss": heldout_loss(model, held, pad, device, dtype),
-                "exact_match": exact_match(model, tok, exact, cfg.max_new_tokens)}
-
-    return fine_tune(cfg, "sft", model, tok, payload, device, dtype, len(rows), step_loss, evaluate,
-                     {"val_loss": "held-out assistant loss", "exact_match": "held-out exact match"})
+    cfg = settle(cfg, SFTConfig)
+    with train.processes(cfg.device) as (rank, world, device):
+        torch.manual_seed(cfg.seed)
+        cfg, model, tok, payload = start(cfg, device)
+        dtype = pick_dtype(device, cfg.dtype)
+        rows, held, exact = load_sft_data(cfg.data, tok, cfg.seq_len)
+        exact = exact[:cfg.eval_exact] if cfg.eval_exact else exact
+        held = held[:cfg.eval_heldout] if cfg.eval_heldout else held
+        announce("sft", cfg, model, payload, device, dtype,
+                 f"{len(rows):,} training conversations, {len(held):,} held out, {len(exact)} held-out exercises")
+        stage = sft_stage(cfg, model, tok, rows, held, exact, dtype)
+        return train.train_loop(cfg, model, tok, stage, train.origin_of(cfg.init, payload))
 
 
 def main(argv=None, **overrides):
     """Fine-tune with flags from argv (or sys.argv) and keyword overrides (for notebooks)."""
-    return sft(train.parse_config(SFTConfig, argv, None, overrides))
+    return sft(parse_config(SFTConfig, argv, PRESETS, overrides))
 
 
 if __name__ == "__main__":

@@ -1,17 +1,25 @@
-"""train.py: pre-train a small language model from scratch (book chapters 6 and 8).
+"""train.py: pre-train a small language model (book chapters 6 and 8), with the one training loop
+that pre-training, supervised fine-tuning (sft.py) and DPO (dpo.py) share.
 
     python train.py                          # CPU: a tiny MiniMind on Python's own docs, minutes
     python train.py --preset t4-small        # a free Colab T4: minimind2-small on TinyStories
-    python train.py --preset a100-base --dry-run   # the resource calculator, no training
+    python train.py --init out/smollm --data notes.txt   # continue pre-training any run on your text
+    python train.py --preset a100-base --dry-run          # the resource calculator, no training
     torchrun --nproc_per_node=2 train.py ...  # several GPUs (or CPU processes) with DDP
 
-Reading order: the config and presets -> device and precision -> data (built-in, downloads, files)
--> tokenizer and the token cache -> the model and the run directory -> optimizer and schedule ->
-the resource calculator -> the training loop. sft.py and dpo.py reuse the pieces marked "shared".
-The run directory it writes (model.pt, tokenizer.json, train_state.pt, config.json, log.jsonl,
-loss.svg) is what eval.py, sft.py, quantize.py and chat.py take as input.
+Reading order: the config and presets -> data (built in, downloads, your files) -> the tokenizer
+and the token cache -> the model (a named size, or --init from any run directory) -> THE TRAINING
+LOOP: several processes, one optimizer step, the loop itself -> pre-training as a stage of that
+loop (its batches, its loss, its evaluation) -> the resource calculator -> main.
+
+Pre-training, SFT and DPO are one loop with three loss functions. Each stage hands the loop a
+Stage (how to make a batch, what the loss is averaged over, the loss, an evaluation); the loop does
+gradient accumulation, DDP, mixed precision, torch.compile, the non-finite guard, checkpoints,
+exact resume, --halt-at, Ctrl-C, the progress bar, log.jsonl and loss.svg once, for all three.
+
+Imports: rundir.py (the run directory, flags, devices, errors), bpe.py (the tokenizer), gpt.py and
+minimind.py (the models; gpt.py's optimizer and learning-rate schedule, chapter 2's, serve here too).
 """
-import argparse
 import contextlib
 import dataclasses
 import functools
@@ -26,80 +34,73 @@ import sys
 import time
 import urllib.request
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
 import bpe
 import gpt
 import minimind
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors (shared): a user's mistake ends with one line "error: ...", exit status 2, no traceback.
-# ---------------------------------------------------------------------------------------------
-class UserError(Exception):
-    """A mistake in the user's input (file, flag, data). main() prints it as `error: ...`."""
-
-
-def run_cli(main_fn):
-    """Call main_fn(); turn a UserError into one `error:` line and exit status 2."""
-    try:
-        return main_fn()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+from rundir import (UserError, autocast, build_model, check_device, check_positive, load_run,
+                    load_tokenizer, option, parse_config, pick_dtype, read_saved_config,
+                    refuse_to_overwrite, run_cli, save_checkpoint, load_checkpoint, RunLog,
+                    write_json, write_loss_svg)
 
 
 # ---------------------------------------------------------------------------------------------
 # Configuration: one dataclass, each field a flag; --preset fills defaults; explicit flags win.
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class TrainConfig:
-    preset: str = field(default="", metadata={"help": "named defaults, listed below; flags given explicitly win"})
-    # model
-    model: str = field(default="minimind", metadata={"help": "architecture: minimind | gpt"})
-    size: str = field(default="nano", metadata={"help": "a named size from minimind.SIZES / gpt.SIZES"})
-    seq_len: int = field(default=256, metadata={"help": "context length in tokens"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout probability"})
-    # data and tokenizer
-    data: str = field(default="python-docs", metadata={
-        "help": "python-docs (built in) | tinystories | shakespeare | a .txt/.jsonl file or folder"})
-    tokenizer: str = field(default="", metadata={"help": "tokenizer.json to use; empty: train one with bpe.py"})
-    vocab_size: int = field(default=4096, metadata={"help": "vocabulary size when training a tokenizer"})
-    val_fraction: float = field(default=0.05, metadata={"help": "share of the data held out for validation"})
-    # optimisation
-    batch_size: int = field(default=16, metadata={"help": "sequences per micro-batch (per process)"})
-    tokens_per_step: int = field(default=0, metadata={
-        "help": "tokens per optimizer step; sets gradient accumulation (0: one micro-batch per step)"})
-    max_steps: int = field(default=1200, metadata={"help": "optimizer steps"})
-    lr: float = field(default=2e-3, metadata={"help": "peak learning rate"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine floor as a fraction of lr"})
-    warmup_steps: int = field(default=100, metadata={"help": "linear warmup steps"})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW decay (matrices only)"})
-    beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
-    beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
-    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: off)"})
-    seed: int = field(default=1337, metadata={"help": "random seed"})
-    # hardware
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | mps"})
-    dtype: str = field(default="auto", metadata={"help": "auto | fp32 | bf16 | fp16"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
-    # logging and output
-    out_dir: str = field(default="out/pretrain", metadata={"help": "run directory to write"})
-    eval_every: int = field(default=250, metadata={"help": "steps between evaluations and samples"})
-    eval_batches: int = field(default=20, metadata={"help": "batches per evaluation"})
-    save_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
-    sample_tokens: int = field(default=120, metadata={"help": "tokens in each printed sample"})
-    resume: bool = field(default=False, metadata={"help": "continue the run in --out-dir exactly"})
-    overwrite: bool = field(default=False, metadata={"help": "start a new run in an --out-dir that holds one"})
-    halt_at: int = field(default=0, metadata={
-        "help": "stop after this step with a checkpoint, as if interrupted (split a schedule across sessions)"})
-    dry_run: bool = field(default=False, metadata={"help": "print the resource calculator and exit"})
+class LoopConfig:
+    """The training loop's flags. sft.py's and dpo.py's configs build on it too, with their own
+    defaults, so the three stages are driven by the same flags."""
+    batch_size: int = option(16, "sequences per micro-batch (per process)")
+    grad_accum: int = option(1, "micro-batches per optimizer step (gradient accumulation)")
+    max_steps: int = option(1200, "optimizer steps")
+    lr: float = option(2e-3, "peak learning rate")
+    min_lr_ratio: float = option(0.1, "cosine floor as a fraction of lr")
+    warmup_steps: int = option(100, "linear warmup steps")
+    weight_decay: float = option(0.1, "AdamW decay (matrices only)")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.95, "AdamW beta2")
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0: off)")
+    seed: int = option(1337, "random seed")
+    device: str = option("auto", "auto | cpu | cuda | mps")
+    dtype: str = option("auto", "auto | fp32 | bf16 | fp16 (fp16 on a GPU uses a gradient scaler)")
+    compile: bool = option(False, "torch.compile the model")
+    out_dir: str = option("out/pretrain", "run directory to write")
+    eval_every: int = option(250, "steps between evaluations on held-out data")
+    save_every: int = option(500, "steps between checkpoints")
+    resume: bool = option(False, "continue the run in --out-dir exactly")
+    overwrite: bool = option(False, "start a new run in an --out-dir that holds one")
+    halt_at: int = option(0, "stop after this step with a checkpoint, as if interrupted "
+                             "(split a schedule across sessions)")
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    preset: str = option("", "named defaults, listed below; flags given explicitly win")
+    init: str = option("", "continue pre-training this run directory (its model and tokenizer) "
+                           "instead of a new model")
+    model: str = option("minimind", "architecture of a new model: minimind | gpt")
+    size: str = option("nano", "a named size from minimind.SIZES / gpt.SIZES")
+    seq_len: int = option(0, "context length in tokens (0: 256, or the --init model's if shorter)")
+    dropout: float = option(0.0, "dropout probability")
+    data: str = option("python-docs", "python-docs (built in) | tinystories | shakespeare | "
+                                      "a .txt/.jsonl file or folder")
+    tokenizer: str = option("", "tokenizer.json to use; empty: train one with bpe.py")
+    vocab_size: int = option(4096, "vocabulary size when training a tokenizer")
+    val_fraction: float = option(0.05, "share of the data held out for validation")
+    tokens_per_step: int = option(0, "tokens per optimizer step; sets --grad-accum (0: unused)")
+    eval_batches: int = option(20, "batches per evaluation")
+    sample_tokens: int = option(120, "tokens in each printed sample")
+    dry_run: bool = option(False, "print the resource calculator and exit")
 
 
 # Each preset: a one-line description of the hardware and time it expects, then its defaults.
@@ -130,81 +131,6 @@ PRESETS = {
                        tokens_per_step=524288, max_steps=10000, lr=6e-4, vocab_size=50257,
                        dtype="bf16", compile=True, warmup_steps=700, eval_every=500, save_every=1000)),
 }
-
-
-def parse_config(cls, argv=None, presets=None, overrides=None):
-    """(shared) Build a config dataclass from defaults < preset < command-line flags < overrides.
-
-    Every field becomes a kebab-case flag with its help and default. A field's metadata may add
-    "positional" (an nargs, e.g. "?" for a RUN_DIR) or "short" (e.g. "-p"). Unknown arguments are
-    ignored and a notebook kernel's own argv is not read, so `main()` works in a notebook cell."""
-    if argv is None and "ipykernel" in sys.modules:
-        argv = []  # a notebook kernel's own arguments (-f kernel.json) are not ours
-    presets = presets or {}
-    epilog = "presets:\n" + "\n".join(f"  {k:<11} {v[0]}" for k, v in presets.items()) if presets else None
-    parser = argparse.ArgumentParser(description=inspect.getdoc(sys.modules[cls.__module__]).split("\n")[0],
-                                     epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(cls):
-        helptext = f.metadata.get("help", "")
-        if f.default is not dataclasses.MISSING:
-            helptext += f" (default: {f.default})"
-        if "positional" in f.metadata:
-            parser.add_argument(f.name, nargs=f.metadata["positional"], default=None, help=helptext)
-            continue
-        names = ["--" + f.name.replace("_", "-")] + ([f.metadata["short"]] if "short" in f.metadata else [])
-        if f.type in (bool, "bool"):
-            parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=None, help=helptext)
-        else:
-            kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-            parser.add_argument(*names, type=kind, default=None, help=helptext)
-    args, unknown = parser.parse_known_args(argv)
-    if unknown[:1] == ["-f"]:  # Jupyter's "-f kernel.json", when argv was passed on from a notebook
-        unknown = unknown[2:]
-    if unknown:
-        raise UserError(f"unknown argument(s): {' '.join(unknown)} (see --help)")
-    given = {k: v for k, v in vars(args).items() if v is not None and v != []}
-    given.update(overrides or {})
-    name = given.get("preset", "")
-    if name and name not in presets:
-        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(presets)}")
-    values = dict(presets[name][1]) if name else {}
-    values.update(given)
-    bad = set(values) - {f.name for f in dataclasses.fields(cls)}
-    if bad:
-        raise UserError(f"unknown option(s): {', '.join(sorted(bad))}")
-    return cls(**values)
-
-
-# ---------------------------------------------------------------------------------------------
-# Device and precision (shared)
-# ---------------------------------------------------------------------------------------------
-def pick_device(name="auto"):
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def pick_dtype(device, name="auto"):
-    """bf16 where the GPU has it, fp16 (with a gradient scaler) on older GPUs like the T4, fp32 on CPU."""
-    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if name != "auto":
-        if name not in table:
-            raise UserError(f"--dtype must be one of auto, {', '.join(table)}; got {name!r}")
-        return table[name]
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def autocast(device, dtype):
-    """Mixed precision context: weights stay fp32, matmuls run in dtype."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,6 +272,11 @@ def split_documents(docs, val_fraction):
     return [text[:cut]], [text[cut:]]
 
 
+def tokenizer_cache(cfg, cache, fingerprint):
+    """Where a tokenizer trained on this data's training split is cached (it never saw the val split)."""
+    return cache / f"{fingerprint}.v{cfg.val_fraction}.bpe{cfg.vocab_size}.json"
+
+
 def get_tokenizer(cfg, train_docs, cache, fingerprint):
     """--tokenizer FILE, or a BPE trained on (a sample of) the training documents, cached."""
     if cfg.tokenizer:
@@ -353,7 +284,7 @@ def get_tokenizer(cfg, train_docs, cache, fingerprint):
             return bpe.Tokenizer.load(cfg.tokenizer)
         except (OSError, ValueError) as e:
             raise UserError(f"{cfg.tokenizer}: {e}")
-    cached = cache / f"{fingerprint}.v{cfg.val_fraction}.bpe{cfg.vocab_size}.json"  # never saw this val split
+    cached = tokenizer_cache(cfg, cache, fingerprint)
     if cached.exists():
         return bpe.Tokenizer.load(cached)
     sample, budget = [], 20_000_000  # at most ~20 MB of text: enough for a good BPE, fast to train
@@ -387,25 +318,21 @@ def tokenize_to_bin(docs, tok, path):
     return np.memmap(path, dtype=dtype, mode="r")
 
 
-class Batches:
-    """Random windows of seq_len+1 tokens from a token array. Its own generator makes the data
-    order part of the saved state, so a resumed run sees exactly the batches it would have."""
-
-    def __init__(self, tokens, seq_len, batch_size, seed, rank=0, world=1):
-        if len(tokens) <= seq_len + 1:
-            raise UserError(f"only {len(tokens)} tokens of data: fewer than --seq-len {seq_len} + 1")
-        self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
-        self.rank, self.world = rank, world
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def next(self):
-        # Every rank draws the same global batch and keeps its own rows, so N processes see
-        # exactly what one process with an N-times larger batch would see.
-        starts = torch.randint(len(self.tokens) - self.seq_len - 1, (self.batch_size * self.world,),
-                               generator=self.gen)[self.rank::self.world]
-        rows = np.stack([self.tokens[s:s + self.seq_len + 1] for s in starts.tolist()]).astype(np.int64)
-        rows = torch.from_numpy(rows)
-        return rows[:, :-1], rows[:, 1:]
+def prepare_data(cfg):
+    """Tokenizer plus train/val token arrays, reading and encoding the text only when not cached."""
+    make_docs, cache, fingerprint = resolve_data(cfg.data)
+    docs = None
+    if not cfg.tokenizer and not tokenizer_cache(cfg, cache, fingerprint).exists():
+        docs = split_documents(make_docs(), cfg.val_fraction)
+    tok = get_tokenizer(cfg, docs[0] if docs else None, cache, fingerprint)
+    tok_hash = hashlib.sha1(json.dumps(tok.special_tokens, sort_keys=True).encode() + b"".join(
+        tok.id_to_bytes(i) + b"\0" for i in range(tok.vocab_size))).hexdigest()[:10]
+    stem = cache / f"{fingerprint}.{tok_hash}.v{cfg.val_fraction}"
+    paths = [Path(f"{stem}.train.bin"), Path(f"{stem}.val.bin")]
+    if not all(p.exists() for p in paths):
+        docs = docs or split_documents(make_docs(), cfg.val_fraction)
+    train_tokens, val_tokens = (tokenize_to_bin(docs[i] if docs else [], tok, paths[i]) for i in (0, 1))
+    return tok, train_tokens, val_tokens
 
 
 def eval_windows(tokens, seq_len, batch_size, n_batches):
@@ -420,7 +347,7 @@ def eval_windows(tokens, seq_len, batch_size, n_batches):
 
 
 # ---------------------------------------------------------------------------------------------
-# The model and the run directory (shared)
+# The model: a named size, or the model of any run directory (--init)
 # ---------------------------------------------------------------------------------------------
 def model_config(arch, size, vocab_size, seq_len, dropout=0.0):
     """The config dict of a named size with this tokenizer's vocab and this context length."""
@@ -434,178 +361,166 @@ def model_config(arch, size, vocab_size, seq_len, dropout=0.0):
     return cfg
 
 
-def build_model(arch, config):
-    if arch == "gpt":
-        return gpt.GPT(gpt.GPTConfig(**config))
-    return minimind.MiniMind(minimind.MiniMindConfig(**config))
+def start_from(run_dir, device, dropout=None):
+    """(model in training mode, tokenizer, payload) from any run directory: the start of
+    continued pre-training, SFT and DPO. An INT8 run is for inference, not for more training."""
+    if not Path(run_dir).is_dir():
+        raise UserError(f"--init {run_dir}: no such run directory")
+    model, tok, payload = load_run(run_dir, device)
+    if payload.get("quantized"):
+        raise UserError(f"--init {run_dir}: an INT8 run is for inference; start from the float run "
+                        f"it was made from ({payload['quantized'].get('source', 'its source')})")
+    if dropout:  # dropout is a training-time setting: a fine-tune may ask for it
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = dropout
+    return model.train(), tok, payload
 
 
-def atomic_write(path, write):
-    """Write through a temporary file, flush to disk, then rename: a killed run never leaves a
-    half-written file where a good one was."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def origin_of(run_dir, payload):
+    """What model.pt records about where a run started: the run it came from and, for an
+    imported model, where that came from."""
+    return {"init": str(run_dir), **({"source": payload["source"]} if "source" in payload else {})}
 
 
-def save_model(run_dir, model, arch, config, tokenizer, extra=None):
-    """model.pt (arch, config, weights: plain tensors and dicts, so weights_only loading works) and
-    the tokenizer the model was trained with: a run directory is self-contained."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    model = getattr(model, "module", model)  # unwrap DDP
-    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
-    payload = {"format": "slm-run", "version": 1, "arch": arch, "config": dict(config),
-               "model": model.state_dict(), **(extra or {})}
-    atomic_write(run_dir / "model.pt", lambda f: torch.save(payload, f))
-    tokenizer.save(run_dir / "tokenizer.json")  # bpe.py writes atomically too
-
-
-def read_model_file(run_dir):
-    """Load model.pt safely (weights_only=True) and check it is one of ours."""
-    path = Path(run_dir) / "model.pt"
-    if not path.exists():
-        raise UserError(f"{path}: no such file (is {run_dir} a run directory?)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path}: cannot be loaded ({str(e).splitlines()[0]})")
-    if not isinstance(payload, dict) or payload.get("format") != "slm-run":
-        raise UserError(f"{path}: not an slm model file")
-    return payload
-
-
-def load_run(run_dir, device="cpu"):
-    """(shared) A float run directory -> (model in eval mode, tokenizer, payload without weights).
-    quantize.load_run wraps this for INT8 run directories."""
-    payload = read_model_file(run_dir)
-    try:
-        tok = bpe.Tokenizer.load(Path(run_dir) / "tokenizer.json")
-    except (OSError, ValueError) as e:
-        raise UserError(f"{Path(run_dir) / 'tokenizer.json'}: {e}")
-    if tok.vocab_size != payload["config"]["vocab_size"]:
-        raise UserError(f"{run_dir}: tokenizer has {tok.vocab_size} tokens, model expects "
-                        f"{payload['config']['vocab_size']}")
-    try:
-        model = build_model(payload["arch"], payload["config"])
-        model.load_state_dict(payload.pop("model"))
-    except (RuntimeError, TypeError, KeyError) as e:
-        raise UserError(f"{Path(run_dir) / 'model.pt'}: weights do not fit the model it describes "
-                        f"({str(e).splitlines()[0]}); an INT8 run loads with quantize.load_run")
-    return model.to(device).eval(), tok, payload
-
-
-def write_loss_svg(log_path, svg_path):
-    """Draw train and val loss against step as an SVG (no plotting library needed)."""
-    train, val = [], []
-    for line in filter(is_json, Path(log_path).read_text().splitlines()):
-        row = json.loads(line)
-        if "loss" in row:
-            train.append((row["step"], row["loss"]))
-        if "val_loss" in row:
-            val.append((row["step"], row["val_loss"]))
-    points = train + val
-    if len(points) < 2:
+# ---------------------------------------------------------------------------------------------
+# The training loop, shared by pre-training (below), SFT (sft.py) and DPO (dpo.py)
+# ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def processes(device_name):
+    """Yields (rank, world size, device). Started by torchrun (WORLD_SIZE > 1), every process trains
+    a copy of the model on its own rows of each batch and DDP averages the gradients (NCCL between
+    GPUs, gloo between CPU processes); otherwise (0, 1, device). Every process leaves its last
+    collective before any tears the group down."""
+    device = check_device(device_name)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield 0, 1, device
         return
-    W, H, M = 640, 400, 50
-    x0, x1 = min(p[0] for p in points), max(p[0] for p in points) or 1
-    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
-    sx = lambda x: M + (W - 2 * M) * (x - x0) / max(x1 - x0, 1)
-    sy = lambda y: H - M - (H - 2 * M) * (y - y0) / max(y1 - y0, 1e-9)
-    line = lambda pts, color: ('<polyline fill="none" stroke="%s" stroke-width="1.5" points="%s"/>'
-                               % (color, " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)))
-    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
-           f'font-size="12"><rect width="{W}" height="{H}" fill="white"/>',
-           f'<rect x="{M}" y="{M}" width="{W - 2 * M}" height="{H - 2 * M}" fill="none" stroke="#888"/>',
-           line(train, "#1f77b4") if train else "", line(val, "#d62728") if len(val) > 1 else "",
-           f'<text x="{M}" y="{M - 10}">loss (blue: train, red: val)</text>',
-           f'<text x="{M - 45}" y="{M + 4}">{y1:.2f}</text><text x="{M - 45}" y="{H - M}">{y0:.2f}</text>',
-           f'<text x="{M}" y="{H - M + 18}">step {x0}</text><text x="{W - M - 60}" y="{H - M + 18}">step {x1}</text>',
-           "</svg>"]
-    atomic_write(svg_path, lambda f: f.write("\n".join(svg).encode()))
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    try:
+        yield dist.get_rank(), dist.get_world_size(), device
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
 
 
-# ---------------------------------------------------------------------------------------------
-# Optimizer and schedule (shared)
-# ---------------------------------------------------------------------------------------------
-def make_optimizer(model, lr, weight_decay, betas, device):
-    """AdamW with weight decay on matrices only: decaying norms' gains and biases just fights the
-    model for no regularisation benefit. Fused kernel on CUDA."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    fused = device.startswith("cuda")
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, **({"fused": True} if fused else {}))
+@contextlib.contextmanager
+def rank_zero_first():
+    """Process 0 runs the block first (it trains the tokenizer, writes the token cache) while the
+    others wait, then they run it and read what it wrote: no two processes write one file."""
+    ddp = dist.is_initialized()
+    if ddp and dist.get_rank() != 0:
+        dist.barrier()
+    yield
+    if ddp and dist.get_rank() == 0:
+        dist.barrier()
 
 
-def lr_at(step, lr, warmup, total, min_ratio):
-    """Linear warmup to lr over `warmup` steps, then a cosine from lr down to min_ratio*lr at `total`."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+class StepSampler:
+    """The examples of every optimizer step, drawn at random (with replacement) by its own
+    generator, whose state goes into train_state.pt: a resumed run draws exactly what it would have.
+
+    Each step draws grad_accum x world x batch_size indices in [0, n); micro-batch m of process r
+    takes row [m, r] of that draw. So N processes see exactly what one process with an N-times
+    larger batch sees, and k accumulated micro-batches what one k-times larger batch sees."""
+
+    def __init__(self, n, batch_size, grad_accum, seed, rank=0, world=1):
+        self.n, self.shape, self.rank = n, (grad_accum, world, batch_size), rank
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def next_step(self):
+        draw = torch.randint(self.n, self.shape, generator=self.gen)  # [accum, world, batch]
+        return draw[:, self.rank].tolist()  # this process's micro-batches of indices
 
 
-# ---------------------------------------------------------------------------------------------
-# The resource calculator (book ch. 6): what a run needs before you pay for it
-# ---------------------------------------------------------------------------------------------
-# name: (peak dense TFLOPS at 16-bit, memory GB, assumed on-demand price in USD per hour)
-GPUS = {"T4": (65, 16, 0.35), "L4": (121, 24, 0.80), "A100": (312, 80, 1.80)}
-ASSUMED_MFU = 0.35  # the share of peak a well-tuned small-model run reaches; T4s often do less
+@dataclass
+class Stage:
+    """What one training stage gives the loop; pre-training, SFT and DPO differ only here.
+
+    A micro-batch is a tuple whose first item is the input ids [B, T] (the loop counts its tokens).
+    The step's loss is an average over units (tokens, pairs): counts(batch) says how many units a
+    micro-batch holds, and loss(model, batch, totals) returns this micro-batch's SHARE of the step's
+    loss, its sum over units divided by totals, the units of the whole step (all micro-batches, all
+    processes). evaluate(model, full) measures held-out data: full=True (at the start and the end)
+    may add slow figures such as exact match."""
+    name: str  # "pretrain", "sft" or "dpo": model.pt records it
+    n_examples: int  # the sampler draws example indices in [0, n_examples)
+    batch: Callable  # batch(indices) -> a micro-batch
+    counts: Callable  # counts(batch) -> {unit: n}
+    loss: Callable  # loss(model, batch, totals) -> (share of the step's loss, {name: float to log})
+    evaluate: Callable  # evaluate(model, full) -> {metric: float}
+    labels: dict  # {metric: label} of the before/after table
+    seq_len: int  # the longest sequence, for the FLOP count
 
 
-def count_params(model, active=False):
-    """Parameters (a tied matrix once); active=True: those one token uses (MiniMind's MoE)."""
-    return model.num_params(active=active) if isinstance(model, minimind.MiniMind) else model.num_params()
+def is_master():
+    """True in the process that logs, evaluates and writes (the only one without DDP)."""
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def flops_per_token(arch, config, n_params):
-    """Training FLOPs per token: 6N for the matmuls (2 forward + 4 backward per weight) plus the
-    attention scores and values, 12 * layers * width * context (the same accounting as PaLM's MFU)."""
-    layers = config.get("n_layers", config.get("n_layer"))
-    width = config.get("dim", config.get("n_embd"))
-    seq = config.get("max_seq_len", config.get("block_size"))
-    return 6 * n_params + 12 * layers * width * seq
+def moe_balance(model):
+    """MiniMind's load-balancing term of the last forward with gradients (0 for dense models): added
+    here, once, for every stage."""
+    aux = getattr(model, "aux_loss", None)
+    return aux if torch.is_tensor(aux) and aux.requires_grad else 0.0
 
 
-def resource_report(cfg, vocab_size=None):
-    vocab_size = vocab_size or cfg.vocab_size
-    mcfg = model_config(cfg.model, cfg.size, vocab_size, cfg.seq_len, cfg.dropout)
-    with torch.device("meta"):  # build the shapes only: no memory, works for any size
-        model = build_model(cfg.model, mcfg)
-    total, active = count_params(model), count_params(model, active=True)
-    half = cfg.dtype in ("bf16", "fp16") or (cfg.dtype == "auto" and pick_device(cfg.device) == "cuda")
-    act_bytes = 2 if half else 4
-    layers, width = mcfg.get("n_layers", mcfg.get("n_layer")), mcfg.get("dim", mcfg.get("n_embd"))
-    tokens_micro = cfg.batch_size * cfg.seq_len
-    accum = max(1, cfg.tokens_per_step // tokens_micro) if cfg.tokens_per_step else 1
-    tokens_step = tokens_micro * accum
-    # Activations kept for backward, per layer and token: about 17 width-sized tensors (inputs of
-    # norms, q/k/v, attention output, MLP in/out: Korthikanti et al. 2022, with fused attention so
-    # no T x T score matrix), plus the logits and their gradient in fp32.
-    activations = layers * tokens_micro * width * 17 * act_bytes + tokens_micro * vocab_size * 4 * 2
-    memory = {"weights (fp32 master)": 4 * total, "gradients (fp32)": 4 * total,
-              "optimizer (AdamW m and v, fp32)": 8 * total, "activations (one micro-batch)": activations}
-    flops_step = flops_per_token(cfg.model, mcfg, active) * tokens_step
-    lines = [f"resource calculator: preset {cfg.preset or '(none)'}, {cfg.model} {cfg.size}, vocab {vocab_size}, "
-             f"context {cfg.seq_len}",
-             f"  parameters           {total:,}" + (f" ({active:,} active per token)" if active != total else ""),
-             *[f"  {k:<33}{v / 2**30:8.2f} GiB" for k, v in memory.items()],
-             f"  total (training)                 {sum(memory.values()) / 2**30:8.2f} GiB",
-             f"  tokens per step      {tokens_step:,} ({cfg.batch_size} x {cfg.seq_len} x {accum} accumulation)",
-             f"  FLOPs per step       {flops_step:.3e}   ({cfg.max_steps:,} steps: {flops_step * cfg.max_steps:.3e})",
-             f"  estimated time and cost for {cfg.max_steps:,} steps at {ASSUMED_MFU:.0%} of peak "
-             f"(assumed on-demand prices):"]
-    for name, (tflops, mem_gb, price) in GPUS.items():
-        hours = flops_step * cfg.max_steps / (tflops * 1e12 * ASSUMED_MFU) / 3600
-        fits = "fits" if sum(memory.values()) < mem_gb * 2**30 * 0.9 else "does NOT fit: lower --batch-size"
-        lines.append(f"    {name:<5} {tflops:>4} TFLOPS  {hours:8.2f} h  ${hours * price:8.2f}   {mem_gb} GB: {fits}")
-    return "\n".join(lines), {"params": total, "active_params": active, "memory": memory,
-                              "tokens_per_step": tokens_step, "flops_per_step": flops_step}
+def step_totals(stage, batches):
+    """The units of the whole step: summed over this process's micro-batches, then over processes."""
+    keys = list(stage.counts(batches[0]))
+    totals = torch.tensor([[stage.counts(b)[k] for k in keys] for b in batches], dtype=torch.float64).sum(0)
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    return {k: max(float(v), 1.0) for k, v in zip(keys, totals)}
+
+
+def train_step(net, model, stage, micro_indices, optimizer, scaler, grad_clip, dtype):
+    """One optimizer step over this process's micro-batches. Returns (loss, gradient norm, tokens,
+    logs): the step's loss summed over all micro-batches and processes, tokens of all processes.
+
+    Each micro-batch's loss is its share of the step's loss (see Stage), so accumulating k
+    micro-batches, or splitting the batch over N processes, gives exactly the gradient of one big
+    batch, even when the micro-batches hold different numbers of trained tokens (SFT's do)."""
+    device = str(next(model.parameters()).device)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    batches = [stage.batch(ix) for ix in micro_indices]
+    totals = step_totals(stage, batches)
+    loss_sum, tokens, logs = torch.zeros((), device=device), 0, []
+    for i, batch in enumerate(batches):
+        # DDP averages gradients across processes, on the last micro-batch only; the shares must be
+        # summed instead of averaged, hence the factor `world` below.
+        sync = i == len(batches) - 1 or world == 1
+        with contextlib.nullcontext() if sync else net.no_sync():
+            with autocast(device, dtype):
+                loss, micro_logs = stage.loss(net, batch, totals)
+                loss = loss + moe_balance(model) / (len(batches) * world)
+            scaler.scale(loss * world).backward()
+        loss_sum += loss.detach()
+        tokens += batch[0].numel()
+        logs.append(micro_logs)
+    scaler.unscale_(optimizer)  # true gradients (a no-op without fp16's scaler)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf")).item()
+    if world > 1:
+        dist.all_reduce(loss_sum)
+    # Checked before the update, so bad numbers never reach the weights or a checkpoint. With fp16
+    # an overflowing gradient is normal: the scaler skips that step and lowers its scale.
+    if not math.isfinite(loss_sum.item()) or not (math.isfinite(grad_norm) or scaler.is_enabled()):
+        raise UserError(f"loss {loss_sum.item()}, gradient norm {grad_norm}; stopped. The last good "
+                        f"checkpoint is untouched (try a lower --lr, or --dtype bf16/fp32)")
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum.item(), grad_norm, tokens * world, {k: sum(l[k] for l in logs) / len(logs) for k in logs[0]}
+
+
+def flops_per_token(model, seq_len):
+    """Training FLOPs per token: 6N for the matmuls (2 forward + 4 backward per weight, N the
+    parameters one token uses) plus the attention scores and values, 12 * layers * width * context
+    (the same accounting as PaLM's MFU; minimind.flops_per_token prints it per named size)."""
+    return 6 * model.num_params(active=True) + 12 * model.n_layers * model.width * seq_len
 
 
 def peak_flops(device, dtype):
@@ -624,326 +539,328 @@ def peak_flops(device, dtype):
     return 2 * 512**3 * n / (time.perf_counter() - t0)
 
 
+def wrap(model, compile_it, device):
+    """The module the loop calls: torch.compile'd if asked, inside DDP when several processes run."""
+    net = torch.compile(model) if compile_it else model
+    if dist.is_initialized():
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.startswith("cuda")
+                                                        else None)
+    return net
+
+
+def open_run(cfg, model, stage, dtype, master):
+    """The optimizer, gradient scaler and sampler of a run, at step 0 or, with cfg.resume, restored
+    from the checkpoint in cfg.out_dir; config.json and log.jsonl (process 0 only).
+    Returns (optimizer, scaler, sampler, step, before, log); before: the step-0 evaluation."""
+    out, device = Path(cfg.out_dir), str(next(model.parameters()).device)
+    optimizer = gpt.make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                                   fused=device.startswith("cuda"))
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    sampler = StepSampler(stage.n_examples, cfg.batch_size, cfg.grad_accum, cfg.seed, rank, world)
+    step, before, log = 0, None, None
+    if cfg.resume:
+        state = load_checkpoint(out, model, optimizer, scaler)
+        step, before = state["step"], state["before"]
+        sampler.gen.set_state(state["sampler"])
+    if master:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", dataclasses.asdict(cfg))
+        log = RunLog(out, step if cfg.resume else None)
+    return optimizer, scaler, sampler, step, before, log
+
+
+def train_loop(cfg, model, tok, stage, extra=None):
+    """Run the steps of `stage` on `model` (on its device) from step 0 or, with cfg.resume, from
+    the checkpoint in cfg.out_dir, writing that run directory. Evaluates held-out data at step 0,
+    every cfg.eval_every steps and at the end, then prints the before/after table. `extra`: what
+    model.pt records besides the stage (where the run started). Returns {"step", "before", "after"}
+    ("after" absent when the run halted or was interrupted)."""
+    out, device = Path(cfg.out_dir), str(next(model.parameters()).device)
+    master, dtype = is_master(), pick_dtype(device, cfg.dtype)
+    optimizer, scaler, sampler, step, before, log = open_run(cfg, model, stage, dtype, master)
+
+    def evaluation(at_step, kind):  # kind: "before", "during" or "after"; process 0 only
+        if not master:
+            return {}
+        metrics = stage.evaluate(model, full=kind != "during")
+        log.write(step=at_step, eval=kind, **metrics)
+        tqdm.write(f"step {at_step}: " + ", ".join(f"{stage.labels.get(k, k)} {v:.4f}" for k, v in metrics.items()))
+        return metrics
+
+    def checkpoint(at_step):
+        if master:
+            save_checkpoint(out, model, tok, optimizer, scaler, at_step,
+                            {"sampler": sampler.gen.get_state(), "before": before},
+                            {"stage": stage.name, **(extra or {})})
+            write_loss_svg(out / "log.jsonl", out / "loss.svg")
+
+    before = before if before is not None else evaluation(0, "before")
+    net, meter = wrap(model, cfg.compile, device), Meter(model, stage.seq_len, dtype, master)
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not master, unit="step", dynamic_ncols=True)
+    try:
+        while step < cfg.max_steps:
+            lr = gpt.get_lr(step, cfg.lr, cfg.lr * cfg.min_lr_ratio, cfg.warmup_steps, cfg.max_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss, grad_norm, tokens, logs = train_step(net, model, stage, sampler.next_step(),
+                                                       optimizer, scaler, cfg.grad_clip, dtype)
+            step += 1
+            if master:
+                row = dict(step=step, loss=loss, lr=lr, grad_norm=grad_norm, **meter.speed(tokens), **logs)
+                log.write(**row)
+                bar.set_postfix(meter.postfix(row))
+                bar.update()
+            if step % cfg.eval_every == 0 and step < cfg.max_steps:
+                evaluation(step, "during")
+            if step % cfg.save_every == 0 or step == cfg.halt_at:
+                checkpoint(step)
+            meter.restart()  # time spent evaluating and saving is not training speed
+            if step == cfg.halt_at:
+                bar.close()
+                print_if(master, f"halted at step {step} (--halt-at); continue with --resume --out-dir {out}")
+                return {"step": step, "before": before}
+    except KeyboardInterrupt:
+        checkpoint(step)
+        bar.close()
+        print_if(master, f"\ninterrupted: saved step {step} to {out}; continue with --resume --out-dir {out}")
+        return {"step": step, "before": before}
+    bar.close()
+    after = evaluation(step, "after")
+    checkpoint(step)  # after the last evaluation, so the picture shows it
+    if master:
+        print_before_after(stage.labels, before, after)
+        print(f"done: {step} steps. Run directory: {out}")
+    return {"step": step, "before": before, "after": after, **after}
+
+
+def print_if(master, text):
+    if master:
+        tqdm.write(text)
+
+
+class Meter:
+    """Tokens per second and MFU (model FLOPs utilisation: the share of the device's peak FLOP/s
+    the training step reaches) of each step, for the log and the progress bar."""
+
+    def __init__(self, model, seq_len, dtype, master):
+        device = str(next(model.parameters()).device)
+        self.flops_per_token = flops_per_token(model, seq_len)
+        self.peak = peak_flops(device, dtype) if master else None
+        self.t = time.perf_counter()
+
+    def restart(self):
+        self.t = time.perf_counter()
+
+    def speed(self, tokens):
+        tokens_per_s = tokens / max(time.perf_counter() - self.t, 1e-9)
+        out = {"tokens_per_s": round(tokens_per_s)}
+        if self.peak:
+            out["mfu"] = self.flops_per_token * tokens_per_s / self.peak
+        return out
+
+    @staticmethod
+    def postfix(row):
+        shown = dict(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.1e}", tok_s=f"{row['tokens_per_s']:,}")
+        return {**shown, **({"mfu": f"{row['mfu']:.1%}"} if "mfu" in row else {})}
+
+
+def print_before_after(labels, before, after):
+    """The held-out figures at step 0 and at the end, side by side."""
+    print(f"{'held-out figure':<34}{'before':>10}{'after':>10}")
+    for key, label in labels.items():
+        print(f"{label:<34}{before[key]:>10.4f}{after[key]:>10.4f}")
+
+
 # ---------------------------------------------------------------------------------------------
-# Evaluation and sampling (shared)
+# Pre-training: next-token prediction on every token, as a stage of the loop
 # ---------------------------------------------------------------------------------------------
+def byte_lengths(tok):
+    """UTF-8 bytes each token id stands for; special tokens stand for no text, so they count 0."""
+    return np.array([0 if tok.is_special(i) else len(tok.id_to_bytes(i)) for i in range(tok.vocab_size)])
+
+
 @torch.no_grad()
-def evaluate(model, windows, byte_lengths, device, dtype):
-    """Validation loss (summed NLL / predicted tokens), perplexity and bits per byte."""
+def evaluate(model, windows, lengths, device, dtype):
+    """Validation loss (summed NLL / predicted tokens), perplexity and bits per byte (summed NLL in
+    bits / the UTF-8 bytes of the predicted tokens). Targets -100 are not predicted (eval.py masks
+    chats that way). The model is left in the mode it was in."""
+    was_training = model.training
     model.eval()
     nll, count, nbytes = 0.0, 0, 0
     for x, y in windows:
         with autocast(device, dtype):
             logits, _ = model(x.to(device))
-        nll += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
-        count += y.numel()
-        nbytes += int(byte_lengths[y.numpy()].sum())
-    model.train()
+        nll += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), ignore_index=-100,
+                               reduction="sum").item()
+        predicted = y[y != -100]
+        count += predicted.numel()
+        nbytes += int(lengths[predicted.numpy()].sum())
+    model.train(was_training)
     loss = nll / count
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "val_bpb": nll / (math.log(2) * max(nbytes, 1))}
 
 
-def sample(model, arch, tok, prompt, max_new_tokens, seed=0, temperature=0.8, top_k=50):
-    """Sample a continuation of `prompt` with either model's generate()."""
-    ids = tok.encode(prompt, allowed_special="all") if prompt else [tok.special_tokens["<|endoftext|>"]]
-    device = next(model.parameters()).device
-    if arch == "gpt":
-        gen = torch.Generator(device=device).manual_seed(seed)
-        out = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature=temperature,
-                             top_k=top_k, generator=gen)[0, len(ids):].tolist()
-    else:
-        out = list(model.generate(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                                  seed=seed, stop_tokens=[tok.special_tokens["<|endoftext|>"]]))
+def sample(model, tok, prompt, max_new_tokens, seed=0, temperature=0.8, top_k=50):
+    """A continuation of `prompt` (of a new document when prompt is empty), as text."""
+    eot = tok.special_tokens["<|endoftext|>"]
+    ids = tok.encode(prompt, allowed_special="all") if prompt else [eot]
+    out = model.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed, stop_tokens={eot})
     return tok.decode([t for t in out if not tok.is_special(t)])  # the end-of-text marker is not text
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints: model.pt + train_state.pt, enough to continue exactly (shared)
-# ---------------------------------------------------------------------------------------------
-def rng_state():
-    """Torch's RNG (dropout, sampling); the data order has its own generator in Batches."""
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def pretrain_stage(cfg, model, tok, train_tokens, val_tokens, dtype):
+    """Pre-training as a Stage: random windows of seq_len + 1 tokens; the loss, the mean
+    cross-entropy of every next token; held-out loss, perplexity and bits per byte on fixed windows
+    of the validation split, with a sample to read."""
+    device, T = str(next(model.parameters()).device), cfg.seq_len
+    windows = eval_windows(val_tokens, T, cfg.batch_size, cfg.eval_batches)
+    lengths = byte_lengths(tok)
 
+    def batch(starts):
+        rows = torch.from_numpy(np.stack([train_tokens[s:s + T + 1] for s in starts]).astype(np.int64))
+        return rows[:, :-1].to(device, non_blocking=True), rows[:, 1:].to(device, non_blocking=True)
 
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    def loss(net, b, totals):
+        logits, _ = net(b[0])
+        nll = F.cross_entropy(logits.float().flatten(0, 1), b[1].flatten(), reduction="sum")
+        return nll / totals["tokens"], {}
 
+    def evaluate_and_sample(model, full):
+        metrics = evaluate(model, windows, lengths, device, dtype)
+        text = sample(model, tok, "", cfg.sample_tokens)
+        tqdm.write(f"--- sample ---\n{text.strip()[:600]}\n--------------")
+        return metrics
 
-def save_checkpoint(run_dir, model, arch, mcfg, tok, optimizer, scaler, step, extra_state=None, stage="pretrain"):
-    """model.pt and train_state.pt, both stamped with the step. The state is written in full under
-    a side name first, then model.pt is replaced, then the state is renamed into place: a kill
-    leaves the old pair or the new one (or, for the instant between two renames, a pair whose
-    steps differ, which resume refuses). `stage` (pretrain, sft, dpo) tells chat.py and eval.py
-    whether the model speaks the chat template."""
-    state = {"step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-             "rng": rng_state(), **(extra_state or {})}
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    state_path = Path(run_dir) / "train_state.pt"
-    atomic_write(state_path.with_name("train_state.pt.next"), lambda f: torch.save(state, f))
-    save_model(run_dir, model, arch, mcfg, tok, extra={"step": step, "stage": stage})
-    os.replace(state_path.with_name("train_state.pt.next"), state_path)
-
-
-def load_checkpoint(run_dir, model, optimizer, scaler):
-    """Restore weights, optimizer, scaler and RNG from run_dir; return the train state dict."""
-    payload = read_model_file(run_dir)
-    path = Path(run_dir) / "train_state.pt"
-    if not path.exists():
-        raise UserError(f"{path}: no such file; nothing to resume")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state["step"] != payload.get("step"):
-        raise UserError(f"{run_dir}: model.pt (step {payload.get('step')}) and train_state.pt "
-                        f"(step {state['step']}) disagree")
-    getattr(model, "module", model).load_state_dict(payload["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
-    return state
-
-
-def is_json(line):
-    try:
-        json.loads(line)
-        return True
-    except json.JSONDecodeError:
-        return False
-
-
-class RunLog:
-    """log.jsonl, one JSON object per line; on resume, lines after the checkpoint are dropped."""
-
-    def __init__(self, run_dir, keep_until_step=None):
-        self.path = Path(run_dir) / "log.jsonl"
-        if keep_until_step is None or not self.path.exists():
-            self.path.write_text("")
-        else:
-            rows = [json.loads(l) for l in self.path.read_text().splitlines() if is_json(l)]  # a kill may tear a line
-            kept = "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= keep_until_step)
-            atomic_write(self.path, lambda f: f.write(kept.encode()))
-
-    def write(self, **row):
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-
-
-# ---------------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------------
-def prepare_data(cfg):
-    """Tokenizer plus train/val token arrays, reading and encoding the text only when not cached."""
-    make_docs, cache, fingerprint = resolve_data(cfg.data)
-    docs = None
-    if not cfg.tokenizer and not (cache / f"{fingerprint}.v{cfg.val_fraction}.bpe{cfg.vocab_size}.json").exists():
-        docs = split_documents(make_docs(), cfg.val_fraction)
-    tok = get_tokenizer(cfg, docs[0] if docs else None, cache, fingerprint)
-    tok_hash = hashlib.sha1(json.dumps(tok.special_tokens, sort_keys=True).encode() +
-                            b"".join(tok.id_to_bytes(i) + b"\0" for i in range(tok.vocab_size))).hexdigest()[:10]
-    stem = cache / f"{fingerprint}.{tok_hash}.v{cfg.val_fraction}"
-    paths = [Path(f"{stem}.train.bin"), Path(f"{stem}.val.bin")]
-    if not all(p.exists() for p in paths):
-        docs = docs or split_documents(make_docs(), cfg.val_fraction)
-    train_tokens, val_tokens = (tokenize_to_bin(docs[i] if docs else [], tok, paths[i]) for i in (0, 1))
-    return tok, train_tokens, val_tokens
-
-
-def check_positive(cfg, names):
-    """(shared) Each named flag must be at least 1: caught here, not deep inside torch."""
-    for name in names:
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(cfg, name)}")
-
-
-def check_device(name):
-    """(shared) pick_device, refusing a device this machine does not have with a clear message."""
-    device = pick_device(name)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is visible to PyTorch here")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps: Apple's MPS backend is not available here")
-    return device
-
-
-def read_saved_config(cls, path, keep):
-    """(shared) The config a run saved in config.json, with the fields in `keep` replaced."""
-    try:
-        return cls(**{**json.loads(Path(path).read_text()), **keep})
-    except (json.JSONDecodeError, TypeError) as e:
-        raise UserError(f"{path}: not a config this script wrote ({e})")
-
-
-def refuse_to_overwrite(cfg):
-    """(shared) A fresh run must not clobber a run directory that already holds a run."""
-    if not cfg.resume and not cfg.overwrite and (Path(cfg.out_dir) / "model.pt").exists():
-        raise UserError(f"{cfg.out_dir} already holds a run: --resume continues it, --overwrite starts again "
-                        f"there, or choose another --out-dir")
+    labels = {"val_loss": "validation loss (nats/token)", "val_ppl": "validation perplexity",
+              "val_bpb": "validation bits per byte"}
+    return Stage("pretrain", len(train_tokens) - T - 1, batch, lambda b: {"tokens": b[1].numel()}, loss,
+                 evaluate_and_sample, labels, T)
 
 
 def check_config(cfg):
-    check_positive(cfg, ("seq_len", "batch_size", "max_steps", "eval_every", "eval_batches", "save_every"))
+    check_positive(cfg, ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "save_every"))
     if not 0 < cfg.val_fraction < 0.5:
         raise UserError(f"--val-fraction must be between 0 and 0.5; got {cfg.val_fraction}")
-    if cfg.lr <= 0 or cfg.warmup_steps < 0 or cfg.tokens_per_step < 0:
-        raise UserError("--lr must be positive, --warmup-steps and --tokens-per-step not negative")
+    if cfg.lr <= 0 or cfg.warmup_steps < 0 or cfg.tokens_per_step < 0 or cfg.seq_len < 0:
+        raise UserError("--lr must be positive; --warmup-steps, --tokens-per-step, --seq-len not negative")
     if not 0 <= cfg.dropout < 1:
         raise UserError(f"--dropout must be in [0, 1); got {cfg.dropout}")
+    if cfg.init and cfg.tokenizer:
+        raise UserError("--init brings its run's tokenizer; --tokenizer cannot replace it")
     check_device(cfg.device)
     refuse_to_overwrite(cfg)
 
 
-def train(cfg):
-    out = Path(cfg.out_dir)
+def resolve(cfg, context=None, world=1):
+    """Settle the flags whose value depends on the model and the processes: --seq-len 0 (256, or
+    the --init model's context if shorter), --tokenizer (the --init run's), --grad-accum from
+    --tokens-per-step. The config saved in config.json is this one, so a resume repeats it."""
+    seq_len = cfg.seq_len or min(256, context or 256)
+    if context and seq_len > context:
+        raise UserError(f"--seq-len {seq_len}: the model in {cfg.init} takes at most {context} tokens")
+    accum = cfg.grad_accum
+    if cfg.tokens_per_step:
+        accum = max(1, cfg.tokens_per_step // (cfg.batch_size * seq_len * world))
+    tokenizer = str(Path(cfg.init) / "tokenizer.json") if cfg.init else cfg.tokenizer
+    return dataclasses.replace(cfg, seq_len=seq_len, grad_accum=accum, tokenizer=tokenizer)
+
+
+def pretrain(cfg):
     if cfg.resume:  # continue with the saved config; only these may differ from it
-        saved = out / "config.json"
-        if not saved.exists():
-            raise UserError(f"{saved}: no such file; nothing to resume")
         keep = {k: getattr(cfg, k) for k in ("resume", "overwrite", "halt_at", "device", "out_dir")}
-        cfg = read_saved_config(TrainConfig, saved, keep)
+        cfg = read_saved_config(TrainConfig, Path(cfg.out_dir) / "config.json", keep)
     check_config(cfg)
-    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
-    device = pick_device(cfg.device)
-    if ddp:
-        torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
-        if device == "cuda":
-            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-            torch.cuda.set_device(device)
-    master = rank == 0
-    dtype = pick_dtype(device, cfg.dtype)
-    torch.manual_seed(cfg.seed + rank)
+    with processes(cfg.device) as (rank, world, device):
+        torch.manual_seed(cfg.seed + rank)
+        model, extra = None, {}
+        if cfg.init:
+            model, _, payload = start_from(cfg.init, device, cfg.dropout)
+            extra = origin_of(cfg.init, payload)
+        cfg = resolve(cfg, model.context_length if model else None, world)
+        with rank_zero_first():  # process 0 trains the tokenizer and writes the token cache first
+            tok, train_tokens, val_tokens = prepare_data(cfg)
+        if model is None:
+            mcfg = model_config(cfg.model, cfg.size, tok.vocab_size, cfg.seq_len, cfg.dropout)
+            model = build_model(cfg.model, mcfg).to(device)
+        dtype = pick_dtype(device, cfg.dtype)
+        if rank == 0:
+            what = f"{cfg.init} (continued)" if cfg.init else f"{cfg.model} {cfg.size}"
+            print(f"{what}: {model.num_params() / 1e6:.2f}M parameters, vocab {tok.vocab_size}, context "
+                  f"{cfg.seq_len}, {len(train_tokens):,} train / {len(val_tokens):,} val tokens, {device} "
+                  f"{dtype}, {cfg.batch_size * cfg.seq_len * cfg.grad_accum * world:,} tokens per step"
+                  + (f", {world} processes" if world > 1 else ""))
+        stage = pretrain_stage(cfg, model, tok, train_tokens, val_tokens, dtype)
+        return train_loop(cfg, model, tok, stage, extra)
 
-    if ddp and not master:  # rank 0 trains the tokenizer and writes the token cache; the others wait,
-        torch.distributed.barrier()  # then read what it wrote
-    tok, train_tokens, val_tokens = prepare_data(cfg)
-    if ddp and master:
-        torch.distributed.barrier()
-    mcfg = model_config(cfg.model, cfg.size, tok.vocab_size, cfg.seq_len, cfg.dropout)
-    model = build_model(cfg.model, mcfg).to(device)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device)
-    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
-    batches = Batches(train_tokens, cfg.seq_len, cfg.batch_size, cfg.seed, rank, world)
-    step = 0
-    if cfg.resume:
-        state = load_checkpoint(out, model, optimizer, scaler)
-        step = state["step"]
-        batches.gen.set_state(state["batches"])
-    if master:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "config.json", lambda f: f.write(json.dumps(dataclasses.asdict(cfg), indent=2).encode()))
-    log = RunLog(out, step if cfg.resume else None) if master else None
-    net = model
-    if cfg.compile:
-        net = torch.compile(net)
-    if ddp:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.startswith("cuda") else None)
 
-    tokens_micro = cfg.batch_size * cfg.seq_len * world
-    accum = max(1, cfg.tokens_per_step // tokens_micro) if cfg.tokens_per_step else 1
-    byte_lengths = np.array([0 if i in tok.special_tokens.values() else len(tok.id_to_bytes(i))
-                             for i in range(tok.vocab_size)])
-    windows = eval_windows(val_tokens, cfg.seq_len, cfg.batch_size, cfg.eval_batches)
-    n_params = count_params(model)
-    flops_token = flops_per_token(cfg.model, mcfg, count_params(model, active=True))
-    peak = peak_flops(device, dtype) if master else None
-    if master:
-        print(f"{cfg.model} {cfg.size}: {n_params / 1e6:.2f}M parameters, vocab {tok.vocab_size}, context "
-              f"{cfg.seq_len}, {len(train_tokens):,} train / {len(val_tokens):,} val tokens, {device} {dtype}, "
-              f"{accum * tokens_micro:,} tokens per step" + (f", {world} processes" if ddp else ""))
+# ---------------------------------------------------------------------------------------------
+# The resource calculator (book ch. 6): what a run needs before you pay for it
+# ---------------------------------------------------------------------------------------------
+# name: (peak dense TFLOPS at 16-bit, memory GB, assumed on-demand price in USD per hour)
+GPUS = {"T4": (65, 16, 0.35), "L4": (121, 24, 0.80), "A100": (312, 80, 1.80)}
+ASSUMED_MFU = 0.35  # the share of peak a well-tuned small-model run reaches; T4s often do less
 
-    def checkpoint(at_step):
-        if master:
-            save_checkpoint(out, model, cfg.model, mcfg, tok, optimizer, scaler, at_step,
-                            {"batches": batches.gen.get_state()})
-            write_loss_svg(out / "log.jsonl", out / "loss.svg")
 
-    def evaluate_and_sample(at_step):
-        if not master:
-            return {}
-        metrics = evaluate(model, windows, byte_lengths, device, dtype)
-        log.write(step=at_step, **metrics)
-        text = sample(model, cfg.model, tok, "", cfg.sample_tokens, seed=at_step)
-        tqdm.write(f"step {at_step}: val loss {metrics['val_loss']:.3f}, perplexity {metrics['val_ppl']:.1f}, "
-                   f"{metrics['val_bpb']:.3f} bits/byte\n--- sample ---\n{text.strip()[:600]}\n--------------")
-        return metrics
+def meta_model(cfg, vocab_size):
+    """The run's model built on the meta device: shapes only, no memory, works for any size."""
+    if cfg.init:
+        payload = torch.load(Path(cfg.init) / "model.pt", map_location="meta", weights_only=True, mmap=True)
+        arch, config = payload["arch"], payload["config"]
+    else:
+        arch = cfg.model
+        config = model_config(cfg.model, cfg.size, vocab_size, cfg.seq_len or 256, cfg.dropout)
+    with torch.device("meta"):
+        return build_model(arch, config)
 
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not master, unit="step", dynamic_ncols=True)
-    t_last = time.perf_counter()
-    try:
-        while step < cfg.max_steps:
-            lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(accum):
-                x, y = (t.to(device, non_blocking=True) for t in batches.next())
-                # DDP: average gradients across processes only on the last micro-batch
-                sync = micro == accum - 1 or not ddp
-                with contextlib.nullcontext() if sync else net.no_sync():
-                    with autocast(device, dtype):
-                        _, loss = net(x, y)
-                    scaler.scale(loss / accum).backward()
-                loss_sum += loss.detach()
-            scaler.unscale_(optimizer)  # true gradients (a no-op without fp16's scaler)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")).item()
-            if ddp:
-                torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
-            loss_value = loss_sum.item() / accum
-            # Checked before the step, so bad numbers never reach the weights or a checkpoint. With
-            # fp16 an overflowing gradient is normal: the scaler skips that step and lowers its scale.
-            if not math.isfinite(loss_value) or not (math.isfinite(grad_norm) or scaler.is_enabled()):
-                raise UserError(f"loss {loss_value}, gradient norm {grad_norm} at step {step + 1}; stopped. The last "
-                                f"good checkpoint in {out} is untouched (try a lower --lr or --dtype bf16/fp32)")
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            now = time.perf_counter()
-            tokens_per_s = accum * tokens_micro / (now - t_last)
-            t_last = now
-            if master:
-                mfu = flops_token * tokens_per_s / peak if peak else None
-                log.write(step=step, loss=loss_value, lr=lr, tokens_per_s=round(tokens_per_s), grad_norm=grad_norm,
-                          **({"mfu": mfu} if mfu else {}))
-                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_s:,.0f}",
-                                **({"mfu": f"{mfu:.1%}"} if mfu else {}))
-                bar.update()
-            if step % cfg.eval_every == 0 and step < cfg.max_steps:
-                evaluate_and_sample(step)
-            if step % cfg.save_every == 0 or step == cfg.halt_at:
-                checkpoint(step)
-            if step == cfg.halt_at:
-                if master:
-                    tqdm.write(f"halted at step {step} (--halt-at); continue with --resume --out-dir {out}")
-                return {"step": step}
-    except KeyboardInterrupt:
-        checkpoint(step)
-        if master:
-            tqdm.write(f"\ninterrupted: saved step {step} to {out}; continue with --resume --out-dir {out}")
-        return {"step": step}
-    finally:
-        bar.close()
-        if ddp:  # every process leaves its last collective before any tears the group down
-            torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
-    checkpoint(step)
-    final = evaluate_and_sample(step)
-    if master:
-        print(f"done: {step} steps, val loss {final['val_loss']:.3f}, perplexity {final['val_ppl']:.1f}, "
-              f"{final['val_bpb']:.3f} bits/byte. Run directory: {out}")
-    return {"step": step, **final}
+
+def resource_report(model, cfg, seq_len, title):
+    """Memory, FLOPs, and time and cost on common GPUs of `cfg`'s run on `model` (a meta model).
+    Returns (text, figures)."""
+    total, active = model.num_params(), model.num_params(active=True)
+    vocab_size = model.config.vocab_size
+    half = cfg.dtype in ("bf16", "fp16") or (cfg.dtype == "auto" and gpt.pick_device(cfg.device) == "cuda")
+    tokens_micro = cfg.batch_size * seq_len
+    tokens_step = tokens_micro * cfg.grad_accum
+    # Activations kept for backward, per layer and token: about 17 width-sized tensors (inputs of
+    # norms, q/k/v, attention output, MLP in/out: Korthikanti et al. 2022, with fused attention so
+    # no T x T score matrix), plus the logits and their gradient in fp32.
+    activations = (model.n_layers * tokens_micro * model.width * 17 * (2 if half else 4)
+                   + tokens_micro * vocab_size * 4 * 2)
+    memory = {"weights (fp32 master)": 4 * total, "gradients (fp32)": 4 * total,
+              "optimizer (AdamW m and v, fp32)": 8 * total, "activations (one micro-batch)": activations}
+    flops_step = flops_per_token(model, seq_len) * tokens_step
+    lines = [f"resource calculator: {title}, vocab {vocab_size}, context {seq_len}",
+             f"  parameters           {total:,}" + (f" ({active:,} active per token)" if active != total else ""),
+             *[f"  {k:<33}{v / 2**30:8.2f} GiB" for k, v in memory.items()],
+             f"  total (training)                 {sum(memory.values()) / 2**30:8.2f} GiB",
+             f"  tokens per step      {tokens_step:,} ({cfg.batch_size} x {seq_len} x {cfg.grad_accum} accumulation)",
+             f"  FLOPs per step       {flops_step:.3e}   ({cfg.max_steps:,} steps: {flops_step * cfg.max_steps:.3e})",
+             f"  estimated time and cost for {cfg.max_steps:,} steps at {ASSUMED_MFU:.0%} of peak "
+             f"(assumed on-demand prices):"]
+    for name, (tflops, mem_gb, price) in GPUS.items():
+        hours = flops_step * cfg.max_steps / (tflops * 1e12 * ASSUMED_MFU) / 3600
+        fits = "fits" if sum(memory.values()) < mem_gb * 2**30 * 0.9 else "does NOT fit: lower --batch-size"
+        lines.append(f"    {name:<5} {tflops:>4} TFLOPS  {hours:8.2f} h  ${hours * price:8.2f}   {mem_gb} GB: {fits}")
+    return "\n".join(lines), {"params": total, "active_params": active, "memory": memory,
+                              "tokens_per_step": tokens_step, "flops_per_step": flops_step}
+
+
+def dry_run(cfg):
+    """The resource calculator for train.py's flags."""
+    model = meta_model(cfg, cfg.vocab_size)
+    cfg = resolve(cfg, model.context_length if cfg.init else None)
+    title = f"preset {cfg.preset or '(none)'}, " + (f"--init {cfg.init}" if cfg.init else f"{cfg.model} {cfg.size}")
+    return resource_report(model, cfg, cfg.seq_len, title)
 
 
 def main(argv=None, **overrides):
     """Train with flags from argv (or sys.argv) and keyword overrides (for notebooks)."""
     cfg = parse_config(TrainConfig, argv, PRESETS, overrides)
     if cfg.dry_run:
-        print(resource_report(cfg)[0])
+        print(dry_run(cfg)[0])
         return None
-    return train(cfg)
+    return pretrain(cfg)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 
 import dpo
 import sft
+import rundir
 import train
-from train import UserError
+from rundir import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = [{"role": "user", "content": "What is 4 + 5?"}]
@@ -164,7 +165,8 @@ def test_sft_weight_adds_the_sft_loss_on_chosen(tmp_path, pretrained_run, pairs_
     first = [json.loads(l) for l in (tmp_path / "rpo" / "log.jsonl").read_text().splitlines()][1]
     model, tok, _ = train.load_run(pretrained_run)
     rows, _, _ = dpo.load_pairs(str(pairs_file), tok, 64)
-    batch = [rows[i][0] for i in sft.RandomBatches(len(rows), 4, 1337).next()]  # the same first batch
+    batch = [rows[i][0] for i in train.StepSampler(len(rows), 4, 1, 1337).next_step()[0]]  # the same first batch
     with torch.no_grad():
-        nll = sft.model_loss(model, *sft.collate(batch, tok.special_tokens["<|endoftext|>"]), "cpu", torch.float32)
+        x, y = sft.collate(batch, tok.special_tokens["<|endoftext|>"])
+        nll = sft.masked_cross_entropy(model(x)[0], y)
     assert first["loss"] == pytest.approx(math.log(2) + 0.5 * nll.item(), abs=1e-4)

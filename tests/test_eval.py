@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import eval as evaluation
 import minimind
 import quantize
+import rundir
 import train
 from bpe import Tokenizer
 
@@ -125,7 +126,7 @@ def test_eval_two_run_dirs_in_one_call(pretrained_run, corpus, tmp_path):
 def test_chat_run_gets_the_format_check(pretrained_run, corpus, tmp_path):
     run = tmp_path / "sft"
     shutil.copytree(pretrained_run, run)
-    payload = train.read_model_file(run)
+    payload = rundir.read_model_file(run)
     payload["stage"] = "sft"
     torch.save(payload, run / "model.pt")
     results = evaluation.main([str(run), "--data", str(corpus / "text.txt"), "--max-tokens", "256",
@@ -140,7 +141,7 @@ def test_chat_run_gets_the_format_check(pretrained_run, corpus, tmp_path):
 
 
 def test_a_base_model_stuck_in_a_loop_fails_generation_terminates(pretrained_run):
-    model, tok, _ = quantize.load_run(pretrained_run)
+    model, tok, _ = rundir.load_run(pretrained_run)
     cfg = evaluation.EvalConfig(run_dirs=[str(pretrained_run)])
     base = {"loss": 1.0, "baselines": {"bigram": {"loss": 2.0}}, "chat": False}
     looping = evaluation.generation_figures([[5, 6, 7, 8] * 10], stop={0})

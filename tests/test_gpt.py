@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gpt import (GPT, SIZES, CharTokenizer, GPTConfig, causal_attention, get_batch, get_lr,  # noqa: E402
-                 UserError, load_text, main, make_optimizer, parse_args, split_data)
+                 load_text, main, make_optimizer, parse_args, sample_token, split_data)
 
 
 
@@ -171,13 +171,24 @@ def test_char_tokenizer_round_trips():
 
 def test_generate_is_reproducible_greedy_and_crops_context():
     model = tiny_model()
-    start = torch.zeros(2, 1, dtype=torch.long)
-    a = model.generate(start, 40, top_k=5, generator=torch.Generator().manual_seed(7))
-    b = model.generate(start, 40, top_k=5, generator=torch.Generator().manual_seed(7))
-    assert a.shape == (2, 41) and torch.equal(a, b)  # 40 > block_size 16: the context is cropped
-    greedy = model.generate(start, 3, temperature=0)
+    a = list(model.generate([0], 40, top_k=5, generator=torch.Generator().manual_seed(7)))
+    b = list(model.generate(torch.zeros(1, 1, dtype=torch.long), 40, top_k=5, seed=7))
+    assert len(a) == 40 and a == b  # 40 > block_size 16: the context is cropped
+    greedy = [0] + list(model.generate([0], 3, temperature=0))
     for t in range(1, 4):
-        assert greedy[0, t] == model(greedy[:, :t])[0][0, -1].argmax()
+        assert greedy[t] == model(torch.tensor([greedy[:t]]))[0][0, -1].argmax()
+
+
+def test_generate_stops_at_a_stop_token_and_penalises_repeats():
+    model = tiny_model()
+    greedy = list(model.generate([1, 2, 3], 12, temperature=0))
+    stopped = list(model.generate([1, 2, 3], 12, temperature=0, stop_tokens={greedy[4]}))
+    assert stopped == greedy[:greedy.index(greedy[4]) + 1]  # the stop token is yielded, then the end
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)
+    first = next(model.generate([1, 2, 3], 1, temperature=0))
+    penalised = next(model.generate([1, 2, 3, first], 1, temperature=0, repetition_penalty=1e4))
+    assert penalised != first and penalised not in (1, 2, 3)
 
 
 def test_generate_respects_top_k():
@@ -186,12 +197,36 @@ def test_generate_respects_top_k():
         model.lm_head.weight.mul_(20)  # spread the logits out so the top 3 are well defined
     context = torch.randint(0, TINY["vocab_size"], (1, 5))
     top3 = set(model(context)[0][0, -1].topk(3).indices.tolist())
-    batch = context.repeat(500, 1)
     gen = torch.Generator().manual_seed(0)
-    sampled = set(model.generate(batch, 1, temperature=2.0, top_k=3, generator=gen)[:, -1].tolist())
+    sampled = {next(model.generate(context, 1, temperature=2.0, top_k=3, generator=gen)) for _ in range(300)}
     assert sampled <= top3
-    unrestricted = set(model.generate(batch, 1, temperature=2.0, generator=gen)[:, -1].tolist())
+    unrestricted = {next(model.generate(context, 1, temperature=2.0, generator=gen)) for _ in range(300)}
     assert not unrestricted <= top3  # without top_k, other tokens do come up
+
+
+def test_sample_token_top_p_keeps_the_nucleus_and_matches_the_filtered_distribution():
+    logits = torch.tensor([2.0, 1.0, 0.5, -1.0, -3.0])
+    probs = torch.softmax(logits, 0)  # 0.61, 0.22, 0.14, 0.03, 0.004
+    gen = torch.Generator().manual_seed(0)
+    draws = [sample_token(logits, 1.0, None, 0.8, gen) for _ in range(4000)]
+    assert set(draws) == {0, 1}  # 0.61 < 0.8 <= 0.61 + 0.22: the nucleus is the first two
+    share = draws.count(0) / len(draws)
+    assert abs(share - probs[0] / (probs[0] + probs[1])) < 0.03  # renormalised over the nucleus
+    assert sample_token(logits, 0) == 0
+    assert {sample_token(logits, 1.0, 2, None, gen) for _ in range(500)} == {0, 1}
+
+
+def test_tanh_gelu_option_matches_gpt2_approximation():
+    model = tiny_model(gelu_approximate="tanh")
+    x = torch.randn(5, 7)
+    torch.testing.assert_close(model.transformer.h[0].mlp.gelu(x), F.gelu(x, approximate="tanh"))
+    assert tiny_model().transformer.h[0].mlp.gelu(x).sub(F.gelu(x)).abs().max() == 0
+
+
+def test_the_model_interface_every_script_uses():
+    model = tiny_model()
+    assert (model.context_length, model.n_layers, model.width) == (16, 2, 32)
+    assert model.num_params(active=True) == model.num_params()
 
 
 def test_main_from_a_notebook(tmp_path):
@@ -199,8 +234,20 @@ def test_main_from_a_notebook(tmp_path):
     data.write_text("the quick brown fox jumps over the lazy dog. " * 60)
     out = main(data=str(data), max_iters=5, eval_interval=5, eval_iters=2, batch_size=4, sample_tokens=10)
     assert out["val_loss"] < 5 and isinstance(out["model"], GPT) and len(out["sample"]) == 11
-    # Jupyter passes "-f kernel.json" to the kernel: ignored, not fatal
-    assert parse_args(["-f", "kernel.json", "--max-iters", "3"])["max_iters"] == 3
+    assert parse_args(["--max-iters", "3"])["max_iters"] == 3
+    with pytest.raises(ValueError, match="unknown argument.*--max-iter "):  # a typo is not ignored
+        parse_args(["--max-iter ", "3"])
+
+
+def test_pasted_into_a_notebook_cell_runs_a_short_demo(monkeypatch):
+    """A notebook cell runs the file as __main__ with the kernel's own argv (-f kernel.json)."""
+    code = ("import sys, types; sys.modules['ipykernel'] = types.ModuleType('ipykernel'); "
+            "sys.argv = ['ipykernel_launcher.py', '-f', '/tmp/kernel.json']; "
+            f"exec(compile(open({str(ROOT / 'gpt.py')!r}).read(), 'cell', 'exec'))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "a short demo" in r.stdout and "sample" in r.stdout and "step   150: train loss" in r.stdout
 
 
 def run_cli(*args):
@@ -219,7 +266,9 @@ def test_cli_bad_data_file_is_one_error_line(tmp_path):
     r = run_cli("--data", str(tmp_path / "missing.txt"))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"error: cannot read {tmp_path / 'missing.txt'}: No such file or directory"]
+    r = run_cli("--max-iterz", "3")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: unknown argument(s): --max-iterz 3 (see --help)"]
     short = tmp_path / "short.txt"  # the same check, in-process (a subprocess costs a torch import)
     short.write_text("abc")
-    with pytest.raises(UserError, match="too short"):
+    with pytest.raises(ValueError, match="too short"):
         main(data=str(short))

@@ -12,7 +12,8 @@ import torch
 import gpt
 import minimind
 import quantize
-from train import UserError
+import rundir
+from rundir import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,7 +117,7 @@ def test_cli_writes_an_int8_run_that_loads_safely(pretrained_run, corpus, tmp_pa
     assert payload["model"]["embed_tokens.weight"].dtype == torch.float32  # stays float by default
     assert (out / "tokenizer.json").read_bytes() == (pretrained_run / "tokenizer.json").read_bytes()
     assert not (out / "train_state.pt").exists()
-    model, tok, loaded = quantize.load_run(out)
+    model, tok, loaded = rundir.load_run(out)
     assert isinstance(model.layers[0].self_attn.q_proj, quantize.QuantizedLinear) and "model" not in loaded
     assert abs(result["after"]["val_ppl"] / result["before"]["val_ppl"] - 1) < 0.01
     assert result["size_after"] < 0.55 * result["size_before"]
@@ -128,15 +129,15 @@ def test_cli_writes_an_int8_run_that_loads_safely(pretrained_run, corpus, tmp_pa
     # the 320 x 128 table goes from 4 bytes a number to 1 (+ a scale per row), stored once for both uses
     saved = (out / "model.pt").stat().st_size - (both / "model.pt").stat().st_size
     assert saved > 0.95 * (320 * 128 * 3 - 320 * 4)
-    model, _, _ = quantize.load_run(both)
+    model, _, _ = rundir.load_run(both)
     assert model.lm_head.embedding is model.embed_tokens
 
 
 def test_load_run_errors(tmp_path, pretrained_run):
-    model, tok, payload = quantize.load_run(pretrained_run)  # a float run loads as train.load_run would
+    model, tok, payload = rundir.load_run(pretrained_run)  # a float run loads as train.load_run would
     assert isinstance(model.lm_head, torch.nn.Linear) and payload["stage"] == "pretrain"
     with pytest.raises(UserError, match="no such run directory"):
-        quantize.load_run(tmp_path / "missing")
+        rundir.load_run(tmp_path / "missing")
     r = subprocess.run([sys.executable, str(ROOT / "quantize.py"), str(tmp_path / "missing")],
                        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import gpt
+import rundir
 import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,13 +132,13 @@ def test_presets_and_flag_overrides():
             train.check_config(train.parse_config(train.TrainConfig, bad, train.PRESETS))
     for name, (description, values) in train.PRESETS.items():
         assert description and set(values) <= {f.name for f in train.dataclasses.fields(train.TrainConfig)}
-        _, figures = train.resource_report(train.TrainConfig(preset=name, **values))  # every preset builds
+        _, figures = train.dry_run(train.TrainConfig(preset=name, **values))  # every preset builds
         if name == "gpt2-124m":
             assert figures["params"] == 124_439_808  # GPT-2 small exactly
 
 
 def test_lr_schedule():
-    lrs = [train.lr_at(s, 1.0, 10, 100, 0.1) for s in range(101)]
+    lrs = [gpt.get_lr(s, 1.0, 0.1, 10, 100) for s in range(101)]  # the schedule of gpt.py serves train.py
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # never rises after warmup
     assert lrs[100] == pytest.approx(0.1)
@@ -145,11 +147,11 @@ def test_lr_schedule():
 
 def test_dry_run_figures_match_a_real_model():
     cfg = train.TrainConfig(size="nano", vocab_size=512, seq_len=32, batch_size=2, tokens_per_step=256)
-    text, figures = train.resource_report(cfg)
-    model = train.build_model("minimind", train.model_config("minimind", "nano", 512, 32))
+    text, figures = train.dry_run(cfg)
+    model = rundir.build_model("minimind", train.model_config("minimind", "nano", 512, 32))
     assert figures["params"] == sum(p.numel() for p in model.parameters())
     assert figures["tokens_per_step"] == 256
-    opt = train.make_optimizer(model, 1e-3, 0.1, (0.9, 0.95), "cpu")
+    opt = gpt.make_optimizer(model, 1e-3, 0.1, (0.9, 0.95))
     _, loss = model(torch.randint(512, (2, 32)), torch.randint(512, (2, 32)))
     loss.backward()
     opt.step()
@@ -164,14 +166,14 @@ def test_dry_run_figures_match_a_real_model():
 # ---- checkpoints ---------------------------------------------------------------------------
 def test_killed_write_leaves_previous_file(tmp_path):
     path = tmp_path / "model.pt"
-    train.atomic_write(path, lambda f: torch.save({"w": torch.ones(3)}, f))
+    rundir.atomic_write(path, lambda f: torch.save({"w": torch.ones(3)}, f))
 
     def dies_halfway(f):
         f.write(b"partial")
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train.atomic_write(path, dies_halfway)
+        rundir.atomic_write(path, dies_halfway)
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
 
 
