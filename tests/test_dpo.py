@@ -3,6 +3,7 @@ against their formulas computed another way, the precomputed reference against t
 jsonl validation, and a tiny end-to-end run."""
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -170,3 +171,37 @@ def test_sft_weight_adds_the_sft_loss_on_chosen(tmp_path, pretrained_run, pairs_
         x, y = sft.collate(batch, tok.special_tokens["<|endoftext|>"])
         nll = sft.masked_cross_entropy(model(x)[0], y)
     assert first["loss"] == pytest.approx(math.log(2) + 0.5 * nll.item(), abs=1e-4)
+
+
+def test_moe_balancing_term_is_part_of_the_dpo_loss(tmp_path, pretrained_run, pairs_file):
+    """The loop adds MiniMind's MoE load-balancing term for every stage (DPO used to drop it)."""
+    import minimind
+    _, tok, _ = train.load_run(pretrained_run)
+    torch.manual_seed(0)
+    moe = minimind.MiniMind(minimind.MiniMindConfig(dim=32, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=tok.vocab_size,
+                                                    max_seq_len=64, n_experts=4, top_k=1))
+    rundir.save_model(tmp_path / "moe", moe, tok, {"stage": "sft", "step": 0})
+    dpo.main(["--init", str(tmp_path / "moe"), "--data", str(pairs_file), "--max-steps", "1", "--batch-size", "4",
+              "--eval-exact", "0", "--eval-heldout", "2", "--sft-weight", "0", "--out-dir", str(tmp_path / "dpo")])
+    first = [r for r in rundir.read_log(tmp_path / "dpo" / "log.jsonl") if "loss" in r][0]
+    rows, _, _ = dpo.load_pairs(str(pairs_file), tok, 64)
+    pairs = [rows[i] for i in train.StepSampler(len(rows), 4, 1, 1337).next_step()[0]]
+    x, _ = sft.collate([c for c, _ in pairs] + [r for _, r in pairs], tok.special_tokens["<|endoftext|>"])
+    with torch.no_grad():
+        moe.train()(x)
+    aux = moe.aux_loss.item()
+    assert aux > 1e-3  # big enough to see: at step 0 the preference loss alone is exactly ln 2
+    assert first["loss"] == pytest.approx(math.log(2) + aux, abs=1e-5)
+
+
+def test_two_processes_equal_one_with_the_doubled_batch(tmp_path, pretrained_run, pairs_file):
+    common = ["--init", str(pretrained_run), "--data", str(pairs_file), "--max-steps", "3", "--warmup-steps", "1",
+              "--lr", "1e-3", "--eval-exact", "0", "--eval-heldout", "2"]
+    dpo.main(common + ["--batch-size", "4", "--out-dir", str(tmp_path / "one")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "dpo.py", *common,
+           "--batch-size", "2", "--out-dir", str(tmp_path / "two")]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    losses = [[r["loss"] for r in rundir.read_log(tmp_path / d / "log.jsonl") if "loss" in r] for d in ("one", "two")]
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)

@@ -347,3 +347,36 @@ def test_bf16_autocast_forward_and_cache():
         model(idx[:, :7], kv_cache=cache)
         step, _ = model(idx[:, 7:], kv_cache=cache, start_pos=7)
     assert torch.isfinite(loss) and torch.isfinite(step).all()
+
+
+def test_explicit_head_dim_and_qkv_biases():
+    """Qwen3 sets head_dim apart from dim / n_heads; Qwen2 has biases on q, k and v."""
+    model = small(head_dim=12, qkv_bias=True, qk_norm=True)
+    attn = model.layers[0].self_attn
+    assert attn.q_proj.weight.shape == (4 * 12, 32) and attn.k_proj.weight.shape == (2 * 12, 32)
+    assert attn.o_proj.weight.shape == (32, 4 * 12) and attn.q_proj.bias.shape == (48,)
+    assert attn.o_proj.bias is None and model.rope_cos.shape == (32, 12)
+    assert all(b.abs().sum() == 0 for n, b in MiniMind(model.config).named_parameters() if n.endswith(".bias"))
+    with torch.no_grad():
+        attn.v_proj.bias.normal_()
+    idx = torch.randint(0, VOCAB, (1, 9))
+    cache = model.new_kv_cache(1)
+    full = model(idx)[0]
+    stepped = torch.cat([model(idx[:, :5], kv_cache=cache)[0]] +
+                        [model(idx[:, t:t + 1], kv_cache=cache, start_pos=t)[0] for t in range(5, 9)], 1)
+    torch.testing.assert_close(stepped, full, atol=1e-4, rtol=1e-4)
+    assert MiniMindConfig(**asdict(model.config)) == model.config
+    assert (model.context_length, model.n_layers, model.width) == (32, 2, 32)
+
+
+def test_pasted_into_a_notebook_cell_prints_the_size_table():
+    import os, subprocess, sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    code = ("import sys, types; sys.modules['ipykernel'] = types.ModuleType('ipykernel'); "
+            "sys.argv = ['ipykernel_launcher.py', '-f', '/tmp/kernel.json']; "
+            f"exec(compile(open({str(root / 'minimind.py')!r}).read(), 'cell', 'exec'))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "minimind2-small" in r.stdout and "25.83M" in r.stdout

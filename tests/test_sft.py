@@ -2,6 +2,7 @@
 truncation rule, the built-in data, jsonl validation, and tiny end-to-end runs with exact resume."""
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -200,3 +201,40 @@ def test_impossible_flags_are_one_error_line(pretrained_run, tmp_path):
                             str(tmp_path / "out"), *flags], cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(f"error: {why}"), r.stderr
         assert not (tmp_path / "out").exists()
+
+
+def chat_file(tmp_path, n=60):
+    data = tmp_path / "chat.jsonl"
+    lines = [{"conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+             for _, q, a, _ in sft.exercises(["cat", "dog", "tree", "moon", "river"])[:n]]
+    data.write_text("".join(json.dumps(l) + "\n" for l in lines))
+    return data
+
+
+def step_losses(run_dir):
+    return [r["loss"] for r in rundir.read_log(Path(run_dir) / "log.jsonl") if "loss" in r]
+
+
+def test_accumulation_equals_the_larger_batch(tmp_path, pretrained_run):
+    """Micro-batches of different lengths and trained-token counts still add up to the big batch:
+    every micro-batch's loss is its share of the tokens of the whole step."""
+    common = ["--init", str(pretrained_run), "--data", str(chat_file(tmp_path)), "--max-steps", "3",
+              "--warmup-steps", "1", "--lr", "3e-3", "--eval-exact", "0", "--eval-heldout", "2"]
+    sft.main(common + ["--batch-size", "8", "--out-dir", str(tmp_path / "big")])
+    sft.main(common + ["--batch-size", "2", "--grad-accum", "4", "--out-dir", str(tmp_path / "accum")])
+    assert step_losses(tmp_path / "accum") == pytest.approx(step_losses(tmp_path / "big"), abs=1e-5)
+    a = rundir.read_model_file(tmp_path / "big")["model"]
+    b = rundir.read_model_file(tmp_path / "accum")["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)  # Adam amplifies float rounding a little
+
+
+def test_two_processes_equal_one_with_the_doubled_batch(tmp_path, pretrained_run):
+    common = ["--init", str(pretrained_run), "--data", str(chat_file(tmp_path)), "--max-steps", "3",
+              "--warmup-steps", "1", "--lr", "3e-3", "--eval-exact", "0", "--eval-heldout", "2"]
+    sft.main(common + ["--batch-size", "8", "--out-dir", str(tmp_path / "one")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "sft.py",
+           *common, "--batch-size", "4", "--out-dir", str(tmp_path / "two")]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert step_losses(tmp_path / "two") == pytest.approx(step_losses(tmp_path / "one"), abs=1e-5)

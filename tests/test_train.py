@@ -271,3 +271,25 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(corpus, tmp_path):
     payload = torch.load(out / "model.pt", weights_only=True)
     assert payload["step"] < 50
     assert all(torch.isfinite(t).all() for t in payload["model"].values())
+
+
+def test_init_continues_pre_training_from_a_run(corpus, pretrained_run, tmp_path):
+    """--init: the run's model and tokenizer, a new run with a fresh optimizer (continued pre-training
+    on new text, the researchers' use case)."""
+    out = tmp_path / "more"
+    common = ["--init", str(pretrained_run), "--data", str(corpus / "text.txt"), "--batch-size", "8",
+              "--eval-batches", "2", "--sample-tokens", "4", "--out-dir", str(out)]
+    result = train.main(common + ["--seq-len", "64", "--max-steps", "3", "--warmup-steps", "1", "--lr", "1e-3"])
+    init_final = [r for r in rundir.read_log(pretrained_run / "log.jsonl") if r.get("eval") == "after"][0]
+    assert result["before"]["val_loss"] == pytest.approx(init_final["val_loss"], abs=1e-6)  # step 0: the init model
+    payload, init = rundir.read_model_file(out), rundir.read_model_file(pretrained_run)
+    assert payload["init"] == str(pretrained_run) and payload["stage"] == "pretrain" and payload["step"] == 3
+    assert payload["config"] == init["config"]
+    assert (out / "tokenizer.json").read_text() == (pretrained_run / "tokenizer.json").read_text()
+    assert not all(torch.equal(payload["model"][k], init["model"][k]) for k in init["model"])  # it trained
+    with pytest.raises(train.UserError, match="at most 64 tokens"):
+        train.main(common + ["--seq-len", "128", "--overwrite"])
+    with pytest.raises(train.UserError, match="--tokenizer"):
+        train.main(common + ["--tokenizer", str(corpus / "tok.json"), "--overwrite"])
+    with pytest.raises(train.UserError, match="no such run directory"):
+        train.main(["--init", str(tmp_path / "nothing"), "--out-dir", str(tmp_path / "x")])
