@@ -148,22 +148,26 @@ def make_reference(policy):
 # Evaluation
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
-def preference_figures(model, rows, ref_table, beta, pad_id, device, dtype, batch_size=32):
-    """On held-out pairs: the DPO loss (against the reference's log-probs in ref_table, [pairs, 2])
-    and the preference accuracy, the share of pairs where the model gives the chosen answer a
-    higher log-probability than the rejected one (its own preference, no reference needed)."""
+def preference_figures(model, rows, ref_table, cfg, pad_id, device, dtype, batch_size=32):
+    """On held-out pairs: the loss DPO trains (cfg's preference loss against the reference's
+    log-probs in ref_table [pairs, 2], plus --sft-weight times the SFT loss on the chosen answers),
+    its preference part alone, and the preference accuracy: the share of pairs where the model gives
+    the chosen answer a higher log-probability than the rejected one (its own preference)."""
     if not rows:
-        return {"val_loss": float("nan"), "pref_accuracy": float("nan")}
+        return {"val_loss": float("nan"), "val_dpo_loss": float("nan"), "pref_accuracy": float("nan")}
     was_training = model.training
     model.eval()
-    wins, loss = 0, 0.0
+    wins, pref, nll, tokens = 0, 0.0, 0.0, 0
     for i in range(0, len(rows), batch_size):
         c, r = pair_logprobs(model, rows[i:i + batch_size], pad_id, device, dtype)
         ref_c, ref_r = ref_table[i:i + batch_size].to(device).unbind(1)
-        loss += preference_loss(c, r, ref_c, ref_r, beta)[0].item() * len(c)
+        pref += preference_loss(c, r, ref_c, ref_r, cfg.beta, cfg.loss, cfg.label_smoothing)[0].item() * len(c)
+        nll, tokens = nll - c.sum().item(), tokens + sum(sum(ch[1][1:]) for ch, _ in rows[i:i + batch_size])
         wins += int((c > r).sum())
     model.train(was_training)
-    return {"val_loss": loss / len(rows), "pref_accuracy": wins / len(rows)}
+    pref /= len(rows)
+    return {"val_loss": pref + cfg.sft_weight * nll / max(tokens, 1), "val_dpo_loss": pref,
+            "pref_accuracy": wins / len(rows)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,13 +209,13 @@ def dpo_stage(cfg, policy, ref, ref_table, held_ref, tok, rows, held, exact, dty
                        "rewards/margins": (chosen - rejected).mean().item()}
 
     def evaluate(model, full):
-        metrics = preference_figures(model, held, held_ref, cfg.beta, pad, device, dtype)
+        metrics = preference_figures(model, held, held_ref, cfg, pad, device, dtype)
         if full:
             metrics["exact_match"] = sft.exact_match(model, tok, exact, cfg.max_new_tokens)
         return metrics
 
-    labels = {"val_loss": "held-out DPO loss", "pref_accuracy": "held-out preference accuracy",
-              "exact_match": "held-out exact match"}
+    labels = {"val_loss": "held-out loss (as trained)", "val_dpo_loss": "held-out DPO loss",
+              "pref_accuracy": "held-out preference accuracy", "exact_match": "held-out exact match"}
     return train.Stage("dpo", len(rows), batch, counts, loss, evaluate, labels, cfg.seq_len)
 
 

@@ -389,53 +389,57 @@ def nice_ticks(lo, hi, n=5):
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
 
 
-def svg_panel(series, x0, y0, W, H, title, step_range):
-    """One chart: axes with ticks and light gridlines, a polyline (or dots, for a few points) per
-    series, a legend. series: [(label, [(step, value), ...])]. Returns SVG elements."""
-    M_left, M_bottom, M_top = 60, 40, 30
+def svg_panel(series, top, title, step_range, W=720, H=360):
+    """One chart at height `top` of the picture: a title, a legend under it, axes with round-number
+    ticks and light gridlines, and a line per series (with a dot at each point when there are few,
+    as for evaluations). series: [(label, [(step, value), ...])]. Returns SVG elements."""
+    left, right, plot_top, bottom = 60, W - 20, top + 30 + 16 * len(series), top + H - 40
     values = [v for _, pts in series for _, v in pts]
     xs, ys = nice_ticks(*step_range), nice_ticks(min(values), max(values))
-    sx = lambda s: x0 + M_left + (W - M_left - 20) * (s - xs[0]) / (xs[-1] - xs[0])
-    sy = lambda v: y0 + H - M_bottom - (H - M_bottom - M_top) * (v - ys[0]) / (ys[-1] - ys[0])
-    out = [f'<text x="{x0 + M_left}" y="{y0 + 18}" font-weight="bold">{title}</text>']
+    sx = lambda s: left + (right - left) * (s - xs[0]) / (xs[-1] - xs[0])
+    sy = lambda v: bottom - (bottom - plot_top) * (v - ys[0]) / (ys[-1] - ys[0])
+    out = [f'<text x="{left}" y="{top + 16}" font-weight="bold">{title}</text>']
     for t in xs:
-        out.append(f'<line x1="{sx(t):.1f}" y1="{sy(ys[0]):.1f}" x2="{sx(t):.1f}" y2="{sy(ys[-1]):.1f}" '
-                   f'stroke="#e5e5e5"/><text x="{sx(t):.1f}" y="{sy(ys[0]) + 16:.1f}" '
-                   f'text-anchor="middle">{t:g}</text>')
+        out.append(f'<line x1="{sx(t):.1f}" y1="{plot_top}" x2="{sx(t):.1f}" y2="{bottom}" stroke="#e5e5e5"/>'
+                   f'<text x="{sx(t):.1f}" y="{bottom + 16}" text-anchor="middle">{t:g}</text>')
     for v in ys:
-        out.append(f'<line x1="{sx(xs[0]):.1f}" y1="{sy(v):.1f}" x2="{sx(xs[-1]):.1f}" y2="{sy(v):.1f}" '
-                   f'stroke="#e5e5e5"/><text x="{sx(xs[0]) - 6:.1f}" y="{sy(v) + 4:.1f}" '
-                   f'text-anchor="end">{v:g}</text>')
-    out.append(f'<rect x="{sx(xs[0]):.1f}" y="{sy(ys[-1]):.1f}" width="{sx(xs[-1]) - sx(xs[0]):.1f}" '
-               f'height="{sy(ys[0]) - sy(ys[-1]):.1f}" fill="none" stroke="#888"/>')
-    out.append(f'<text x="{(sx(xs[0]) + sx(xs[-1])) / 2:.1f}" y="{y0 + H - 6}" text-anchor="middle">step</text>')
+        out.append(f'<line x1="{left}" y1="{sy(v):.1f}" x2="{right}" y2="{sy(v):.1f}" stroke="#e5e5e5"/>'
+                   f'<text x="{left - 6}" y="{sy(v) + 4:.1f}" text-anchor="end">{v:g}</text>')
+    out.append(f'<rect x="{left}" y="{plot_top}" width="{right - left}" height="{bottom - plot_top}" '
+               f'fill="none" stroke="#888"/><text x="{(left + right) / 2}" y="{bottom + 32}" '
+               f'text-anchor="middle">step</text>')
     for i, (label, pts) in enumerate(series):
-        color = COLORS[i % len(COLORS)]
-        if len(pts) > 12:
-            coords = " ".join(f"{sx(s):.1f},{sy(v):.1f}" for s, v in pts)
-            out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{coords}"/>')
-        else:  # a few evaluations: dots joined by a line, so each measured point is visible
-            coords = " ".join(f"{sx(s):.1f},{sy(v):.1f}" for s, v in pts)
-            out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{coords}"/>')
+        color, y = COLORS[i % len(COLORS)], top + 34 + 16 * i
+        coords = " ".join(f"{sx(s):.1f},{sy(v):.1f}" for s, v in pts)
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{coords}"/>')
+        if len(pts) <= 30:
             out += [f'<circle cx="{sx(s):.1f}" cy="{sy(v):.1f}" r="3" fill="{color}"/>' for s, v in pts]
-        lx = sx(xs[-1]) - 190
-        out.append(f'<line x1="{lx}" y1="{y0 + 14 + 16 * i}" x2="{lx + 20}" y2="{y0 + 14 + 16 * i}" '
-                   f'stroke="{color}" stroke-width="3"/><text x="{lx + 26}" y="{y0 + 18 + 16 * i}">{label}</text>')
+        out.append(f'<line x1="{left}" y1="{y - 4}" x2="{left + 20}" y2="{y - 4}" stroke="{color}" '
+                   f'stroke-width="3"/><text x="{left + 26}" y="{y}">{label}</text>')
     return out
 
 
-# What each picture shows: panels of (title, [(label, log key, rows it comes from)]).
-# "train" rows are the per-step log lines; "eval" rows are the evaluations (with "eval" set).
-PANELS = [("loss", [("train loss", "loss", "train"), ("held-out loss", "val_loss", "eval")]),
-          ("DPO rewards (training batches) and held-out preference accuracy",
-           [("reward accuracy", "rewards/accuracies", "train"), ("reward margin", "rewards/margins", "train"),
-            ("held-out preference accuracy", "pref_accuracy", "eval")])]
+# What the picture shows: panels of (title, [(label, log key, kind)]); a panel appears when its
+# keys are in the log. kind "train": the per-step lines (a running mean, one batch is noisy);
+# "eval": the evaluations on held-out data.
+PANELS = [("loss (nats per token)", [("training", "loss", "train"), ("held-out", "val_loss", "eval")]),
+          ("DPO: how often the chosen answer wins", [("reward accuracy, training batches", "rewards/accuracies",
+                                                      "train"),
+                                                     ("preference accuracy, held-out", "pref_accuracy", "eval")]),
+          ("DPO: reward margin (chosen - rejected)", [("training batches", "rewards/margins", "train")])]
+
+
+def running_mean(points, n):
+    """[(step, mean of the last n values up to that step)]."""
+    values = [v for _, v in points]
+    return [(s, sum(values[max(0, i - n + 1):i + 1]) / len(values[max(0, i - n + 1):i + 1]))
+            for i, (s, _) in enumerate(points)]
 
 
 def write_loss_svg(log_path, svg_path, smooth=20):
-    """Draw log.jsonl as an SVG (no plotting library needed): the train loss (a running mean over
-    `smooth` steps, since one batch is noisy) and the held-out loss at each evaluation, and for DPO
-    a second panel with the reward accuracy and margin. Ticks and gridlines on both axes."""
+    """Draw log.jsonl as an SVG a browser opens (no plotting library needed): the training loss (a
+    running mean over `smooth` steps) and the held-out loss of every evaluation, and for DPO the
+    reward accuracy and margin."""
     rows = read_log(log_path)
     steps = [r["step"] for r in rows]
     if len(rows) < 2 or max(steps) == min(steps):
@@ -444,20 +448,18 @@ def write_loss_svg(log_path, svg_path, smooth=20):
     for title, wanted in PANELS:
         series = []
         for label, key, kind in wanted:
-            pts = [(r["step"], r[key]) for r in rows if key in r and ("eval" in r) == (kind == "eval")
-                   and isinstance(r[key], (int, float)) and math.isfinite(r[key])]
+            pts = [(r["step"], r[key]) for r in rows if ("eval" in r) == (kind == "eval")
+                   and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
             if kind == "train" and len(pts) > smooth:
-                vals = [v for _, v in pts]
-                pts = [(s, sum(vals[max(0, i - smooth + 1):i + 1]) / len(vals[max(0, i - smooth + 1):i + 1]))
-                       for i, (s, _) in enumerate(pts)]
+                pts, label = running_mean(pts, smooth), f"{label} (mean of {smooth} steps)"
             if pts:
-                series.append((label + (f" (mean of {smooth})" if kind == "train" and len(pts) > smooth else ""), pts))
+                series.append((label, pts))
         if series:
             panels.append((title, series))
-    W, H = 720, 380
-    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H * len(panels)}" '
+    H = 360
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="720" height="{H * len(panels)}" '
            f'font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>']
     for i, (title, series) in enumerate(panels):
-        svg += svg_panel(series, 0, i * H, W, H, title, (min(steps), max(steps)))
+        svg += svg_panel(series, i * H, title, (min(steps), max(steps)), H=H)
     svg.append("</svg>")
     atomic_write(svg_path, lambda f: f.write("\n".join(svg).encode()))
