@@ -139,30 +139,38 @@ def check_no_overlap(path, entries):
 def read_safetensors(path):
     """A .safetensors file -> ({name: torch.Tensor}, metadata), without reading the data.
 
-    Each tensor is a view of a memory map of the file: the operating system reads a page from
-    disk the first time it is touched, and may drop it again under memory pressure, so a model
-    can be converted tensor by tensor without ever holding two copies of the file in memory.
+    Each tensor is a view of a memory map of its own bytes in the file: the operating system reads
+    a page from disk the first time it is touched (and may drop it again under memory pressure).
+    Nothing is copied, and an importer that converts the tensors one by one, dropping each source
+    tensor once converted, never holds more than one of them beyond what it has converted.
 
-    Lifetime of the mapping: each tensor keeps a reference to it, and it is unmapped when the last
-    of them is freed; it is never closed while a tensor could read it. It is a copy-on-write
-    mapping, so writing into a tensor changes that tensor only, never the file. Replacing the file
-    (a rename, as every writer here does) is safe; truncating it in place while tensors live is not.
-    Values are read as little-endian, which is every machine torch runs on today."""
+    Lifetime: a tensor (and every view of it) keeps its mapping alive; the mapping is unmapped
+    when the last of them is freed, never before. It is a copy-on-write mapping: writing into a
+    tensor changes that tensor only, never the file. Replacing the file (a rename, as every writer
+    here does) is safe while tensors live; truncating it in place is not. Values are read as
+    little-endian, which is what every machine torch runs on today is."""
     entries, metadata, data_start = read_safetensors_header(path)
-    with open(path, "rb") as f:  # the mapping stays valid after the file is closed
-        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     tensors = {}
-    for name, e in entries.items():
-        offset, count = data_start + e.begin, math.prod(e.shape)
-        if count == 0:
-            tensors[name] = torch.empty(e.shape, dtype=e.dtype)
-        elif offset % e.dtype.itemsize == 0:
-            tensors[name] = torch.frombuffer(mapping, dtype=e.dtype, count=count,
-                                             offset=offset).view(e.shape)
-        else:  # a misaligned tensor (other writers do not pad): copy its bytes to aligned memory
-            raw = torch.frombuffer(mapping, dtype=torch.uint8, count=e.end - e.begin, offset=offset)
-            tensors[name] = raw.clone().view(e.dtype).view(e.shape)
+    with open(path, "rb") as f:  # a mapping stays valid after the file is closed
+        for name, e in entries.items():
+            tensors[name] = map_tensor(f, data_start + e.begin, data_start + e.end, e)
     return tensors, metadata
+
+
+def map_tensor(f, start, end, entry):
+    """The bytes [start, end) of file f as a tensor of entry's dtype and shape, memory-mapped."""
+    if start == end:
+        return torch.empty(entry.shape, dtype=entry.dtype)
+    first_page = start - start % mmap.ALLOCATIONGRANULARITY  # a mapping starts on a page
+    mapping = mmap.mmap(f.fileno(), end - first_page, access=mmap.ACCESS_COPY, offset=first_page)
+    if start % entry.dtype.itemsize:  # misaligned (other writers do not pad): copy it, aligned
+        raw = torch.frombuffer(mapping, dtype=torch.uint8, count=end - start,
+                               offset=start - first_page)
+        return raw.clone().view(entry.dtype).view(entry.shape)
+    count = (end - start) // entry.dtype.itemsize
+    # frombuffer keeps a reference to the mapping: it lives as long as the tensor does
+    flat = torch.frombuffer(mapping, dtype=entry.dtype, count=count, offset=start - first_page)
+    return flat.view(entry.shape)
 
 
 def read_json(path, what="file"):
