@@ -93,8 +93,8 @@ def read_safetensors_header(path):
     if not isinstance(header, dict):
         raise UserError(f"{path}: safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", {})
-    if not isinstance(metadata, dict):
-        raise UserError(f"{path}: safetensors __metadata__ is not a JSON object")
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise UserError(f"{path}: safetensors __metadata__ is not an object of strings")
     data_size = size - 8 - n
     entries = {name: check_tensor_entry(path, name, entry, data_size)
                for name, entry in header.items()}
@@ -107,7 +107,7 @@ def check_tensor_entry(path, name, entry, data_size):
     where = f"{path}: tensor {name!r}"
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
         raise UserError(f"{where}: needs dtype, shape and data_offsets")
-    dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
+    dtype = SAFETENSORS_DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
     if dtype is None:
         raise UserError(f"{where}: unknown dtype {entry['dtype']!r}")
     shape, offsets = entry["shape"], entry["data_offsets"]
@@ -148,7 +148,7 @@ def read_safetensors(path):
     when the last of them is freed, never before. It is a copy-on-write mapping: writing into a
     tensor changes that tensor only, never the file. Replacing the file (a rename, as every writer
     here does) is safe while tensors live; truncating it in place is not. Values are read as
-    little-endian, which is what every machine torch runs on today is."""
+    little-endian: the byte order of every machine torch runs on today."""
     entries, metadata, data_start = read_safetensors_header(path)
     tensors = {}
     with open(path, "rb") as f:  # a mapping stays valid after the file is closed
@@ -202,8 +202,8 @@ def read_weight_map(index_path):
 
 def read_safetensors_index(index_path):
     """A sharded checkpoint -> {name: torch.Tensor} (memory-mapped views, as read_safetensors).
-    Every tensor the weight_map names must be in the shard it names; tensors a shard holds that
-    the weight_map does not name are left out, as transformers does."""
+    Every tensor the weight_map names must be in the shard it names; the weight_map is the list
+    of the model's tensors, so anything else a shard may hold is left out."""
     index_path = Path(index_path)
     weight_map = read_weight_map(index_path)
     tensors = {}
@@ -415,7 +415,8 @@ def fetch_hub_model(spec):
     if manifest.exists():
         try:
             files = read_json(manifest).get("files")
-            if isinstance(files, list) and all((folder / f).exists() for f in files):
+            if isinstance(files, list) and all(
+                    isinstance(f, str) and (folder / f).exists() for f in files):
                 return folder
         except UserError:
             pass  # a damaged list: fetch again (each file already here costs no request)

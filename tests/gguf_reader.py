@@ -1,6 +1,7 @@
 """A GGUF v3 reader for the tests only: it parses back what convert.GGUFWriter writes (header,
 metadata, tensor infos, data), so the tests of the writer need no extra package. It reads the
-whole file into memory and checks the layout as it goes (magic, version, alignment of the data)."""
+whole file into memory and checks the layout as it goes, as strictly as ggml's own reader
+(gguf.cpp): the magic, each tensor's offset equal to the padded sizes of those before it."""
 import struct
 from pathlib import Path
 
@@ -63,13 +64,17 @@ def read_gguf(path):
         infos.append((name, dims, c.take("<I"), c.take("<Q")))
     alignment = metadata.get("general.alignment", ("uint32", 32))[1]
     data_start = c.pos + (-c.pos % alignment)
-    tensors = {}
+    tensors, expected_offset = {}, 0
     for name, dims, type_number, offset in infos:
         kind, per_block, block_bytes = TENSOR_TYPES[type_number]
         count = 1
         for d in dims:
             count *= d
+        assert dims[0] % per_block == 0, f"{name}: rows not a multiple of the block size"
         nbytes = count // per_block * block_bytes
+        # as ggml's reader (gguf.cpp) insists: tensors lie in order, each padded to the alignment
+        assert offset == expected_offset, f"{name}: offset {offset}, expected {expected_offset}"
+        expected_offset += nbytes + (-nbytes % alignment)
         start = data_start + offset
         assert start + nbytes <= len(raw), f"{name}: data beyond the end of the file"
         tensors[name] = dict(dims=dims, shape=list(reversed(dims)), type=kind, offset=offset,
