@@ -446,6 +446,9 @@ def fetch_hub_model(spec):
 #     zero padding            up to a multiple of the alignment (32, or general.alignment)
 #     data                    each tensor's bytes, padded with zeros to the alignment
 #
+# ggml's reader (gguf.cpp) insists that each offset is exactly the padded sizes of the tensors
+# before it, in the order of the infos: the data is the tensors back to back, nothing else.
+#
 # A string is its length (uint64) then UTF-8 bytes, no terminating zero. An array value is its
 # element type (uint32), its length (uint64), then the elements.
 #
@@ -674,7 +677,7 @@ class GGUFWriter:
         def write(f):
             f.write(header + padding(len(header), self.alignment))
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"write {Path(path).name}",
-                      disable=total < 1 << 24) as bar:
+                      disable=total < 1 << 24) as bar:  # no bar for a file written in a blink
                 for tensor, kind in self.tensors.values():
                     written = 0
                     for chunk in ggml_chunks(tensor, kind):
