@@ -32,6 +32,7 @@ import math
 import os
 import sys
 import time
+import urllib.error
 import urllib.request
 import warnings
 from dataclasses import dataclass
@@ -201,17 +202,33 @@ DOWNLOADS = {  # name: (url, expected size in bytes or None)
 }
 
 
-def download(url, dest, expected_size=None):
+# A failed download's HTTP status -> what the user can do about it. Without a token the hub answers
+# 401 for a private or gated model and for one that does not exist; 403: the token may not read it.
+HTTP_ADVICE = {401: "not authorized: no such model, or a private or gated one (set HF_TOKEN)",
+               403: "forbidden: accept the model's terms on its page, and check HF_TOKEN",
+               404: "not found: no such model, revision or file"}
+
+
+def download(url, dest, expected_size=None, headers=None):
     """Download url to dest once, with a progress bar; resumes a partial .part file with an HTTP
-    Range request, checks the size against Content-Length (and expected_size), then renames."""
+    Range request, checks the size against Content-Length (and expected_size), then renames.
+    headers (e.g. a hub token) go to url only, never to a server it redirects to (a CDN).
+    An HTTP error raises UserError from the urllib HTTPError, whose .code callers may read."""
     dest = Path(dest)
     if dest.exists():
         return dest
     part = dest.with_suffix(dest.suffix + ".part")
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    for key, value in (headers or {}).items():
+        request.add_unredirected_header(key, value)
     try:
         response = urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as e:
+        advice = HTTP_ADVICE.get(e.code, e.reason)
+        detail = e.headers.get("X-Error-Message")  # the hub says why in this header
+        raise UserError(f"cannot download {url}: HTTP {e.code}, {advice}"
+                        + (f" ({detail})" if detail else "")) from e
     except OSError as e:
         raise UserError(f"cannot download {url}: {e}")
     with response:
