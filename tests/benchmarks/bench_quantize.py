@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import eval as evaluation  # noqa: E402
 import minimind  # noqa: E402
 import quantize  # noqa: E402
+import rundir  # noqa: E402
 import train  # noqa: E402
 
 
@@ -69,7 +70,7 @@ def bench_size(big):
 
 
 def bench_perplexity(run_dir, max_tokens):
-    model, tok, payload = quantize.load_run(run_dir)
+    model, tok, payload = rundir.load_run(run_dir)
     cfg = types.SimpleNamespace(data="python-docs", tokenizer=str(Path(run_dir) / "tokenizer.json"),
                                 vocab_size=tok.vocab_size, val_fraction=0.05)
     if (Path(run_dir) / "config.json").exists():  # the run's own data and split
@@ -77,8 +78,7 @@ def bench_perplexity(run_dir, max_tokens):
         saved = json.loads((Path(run_dir) / "config.json").read_text())
         cfg.data, cfg.val_fraction = saved.get("data", cfg.data), saved.get("val_fraction", cfg.val_fraction)
     _, _, val = train.prepare_data(cfg)
-    context = payload["config"].get("max_seq_len") or payload["config"]["block_size"]
-    windows = evaluation.contiguous_windows(val, context, 8, max_tokens)
+    windows = evaluation.contiguous_windows(val, model.context_length, 8, max_tokens)
     lengths = evaluation.byte_lengths(tok)
     print(f"\nvalidation perplexity of {run_dir} ({payload['arch']}, step {payload.get('step')}), "
           f"{sum(y.numel() for _, y in windows):,} tokens of {cfg.data}:")

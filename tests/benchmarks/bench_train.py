@@ -66,13 +66,13 @@ def main():
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args()
-    cfg = train.TrainConfig(size=args.size, seq_len=args.seq_len)
+    cfg = train.resolve(train.TrainConfig(size=args.size, seq_len=args.seq_len))
     tok, train_tokens, _ = train.prepare_data(cfg)
     mcfg = train.model_config("minimind", args.size, tok.vocab_size, args.seq_len)
     model = train.build_model("minimind", mcfg)
-    flops_token = train.flops_per_token("minimind", mcfg, train.count_params(model, active=True))
+    flops_token = train.flops_per_token(model, args.seq_len)
     peak = train.peak_flops("cpu", torch.float32)
-    print(f"MiniMind {args.size}: {train.count_params(model) / 1e6:.2f}M params, batch {args.batch_size} x "
+    print(f"MiniMind {args.size}: {model.num_params() / 1e6:.2f}M params, batch {args.batch_size} x "
           f"{args.seq_len}, {torch.get_num_threads()} threads, measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
     print(f"{'precision':<10}{'ours tok/s':>12}{'ref tok/s':>12}{'ours MFU':>10}{'ref MFU':>10}{'ratio':>8}")
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
