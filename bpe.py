@@ -535,13 +535,18 @@ class Tokenizer:
         byte_ids = self._byte_ids
         return apply_merges([byte_ids[b] for b in data], self._ranks)
 
-    def _encode_plain(self, text):
-        """Text without special tokens: split into chunks, encode each (remembering chunks)."""
-        chunks = self._splitters[0](text) if self._splitters else [text]
+    def split_text(self, text):
+        """The chunks BPE works on: `text` cut by each split pattern in turn (no normalizer, no
+        special tokens).  "Hello world's 12345" -> ["Hello", " world", "'s", " ", "123", "45"]"""
+        chunks = self._splitters[0](text) if self._splitters else [text] if text else []
         for split in self._splitters[1:]:
             chunks = [small for chunk in chunks for small in split(chunk)]
+        return chunks
+
+    def _encode_plain(self, text):
+        """Text without special tokens: split into chunks, encode each (remembering chunks)."""
         out, cache = [], self._cache
-        for chunk in chunks:
+        for chunk in self.split_text(text):
             ids = cache.get(chunk)
             if ids is None:
                 ids = self._encode_chunk(chunk)
@@ -1243,6 +1248,11 @@ def hf_vocab(strings, added_names, bad):
         if not data:
             raise bad(f"model.vocab token {text!r} (id {id}) is not in the byte-level alphabet")
         vocab[id] = data
+    have = set(vocab.values())
+    missing = [b for b in range(256) if bytes([b]) not in have]
+    if missing:
+        raise bad(f"model.vocab has no token for the byte {missing[0]:#04x} "
+                  f"(byte-level {BYTE_TO_CHAR[missing[0]]!r})")
     return vocab
 
 
