@@ -233,7 +233,7 @@ def re_class_body(ranges):
     return "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges)
 
 
-def translate_escape(pattern, i, in_class):
+def translate_escape(pattern, i, in_class, bmp_only=False):
     """The escape at pattern[i] (a backslash) -> (its `re` spelling, index after it)."""
     e = pattern[i + 1:i + 2]
     end = i + 2
@@ -254,6 +254,8 @@ def translate_escape(pattern, i, in_class):
         return pattern[i:i + 4], i + 4
     else:
         raise ValueError(f"\\{e} is not supported")
+    if bmp_only:
+        ranges = [(a, min(b, 0xFFFF)) for a, b in ranges if a <= 0xFFFF]
     negate = e in ("P", "S")
     if in_class:  # inside [...], put the ranges themselves (or those of the complement)
         return re_class_body(complement(ranges) if negate else ranges), end
@@ -261,19 +263,20 @@ def translate_escape(pattern, i, in_class):
 
 
 @functools.lru_cache(maxsize=64)
-def python_regex(pattern):
+def python_regex(pattern, bmp_only=False):
     """A regex as tokenizer.json writes it (Oniguruma syntax) -> the same regex for `re`.
 
     r"\\p{N}{1,3}" -> r"[\\u0030-\\u0039\\u00b2-\\u00b3...]{1,3}"    (all 1,791 numbers, as ranges)
 
     Capturing groups become non-capturing (compile_split needs the only group). Syntax whose
     meaning differs between the engines, or that no released pattern uses, raises ValueError.
+    bmp_only: leave out the characters beyond U+FFFF (see compile_split).
     """
     out, i, in_class = [], 0, False
     while i < len(pattern):
         c, after = pattern[i], pattern[i + 1:i + 2]
         if c == "\\":
-            piece, i = translate_escape(pattern, i, in_class)
+            piece, i = translate_escape(pattern, i, in_class, bmp_only)
             out.append(piece)
             continue
         if in_class:
@@ -313,14 +316,21 @@ def compile_split(pattern, syntax="tokenizers"):
         compile_split(r"\\p{N}")("ab12c") -> ["ab", "1", "2", "c"]
     syntax "tokenizers": \\p{L} and friends, as tokenizer.json writes them, translated above;
     "python": a version-1 file's pattern, for `re` as it is, used with findall as it always was.
+
+    Speed: `re` looks a character below U+10000 up in a table, but compares one beyond it with
+    each range of the class in turn, and \\p{L} has 268 such ranges. So most text (all of it
+    below U+10000: no emoji, no rare CJK) is cut by a second version of the pattern without
+    those ranges, six times faster and exactly the same for such text.
     """
     if syntax == "python":
         return re.compile(pattern).findall
     if syntax != "tokenizers":
         raise ValueError(f"unknown pattern syntax {syntax!r}")
-    regex = re.compile("(" + python_regex(pattern) + ")")
+    full = re.compile("(" + python_regex(pattern) + ")")
+    below_10000 = re.compile("(" + python_regex(pattern, bmp_only=True) + ")")
 
     def split(text):
+        regex = full if text and max(text) > "\uffff" else below_10000
         return [chunk for chunk in regex.split(text) if chunk]
     return split
 
@@ -1264,15 +1274,15 @@ def hf_read_merges(merges, strings, vocab, bad):
     out = []
     for r, m in enumerate(merges):
         pair = m.split(" ") if isinstance(m, str) else m
-        if not (isinstance(pair, list) and len(pair) == 2
-                and all(isinstance(p, str) for p in pair)):
+        left, right = pair if isinstance(pair, list) and len(pair) == 2 else (None, None)
+        if not (isinstance(left, str) and isinstance(right, str)):
             raise bad(f'model.merges[{r}] is {m!r}; expected "left right" or ["left", "right"]')
-        ids = [strings.get(pair[0]), strings.get(pair[1]), strings.get(pair[0] + pair[1])]
+        ids = (strings.get(left), strings.get(right), strings.get(left + right))
         if None in ids:
-            missing = [pair[0], pair[1], pair[0] + pair[1]][ids.index(None)]
+            missing = (left, right, left + right)[ids.index(None)]
             raise bad(f"model.merges[{r}] {m!r}: {missing!r} is not in model.vocab")
         if ids[0] in vocab and ids[1] in vocab:  # else it joins an added token: never applies
-            out.append(tuple(ids))
+            out.append(ids)
     return out
 
 
