@@ -164,8 +164,8 @@ V1_SPLIT_PATTERN = "|".join([
 # match what they would give back ("\p{L}+" cannot start with a non-letter), and each chunk is the
 # first alternative that matches, at its longest, either way.
 # Where the translation can still differ from `tokenizers`: characters that one side's Unicode
-# version has and the other's lacks (Python 3.11 knows Unicode 14; the tokenizers 0.23 wheel
-# knows Unicode 16: letters added since then are "unassigned" here), and case-insensitive
+# version has and the other's lacks (Python 3.11 knows Unicode 14, the tokenizers 0.23 wheel
+# Unicode 16: the letters and numbers added since are "unassigned" here), and case-insensitive
 # matching, which Oniguruma does with full case folding and `re` with simple folding (identical
 # for the contractions 's 't 're 've 'm 'll 'd these patterns use, checked on every character).
 CATEGORIES = set("L Lu Ll Lt Lm Lo M Mn Mc Me N Nd Nl No P Pc Pd Ps Pe Pi Pf Po "
@@ -205,8 +205,11 @@ def unicode_class(name):
         # str.isalpha is true exactly for the letters (Lu Ll Lt Lm Lo) and str.isnumeric for
         # every number (and a few letters with a numeric value, like 五): these C loops narrow
         # the search first, so the classes every released pattern uses take milliseconds.
-        pool = {"L": filter(str.isalpha, chars), "N": filter(str.isnumeric, chars)}.get(name[0],
-                                                                                        chars)
+        pool = chars
+        if name[0] == "L":
+            pool = filter(str.isalpha, chars)
+        elif name[0] == "N":
+            pool = filter(str.isnumeric, chars)
         members = (c for c in pool if category(c).startswith(name))
     else:
         raise ValueError(f"\\p{{{name}}} is not supported (general categories only: L, Lu, N, ...)")
@@ -402,23 +405,23 @@ def bytes_to_unicode():
 
 
 BYTE_TO_CHAR = bytes_to_unicode()
-CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
-# str.translate tables: both directions run in C, which matters for 150,000-token vocabularies.
-_TO_BYTE_LEVEL = {b: c for b, c in BYTE_TO_CHAR.items()}                # latin-1 char -> alphabet
-_FROM_BYTE_LEVEL = {ord(c): b for b, c in BYTE_TO_CHAR.items()}         # alphabet -> latin-1 char
-_NOT_BYTE_LEVEL = re.compile("[^" + re.escape("".join(BYTE_TO_CHAR.values())) + "]")
+CHAR_TO_BYTE = {ord(c): b for b, c in BYTE_TO_CHAR.items()}   # (keyed by ord, for str.translate)
+NOT_BYTE_LEVEL = re.compile("[^" + re.escape("".join(BYTE_TO_CHAR.values())) + "]")
+
+# Both directions go through latin-1, the encoding where byte b is the character chr(b), so that
+# str.translate does the work in C: that matters for 150,000-token vocabularies.
 
 
 def to_byte_level(data):
     """bytes -> the string that stands for them.  b" caf\\xc3\\xa9" -> "ĠcafÃ©" """
-    return data.decode("latin-1").translate(_TO_BYTE_LEVEL)
+    return data.decode("latin-1").translate(BYTE_TO_CHAR)
 
 
 def from_byte_level(text):
     """The reverse: "ĠcafÃ©" -> b" caf\\xc3\\xa9"; None if a character is not in the alphabet."""
-    if _NOT_BYTE_LEVEL.search(text):
+    if NOT_BYTE_LEVEL.search(text):
         return None
-    return text.translate(_FROM_BYTE_LEVEL).encode("latin-1")
+    return text.translate(CHAR_TO_BYTE).encode("latin-1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,13 +472,14 @@ class Tokenizer:
         for id, data in self._model.items():
             self._vocab[id] = data
         self.special_tokens, self.added_tokens = {}, {}   # name -> id
-        self._special_by_id, self._normalized = {}, set()
+        self._name_ids, self._special_by_id, self._normalized = {}, {}, set()
         for id, name, special, normalized in added_tokens:
             self._add_token(id, name, special, normalized)
         self._cache = {}  # chunk text -> its ids; text repeats the same words over and over
 
     def _add_token(self, id, name, special, normalized=False):
         (self.special_tokens if special else self.added_tokens)[name] = id
+        self._name_ids[name] = id
         if special:
             self._special_by_id[id] = name
         if normalized:
@@ -513,11 +517,12 @@ class Tokenizer:
         (b"<|endoftext|>"), although no text encodes to it by default; so code that counts the
         bytes behind a prediction (eval.py's bits per byte) checks is_special(id) and counts
         special tokens as zero bytes of text."""
-        data = self._vocab[id] if 0 <= id < len(self._vocab) else None
-        if data is None:
+        if not 0 <= id < len(self._vocab):
             raise ValueError(f"token id {id} is outside this tokenizer (vocab_size "
-                             f"{self.vocab_size}{', or unused' if 0 <= id else ''})")
-        return data
+                             f"{self.vocab_size})")
+        if self._vocab[id] is None:
+            raise ValueError(f"token id {id} stands for nothing in this tokenizer (unused)")
+        return self._vocab[id]
 
     def add_special_tokens(self, names):
         """Give each name a new special id at the end of the vocabulary and return the ids; a
@@ -570,10 +575,10 @@ class Tokenizer:
         """Find the allowed special names and the added tokens in the text, normalize the rest,
         encode it. The order is that of `tokenizers`: names matched in the raw text first, then
         normalization, then the names marked `normalized`, then splitting and BPE."""
-        names = [*specials, *self.added_tokens]
-        raw = frozenset(n for n in names if n not in self._normalized)
-        late = frozenset(names) - raw
-        ids = {**self.special_tokens, **self.added_tokens}
+        names = frozenset([*specials, *self.added_tokens])
+        late = names & self._normalized
+        raw = names - late
+        ids = self._name_ids
         out = []
         for piece, is_name in cut_at_names(text, raw):
             if is_name:
@@ -657,7 +662,8 @@ class Tokenizer:
     #    "added_tokens": [                         (special or not, one per line)
     #      {"id": 4093, "content": "<|endoftext|>", "special": true, "normalized": false}, ...],
     #    "vocab": {                                (id -> its bytes in GPT-2's alphabet, one per
-    #      "0": "Ā", ..., "32": "Ġ", ..., "256": "Ġt", ...},      line; no entry: a special id)
+    #      "0": "Ā", ..., "32": "Ġ", ..., "256": "Ġt", ...},    line; ids of special tokens have
+    #                                               no entry unless BPE knows them too, as GPT-2)
     #    "merges": [                               (rank order: [left, right, merged] ids)
     #      [32, 116, 256], ...]}
     #
