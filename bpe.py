@@ -428,6 +428,29 @@ def from_byte_level(text):
 # Step 7: the Tokenizer: vocabulary, special tokens, encode/decode, save/load, fast training
 # ---------------------------------------------------------------------------------------------
 
+# Special tokens are found in the text before anything else, so the split pattern never
+# sees them: "<|im_start|>user" is <|im_start|>, then "user".
+
+@functools.lru_cache(maxsize=64)
+def name_regex(names):
+    """A regex matching any of the names, longest first (so a name that contains another wins);
+    the capturing group makes re.split keep the names."""
+    return re.compile("(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+                      + ")")
+
+
+def cut_at_names(text, names):
+    """Yield (piece, is_name) for the text cut at the names (the leftmost, then the longest):
+    ("a<|x|>b", {"<|x|>"}) -> ("a", False), ("<|x|>", True), ("b", False)"""
+    if not names:
+        if text:
+            yield text, False
+        return
+    for i, piece in enumerate(name_regex(names).split(text)):
+        if piece:
+            yield piece, i % 2 == 1  # odd positions are the separators, i.e. the names
+
+
 class Tokenizer:
     """A byte-level BPE tokenizer: a vocabulary (id -> bytes), merges in rank order, split
     patterns, special tokens.
@@ -1067,26 +1090,6 @@ def read_v2_added_tokens(items, vocab, bad):
         ids.add(id)
         out.append((id, name, t["special"], t.get("normalized", False)))
     return out
-
-
-@functools.lru_cache(maxsize=64)
-def name_regex(names):
-    """A regex matching any of the names, longest first (so a name that contains another wins);
-    the capturing group makes re.split keep the names."""
-    return re.compile("(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-                      + ")")
-
-
-def cut_at_names(text, names):
-    """Yield (piece, is_name) for the text cut at the names (the leftmost, then the longest):
-    ("a<|x|>b", {"<|x|>"}) -> ("a", False), ("<|x|>", True), ("b", False)"""
-    if not names:
-        if text:
-            yield text, False
-        return
-    for i, piece in enumerate(name_regex(names).split(text)):
-        if piece:
-            yield piece, i % 2 == 1  # odd positions are the separators, i.e. the names
 
 
 # ---------------------------------------------------------------------------------------------
