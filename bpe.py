@@ -1120,6 +1120,8 @@ def hf_arguments(data, where):
     """A parsed tokenizer.json -> the arguments of Tokenizer(...); UserError("<where>: ...")."""
     def bad(why):
         return UserError(f"{where}: {why}")
+    if isinstance(data, dict) and data.get("format") == FORMAT_NAME:
+        raise bad("this is an slm tokenizer file, not a tokenizer.json: Tokenizer.load reads it")
     model = data.get("model") if isinstance(data, dict) else None
     kind = model.get("type", "BPE" if "merges" in model else None) \
         if isinstance(model, dict) else None

@@ -169,6 +169,10 @@ def test_qwen2_style_nfc_and_added_tokens():
     assert tok.added_tokens == {"<tool_call>": 261} and not tok.is_special(261)
     # Qwen's regex: one digit per chunk
     assert tok.encode("2024") == [50, 48, 50, 52]
+    # NFC inside a Sequence is the same normalizer
+    data = qwen2_style()
+    data["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "NFC"}]}
+    assert Tokenizer.from_hf(data).encode("cafe\u0301") == [258]
 
 
 def test_special_names_as_plain_text_and_the_default_refusal():
@@ -347,6 +351,9 @@ def test_errors_name_the_file(tmp_path):
     with pytest.raises(UserError, match="Tokenizer.from_hf reads it"):
         Tokenizer.load(path)
     assert Tokenizer.from_hf(path).encode(" world") == [260]
+    Tokenizer.train("hello", 260).save(path)
+    with pytest.raises(UserError, match="slm tokenizer file.*Tokenizer.load reads it"):
+        Tokenizer.from_hf(path)
 
 
 def test_the_post_processor_is_read_not_applied():
@@ -524,3 +531,21 @@ def test_merges_can_make_tokens_anywhere_and_strings_or_lists_both_load():
     for make in STYLES.values():
         compare(Tokenizer.from_hf(make()), tokenizers.Tokenizer.from_str(json.dumps(make())),
                 TEXTS + MIXED, nfc=make is qwen2_style)
+
+
+def test_dropping_possessive_quantifiers_changes_nothing_for_these_patterns(monkeypatch):
+    # Python 3.10's `re` has no "?+" or "++": there python_regex drops them. Simulated here.
+    text = every_kind_of_character() + "".join(texts_to_compare())
+    patterns = [bpe.GPT4_SPLIT_PATTERN, bpe.GPT2_SPLIT_PATTERN, LLAMA3_PATTERN, QWEN2_PATTERN]
+    kept = [bpe.compile_split(p)(text) for p in patterns]
+    monkeypatch.setattr(bpe, "POSSESSIVE_OK", False)
+    bpe.python_regex.cache_clear()
+    bpe.compile_split.cache_clear()
+    try:
+        assert "?+" not in bpe.python_regex(bpe.GPT4_SPLIT_PATTERN)
+        assert [bpe.compile_split(p)(text) for p in patterns] == kept
+    finally:
+        bpe.python_regex.cache_clear()
+        bpe.compile_split.cache_clear()
+    # and GPT-4's pattern cuts exactly as Llama 3's (which llama.cpp knows as "llama-bpe")
+    assert kept[0] == kept[2]
