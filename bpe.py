@@ -9,8 +9,10 @@ byte-pair encoding (BPE), the scheme used by GPT-2, GPT-4, Llama, Qwen and MiniM
 4. Before counting, cut the text into chunks (words, numbers, punctuation, spaces) with a
    regular expression, so merges never glue a word to the punctuation after it.
 5. Encode new text by replaying the merges, earliest learned first.
-6. Reserve special tokens such as <|endoftext|> that the model sees but text can never produce.
-7. Save the tokenizer to a JSON file, load it back; train fast by keeping pair counts up to date.
+6. Write each byte as a printable character, so tokens can be stored as readable JSON strings.
+7. The Tokenizer: special tokens such as <|endoftext|> that the model sees but text can never
+   produce, saving to a JSON file and loading back, training fast by keeping pair counts up to
+   date.
 8. Read (and write) the tokenizer.json of released models, Llama 3, Qwen, SmolLM2 and GPT-2, and
    encode exactly as they do.
 
@@ -1465,7 +1467,7 @@ def demo():
               "<|im_start|>user\nHi!<|im_end|>"]:
         ids = tok.encode(s, allowed_special="all")
         print(f"\n{s!r}: {len(s.encode('utf-8'))} bytes -> {len(ids)} tokens\n  {ids}\n  "
-              + " ".join(f"[{tok.piece(i)}]" for i in ids))
+              + " ".join(f"[{tok.piece(i)}]".replace("\n", "\\n") for i in ids))
         assert tok.decode(ids) == s
     print("\ndecode(encode(text)) gave back each text exactly. Next: Tokenizer.train(your_text, "
           "4096), or python bpe.py --help")
