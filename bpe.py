@@ -1158,7 +1158,8 @@ def hf_pre_tokenizer(pre, bad):
     A ByteLevel step must come last: it turns the text into the byte-level alphabet, so any
     step after it would see other characters."""
     if pre is None:
-        raise bad("pre_tokenizer null is not supported (byte-level BPE only)")
+        raise bad("pre_tokenizer null is not supported (byte-level BPE only; a SentencePiece-"
+                  "style BPE such as Llama 2's or TinyLlama's has none)")
     steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" \
         else [pre]
     steps = steps if isinstance(steps, list) else [steps]
