@@ -285,7 +285,7 @@ def write_safetensors(path, tensors, metadata=None):
         f.write(raw)
         for name in names:
             f.write(tensor_bytes(tensors[name]))
-    train.atomic_write(path, write)
+    rundir.atomic_write(path, write)
 
 
 def tensor_bytes(t):
@@ -430,7 +430,7 @@ def fetch_hub_model(spec):
             files.append(file)
     files += fetch_hub_weights(model)
     text = json.dumps({"model": str(model), "files": files}, indent=2)
-    train.atomic_write(manifest, lambda f: f.write(text.encode("utf-8")))
+    rundir.atomic_write(manifest, lambda f: f.write(text.encode("utf-8")))
     return folder
 
 
@@ -690,7 +690,7 @@ class GGUFWriter:
                         bar.update(chunk.nbytes)
                     assert written == ggml_nbytes(tensor.shape, kind)
                     f.write(padding(written, self.alignment))
-        train.atomic_write(path, write)
+        rundir.atomic_write(path, write)
 
 
 # ---------------------------------------------------------------------------------------------
