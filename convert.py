@@ -943,8 +943,8 @@ def import_weights(weights, arch, config, where):
     extra = [k for k in weights if not IGNORED.fullmatch(k)]
     if extra:
         raise UserError(f"{where}: the checkpoint has tensors this model does not: {extra[:5]}")
-    if arch == "gpt":  # the tied head is the embedding; our state_dict names it too
-        state["lm_head.weight"] = state["transformer.wte.weight"]
+    if arch == "gpt" or config.get("tie_embeddings"):  # a tied head is the embedding, under both names
+        state["lm_head.weight"] = state["transformer.wte.weight" if arch == "gpt" else "embed_tokens.weight"]
     return state
 
 

@@ -289,8 +289,8 @@ def load_run(run_dir, device="cpu"):
             quantize.prepare_int8_skeleton(model, payload["quantized"], run_dir)
         model.load_state_dict(payload.pop("model"))
     except (RuntimeError, TypeError, KeyError, AssertionError) as e:
-        raise UserError(f"{run_dir / 'model.pt'}: weights do not fit the model it describes "
-                        f"({str(e).splitlines()[0]})")
+        why = " ".join(line.strip() for line in str(e).splitlines()[:2])[:300]
+        raise UserError(f"{run_dir / 'model.pt'}: weights do not fit the model it describes ({why})")
     return model.to(device).eval(), tok, payload
 
 
