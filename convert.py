@@ -789,7 +789,8 @@ def moe_config(hf):
     top_k = hf.get("num_experts_per_tok")
     hf.require("norm_topk_prob", (top_k > 1,), f"our router renormalises the top {top_k} weights "
                f"exactly when top_k > 1")
-    return dict(n_experts=hf.get("num_experts"), top_k=top_k, ffn_hidden=hf.get("moe_intermediate_size"),
+    n_experts = hf.values.get("num_experts") or hf.get("num_local_experts")  # transformers 5's name
+    return dict(n_experts=n_experts, top_k=top_k, ffn_hidden=hf.get("moe_intermediate_size"),
                 aux_loss_coef=float(hf.get("router_aux_loss_coef")))
 
 
