@@ -1,13 +1,14 @@
 """convert.py: released models in, run directories out (book chapters 3 and 11).
 
-    python convert.py hf:Qwen/Qwen2.5-0.5B out/qwen      # a model on the Hugging Face hub
-    python convert.py path/to/transformers-dir out/name    # a transformers directory on disk
-    python convert.py out/sft --to hf out/sft-hf           # a run directory -> transformers
-    python convert.py out/sft --to gguf out/sft.gguf       # ... -> one GGUF file for llama.cpp
+    python convert.py hf:HuggingFaceTB/SmolLM2-135M-Instruct out/smollm   # a model on the hub
+    python convert.py path/to/transformers-dir out/name                    # a transformers directory
+    python convert.py out/dpo out/dpo-hf --to hf                           # a run -> transformers
+    python convert.py out/dpo out/dpo.gguf --to gguf --type q8_0           # a run -> llama.cpp, Ollama
 
-Chapter 3 takes a released model and makes it a run directory like any other, so eval.py, chat.py
-and sft.py work on it; chapter 11 goes the other way, to the files other tools read. Both stand on
-three file formats, each written here by hand from its specification, with no library:
+Chapter 3 takes a released model and makes it a run directory like any other, so train.py --init,
+sft.py, dpo.py, eval.py, quantize.py and chat.py work on it; chapter 11 goes the other way, to the
+files other tools read. Both stand on three file formats, each written here by hand from its
+specification, with no library:
 
   1. safetensors: how the hub stores weights. A JSON header says where each tensor's bytes are;
      we map the file into memory instead of reading it, so a 1 GB checkpoint costs no 1 GB copy.
@@ -15,8 +16,13 @@ three file formats, each written here by hand from its specification, with no li
      check what arrived).
   3. GGUF v3: the one-file format of llama.cpp and Ollama, and its Q8_0 8-bit quantizer.
 
-Reading order: those three sections, then the architecture mapping (config.json <-> our models,
-tensor names) and the command line. Runtime: numpy, torch, tqdm and the standard library.
+Then: 4. the architectures (config.json <-> our configs, and one table of tensor names serving
+both directions) -> 5. tokenizers and chat templates (bpe.py reads and writes tokenizer.json) ->
+6. import -> 7. export to transformers -> 8. export to GGUF, with an Ollama Modelfile -> 9. the
+command line. Runtime: numpy, torch, tqdm and the standard library.
+
+Imports: rundir.py (run directories, flags, errors), train.py (its downloader and cache), bpe.py
+(tokenizers) and minimind.py (its config's derived sizes).
 """
 import json
 import math
