@@ -263,15 +263,15 @@ PRESETS = {
     "a100": ("one A100 (bf16): models up to ~400M, full fine-tuning, frozen reference",
              dict(batch_size=32, seq_len=1024, max_steps=500, lr=1e-4, dtype="bf16", compile=True,
                   eval_every=100, save_every=250)),
-    "t4-lora": ("free Colab T4 (16 GB, fp16 + scaler): SFT runs of 135M-600M imported models, LoRA rank 16, "
-                "gradient checkpointing; the reference is the policy with its adapters off",
-                dict(lora_rank=16, lora_alpha=32.0, batch_size=4, grad_accum=8, seq_len=512, max_steps=500,
-                     lr=5e-5, warmup_steps=20, dtype="fp16", grad_checkpoint=True, eval_every=100,
-                     save_every=250, eval_exact=100, eval_heldout=256)),
-    "cpu-lora": ("2 CPU cores, minutes: a 135M SFT run (SmolLM2-135M) with LoRA rank 16, 20 steps",
-                 dict(lora_rank=16, lora_alpha=32.0, batch_size=4, seq_len=256, max_steps=20, lr=2e-4,
-                      warmup_steps=2, dtype="fp32", eval_every=1000, save_every=20, eval_exact=20,
-                      eval_heldout=32, max_new_tokens=16)),
+    "t4-lora": ("free Colab T4 (16 GB, fp16 + scaler): SFT runs of 135M-600M imported models, LoRA "
+                "rank 16, checkpointing; the reference is the policy with its adapters off",
+                dict(lora_rank=16, lora_alpha=32.0, batch_size=4, grad_accum=8, seq_len=512,
+                     max_steps=500, lr=5e-5, warmup_steps=20, dtype="fp16", grad_checkpoint=True,
+                     eval_every=100, save_every=250, eval_exact=100, eval_heldout=256)),
+    "cpu-lora": ("2 CPU cores, minutes: a 135M SFT run (SmolLM2-135M), LoRA rank 16, 20 steps",
+                 dict(lora_rank=16, lora_alpha=32.0, batch_size=4, seq_len=256, max_steps=20,
+                      lr=2e-4, warmup_steps=2, dtype="fp32", eval_every=1000, save_every=20,
+                      eval_exact=20, eval_heldout=32, max_new_tokens=16)),
 }
 
 

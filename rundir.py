@@ -312,7 +312,8 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir, model, tok, optimizer, scaler, step, state=None, extra=None, weights=None):
+def save_checkpoint(run_dir, model, tok, optimizer, scaler, step, state=None, extra=None,
+                    weights=None):
     """model.pt and train_state.pt, both stamped with the step. The state is written in full under
     a side name first, then model.pt is replaced, then the state is renamed into place: a kill
     leaves the old pair or the new one (or, for the instant between two renames, a pair whose steps
@@ -346,7 +347,7 @@ def load_checkpoint(run_dir, model, optimizer, scaler):
         missing, unexpected = unwrap(model).load_state_dict(state["trainable"], strict=False)
         trained = {n for n, p in unwrap(model).named_parameters() if p.requires_grad}
         if unexpected or trained & set(missing):
-            raise UserError(f"{path}: its trained tensors do not fit this model (LoRA settings changed?)")
+            raise UserError(f"{path}: its trained tensors do not fit this model (LoRA flags changed?)")
     else:
         unwrap(model).load_state_dict(payload["model"])
     optimizer.load_state_dict(state["optimizer"])

@@ -375,7 +375,8 @@ def settle(cfg, cls):
         cfg = read_saved_config(cls, Path(cfg.out_dir) / "config.json", keep)
     check_positive(cfg, ("batch_size", "grad_accum", "save_every", "eval_every"))
     if cfg.lr <= 0 or cfg.seq_len < 0 or cfg.max_steps < 0 or not 0 <= cfg.dropout < 1:
-        raise UserError("--lr must be positive, --seq-len and --max-steps not negative, --dropout in [0, 1)")
+        raise UserError("--lr must be positive, --seq-len and --max-steps not negative, "
+                        "--dropout in [0, 1)")
     train.check_lora(cfg)
     check_device(cfg.device)
     refuse_to_overwrite(cfg)
@@ -420,12 +421,12 @@ PRESETS = {
     "a100": ("one A100 (bf16): models up to ~400M, full fine-tuning",
              dict(batch_size=64, seq_len=1024, max_steps=2000, lr=3e-4, dtype="bf16", compile=True,
                   eval_every=250, save_every=500)),
-    "t4-lora": ("free Colab T4 (16 GB, fp16 + scaler): imported models of 135M-600M (SmolLM2-135M/360M, "
-                "Qwen2.5-0.5B, Qwen3-0.6B), LoRA rank 16 on every linear layer, gradient checkpointing",
-                dict(lora_rank=16, lora_alpha=32.0, batch_size=8, grad_accum=4, seq_len=512, max_steps=1000,
-                     lr=2e-4, warmup_steps=30, dtype="fp16", grad_checkpoint=True, eval_every=250,
-                     save_every=250, eval_exact=100, eval_heldout=256)),
-    "cpu-lora": ("2 CPU cores, minutes: a 135M imported model (SmolLM2-135M) with LoRA rank 16, 40 steps",
+    "t4-lora": ("free Colab T4 (16 GB, fp16 + scaler): imported models of 135M-600M (SmolLM2-135M/"
+                "360M, Qwen2.5-0.5B, Qwen3-0.6B), LoRA rank 16 on every linear layer, checkpointing",
+                dict(lora_rank=16, lora_alpha=32.0, batch_size=8, grad_accum=4, seq_len=512,
+                     max_steps=1000, lr=2e-4, warmup_steps=30, dtype="fp16", grad_checkpoint=True,
+                     eval_every=250, save_every=250, eval_exact=100, eval_heldout=256)),
+    "cpu-lora": ("2 CPU cores, minutes: a 135M imported model (SmolLM2-135M), LoRA rank 16, 40 steps",
                  dict(lora_rank=16, lora_alpha=32.0, batch_size=8, seq_len=256, max_steps=40, lr=1e-3,
                       warmup_steps=4, dtype="fp32", eval_every=1000, save_every=20, eval_exact=20,
                       eval_heldout=32, max_new_tokens=16)),

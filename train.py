@@ -51,8 +51,8 @@ import gpt
 import minimind
 from rundir import (UserError, arch_of, atomic_write, autocast, build_model, check_device,
                     check_positive, load_run, load_tokenizer, option, parse_config, pick_dtype,
-                    read_saved_config, refuse_to_overwrite, run_cli, save_checkpoint, load_checkpoint,
-                    unwrap, RunLog, write_json, write_loss_svg)
+                    read_saved_config, refuse_to_overwrite, run_cli, save_checkpoint,
+                    load_checkpoint, unwrap, RunLog, write_json, write_loss_svg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,8 +64,8 @@ class LoopConfig:
     defaults, so the three stages are driven by the same flags."""
     batch_size: int = option(16, "sequences per micro-batch (per process)")
     grad_accum: int = option(1, "micro-batches per optimizer step (gradient accumulation)")
-    max_steps: int = option(1200, "optimizer steps (sft.py, dpo.py: 0 only evaluates the start model "
-                                  "and writes it, e.g. --init with --adapter merged)")
+    max_steps: int = option(1200, "optimizer steps (sft.py, dpo.py: 0 only evaluates the start "
+                                  "model and writes it, e.g. --init with --adapter merged)")
     lr: float = option(2e-3, "peak learning rate")
     min_lr_ratio: float = option(0.1, "cosine floor as a fraction of lr")
     warmup_steps: int = option(100, "linear warmup steps")
@@ -84,13 +84,15 @@ class LoopConfig:
     overwrite: bool = option(False, "start a new run in an --out-dir that holds one")
     halt_at: int = option(0, "stop after this step with a checkpoint, as if interrupted "
                              "(split a schedule across sessions)")
-    grad_checkpoint: bool = option(False, "gradient checkpointing: recompute each block in the backward "
-                                          "pass (activations of about one block, ~1/3 more compute)")
+    grad_checkpoint: bool = option(False, "gradient checkpointing: recompute each block in the "
+                                          "backward pass (activations of ~one block, ~1/3 more compute)")
     lora_rank: int = option(0, "LoRA: rank r of the adapters (needs --init); 0: full fine-tuning")
     lora_alpha: float = option(32.0, "LoRA: the adapters' output is scaled by alpha / r")
     lora_dropout: float = option(0.0, "LoRA: dropout on the adapters' input")
     lora_targets: str = option("all", "LoRA: the layers adapted: all | attention | mlp | names "
                                       "(q_proj,v_proj)")
+    lora_embeddings: bool = option(False, "LoRA: adapt the token embedding and the output head too "
+                                          "(one change when they are tied)")
     save_adapter: bool = option(False, "LoRA: also write the adapters alone to adapter.pt (small)")
     adapter: str = option("", "start from the --init run with this adapter.pt (--save-adapter) "
                               "merged in; it must have been trained on that run")
@@ -436,7 +438,7 @@ class LoRALinear(nn.Module):
 
     def __init__(self, linear, rank, alpha, dropout=0.0):
         super().__init__()
-        self.weight, self.bias = linear.weight, linear.bias  # frozen by add_lora
+        self.weight, self.bias = linear.weight, getattr(linear, "bias", None)  # frozen by add_lora
         out_features, in_features = linear.weight.shape
         device = linear.weight.device
         self.lora_A = nn.Parameter(torch.empty(rank, in_features, device=device))  # [r, in]
@@ -459,30 +461,73 @@ class LoRALinear(nn.Module):
         """(alpha / r) B A, in fp32: what merging adds to W."""
         return self.scale * (self.lora_B.float() @ self.lora_A.float())  # [out, in]
 
+    def plain(self, weight):
+        """The plain layer this one merges into, holding `weight`."""
+        out_features, in_features = weight.shape
+        linear = nn.Linear(in_features, out_features, bias=self.bias is not None, device="meta")
+        linear.weight, linear.bias = weight, self.bias
+        return linear
+
+
+class LoRAEmbedding(LoRALinear):
+    """The token embedding E [vocab, dim] with the same kind of low-rank change, looked up by row:
+    E[idx] + (alpha/r) B[idx] A. When the head shares E (tied weights) this layer shares the head's
+    A and B too: one matrix, one change, seen from both ends, so merged they are still tied."""
+
+    def forward(self, idx):
+        y = F.embedding(idx, self.weight)  # [B, T, dim]
+        if not self.enabled:
+            return y
+        return y + self.scale * F.embedding(idx, self.lora_B.to(y.dtype)) @ self.lora_A.to(y.dtype)
+
+    def plain(self, weight):
+        embedding = nn.Embedding(*weight.shape, device="meta")
+        embedding.weight = weight
+        return embedding
+
 
 # Which linear layers --lora-targets names, in both models (minimind.py: Llama's names; gpt.py:
-# GPT-2's). The output head is never adapted: it shares its matrix with the token embedding.
+# GPT-2's). The output head shares its matrix with the token embedding: both or neither are
+# adapted (--lora-embeddings).
 LORA_TARGETS = {"attention": ("q_proj", "k_proj", "v_proj", "o_proj", "attn.c_attn", "attn.c_proj"),
                 "mlp": ("gate_proj", "up_proj", "down_proj", "mlp.c_fc", "mlp.c_proj")}
 LORA_TARGETS["all"] = LORA_TARGETS["attention"] + LORA_TARGETS["mlp"]
 
 
-def add_lora(model, rank, alpha, dropout=0.0, targets="all"):
+def add_lora(model, rank, alpha, dropout=0.0, targets="all", embeddings=False):
     """Freeze every parameter of `model`, then put a LoRALinear with fresh adapters in place of
     each nn.Linear whose name ends with a name of `targets` (all, attention, mlp, or a comma list
-    such as "q_proj,v_proj"; MoE experts are adapted like any MLP). Returns the adapted names."""
+    such as "q_proj,v_proj"; MoE experts are adapted like any MLP). embeddings=True adapts the
+    output head and the token embedding too, tied ones as one. Returns the adapted names."""
     wanted = LORA_TARGETS.get(targets) or tuple(t.strip() for t in targets.split(",") if t.strip())
-    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name != "lm_head"}
+    linears = {name: m for name, m in model.named_modules()
+               if isinstance(m, nn.Linear) and name != "lm_head"}
     chosen = [name for name in linears if ("." + name).endswith(tuple("." + w for w in wanted))]
     if not chosen:
         names = sorted({name.split(".")[-1] for name in linears})
         raise UserError(f"--lora-targets {targets}: no linear layer of this model is named so; "
-                        f"its layers: {', '.join(names)} (the output head is not adapted)")
+                        f"its layers: {', '.join(names)} (the head and embedding: --lora-embeddings)")
     model.requires_grad_(False)
     for name in chosen:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, LoRALinear(linears[name], rank, alpha, dropout))
+        swap(model, name, LoRALinear(linears[name], rank, alpha, dropout))
+    if embeddings:
+        head = model.lm_head
+        embeds = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
+        tied = [n for n in embeds if model.get_submodule(n).weight is head.weight]
+        embed = (tied + embeds)[0]  # the token embedding: GPT's first is wte, not its positions
+        model.lm_head = LoRALinear(head, rank, alpha, dropout)
+        lora_embed = LoRAEmbedding(model.get_submodule(embed), rank, alpha)
+        if tied:
+            lora_embed.lora_A, lora_embed.lora_B = model.lm_head.lora_A, model.lm_head.lora_B
+        swap(model, embed, lora_embed)
+        chosen += ["lm_head", embed]
     return chosen
+
+
+def swap(model, name, module):
+    """Put `module` where the submodule `name` ("layers.0.self_attn.q_proj") was."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
 
 
 def merged_state_dict(model):
@@ -490,7 +535,8 @@ def merged_state_dict(model):
     goes on after a checkpoint): every adapted weight is W + (alpha/r) B A and the adapter tensors
     are left out, so model.pt opens with rundir.load_run like any run. Plain models: their own."""
     model = unwrap(model)
-    state = {k: v.detach().cpu().float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().float() if v.is_floating_point() else v
+             for k, v in model.state_dict().items()}
     for name, m in model.named_modules():
         if isinstance(m, LoRALinear):
             state[f"{name}.weight"] = (m.weight.float() + m.delta()).detach().cpu()
@@ -500,15 +546,14 @@ def merged_state_dict(model):
 
 def merge_lora(model):
     """Fold every adapter into its weight, in place: each LoRALinear becomes a plain nn.Linear
-    holding W + (alpha/r) B A, in W's dtype. The model is the base architecture again."""
+    (a LoRAEmbedding a plain nn.Embedding) holding W + (alpha/r) B A, in W's dtype; tied layers
+    stay tied. The model is the base architecture again."""
+    merged = {}  # id of a base weight -> its merged Parameter, shared by the layers that shared it
     for name, m in list(model.named_modules()):
         if isinstance(m, LoRALinear):
-            out_features, in_features = m.weight.shape
-            linear = nn.Linear(in_features, out_features, bias=m.bias is not None, device="meta")
-            linear.weight = nn.Parameter((m.weight.float() + m.delta()).to(m.weight.dtype).detach())
-            linear.bias = m.bias
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, linear)
+            if id(m.weight) not in merged:
+                merged[id(m.weight)] = nn.Parameter((m.weight.float() + m.delta()).to(m.weight.dtype).detach())
+            swap(model, name, m.plain(merged[id(m.weight)]))
     return model
 
 
@@ -564,14 +609,15 @@ def apply_adapter(model, path, fingerprint=None):
     except Exception as e:
         raise UserError(f"{path}: cannot be loaded as an adapter ({str(e).splitlines()[0]})")
     if not isinstance(payload, dict) or payload.get("format") != "slm-adapter":
-        raise UserError(f"{path}: not an slm adapter file (python sft.py ... --save-adapter writes one)")
+        raise UserError(f"{path}: not an slm adapter file (sft.py ... --save-adapter writes one)")
     base = payload["base"]
     fingerprint = fingerprint or weights_fingerprint(model)
     if base["sha256"] != fingerprint:
-        raise UserError(f"{path}: trained on the weights of {base['run']} (sha256 {base['sha256'][:12]}), "
-                        f"not on these (sha256 {fingerprint[:12]}); apply it to the run it was trained on")
+        raise UserError(f"{path}: trained on the weights of {base['run']} (sha256 "
+                        f"{base['sha256'][:12]}), not on these (sha256 {fingerprint[:12]}); "
+                        f"apply it to the run it was trained on")
     lora = payload["lora"]
-    add_lora(model, lora["rank"], lora["alpha"], 0.0, lora["targets"])
+    add_lora(model, lora["rank"], lora["alpha"], 0.0, lora["targets"], lora["embeddings"])
     device = next(model.parameters()).device
     model.load_state_dict({k: v.to(device) for k, v in payload["weights"].items()}, strict=False)
     return merge_lora(model).requires_grad_(True)
@@ -589,7 +635,8 @@ def adapt_model(cfg, model):
     if cfg.lora_rank:
         base = {"run": str(cfg.init), "sha256": weights_fingerprint(model),
                 **({"adapter": cfg.adapter} if cfg.adapter else {})}
-        names = add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+        names = add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
+                         cfg.lora_embeddings)
         device = str(next(model.parameters()).device)
         dtype = pick_dtype(device, cfg.dtype)
         if device.startswith("cuda") and dtype != torch.float32:
@@ -597,12 +644,12 @@ def adapt_model(cfg, model):
                 if not p.requires_grad:
                     p.data = p.data.to(dtype)
         record["lora"] = {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
-                          "targets": cfg.lora_targets}
+                          "targets": cfg.lora_targets, "embeddings": cfg.lora_embeddings}
         record["base"] = base
         trained, total = sum(t.numel() for t in trained_tensors(model).values()), model.num_params()
-        print_if(is_master(), f"LoRA rank {cfg.lora_rank}, alpha {cfg.lora_alpha:g}, on {len(names)} layers "
-                              f"({cfg.lora_targets}): {trained:,} parameters train, {trained / total:.2%} "
-                              f"of {total:,}; the others are frozen")
+        print_if(is_master(), f"LoRA rank {cfg.lora_rank}, alpha {cfg.lora_alpha:g}, on {len(names)} "
+                              f"layers ({cfg.lora_targets}): {trained:,} parameters train, "
+                              f"{trained / total:.2%} of {total:,}; the others are frozen")
     model.grad_checkpoint = cfg.grad_checkpoint
     return record
 
@@ -757,8 +804,11 @@ def train_step(net, model, stage, micro_indices, optimizer, scaler, grad_clip, d
 def flops_per_token(model, seq_len):
     """Training FLOPs per token: 6N for the matmuls (2 forward + 4 backward per weight, N the
     parameters one token uses) plus the attention scores and values, 12 * layers * width * context
-    (the same accounting as PaLM's MFU; minimind.flops_per_token prints it per named size)."""
-    return 6 * model.num_params(active=True) + 12 * model.n_layers * model.width * seq_len
+    (the same accounting as PaLM's MFU; minimind.flops_per_token prints it per named size).
+    A frozen weight (LoRA) needs no gradient of its own, 2 of its 6: 4 per frozen weight."""
+    active, total = model.num_params(active=True), model.num_params()
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad) * active / total
+    return 6 * active - 2 * frozen + 12 * model.n_layers * model.width * seq_len
 
 
 def peak_flops(device, dtype):
@@ -803,8 +853,9 @@ def open_run(cfg, model, stage, dtype, master, extra):
         state = load_checkpoint(out, model, optimizer, scaler)
         base = extra.get("base", {}).get("sha256")
         if state.get("base") != base:
-            raise UserError(f"{cfg.init}: not the weights this run's adapters were trained on (sha256 "
-                            f"{str(state.get('base'))[:12]}, now {str(base)[:12]}); resume needs that base")
+            raise UserError(f"{cfg.init}: not the weights this run's adapters were trained on "
+                            f"(sha256 {str(state.get('base'))[:12]}, now {str(base)[:12]}); "
+                            f"resume needs that base")
         step, before = state["step"], state["before"]
         sampler.gen.set_state(state["sampler"])
     if master:
@@ -835,7 +886,8 @@ def train_loop(cfg, model, tok, stage, extra=None):
     def checkpoint(at_step):
         if master:
             write_checkpoint(cfg, model, tok, optimizer, scaler, at_step,
-                             {"sampler": sampler.gen.get_state(), "before": before}, {"stage": stage.name, **extra})
+                             {"sampler": sampler.gen.get_state(), "before": before},
+                             {"stage": stage.name, **extra})
 
     before = before if before is not None else evaluation(0, "before")
     net, meter = wrap(model, cfg.compile, device), Meter(model, stage.seq_len, dtype, master)
@@ -1080,9 +1132,10 @@ def training_memory(model, cfg, seq_len, rows=1, reference=None):
     half = cfg.dtype in ("bf16", "fp16") or (cfg.dtype == "auto" and gpt.pick_device(cfg.device) == "cuda")
     total = model.num_params()
     if cfg.lora_rank:
-        add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+        add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
+                 cfg.lora_embeddings)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    adapted_inputs = sum(m.weight.shape[1] for m in model.modules() if isinstance(m, LoRALinear))
+    adapted_inputs = sum(m.weight.shape[1] for m in model.modules() if type(m) is LoRALinear)
     # Activations kept for backward, per layer and token: about 17 width-sized tensors (inputs of
     # norms, q/k/v, attention output, MLP in/out: Korthikanti et al. 2022, with fused attention so
     # no T x T score matrix), and with LoRA's dropout the dropped input of each adapted layer. LoRA
@@ -1091,7 +1144,10 @@ def training_memory(model, cfg, seq_len, rows=1, reference=None):
     # activations while that block is recomputed. Then the logits: fp32 logits, the log-probs
     # kept for backward and their gradient, 3 x 4 bytes per token and vocabulary entry.
     per_layer = 17 * model.width + (adapted_inputs // model.n_layers if cfg.lora_dropout else 0)
-    kept = model.n_layers * model.width + per_layer if cfg.grad_checkpoint else model.n_layers * per_layer
+    if cfg.grad_checkpoint:
+        kept = model.n_layers * model.width + per_layer
+    else:
+        kept = model.n_layers * per_layer
     tokens = cfg.batch_size * seq_len * rows
     activations = tokens * (kept * (2 if half else 4) + 12 * model.config.vocab_size)
     # Trained parameters: an fp32 master copy, its fp32 gradient, AdamW's two fp32 moments (16
@@ -1119,17 +1175,17 @@ def resource_report(model, cfg, seq_len, title, rows=1, reference=None):
     # negligible). Checkpointing runs every forward twice, a live DPO reference once more: +2N each.
     # Attention itself (flops_per_token's 12 * layers * width * context) grows alike, by 4 a pass.
     passes = 3 - bool(cfg.lora_rank) + bool(cfg.grad_checkpoint) + bool(reference)
-    attention = 4 * (3 + bool(cfg.grad_checkpoint) + bool(reference)) * model.n_layers * model.width * seq_len
-    flops_step = (2 * passes * active + attention) * tokens_step
+    attention = 4 * (3 + bool(cfg.grad_checkpoint) + bool(reference))
+    flops_step = (2 * passes * active + attention * model.n_layers * model.width * seq_len) * tokens_step
     lines = [f"resource calculator: {title}, vocab {model.config.vocab_size}, context {seq_len}",
              f"  parameters           {total:,}" + (f" ({active:,} active per token)" if active != total else ""),
-             *([f"  trained (LoRA)       {trained:,} ({trained / (total + trained):.2%}): rank {cfg.lora_rank}, "
-                f"{cfg.lora_targets}"] if cfg.lora_rank else []),
+             *([f"  trained (LoRA)       {trained:,} ({trained / (total + trained):.2%}): "
+                f"rank {cfg.lora_rank}, {cfg.lora_targets}"] if cfg.lora_rank else []),
              *[f"  {k:<33}{v / 2**30:8.2f} GiB" for k, v in memory.items()],
              f"  total (training)                 {sum(memory.values()) / 2**30:8.2f} GiB"
              + ("   (gradient checkpointing)" if cfg.grad_checkpoint else ""),
-             f"  tokens per step      {tokens_step:,} ({cfg.batch_size} x {seq_len} x {cfg.grad_accum} accumulation"
-             + (f" x {rows} rows" if rows > 1 else "") + ")",
+             f"  tokens per step      {tokens_step:,} ({cfg.batch_size} x {seq_len} x {cfg.grad_accum} "
+             "accumulation" + (f" x {rows} rows" if rows > 1 else "") + ")",
              f"  FLOPs per step       {flops_step:.3e}   ({cfg.max_steps:,} steps: {flops_step * cfg.max_steps:.3e})",
              f"  estimated time and cost for {cfg.max_steps:,} steps at {ASSUMED_MFU:.0%} of peak "
              f"(assumed on-demand prices):"]
@@ -1137,8 +1193,14 @@ def resource_report(model, cfg, seq_len, title, rows=1, reference=None):
         hours = flops_step * cfg.max_steps / (tflops * 1e12 * ASSUMED_MFU) / 3600
         fits = "fits" if sum(memory.values()) < mem_gb * 2**30 * 0.9 else "does NOT fit: lower --batch-size"
         lines.append(f"    {name:<5} {tflops:>4} TFLOPS  {hours:8.2f} h  ${hours * price:8.2f}   {mem_gb} GB: {fits}")
+    if gpt.pick_device(cfg.device) == "cpu":  # no GPU here: the time on this machine's CPU too
+        peak = peak_flops("cpu", torch.float32)
+        minutes = flops_step * cfg.max_steps / (peak * ASSUMED_MFU) / 60
+        lines.append(f"    this CPU: {peak / 1e9:.0f} GFLOP/s on a matmul ({torch.get_num_threads()} threads), "
+                     f"{minutes:.1f} min at {ASSUMED_MFU:.0%} of it")
     return "\n".join(lines), {"params": total, "active_params": active, "trained_params": trained,
-                              "memory": memory, "tokens_per_step": tokens_step, "flops_per_step": flops_step}
+                              "memory": memory, "tokens_per_step": tokens_step,
+                              "flops_per_step": flops_step}
 
 
 def dry_run(cfg):

@@ -44,25 +44,26 @@ def randomise_adapters(model, seed=2):
 
 
 @pytest.mark.parametrize("kind", ["minimind", "gpt", "moe"])
-def test_step_zero_is_the_base_model_exactly(kind):
+@pytest.mark.parametrize("embeddings", [False, True])
+def test_step_zero_is_the_base_model_exactly(kind, embeddings):
     model = tiny(kind).eval()
     with torch.no_grad():
         before = model(ids())[0]
-    names = train.add_lora(model, rank=4, alpha=8, targets="all")
+    names = train.add_lora(model, rank=4, alpha=8, targets="all", embeddings=embeddings)
     with torch.no_grad():
         after = model(ids())[0]
     assert torch.equal(after, before)  # B = 0: not close, equal
-    expected = 2 * (7 if kind != "gpt" else 4) * (3 if kind == "moe" else 1)
-    if kind == "moe":
-        expected = 2 * (4 + 3 * 3)  # q, k, v, o and every expert's gate/up/down (not the router)
-    assert len(names) == expected
-    assert not any(n.endswith("lm_head") or n.endswith("mlp.gate") for n in names)
+    per_block = {"minimind": 7, "gpt": 4, "moe": 4 + 3 * 3}[kind]  # MoE: q, k, v, o, 3 experts' MLPs
+    assert len(names) == 2 * per_block + (2 if embeddings else 0)
+    assert not any(n.endswith("mlp.gate") for n in names)  # the router is not adapted
+    assert any(n.endswith("lm_head") for n in names) == embeddings
 
 
 @pytest.mark.parametrize("kind", ["minimind", "gpt"])
-def test_merged_equals_unmerged(kind):
+@pytest.mark.parametrize("embeddings", [False, True])
+def test_merged_equals_unmerged(kind, embeddings):
     model = tiny(kind).eval()
-    train.add_lora(model, rank=4, alpha=8)
+    train.add_lora(model, rank=4, alpha=8, embeddings=embeddings)
     randomise_adapters(model)
     with torch.no_grad():
         lora_logits = model(ids())[0]
@@ -75,12 +76,24 @@ def test_merged_equals_unmerged(kind):
         assert not any(isinstance(m, train.LoRALinear) for m in model.modules())
         assert (model(ids())[0] - lora_logits).abs().max() <= 1e-5
     assert set(model.state_dict()) == set(plain.state_dict())
+    token_embedding = model.embed_tokens if kind == "minimind" else model.transformer.wte
+    assert token_embedding.weight is model.lm_head.weight  # still one tied matrix
+
+
+def test_tied_embedding_and_head_share_one_adapter():
+    model = tiny("minimind")
+    train.add_lora(model, rank=4, alpha=8, embeddings=True)
+    assert model.embed_tokens.lora_B is model.lm_head.lora_B and model.embed_tokens.weight is model.lm_head.weight
+    randomise_adapters(model)
+    merged = train.merged_state_dict(model)
+    assert torch.equal(merged["embed_tokens.weight"], merged["lm_head.weight"])
+    assert not merged["embed_tokens.weight"].equal(tiny("minimind").embed_tokens.weight)
 
 
 def test_adapters_off_is_the_base_model():
     base = tiny("minimind").eval()
     model = tiny("minimind").eval()
-    train.add_lora(model, rank=4, alpha=8, dropout=0.2)
+    train.add_lora(model, rank=4, alpha=8, dropout=0.2, embeddings=True)
     randomise_adapters(model)
     with torch.no_grad(), train.adapters_off(model):
         off = model(ids())[0]
@@ -163,7 +176,7 @@ def test_lora_run_resumes_bit_for_bit_and_writes_a_plain_run(tmp_path, pretraine
     # model.pt is an ordinary run: merged weights, no adapter tensors, opened by load_run
     model, _, payload = train.load_run(tmp_path / "straight")
     assert not any("lora" in k for k in a["model"])
-    assert payload["lora"] == {"rank": 4, "alpha": 8.0, "dropout": 0.1, "targets": "all"}
+    assert payload["lora"] == {"rank": 4, "alpha": 8.0, "dropout": 0.1, "targets": "all", "embeddings": False}
     assert payload["base"]["run"] == str(pretrained_run)
     init = rundir.read_model_file(pretrained_run)["model"]
     assert not torch.equal(a["model"]["layers.0.self_attn.q_proj.weight"], init["layers.0.self_attn.q_proj.weight"])
@@ -194,7 +207,7 @@ def test_resume_refuses_a_changed_base(tmp_path, pretrained_run):
 
 def test_saved_adapter_applies_to_its_base_and_is_refused_elsewhere(tmp_path, pretrained_run):
     out = tmp_path / "lora"
-    sft.main(lora_args(pretrained_run, chat_file(tmp_path), out, "--save-adapter"))
+    sft.main(lora_args(pretrained_run, chat_file(tmp_path), out, "--save-adapter", "--lora-embeddings"))
     adapter = out / "adapter.pt"
     payload = torch.load(adapter, weights_only=True)
     assert payload["base"]["run"] == str(pretrained_run) and payload["lora"]["rank"] == 4
