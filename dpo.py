@@ -288,7 +288,8 @@ def dpo(cfg):
     check_dpo(cfg)
     if cfg.dry_run:  # the reference: none with --precompute-ref, the same weights under LoRA
         reference = None if cfg.precompute_ref else "live" if cfg.lora_rank else "copy"
-        print(sft.dry_run(cfg, "dpo", 2, reference)[0])
+        pair_rows = lambda tok, seq_len: [row for pair in load_pairs(cfg.data, tok, seq_len)[0] for row in pair]
+        print(sft.dry_run(cfg, "dpo", 2, reference, pair_rows)[0])
         return None
     cfg = sft.settle(cfg, DPOConfig)
     with train.processes(cfg.device) as (rank, world, device):

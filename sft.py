@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 import train
-from rundir import (UserError, autocast, check_device, check_positive, load_run, option, parse_config,
-                    pick_dtype, read_saved_config, refuse_to_overwrite, run_cli)
+from rundir import (UserError, autocast, check_device, check_positive, load_run, load_tokenizer, option,
+                    parse_config, pick_dtype, read_saved_config, refuse_to_overwrite, run_cli)
 
 ROLES = ("system", "user", "assistant")
 
@@ -383,16 +383,21 @@ def settle(cfg, cls):
     return cfg
 
 
-def dry_run(cfg, stage="sft", rows=1, reference=None):
+def dry_run(cfg, stage="sft", rows=1, reference=None, load_rows=None):
     """The resource calculator for a fine-tuning run of the --init model, built on the meta device
-    (no weights are read, so it answers for any size). rows, reference: see train.training_memory
-    (dpo.py: 2 rows a pair, and its reference)."""
+    (no weights are read, so it answers for any size), with the average length of --data's rows
+    (conversations are often far shorter than the context): load_rows(tok, seq_len) -> the
+    training rows (default: SFT's). rows, reference: see train.training_memory (dpo.py: 2 rows a
+    pair, and its reference)."""
     if not (Path(cfg.init) / "model.pt").is_file():
         raise UserError(f"--init {cfg.init}: no model.pt there to size the run on")
     model = train.meta_model(cfg, None)
     seq_len = cfg.seq_len or model.context_length
+    load_rows = load_rows or (lambda tok, n: load_sft_data(cfg.data, tok, n, quiet=True)[0])
+    examples = load_rows(load_tokenizer(cfg.init), seq_len)
+    mean_len = sum(len(ids) - 1 for ids, _ in examples) / len(examples)
     title = f"{stage} --init {cfg.init}, preset {cfg.preset or '(none)'}"
-    return train.resource_report(model, cfg, seq_len, title, rows, reference)
+    return train.resource_report(model, cfg, seq_len, title, rows, reference, mean_len)
 
 
 def announce(stage, cfg, model, payload, device, dtype, what):

@@ -638,11 +638,8 @@ def adapt_model(cfg, model):
         names = add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
                          cfg.lora_embeddings)
         device = str(next(model.parameters()).device)
-        dtype = pick_dtype(device, cfg.dtype)
-        if device.startswith("cuda") and dtype != torch.float32:
-            for p in model.parameters():
-                if not p.requires_grad:
-                    p.data = p.data.to(dtype)
+        if device.startswith("cuda"):
+            keep_frozen_in(model, pick_dtype(device, cfg.dtype))
         record["lora"] = {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
                           "targets": cfg.lora_targets, "embeddings": cfg.lora_embeddings}
         record["base"] = base
@@ -652,6 +649,15 @@ def adapt_model(cfg, model):
                               f"{trained / total:.2%} of {total:,}; the others are frozen")
     model.grad_checkpoint = cfg.grad_checkpoint
     return record
+
+
+def keep_frozen_in(model, dtype):
+    """Store every frozen parameter in `dtype` (a GPU run's fp16 or bf16): a frozen weight is never
+    updated, so it needs no fp32 master copy, half the memory. The adapters stay fp32: AdamW's
+    small updates would vanish in fp16's rounding, and fp16's gradient scaler insists on fp32."""
+    for p in model.parameters():
+        if not p.requires_grad:
+            p.data = p.data.to(dtype)
 
 
 def check_lora(cfg):
@@ -1163,20 +1169,29 @@ def training_memory(model, cfg, seq_len, rows=1, reference=None):
     return memory, trained
 
 
-def resource_report(model, cfg, seq_len, title, rows=1, reference=None):
-    """Memory, FLOPs, and time and cost on common GPUs of `cfg`'s run on `model` (a meta model;
-    rows and reference: see training_memory, reference="live" for a reference forward each step
-    that costs no memory). Returns (text, figures)."""
-    total, active = model.num_params(), model.num_params(active=True)
-    memory, trained = training_memory(model, cfg, seq_len, rows, reference)
-    tokens_step = cfg.batch_size * seq_len * cfg.grad_accum * rows
+def step_flops(model, cfg, length, rows=1, reference=None):
+    """(tokens, FLOPs) of one optimizer step of `cfg`'s run on rows of `length` tokens."""
+    tokens = cfg.batch_size * length * cfg.grad_accum * rows
     # FLOPs per token: the forward pass 2N; the backward pass 2N for the activations' gradients and
     # 2N for the weights', which frozen weights skip (LoRA: ~4N in all; the adapters' own are
     # negligible). Checkpointing runs every forward twice, a live DPO reference once more: +2N each.
     # Attention itself (flops_per_token's 12 * layers * width * context) grows alike, by 4 a pass.
     passes = 3 - bool(cfg.lora_rank) + bool(cfg.grad_checkpoint) + bool(reference)
     attention = 4 * (3 + bool(cfg.grad_checkpoint) + bool(reference))
-    flops_step = (2 * passes * active + attention * model.n_layers * model.width * seq_len) * tokens_step
+    active = model.num_params(active=True)
+    return tokens, (2 * passes * active + attention * model.n_layers * model.width * length) * tokens
+
+
+def resource_report(model, cfg, seq_len, title, rows=1, reference=None, mean_len=None):
+    """Memory, FLOPs, and time and cost on common GPUs of `cfg`'s run on `model` (a meta model;
+    rows and reference: see training_memory, reference="live" for a reference forward each step
+    that costs no memory). mean_len: the average row of the data (SFT and DPO pad a batch to its
+    longest row only): compute and time follow it, memory still allows rows of seq_len.
+    Returns (text, figures)."""
+    total, active = model.num_params(), model.num_params(active=True)
+    tokens_step, flops_step = step_flops(model, cfg, round(mean_len or seq_len), rows, reference)
+    memory, trained = training_memory(model, cfg, seq_len, rows, reference)  # adds LoRA to model
+    length = f"{mean_len:.0f} on average" if mean_len else seq_len
     lines = [f"resource calculator: {title}, vocab {model.config.vocab_size}, context {seq_len}",
              f"  parameters           {total:,}" + (f" ({active:,} active per token)" if active != total else ""),
              *([f"  trained (LoRA)       {trained:,} ({trained / (total + trained):.2%}): "
@@ -1184,7 +1199,7 @@ def resource_report(model, cfg, seq_len, title, rows=1, reference=None):
              *[f"  {k:<33}{v / 2**30:8.2f} GiB" for k, v in memory.items()],
              f"  total (training)                 {sum(memory.values()) / 2**30:8.2f} GiB"
              + ("   (gradient checkpointing)" if cfg.grad_checkpoint else ""),
-             f"  tokens per step      {tokens_step:,} ({cfg.batch_size} x {seq_len} x {cfg.grad_accum} "
+             f"  tokens per step      {tokens_step:,} ({cfg.batch_size} x {length} x {cfg.grad_accum} "
              "accumulation" + (f" x {rows} rows" if rows > 1 else "") + ")",
              f"  FLOPs per step       {flops_step:.3e}   ({cfg.max_steps:,} steps: {flops_step * cfg.max_steps:.3e})",
              f"  estimated time and cost for {cfg.max_steps:,} steps at {ASSUMED_MFU:.0%} of peak "

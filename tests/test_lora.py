@@ -299,3 +299,35 @@ def test_dry_run_of_sft_and_dpo_from_the_command_line(pretrained_run):
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         assert expect in r.stdout and "T4" in r.stdout
+
+
+def test_continued_pre_training_with_lora_and_checkpointing(corpus, pretrained_run, tmp_path):
+    out = tmp_path / "more"
+    result = train.main(["--init", str(pretrained_run), "--data", str(corpus / "text.txt"), "--seq-len", "32",
+                         "--batch-size", "4", "--max-steps", "3", "--warmup-steps", "1", "--lr", "1e-2",
+                         "--eval-batches", "2", "--sample-tokens", "4", "--lora-rank", "4", "--grad-checkpoint",
+                         "--out-dir", str(out)])
+    assert math.isfinite(result["val_loss"])
+    payload, init = rundir.read_model_file(out), rundir.read_model_file(pretrained_run)
+    assert payload["stage"] == "pretrain" and payload["lora"]["rank"] == 4 and set(payload["model"]) == set(init["model"])
+    changed = {k for k in init["model"] if not torch.equal(payload["model"][k], init["model"][k])}
+    assert changed and all(k.endswith("_proj.weight") for k in changed)  # only adapted weights moved
+
+
+def test_frozen_weights_in_half_precision_adapters_in_fp32():
+    """What a GPU run in bf16/fp16 does (adapt_model), here on the CPU with bf16 autocast."""
+    model = tiny("minimind").train()
+    train.add_lora(model, rank=4, alpha=8)
+    train.keep_frozen_in(model, torch.bfloat16)
+    for name, p in model.named_parameters():
+        assert p.dtype == (torch.float32 if "lora_" in name else torch.bfloat16), name
+    opt = gpt.make_optimizer(model, 1e-2, 0.0, (0.9, 0.95))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = model(ids())
+    torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids(3).flatten()).backward()
+    opt.step()
+    assert all(p.grad.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)
+    assert model.layers[0].self_attn.q_proj.lora_B.abs().sum() > 0  # the adapters moved
+    with torch.no_grad():
+        list(model.generate([1, 2, 3], max_new_tokens=3, temperature=0))  # no autocast: still runs
+    assert all(t.dtype == torch.float32 for t in train.merged_state_dict(model).values())
