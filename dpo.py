@@ -138,10 +138,24 @@ def precompute_reference(ref, rows, pad_id, device, dtype, batch_size=32):
 
 
 def make_reference(policy):
-    """A frozen copy of the policy: eval mode (no dropout), no gradients, never updated."""
-    ref = copy.deepcopy(policy).eval()
-    ref.requires_grad_(False)
-    return ref
+    """The reference model: what the policy is before DPO changes it, in eval mode (no dropout),
+    never updated. Full fine-tuning: a frozen copy of the policy, a second copy of the weights.
+    LoRA: the policy itself with its adapters off (train.adapters_off), since the adapters are
+    all that DPO changes: one copy of the weights serves both (a function of the input ids)."""
+    if not any(isinstance(m, train.LoRALinear) for m in policy.modules()):
+        ref = copy.deepcopy(policy).eval()
+        ref.requires_grad_(False)
+        return ref
+
+    def policy_with_adapters_off(x):
+        was_training = policy.training
+        policy.eval()
+        try:
+            with torch.no_grad(), train.adapters_off(policy):
+                return policy(x)
+        finally:
+            policy.train(was_training)
+    return policy_with_adapters_off
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +238,7 @@ class DPOConfig(sft.FineTuneConfig):
     init: str = option("out/sft", "run directory to start from (an SFT run)")
     data: str = option("python-docs", "python-docs (built in) | a MiniMind DPO .jsonl")
     batch_size: int = option(16, "preference pairs per micro-batch (per process)")
-    max_steps: int = option(300, "optimizer steps")
+    max_steps: int = option(300, "optimizer steps (0: only evaluate and write the start model)")
     lr: float = option(2e-4, "peak learning rate (below SFT's)")
     warmup_steps: int = option(20, "linear warmup steps")
     eval_every: int = option(100, "steps between evaluations on held-out pairs")
@@ -249,6 +263,15 @@ PRESETS = {
     "a100": ("one A100 (bf16): models up to ~400M, full fine-tuning, frozen reference",
              dict(batch_size=32, seq_len=1024, max_steps=500, lr=1e-4, dtype="bf16", compile=True,
                   eval_every=100, save_every=250)),
+    "t4-lora": ("free Colab T4 (16 GB, fp16 + scaler): SFT runs of 135M-600M imported models, LoRA "
+                "rank 16, checkpointing; the reference is the policy with its adapters off",
+                dict(lora_rank=16, lora_alpha=32.0, batch_size=4, grad_accum=8, seq_len=512,
+                     max_steps=500, lr=5e-5, warmup_steps=20, dtype="fp16", grad_checkpoint=True,
+                     eval_every=100, save_every=250, eval_exact=100, eval_heldout=256)),
+    "cpu-lora": ("2 CPU cores, minutes: a 135M SFT run (SmolLM2-135M), LoRA rank 16, 20 steps",
+                 dict(lora_rank=16, lora_alpha=32.0, batch_size=4, seq_len=256, max_steps=20,
+                      lr=2e-4, warmup_steps=2, dtype="fp32", eval_every=1000, save_every=20,
+                      eval_exact=20, eval_heldout=32, max_new_tokens=16)),
 }
 
 
@@ -262,11 +285,16 @@ def check_dpo(cfg):
 
 
 def dpo(cfg):
-    cfg = sft.settle(cfg, DPOConfig)
     check_dpo(cfg)
+    if cfg.dry_run:  # the reference: none with --precompute-ref, the same weights under LoRA
+        reference = None if cfg.precompute_ref else "live" if cfg.lora_rank else "copy"
+        pair_rows = lambda tok, seq_len: [row for pair in load_pairs(cfg.data, tok, seq_len)[0] for row in pair]
+        print(sft.dry_run(cfg, "dpo", 2, reference, pair_rows)[0])
+        return None
+    cfg = sft.settle(cfg, DPOConfig)
     with train.processes(cfg.device) as (rank, world, device):
         torch.manual_seed(cfg.seed)
-        cfg, policy, tok, payload = sft.start(cfg, device)
+        cfg, policy, tok, payload, extra = sft.start(cfg, device)
         dtype = pick_dtype(device, cfg.dtype)
         if payload.get("stage") != "sft" and train.is_master():
             print(f"note: {cfg.init} is a {payload.get('stage', 'pretrain')} run; DPO usually starts from an SFT run")
@@ -277,14 +305,15 @@ def dpo(cfg):
                      f"{len(rows):,} training pairs, {len(held):,} held out, {len(exact)} held-out exercises; loss "
                      f"{cfg.loss}, beta {cfg.beta}" + (f", label smoothing {cfg.label_smoothing}"
                                                       if cfg.label_smoothing else ""))
-        # The reference is the --init model, copied before a resumed policy loads its later weights.
+        # The reference is the --init model: copied before a resumed policy loads its later weights,
+        # or, under LoRA, the policy with its adapters off.
         ref, pad = make_reference(policy), tok.special_tokens["<|endoftext|>"]
         held_ref = precompute_reference(ref, held, pad, device, dtype)  # for the held-out DPO loss
         ref_table = precompute_reference(ref, rows, pad, device, dtype) if cfg.precompute_ref else None
         if cfg.precompute_ref:
             ref = None  # its memory is free from here on: only the [pairs, 2] tables are kept
         stage = dpo_stage(cfg, policy, ref, ref_table, held_ref, tok, rows, held, exact, dtype)
-        return train.train_loop(cfg, policy, tok, stage, train.origin_of(cfg.init, payload))
+        return train.train_loop(cfg, policy, tok, stage, extra)
 
 
 def main(argv=None, **overrides):

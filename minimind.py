@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint  # gradient checkpointing (model.grad_checkpoint)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -367,6 +368,8 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
 
 
 class MiniMind(nn.Module):
+    grad_checkpoint = False  # True: keep only each block's input, recompute the block in backward
+
     def __init__(self, config):
         super().__init__()
         self.config = config
@@ -420,7 +423,10 @@ class MiniMind(nn.Module):
         at start_pos, and the queries attend to everything it holds up to start_pos + T.
         Returns logits [B, T, vocab_size] and loss: mean cross-entropy + the MoE auxiliary term
         (None without targets). self.aux_loss holds that auxiliary term (aux_loss_coef * the sum of
-        the layers' aux), so loss - model.aux_loss is the plain cross-entropy."""
+        the layers' aux), so loss - model.aux_loss is the plain cross-entropy.
+        With model.grad_checkpoint = True, training keeps only each block's input for the backward
+        pass and runs the block again there (gradient checkpointing): activation memory of about
+        one block instead of all of them, for about a third more compute. Gradients are the same."""
         B, T = idx.shape
         if start_pos + T > self.config.max_seq_len:
             raise ValueError(f"positions up to {start_pos + T}, but max_seq_len is {self.config.max_seq_len}")
@@ -429,7 +435,10 @@ class MiniMind(nn.Module):
         x = self.dropout(self.embed_tokens(idx))  # [B, T, dim]; no position vector: RoPE does it
         for i, layer in enumerate(self.layers):
             cache = (kv_cache.k[i], kv_cache.v[i]) if kv_cache is not None else None
-            x = layer(x, cos, sin, cache, start_pos)  # [B, T, dim]
+            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, cache, start_pos)  # [B, T, dim]
         if kv_cache is not None:
             kv_cache.length = start_pos + T
         logits = self.lm_head(self.norm(x))  # [B, T, vocab_size]

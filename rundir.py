@@ -224,11 +224,12 @@ def write_json(path, obj):
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
 
-def save_model(run_dir, model, tokenizer, extra=None):
-    """model.pt and tokenizer.json of a model: see write_model_file."""
+def save_model(run_dir, model, tokenizer, extra=None, weights=None):
+    """model.pt and tokenizer.json of a model: see write_model_file. `weights`: the state_dict to
+    write instead of the model's own (a LoRA run writes its adapters merged into the weights)."""
     model = unwrap(model)
-    write_model_file(run_dir, arch_of(model), dataclasses.asdict(model.config), model.state_dict(),
-                     tokenizer, extra)
+    write_model_file(run_dir, arch_of(model), dataclasses.asdict(model.config),
+                     model.state_dict() if weights is None else weights, tokenizer, extra)
 
 
 def write_model_file(run_dir, arch, config, state, tokenizer, extra=None):
@@ -316,25 +317,29 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir, model, tok, optimizer, scaler, step, state=None, extra=None):
+def save_checkpoint(run_dir, model, tok, optimizer, scaler, step, state=None, extra=None,
+                    weights=None):
     """model.pt and train_state.pt, both stamped with the step. The state is written in full under
     a side name first, then model.pt is replaced, then the state is renamed into place: a kill
     leaves the old pair or the new one (or, for the instant between two renames, a pair whose steps
     differ, which resume refuses). `state`: the caller's own (data position, ...); `extra`: what
     model.pt records besides the weights (the stage, which tells chat.py and eval.py whether the
-    model speaks the chat template)."""
+    model speaks the chat template); `weights`: see save_model. A LoRA run puts its trained tensors
+    in `state` as "trainable": model.pt holds them only merged into the weights."""
     state = {"step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
              "rng": rng_state(), **(state or {})}
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     side = run_dir / "train_state.pt.next"
     atomic_write(side, lambda f: torch.save(state, f))
-    save_model(run_dir, model, tok, {**(extra or {}), "step": step})
+    save_model(run_dir, model, tok, {**(extra or {}), "step": step}, weights)
     os.replace(side, run_dir / "train_state.pt")
 
 
 def load_checkpoint(run_dir, model, optimizer, scaler):
-    """Restore weights, optimizer, scaler and RNG from run_dir; return the train state dict."""
+    """Restore weights, optimizer, scaler and RNG from run_dir; return the train state dict.
+    A LoRA run restores only its trained tensors (state["trainable"]): its frozen base came from
+    the --init run, and model.pt's merged weights are for the other scripts."""
     payload = read_model_file(run_dir)
     path = Path(run_dir) / "train_state.pt"
     if not path.exists():
@@ -343,7 +348,13 @@ def load_checkpoint(run_dir, model, optimizer, scaler):
     if state["step"] != payload.get("step"):
         raise UserError(f"{run_dir}: model.pt (step {payload.get('step')}) and train_state.pt "
                         f"(step {state['step']}) disagree")
-    unwrap(model).load_state_dict(payload["model"])
+    if "trainable" in state:
+        missing, unexpected = unwrap(model).load_state_dict(state["trainable"], strict=False)
+        trained = {n for n, p in unwrap(model).named_parameters() if p.requires_grad}
+        if unexpected or trained & set(missing):
+            raise UserError(f"{path}: its trained tensors do not fit this model (LoRA flags changed?)")
+    else:
+        unwrap(model).load_state_dict(payload["model"])
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])

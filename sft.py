@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 import train
-from rundir import (UserError, autocast, check_device, check_positive, load_run, option, parse_config,
-                    pick_dtype, read_saved_config, refuse_to_overwrite, run_cli)
+from rundir import (UserError, autocast, check_device, check_positive, load_run, load_tokenizer, option,
+                    parse_config, pick_dtype, read_saved_config, refuse_to_overwrite, run_cli)
 
 ROLES = ("system", "user", "assistant")
 
@@ -351,17 +351,20 @@ class FineTuneConfig(train.LoopConfig):
     eval_exact: int = option(200, "held-out exercises for exact match (0: all)")
     eval_heldout: int = option(0, "held-out conversations (dpo.py: pairs) evaluated (0: all)")
     max_new_tokens: int = option(24, "longest generated answer in exact match")
+    dry_run: bool = option(False, "print the resource calculator for this run and exit")
 
 
 def start(cfg, device):
-    """The --init run on the device, in training mode, and --seq-len 0 set to the model's context.
-    Returns (cfg, model, tok, payload)."""
+    """The --init run on the device, in training mode, set up as the flags ask (--adapter, LoRA,
+    --grad-checkpoint: train.adapt_model), and --seq-len 0 set to the model's context.
+    Returns (cfg, model, tok, payload, extra); extra: what model.pt records about the start."""
     model, tok, payload = train.start_from(cfg.init, device, cfg.dropout)
     window = model.context_length
     if cfg.seq_len > window:
         raise UserError(f"--seq-len {cfg.seq_len}: the model in {cfg.init} takes at most {window} tokens")
     cfg = dataclasses.replace(cfg, seq_len=cfg.seq_len or window)
-    return cfg, model, tok, payload
+    extra = {**train.origin_of(cfg.init, payload), **train.adapt_model(cfg, model)}
+    return cfg, model, tok, payload, extra
 
 
 def settle(cfg, cls):
@@ -370,12 +373,31 @@ def settle(cfg, cls):
     if cfg.resume:
         keep = {k: getattr(cfg, k) for k in ("resume", "overwrite", "halt_at", "device", "out_dir")}
         cfg = read_saved_config(cls, Path(cfg.out_dir) / "config.json", keep)
-    check_positive(cfg, ("batch_size", "grad_accum", "max_steps", "save_every", "eval_every"))
-    if cfg.lr <= 0 or cfg.seq_len < 0 or not 0 <= cfg.dropout < 1:
-        raise UserError("--lr must be positive, --seq-len not negative, --dropout in [0, 1)")
+    check_positive(cfg, ("batch_size", "grad_accum", "save_every", "eval_every"))
+    if cfg.lr <= 0 or cfg.seq_len < 0 or cfg.max_steps < 0 or not 0 <= cfg.dropout < 1:
+        raise UserError("--lr must be positive, --seq-len and --max-steps not negative, "
+                        "--dropout in [0, 1)")
+    train.check_lora(cfg)
     check_device(cfg.device)
     refuse_to_overwrite(cfg)
     return cfg
+
+
+def dry_run(cfg, stage="sft", rows=1, reference=None, load_rows=None):
+    """The resource calculator for a fine-tuning run of the --init model, built on the meta device
+    (no weights are read, so it answers for any size), with the average length of --data's rows
+    (conversations are often far shorter than the context): load_rows(tok, seq_len) -> the
+    training rows (default: SFT's). rows, reference: see train.training_memory (dpo.py: 2 rows a
+    pair, and its reference)."""
+    if not (Path(cfg.init) / "model.pt").is_file():
+        raise UserError(f"--init {cfg.init}: no model.pt there to size the run on")
+    model = train.meta_model(cfg, None)
+    seq_len = cfg.seq_len or model.context_length
+    load_rows = load_rows or (lambda tok, n: load_sft_data(cfg.data, tok, n, quiet=True)[0])
+    examples = load_rows(load_tokenizer(cfg.init), seq_len)
+    mean_len = sum(len(ids) - 1 for ids, _ in examples) / len(examples)
+    title = f"{stage} --init {cfg.init}, preset {cfg.preset or '(none)'}"
+    return train.resource_report(model, cfg, seq_len, title, rows, reference, mean_len)
 
 
 def announce(stage, cfg, model, payload, device, dtype, what):
@@ -404,6 +426,15 @@ PRESETS = {
     "a100": ("one A100 (bf16): models up to ~400M, full fine-tuning",
              dict(batch_size=64, seq_len=1024, max_steps=2000, lr=3e-4, dtype="bf16", compile=True,
                   eval_every=250, save_every=500)),
+    "t4-lora": ("free Colab T4 (16 GB, fp16 + scaler): imported models of 135M-600M (SmolLM2-135M/"
+                "360M, Qwen2.5-0.5B, Qwen3-0.6B), LoRA rank 16 on every linear layer, checkpointing",
+                dict(lora_rank=16, lora_alpha=32.0, batch_size=8, grad_accum=4, seq_len=512,
+                     max_steps=1000, lr=2e-4, warmup_steps=30, dtype="fp16", grad_checkpoint=True,
+                     eval_every=250, save_every=250, eval_exact=100, eval_heldout=256)),
+    "cpu-lora": ("2 CPU cores, minutes: a 135M imported model (SmolLM2-135M), LoRA rank 16, 40 steps",
+                 dict(lora_rank=16, lora_alpha=32.0, batch_size=8, seq_len=256, max_steps=40, lr=1e-3,
+                      warmup_steps=4, dtype="fp32", eval_every=1000, save_every=20, eval_exact=20,
+                      eval_heldout=32, max_new_tokens=16)),
 }
 
 
@@ -425,10 +456,13 @@ def sft(cfg):
         show_example(tok, [{"role": "system", "content": "You are a helpful assistant."},
                            *items[0]["messages"], *items[1]["messages"]])
         return None
+    if cfg.dry_run:
+        print(dry_run(cfg)[0])
+        return None
     cfg = settle(cfg, SFTConfig)
     with train.processes(cfg.device) as (rank, world, device):
         torch.manual_seed(cfg.seed)
-        cfg, model, tok, payload = start(cfg, device)
+        cfg, model, tok, payload, extra = start(cfg, device)
         dtype = pick_dtype(device, cfg.dtype)
         rows, held, exact = load_sft_data(cfg.data, tok, cfg.seq_len)
         exact = exact[:cfg.eval_exact] if cfg.eval_exact else exact
@@ -436,7 +470,7 @@ def sft(cfg):
         announce("sft", cfg, model, payload, device, dtype,
                  f"{len(rows):,} training conversations, {len(held):,} held out, {len(exact)} held-out exercises")
         stage = sft_stage(cfg, model, tok, rows, held, exact, dtype)
-        return train.train_loop(cfg, model, tok, stage, train.origin_of(cfg.init, payload))
+        return train.train_loop(cfg, model, tok, stage, extra)
 
 
 def main(argv=None, **overrides):
