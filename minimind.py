@@ -452,6 +452,25 @@ class MiniMind(nn.Module):
             loss = loss + self.aux_loss
         return logits, loss
 
+    def prepare_decoding(self, dtype=None):
+        """Build the weights' decoding layout (section 8) in `dtype` (default: the weights' own;
+        chat.py passes its --dtype) and keep it: generate() then starts without copying weights.
+        It is rebuilt when a weight changes in place (an optimizer step, load_state_dict)."""
+        self.decode_weights = DecodeWeights(self, dtype)
+        return self.decode_weights
+
+    def decoding_weights(self):
+        """What generate() decodes with: the prepared weights while they are current; otherwise
+        a fresh copy, kept only when the caller had asked for one with prepare_decoding (so a
+        training run that samples now and then holds no second copy of its weights)."""
+        kept = self.__dict__.get("decode_weights")
+        if kept is not None and kept.version == weights_version(self):
+            return kept
+        fresh = DecodeWeights(self, kept.dtype if kept is not None else None)
+        if kept is not None:
+            self.decode_weights = fresh
+        return fresh
+
     @torch.no_grad()  # on a generator function torch turns grad off only while it runs, not between yields
     def generate(self, idx, max_new_tokens=256, temperature=1.0, top_k=None, top_p=None,
                  repetition_penalty=1.0, stop_tokens=(), seed=None, generator=None, use_cache=True):
@@ -464,42 +483,44 @@ class MiniMind(nn.Module):
         stop_tokens: ids that end generation; the stop token is yielded, then the generator returns,
         so a caller can tell "stopped" from "ran out of max_new_tokens".
         seed or generator: make sampling reproducible (a seed makes a fresh torch.Generator).
-        use_cache=False runs the whole window through the model for every token: the slow
-        reference that the cached path must match, and the baseline of the benchmark.
+        use_cache=False runs the whole window through forward() for every token: the slow
+        reference that the fast path must match, and the baseline of the benchmark.
 
-        The prompt is run once (prefill), filling the KV cache; then each step runs only the newest
-        token. The context window is max_seq_len tokens: when it is full, the oldest tokens are
-        dropped, the most recent max_seq_len // 2 kept, and the cache is refilled from them (RoPE
-        positions change, so old keys cannot be reused). Both paths crop identically, so greedy
-        output is the same token for token. The model is in eval mode meanwhile, then restored."""
+        use_cache=True decodes with section 8's Decoder: the prompt is run once (prefill), filling
+        the KV cache; then each step runs only the newest token. The context window is max_seq_len
+        tokens: when it is full, the oldest tokens are dropped, the most recent max_seq_len // 2
+        kept, and the cache is refilled from them (RoPE positions change, so old keys cannot be
+        reused). Both paths crop identically, so greedy output is the same token for token. The
+        model is in eval mode meanwhile, then restored."""
         if torch.is_tensor(idx) and idx.dim() == 2 and idx.size(0) != 1:
             raise ValueError("generate takes one sequence: a list, a 1-D tensor or a [1, T] tensor")
         tokens = idx.reshape(-1).tolist() if torch.is_tensor(idx) else [int(t) for t in idx]
         stop_tokens = set(stop_tokens or ())
         if not tokens:
             raise ValueError("generate needs a prompt of at least one token")
-        device, window = self.embed_tokens.weight.device, self.config.max_seq_len
+        device, window = self.rope_cos.device, self.config.max_seq_len
         keep = max(1, window // 2)
         if seed is not None:
             generator = torch.Generator(device=device).manual_seed(seed)
         seen = torch.zeros(self.config.vocab_size, dtype=torch.bool, device=device)
         seen[torch.tensor(tokens, device=device)] = True
         start = max(0, len(tokens) - window)  # index in tokens of the first token in the window
-        cache = self.new_kv_cache(1) if use_cache else None
-        pos = 0  # tokens of the window already in the cache
+        decoder = Decoder(self) if use_cache else None
         was_training = self.training
         self.eval()
         try:
-            for _ in range(max_new_tokens):
+            for i in range(max_new_tokens):
                 if len(tokens) - start > window:  # window full: keep the most recent `keep` tokens
-                    start, pos = len(tokens) - keep, 0
-                if use_cache:  # run what the cache lacks: the whole window after a crop, else one token
-                    new = torch.tensor([tokens[start + pos:]], device=device)  # [1, T_new]
-                    logits, _ = self(new, kv_cache=cache, start_pos=pos)
-                    pos = len(tokens) - start
-                else:
-                    logits, _ = self(torch.tensor([tokens[start:]], device=device))
-                logits = logits[0, -1].float()  # [V]: the prediction for the next token
+                    start = len(tokens) - keep
+                    if use_cache:  # refill all but the newest, which the step below adds
+                        decoder.refill(0, tokens[start:-1])
+                if not use_cache:
+                    logits = self(torch.tensor([tokens[start:]], device=device))[0][0, -1]
+                elif i == 0:  # prefill: the prompt in one pass
+                    logits = decoder.add(tokens[start:])
+                else:  # one cached step for the newest token
+                    logits = decoder.step([tokens[-1]])[0]
+                logits = logits.float()  # [V]: the prediction for the next token
                 if repetition_penalty != 1.0:
                     penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
                     logits = torch.where(seen, penalised, logits)
@@ -514,7 +535,254 @@ class MiniMind(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# 8. Costs: FLOPs per token and the size table
+# 8. Fast decoding: the same arithmetic, arranged for one new token at a time
+#
+# Generating runs the model on one new token per step, so every weight matrix does a single
+# matrix-vector product: 2 FLOPs per weight read. The CPU's arithmetic then waits on memory, and a
+# step costs (bytes of weights) / (memory bandwidth) plus (number of small tensor ops) x (a few
+# microseconds each). The plain forward above is written to be read: on minimind2-small it runs
+# about 90 small ops per block besides the 7 matmuls. The decoding path below computes the same
+# function with the choices that measured fastest on a CPU (tests/benchmarks/bench_decode.py):
+#
+#   * weights transposed to [in, out]: x @ w_t reads each row of w_t once, in order; on torch's
+#     CPU build (MKL) that is 1.1-1.4x faster than nn.Linear's x @ w.T for one row of x
+#   * fused matrices: q, k and v are one matmul, gate and up another (7 matmuls a block become 4,
+#     each reading a longer run of memory)
+#   * 16-bit weights where the device has a kernel for them (FastLinear): half the bytes to read
+#   * ~20 tensor ops a block, no nn.Module calls, tables (RoPE, masks) built once per step
+#   * a KV cache with one row per sequence and a position per row, so one step can advance
+#     several sequences at once: the HTTP server's batch (chat.py)
+#
+# The plain path stays the reference: generate(use_cache=False) runs forward() on the whole window
+# with hand-written attention available; the tests check that both paths pick the same tokens.
+
+
+def fbgemm_fp16_ok():
+    """Does this torch have fbgemm's fp16-weight matmul (x86 builds do; ARM ones do not)?"""
+    try:
+        w = torch.zeros(16, 16)
+        torch.ops.quantized.linear_dynamic_fp16(torch.zeros(1, 16),
+                                                torch.ops.quantized.linear_prepack_fp16(w, None))
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+HAS_FBGEMM_FP16 = fbgemm_fp16_ok()
+
+
+class FastLinear:
+    """y = x @ w.T + b for float32 activations x [N, in] -> [N, out], with w kept the way the
+    device reads it fastest for a few rows of x at a time:
+
+      float32  w transposed to [in, out], contiguous (see the list above)
+      float16  on a CPU, fbgemm's kernel (torch.ops.quantized.linear_dynamic_fp16): fp16 weights,
+               converted to fp32 inside the kernel, fp32 activations and sums. Half the bytes of
+               fp32 and nothing lost on the activations. Elsewhere: x cast to fp16, torch's matmul.
+      bfloat16 x cast to bf16, torch's matmul (fast on GPUs and on CPUs with bf16 instructions;
+               on AVX2-only CPUs slower than fp32, which is why it is not the CPU default)"""
+
+    def __init__(self, weight, bias=None, dtype=torch.float32):
+        weight = weight.detach()
+        self.bias = None if bias is None else bias.detach().float()
+        self.packed = self.w_t = self.w = None
+        if dtype == torch.float16 and weight.device.type == "cpu" and HAS_FBGEMM_FP16:
+            self.packed = torch.ops.quantized.linear_prepack_fp16(weight.float(), self.bias)
+        elif dtype == torch.float32:
+            self.w_t = weight.float().t().contiguous()  # [in, out]
+        else:
+            self.w = weight.to(dtype).contiguous()  # [out, in]
+
+    def __call__(self, x):
+        if self.packed is not None:
+            return torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
+        if self.w_t is not None:
+            return x @ self.w_t if self.bias is None else torch.addmm(self.bias, x, self.w_t)
+        y = F.linear(x.to(self.w.dtype), self.w).float()
+        return y if self.bias is None else y + self.bias
+
+
+class Concat:
+    """Layers of some other kind (a LoRA wrapper, say) that know no fused form: each is called as
+    it is, and their outputs are put side by side as a fused matmul's would be."""
+
+    def __init__(self, layers):
+        self.layers = layers
+
+    def __call__(self, x):
+        return torch.cat([layer(x).float() for layer in self.layers], dim=-1)
+
+
+def fuse_linears(layers, dtype):
+    """One matmul for several layers that read the same input (q, k, v; gate, up), their outputs
+    side by side. nn.Linear layers are concatenated here; another layer class can bring its own
+    fused form as a `for_decoding(layers, dtype)` method (quantize.py's int8 layers do)."""
+    if all(type(layer) is nn.Linear for layer in layers):
+        bias = [layer.bias for layer in layers]
+        bias = None if bias[0] is None else torch.cat(bias)
+        return FastLinear(torch.cat([layer.weight for layer in layers]), bias, dtype)
+    if hasattr(layers[0], "for_decoding") and all(type(x) is type(layers[0]) for x in layers):
+        return layers[0].for_decoding(layers, dtype)
+    return Concat(layers)
+
+
+def weights_version(model):
+    """Changes whenever a weight does: every tensor counts its in-place changes (an optimizer step,
+    load_state_dict) in ._version, and replacing one (model.to, model.half) moves its data_ptr."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
+class DecodeWeights:
+    """A MiniMind's weights rearranged for decoding (see the list at the top of this section):
+    fused and laid out by fuse_linears in `dtype`; norms, RoPE tables and activations in fp32."""
+
+    def __init__(self, model, dtype=None):
+        cfg = model.config
+        self.dtype = dtype or model.norm.weight.dtype  # (the embedding may be an int8 table)
+        self.version = weights_version(model)
+        self.embed, self.norm = model.embed_tokens, model.norm.weight.detach().float()
+        self.head = fuse_linears([model.lm_head], self.dtype)
+        self.cos = model.rope_cos
+        # RoPE's rotate_half(x) * sin equals x.roll(hd/2) * (sin with its first half negated):
+        # [-x2, x1] is [x2, x1] with a sign on the first half. One roll instead of chunk+neg+cat.
+        half = cfg.head_dim // 2
+        self.sin = torch.cat([-model.rope_sin[:, :half], model.rope_sin[:, half:]], dim=-1)
+        self.layers = [self.block(b, cfg) for b in model.layers]
+
+    def block(self, b, cfg):
+        a, qk_norm = b.self_attn, None
+        if cfg.qk_norm:  # one [H + H_kv, hd] table: q's heads, then k's, normalised in one go
+            qk_norm = torch.cat([a.q_norm.weight.detach().float().expand(cfg.n_heads, -1),
+                                 a.k_norm.weight.detach().float().expand(cfg.n_kv_heads, -1)])
+        dense = isinstance(b.mlp, FeedForward)
+        mlp = b.mlp
+        return dict(norm1=b.input_layernorm.weight.detach().float(), qk_norm=qk_norm,
+                    qkv=fuse_linears([a.q_proj, a.k_proj, a.v_proj], self.dtype),
+                    o=fuse_linears([a.o_proj], self.dtype),
+                    norm2=b.post_attention_layernorm.weight.detach().float(),
+                    gate_up=fuse_linears([mlp.gate_proj, mlp.up_proj], self.dtype) if dense else None,
+                    down=fuse_linears([mlp.down_proj], self.dtype) if dense else None,
+                    moe=None if dense else mlp)  # MoE routing runs as its module does
+
+
+def rms_norm(x, weight, eps):
+    """RMSNorm's formula (section 2) on fp32 activations, without the module call."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+class Decoder:
+    """Runs a MiniMind on up to max_batch sequences, each in its own row of one fp32 KV cache.
+
+        dec = Decoder(model, max_batch=4)
+        logits = dec.add(prompt_ids)          # a new row: the prompt run at positions 0..T-1 -> [V]
+        logits = dec.step([t0, t1, ...])      # one new token for every row, each at its own
+                                              # next position -> [rows, V]
+        dec.remove(2)                         # row 2 leaves; the last row moves into its place
+
+    generate() uses one row; chat.py's server keeps a batch of rows. Rows are always 0..rows-1,
+    so a step works on a prefix of the cache (views, no copies)."""
+
+    def __init__(self, model, max_batch=1, weights=None):
+        self.cfg, self.w = model.config, weights or model.decoding_weights()
+        self.device = model.rope_cos.device
+        self.cache = KVCache(self.cfg, max_batch, self.device, torch.float32)
+        self.max_batch, self.lengths = max_batch, []  # tokens in the cache, per row
+        self.arange = torch.arange(self.cfg.max_seq_len, device=self.device)
+
+    @property
+    def rows(self):
+        return len(self.lengths)
+
+    def add(self, ids):
+        if self.rows == self.max_batch:
+            raise ValueError(f"all {self.max_batch} rows are in use")
+        self.lengths.append(0)
+        return self.refill(self.rows - 1, ids)
+
+    @torch.no_grad()
+    def refill(self, row, ids):
+        """Start `row` again with ids at positions 0..T-1 (a new prompt, or the window after a
+        crop); returns the logits for the token that follows them, [V] (None for no ids)."""
+        T = len(ids)
+        if T > self.cfg.max_seq_len:
+            raise ValueError(f"{T} tokens; a row holds at most {self.cfg.max_seq_len}")
+        self.lengths[row] = 0
+        if T == 0:
+            return None
+        idx = torch.tensor(ids, device=self.device)  # [T]
+        cos, sin = self.w.cos[:T, None], self.w.sin[:T, None]  # [T, 1, hd]: every head alike
+        logits = self.run(idx, cos, sin, row=row)
+        self.lengths[row] = T
+        return logits[0]
+
+    @torch.no_grad()
+    def step(self, tokens):
+        """One token for each row (row i's goes at position lengths[i]) -> logits [rows, V]."""
+        B = self.rows
+        if len(tokens) != B:
+            raise ValueError(f"{len(tokens)} tokens for {B} rows")
+        if max(self.lengths) >= self.cfg.max_seq_len:
+            raise ValueError("a row is full; refill it with a shorter window first")
+        pos = torch.tensor(self.lengths, device=self.device)  # [B]
+        cos, sin = self.w.cos[pos, None, None], self.w.sin[pos, None, None]  # [B, 1, 1, hd]
+        logits = self.run(torch.tensor(tokens, device=self.device), cos, sin, pos=pos)
+        self.lengths = [n + 1 for n in self.lengths]
+        return logits
+
+    def remove(self, row):
+        """Drop `row`: the last row's cache moves into its place (one copy), so the rows in use
+        stay 0..rows-1."""
+        last = self.rows - 1
+        if row != last:
+            n = self.lengths[last]
+            for buf in self.cache.k + self.cache.v:
+                buf[row, :, :n] = buf[last, :, :n]
+            self.lengths[row] = n
+        self.lengths.pop()
+
+    def run(self, idx, cos, sin, row=None, pos=None):
+        """The model on new tokens: a prompt of T tokens for one row (row=, at positions 0..T-1),
+        or one token for each of B rows (pos=, their positions). Returns the logits after the
+        last token of each row, [1 or B, V]."""
+        cfg, w = self.cfg, self.w
+        H, H_kv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        B, T = (1, idx.numel()) if row is not None else (idx.numel(), 1)
+        if row is None:  # row b sees its own keys, positions 0..pos[b]; one row sees them all
+            n_keys = max(self.lengths) + 1
+            mask = (self.arange[:n_keys] <= pos[:, None])[:, None, None, :] if B > 1 else None
+        x = self.w.embed(idx).float().view(B * T, cfg.dim)  # [N, dim], N = B*T
+        for i, layer in enumerate(w.layers):
+            k_buf, v_buf = self.cache.k[i], self.cache.v[i]  # [max_batch, H_kv, max_seq_len, hd]
+            qkv = layer["qkv"](rms_norm(x, layer["norm1"], cfg.norm_eps))  # [N, (H + 2 H_kv) hd]
+            qk = qkv[:, :(H + H_kv) * hd].view(B, T, H + H_kv, hd)  # q's heads, then k's
+            if layer["qk_norm"] is not None:
+                qk = rms_norm(qk, layer["qk_norm"], cfg.norm_eps)
+            qk = torch.addcmul(qk * cos, qk.roll(hd // 2, -1), sin)  # RoPE, q and k at once
+            q = qk[:, :, :H].transpose(1, 2)  # [B, H, T, hd]
+            k = qk[:, :, H:].transpose(1, 2)  # [B, H_kv, T, hd]
+            v = qkv[:, (H + H_kv) * hd:].view(B, T, H_kv, hd).transpose(1, 2)  # [B, H_kv, T, hd]
+            if row is not None:  # a prompt: store its keys and values, attend causally among them
+                k_buf[row, :, :T], v_buf[row, :, :T] = k[0], v[0]
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=H != H_kv)
+            else:  # one token per row: store it at the row's position, attend to the row's cache
+                rows = self.arange[:B]
+                k_buf[rows, :, pos], v_buf[rows, :, pos] = k[:, :, 0], v[:, :, 0]
+                keys, values = k_buf[:B, :, :n_keys], v_buf[:B, :, :n_keys]  # [B, H_kv, L, hd]
+                y = F.scaled_dot_product_attention(q, keys, values, mask, enable_gqa=H != H_kv)
+            x = x + layer["o"](y.transpose(1, 2).reshape(B * T, H * hd))  # [N, dim]
+            h = rms_norm(x, layer["norm2"], cfg.norm_eps)
+            if layer["moe"] is not None:
+                x = x + layer["moe"](h.view(B, T, cfg.dim)).view(B * T, cfg.dim).float()
+            else:
+                gate, up = layer["gate_up"](h).chunk(2, dim=-1)  # [N, hidden] each
+                x = x + layer["down"](F.silu(gate) * up)
+        last = x.view(B, T, cfg.dim)[:, -1]  # only the last position's logits are needed
+        return w.head(rms_norm(last, w.norm, cfg.norm_eps))  # [B, V]
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. Costs: FLOPs per token and the size table
 
 
 def flops_per_token(config, seq_len=None):

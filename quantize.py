@@ -17,6 +17,7 @@ INT8 run directory (rundir.load_run opens it again, with prepare_int8_skeleton) 
 Imports: rundir.py (run directories, flags, errors) and train.py (the validation text and its
 perplexity, as train.py measures it).
 """
+import functools
 import os
 import shutil
 import types
@@ -75,10 +76,19 @@ def dequantize(q, scale):
 # ---------------------------------------------------------------------------------------------
 # The fast CPU path: torch's weight-only int8 matmul, y = x @ q^T * scales, which reads the int8
 # weight directly (4x less memory traffic than fp32, and decoding one token at a time is bound by
-# memory traffic). On torch 2.13 for CPU it is fast with bfloat16 activations (about 2x an fp32
-# nn.Linear for one token) but slow with fp32 ones, and it needs in_features to be a multiple of
-# 16 (other sizes crash or give garbage), so it is used only where those hold. Activations lose a
-# little precision in bf16 (8 bits of mantissa); the tests bound the difference to the reference.
+# memory traffic). It needs in_features to be a multiple of 16 (other sizes crash or give
+# garbage), so it is used only there. Why this kernel, of those torch 2.13 offers on a CPU
+# (measured by tests/benchmarks/bench_decode.py --kernels, minimind2-small, one thread):
+#
+#   _weight_int8pack_mm, bf16 activations   the fastest that is accurate: 99-100% of greedy
+#                                           tokens equal to the reference path's, ~1.7x fp32 decoding
+#   _weight_int8pack_mm, fp32 activations   accurate, but ~10x slower than with bf16 (no fast kernel)
+#   quantized.linear_dynamic (fbgemm, what  ~10% faster still, but it rounds the activations to
+#   quantize_dynamic uses)                  7 bits too: only ~98.7% of tokens agree on a trained model
+#   _int_mm (int8 x int8 -> int32)          needs quantized activations too, and is slow for one row
+#
+# Activations lose a little precision in bf16 (8 bits of mantissa); the tests bound the difference
+# to the reference path.
 HAS_INT8_KERNEL = hasattr(torch, "_weight_int8pack_mm")
 
 
@@ -92,13 +102,26 @@ def int8_linear(x, q, scale, bias=None, fast=True):
     0.4%, the same way for a whole channel)."""
     if fast and HAS_INT8_KERNEL and x.device.type == "cpu" and q.size(1) % 16 == 0:
         x2 = x.reshape(-1, x.size(-1)).to(torch.bfloat16).contiguous()           # [M, K]
-        ones = torch.ones(q.size(0), dtype=torch.bfloat16)                        # [N]
-        y = torch._weight_int8pack_mm(x2, q, ones).float() * scale                 # [M, N]
+        y = torch._weight_int8pack_mm(x2, q, unit_scales(q.size(0))) * scale      # [M, N], fp32
         y = y.reshape(*x.shape[:-1], q.size(0))                                   # [..., N]
         if bias is not None:
             y = y + bias.float()
         return y.to(x.dtype)
     return F.linear(x, dequantize(q, scale).to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+@functools.lru_cache(maxsize=64)
+def unit_scales(n):
+    """n ones in bf16: the kernel's own scales, made once per size instead of once per call."""
+    return torch.ones(n, dtype=torch.bfloat16)
+
+
+def int8_for_decoding(layers, q, scale, bias):
+    """minimind's decoding path fuses the layers that read one input (q, k, v; gate, up): their
+    int8 rows stacked into one matrix, one int8_linear call. The float `dtype` it asks for does not
+    apply: these weights stay int8."""
+    fast = all(layer.fast for layer in layers)  # read now: set_fast after this does not reach it
+    return functools.partial(int8_linear, q=q, scale=scale, bias=bias, fast=fast)
 
 
 class QuantizedLinear(nn.Module):
@@ -124,6 +147,13 @@ class QuantizedLinear(nn.Module):
     def forward(self, x):
         return int8_linear(x, self.weight_int8, self.scale, self.bias, self.fast)
 
+    @staticmethod
+    def for_decoding(layers, dtype):
+        """The fused form minimind.fuse_linears asks for (see int8_for_decoding)."""
+        bias = None if layers[0].bias is None else torch.cat([layer.bias.detach() for layer in layers])
+        return int8_for_decoding(layers, torch.cat([layer.weight_int8 for layer in layers]),
+                                 torch.cat([layer.scale for layer in layers]), bias)
+
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
 
@@ -147,7 +177,7 @@ class QuantizedEmbedding(nn.Module):
 
     @property
     def weight(self):
-        """The dequantized float table. minimind.generate and new_kv_cache read embed_tokens.weight
+        """The dequantized float table. minimind.new_kv_cache reads embed_tokens.weight
         (for its device and dtype, once per call), so the quantized table answers with its float view."""
         return dequantize(self.weight_int8, self.scale)
 
@@ -166,6 +196,9 @@ class TiedQuantizedHead(nn.Module):
 
     def forward(self, x):
         return int8_linear(x, self.embedding.weight_int8, self.embedding.scale, None, self.fast)
+
+    def for_decoding(self, layers, dtype):
+        return int8_for_decoding(layers, self.embedding.weight_int8, self.embedding.scale, None)
 
 
 # ---------------------------------------------------------------------------------------------
