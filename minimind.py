@@ -366,6 +366,14 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def penalise_repeats(logits, seen, penalty):
+    """CTRL's repetition penalty on logits [V]: where seen [V] is True, a positive logit is divided
+    by penalty and a negative one multiplied, so penalty > 1 makes those tokens less likely."""
+    if penalty == 1.0:
+        return logits
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
 class MiniMind(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -520,10 +528,7 @@ class MiniMind(nn.Module):
                     logits = decoder.add(tokens[start:])
                 else:  # one cached step for the newest token
                     logits = decoder.step([tokens[-1]])[0]
-                logits = logits.float()  # [V]: the prediction for the next token
-                if repetition_penalty != 1.0:
-                    penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
-                    logits = torch.where(seen, penalised, logits)
+                logits = penalise_repeats(logits.float(), seen, repetition_penalty)  # [V]: the next token's
                 token = sample_next(logits, temperature, top_k, top_p, generator)
                 yield token
                 if token in stop_tokens:
