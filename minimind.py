@@ -648,11 +648,16 @@ class DecodeWeights:
         self.version = weights_version(model)
         self.embed, self.norm = model.embed_tokens, model.norm.weight.detach().float()
         self.head = fuse_linears([model.lm_head], self.dtype)
-        self.cos = model.rope_cos
-        # RoPE's rotate_half(x) * sin equals x.roll(hd/2) * (sin with its first half negated):
-        # [-x2, x1] is [x2, x1] with a sign on the first half. One roll instead of chunk+neg+cat.
-        half = cfg.head_dim // 2
-        self.sin = torch.cat([-model.rope_sin[:, :half], model.rope_sin[:, half:]], dim=-1)
+        # RoPE tables for q, k and v at once, [max_seq_len, H + 2 H_kv, hd]: v's heads get angle 0
+        # (cos 1, sin 0), which leaves them exactly as they are, so one rotation covers the fused
+        # qkv output. rotate_half(x) * sin is x.roll(hd/2) * (sin with its first half negated):
+        # [-x2, x1] is [x2, x1] with a sign on the first half; one roll instead of chunk+neg+cat.
+        H, H_kv, half = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim // 2
+        sin = torch.cat([-model.rope_sin[:, :half], model.rope_sin[:, half:]], dim=-1)  # [L, hd]
+        rotated = lambda table, rest: torch.cat([table[:, None].expand(-1, H + H_kv, -1),
+                                                 rest[:, None].expand(-1, H_kv, -1)], dim=1)
+        self.cos = rotated(model.rope_cos, torch.ones_like(sin))
+        self.sin = rotated(sin, torch.zeros_like(sin))
         self.layers = [self.block(b, cfg) for b in model.layers]
 
     def block(self, b, cfg):
@@ -689,11 +694,14 @@ class Decoder:
     so a step works on a prefix of the cache (views, no copies)."""
 
     def __init__(self, model, max_batch=1, weights=None):
-        self.cfg, self.w = model.config, weights or model.decoding_weights()
-        self.device = model.rope_cos.device
-        self.cache = KVCache(self.cfg, max_batch, self.device, torch.float32)
+        cfg = self.cfg = model.config
+        self.w, self.device = weights or model.decoding_weights(), model.rope_cos.device
+        # The cache, one tensor a layer: [max_batch, 2 H_kv, max_seq_len, hd], keys in heads
+        # 0..H_kv-1 and values after them, as the fused qkv output has them: one write a step.
+        self.kv = [torch.zeros(max_batch, 2 * cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim,
+                               device=self.device) for _ in range(cfg.n_layers)]
         self.max_batch, self.lengths = max_batch, []  # tokens in the cache, per row
-        self.arange = torch.arange(self.cfg.max_seq_len, device=self.device)
+        self.arange = torch.arange(max(cfg.max_seq_len, 2 * cfg.n_kv_heads * max_batch), device=self.device)
 
     @property
     def rows(self):
@@ -716,22 +724,24 @@ class Decoder:
         if T == 0:
             return None
         idx = torch.tensor(ids, device=self.device)  # [T]
-        cos, sin = self.w.cos[:T, None], self.w.sin[:T, None]  # [T, 1, hd]: every head alike
-        logits = self.run(idx, cos, sin, row=row)
+        logits = self.run(idx, self.w.cos[:T], self.w.sin[:T], row=row)  # tables [T, heads, hd]
         self.lengths[row] = T
         return logits[0]
 
     @torch.no_grad()
     def step(self, tokens):
         """One token for each row (row i's goes at position lengths[i]) -> logits [rows, V]."""
-        B = self.rows
+        B, cfg = self.rows, self.cfg
         if len(tokens) != B:
             raise ValueError(f"{len(tokens)} tokens for {B} rows")
-        if max(self.lengths) >= self.cfg.max_seq_len:
+        if max(self.lengths) >= cfg.max_seq_len:
             raise ValueError("a row is full; refill it with a shorter window first")
         pos = torch.tensor(self.lengths, device=self.device)  # [B]
-        cos, sin = self.w.cos[pos, None, None], self.w.sin[pos, None, None]  # [B, 1, 1, hd]
-        logits = self.run(torch.tensor(tokens, device=self.device), cos, sin, pos=pos)
+        # Where each row's new keys and values go in a layer's cache seen as [rows*2H_kv*L, hd]:
+        # row b, head j, position p is entry (b * 2H_kv + j) * L + p. Worked out once a step.
+        slots = (self.arange[:B * 2 * cfg.n_kv_heads] * cfg.max_seq_len).view(B, -1) + pos[:, None]
+        logits = self.run(torch.tensor(tokens, device=self.device), self.w.cos[pos, None], self.w.sin[pos, None],
+                          pos=pos, slots=slots.view(-1))
         self.lengths = [n + 1 for n in self.lengths]
         return logits
 
@@ -741,49 +751,45 @@ class Decoder:
         last = self.rows - 1
         if row != last:
             n = self.lengths[last]
-            for buf in self.cache.k + self.cache.v:
+            for buf in self.kv:
                 buf[row, :, :n] = buf[last, :, :n]
             self.lengths[row] = n
         self.lengths.pop()
 
-    def run(self, idx, cos, sin, row=None, pos=None):
+    def run(self, idx, cos, sin, row=None, pos=None, slots=None):
         """The model on new tokens: a prompt of T tokens for one row (row=, at positions 0..T-1),
-        or one token for each of B rows (pos=, their positions). Returns the logits after the
-        last token of each row, [1 or B, V]."""
+        or one token for each of B rows (pos=, their positions; slots=, where their keys go).
+        Returns the logits after the last token of each row, [1 or B, V]."""
         cfg, w = self.cfg, self.w
-        H, H_kv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        H, H_kv, hd, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.norm_eps
         B, T = (1, idx.numel()) if row is not None else (idx.numel(), 1)
         if row is None:  # row b sees its own keys, positions 0..pos[b]; one row sees them all
             n_keys = max(self.lengths) + 1
             mask = (self.arange[:n_keys] <= pos[:, None])[:, None, None, :] if B > 1 else None
-        x = self.w.embed(idx).float().view(B * T, cfg.dim)  # [N, dim], N = B*T
-        for i, layer in enumerate(w.layers):
-            k_buf, v_buf = self.cache.k[i], self.cache.v[i]  # [max_batch, H_kv, max_seq_len, hd]
-            qkv = layer["qkv"](rms_norm(x, layer["norm1"], cfg.norm_eps))  # [N, (H + 2 H_kv) hd]
-            qk = qkv[:, :(H + H_kv) * hd].view(B, T, H + H_kv, hd)  # q's heads, then k's
+        x = w.embed(idx).float().view(B * T, cfg.dim)  # [N, dim], N = B*T
+        for layer, kv_buf in zip(w.layers, self.kv):  # kv_buf: [max_batch, 2 H_kv, max_seq_len, hd]
+            qkv = layer["qkv"](rms_norm(x, layer["norm1"], eps)).view(B, T, H + 2 * H_kv, hd)
             if layer["qk_norm"] is not None:
-                qk = rms_norm(qk, layer["qk_norm"], cfg.norm_eps)
-            qk = torch.addcmul(qk * cos, qk.roll(hd // 2, -1), sin)  # RoPE, q and k at once
-            q = qk[:, :, :H].transpose(1, 2)  # [B, H, T, hd]
-            k = qk[:, :, H:].transpose(1, 2)  # [B, H_kv, T, hd]
-            v = qkv[:, (H + H_kv) * hd:].view(B, T, H_kv, hd).transpose(1, 2)  # [B, H_kv, T, hd]
+                qkv[:, :, :H + H_kv] = rms_norm(qkv[:, :, :H + H_kv], layer["qk_norm"], eps)
+            qkv = torch.addcmul(qkv * cos, qkv.roll(hd // 2, -1), sin)  # RoPE on q and k; v as is
+            q, kv = qkv[:, :, :H].transpose(1, 2), qkv[:, :, H:].transpose(1, 2)  # [B, heads, T, hd]
             if row is not None:  # a prompt: store its keys and values, attend causally among them
-                k_buf[row, :, :T], v_buf[row, :, :T] = k[0], v[0]
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=H != H_kv)
+                kv_buf[row, :, :T] = kv[0]
+                y = F.scaled_dot_product_attention(q, kv[:, :H_kv], kv[:, H_kv:], is_causal=T > 1,
+                                                   enable_gqa=H != H_kv)
             else:  # one token per row: store it at the row's position, attend to the row's cache
-                rows = self.arange[:B]
-                k_buf[rows, :, pos], v_buf[rows, :, pos] = k[:, :, 0], v[:, :, 0]
-                keys, values = k_buf[:B, :, :n_keys], v_buf[:B, :, :n_keys]  # [B, H_kv, L, hd]
+                kv_buf.view(-1, hd).index_copy_(0, slots, kv.reshape(-1, hd))
+                keys, values = kv_buf[:B, :H_kv, :n_keys], kv_buf[:B, H_kv:, :n_keys]  # [B, H_kv, L, hd]
                 y = F.scaled_dot_product_attention(q, keys, values, mask, enable_gqa=H != H_kv)
             x = x + layer["o"](y.transpose(1, 2).reshape(B * T, H * hd))  # [N, dim]
-            h = rms_norm(x, layer["norm2"], cfg.norm_eps)
+            h = rms_norm(x, layer["norm2"], eps)
             if layer["moe"] is not None:
                 x = x + layer["moe"](h.view(B, T, cfg.dim)).view(B * T, cfg.dim).float()
             else:
                 gate, up = layer["gate_up"](h).chunk(2, dim=-1)  # [N, hidden] each
                 x = x + layer["down"](F.silu(gate) * up)
         last = x.view(B, T, cfg.dim)[:, -1]  # only the last position's logits are needed
-        return w.head(rms_norm(last, w.norm, cfg.norm_eps))  # [B, V]
+        return w.head(rms_norm(last, w.norm, eps))  # [B, V]
 
 
 # ----------------------------------------------------------------------------------------------
