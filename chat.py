@@ -41,7 +41,8 @@ from pathlib import Path
 import torch
 
 import minimind
-from rundir import UserError, check_device, is_chat, load_run, option, parse_config, pick_inference_dtype, run_cli
+from rundir import (UserError, check_device, is_chat, load_run, option, parse_config,
+                    pick_inference_dtype, run_cli)
 from sft import render_chat
 
 
@@ -60,10 +61,10 @@ class ChatConfig:
     max_new_tokens: int = option(256, "longest answer, in tokens")
     seed: int = option(-1, "random seed for reproducible answers (-1: different every run)")
     device: str = option("auto", "auto | cpu | cuda | mps")
-    dtype: str = option("auto", "precision of the weights while generating: auto (the fastest accurate "
-                                "one here: fp16 on x86 CPUs, bf16 on recent GPUs) | fp32 | fp16 | bf16")
+    dtype: str = option("auto", "weights' precision while generating: auto (the fastest accurate one "
+                                "here: fp16 on x86 CPUs, bf16 on recent GPUs) | fp32 | fp16 | bf16")
     serve: bool = option(False, "run the OpenAI-compatible HTTP server instead of chatting")
-    host: str = option("127.0.0.1", "server address (0.0.0.0 exposes it to your network: needs --api-key)")
+    host: str = option("127.0.0.1", "server address (0.0.0.0 exposes it to your network; needs a key)")
     port: int = option(8000, "server port (0: any free port)")
     max_body: int = option(1_000_000, "largest request body the server accepts, in bytes")
     max_batch: int = option(8, "requests the server decodes together")
@@ -80,7 +81,8 @@ def parse_args(argv=None, overrides=None):
     if cfg.temperature < 0 or not 0 < cfg.top_p <= 1 or cfg.top_k < 0 or cfg.repetition_penalty <= 0:
         raise UserError("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --repetition-penalty > 0")
     if cfg.max_new_tokens < 1 or cfg.max_body < 1 or cfg.max_batch < 1 or cfg.max_queue < 0:
-        raise UserError("--max-new-tokens, --max-body and --max-batch must be at least 1, --max-queue at least 0")
+        raise UserError("--max-new-tokens, --max-body and --max-batch must be at least 1, "
+                        "--max-queue at least 0")
     cfg.api_key = cfg.api_key or os.environ.get("SLM_API_KEY", "")
     return cfg
 
@@ -124,7 +126,8 @@ class Engine:
         else:
             dtype = next(self.model.parameters()).dtype
         label = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
-        return label + (" (auto: the fastest accurate precision here; --dtype to choose)" if name == "auto" else "")
+        auto = " (auto: the fastest accurate precision here; --dtype to choose)"
+        return label + (auto if name == "auto" else "")
 
     def describe(self):
         mode = ("chat mode (ChatML template, multi-turn)" if self.chat
@@ -188,7 +191,8 @@ class Answer:
     def stream(self):
         tok = self.engine.tok
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        tokens = self.tokens or self.engine.tokens(self.ids, self.max_new_tokens, self.generator, **self.sampling)
+        tokens = self.tokens or self.engine.tokens(self.ids, self.max_new_tokens, self.generator,
+                                                   **self.sampling)
         shown = 0  # characters of self.text already yielded
         try:
             for t in tokens:
@@ -349,7 +353,8 @@ def repl(session, read=input):
 class ApiError(Exception):
     """A request the server refuses: an HTTP status and OpenAI's error object."""
 
-    def __init__(self, status, message, param=None, code=None, kind="invalid_request_error", headers=()):
+    def __init__(self, status, message, param=None, code=None, kind="invalid_request_error",
+                 headers=()):
         super().__init__(message)
         self.status, self.body = status, {"error": {"message": message, "type": kind, "param": param, "code": code}}
         self.headers = list(headers)  # extra response headers (WWW-Authenticate, Retry-After)
@@ -458,23 +463,24 @@ class Batcher:
     advanced in turn (fair to every client, but no faster than one at a time)."""
 
     def __init__(self, engine, max_batch, max_queue, metrics):
-        self.engine, self.max_batch, self.max_queue, self.metrics = engine, max_batch, max_queue, metrics
-        self.decoder = minimind.Decoder(engine.model, max_batch) if hasattr(engine.model, "decoding_weights") \
-            else None
+        self.engine, self.metrics = engine, metrics
+        self.max_batch, self.max_queue = max_batch, max_queue
+        batched = hasattr(engine.model, "decoding_weights")  # MiniMind; GPT has no KV cache
+        self.decoder = minimind.Decoder(engine.model, max_batch) if batched else None
         self.waiting, self.active = collections.deque(), []  # active[i] is the decoder's row i
         self.cond, self.closed = threading.Condition(), False
         self.thread = threading.Thread(target=self.run, name="batcher", daemon=True)
         self.thread.start()
 
     def submit(self, ids, max_tokens, generator, sampling):
-        """Queue a request; raises the 503 ApiError when it would have to wait and the queue is full."""
+        """Queue a request; the 503 ApiError when it would have to wait and the queue is full."""
         job = Job(ids, max_tokens, generator, sampling)
         with self.cond:
             if self.closed or (len(self.waiting) >= self.max_queue
                                and len(self.active) + len(self.waiting) >= self.max_batch):
                 raise ApiError(503, f"the server is busy ({len(self.active)} requests answering, "
-                                    f"{len(self.waiting)} waiting); try again shortly", None, "overloaded",
-                               "server_error", headers=[("Retry-After", "1")])
+                                    f"{len(self.waiting)} waiting); try again shortly", None,
+                               "overloaded", "server_error", headers=[("Retry-After", "1")])
             self.waiting.append(job)
             self.cond.notify()
         return job
@@ -518,7 +524,7 @@ class Batcher:
         if self.decoder is None:
             job.stream = self.engine.tokens(job.ids, job.max_tokens, job.generator, **job.sampling)
             return self.deliver(job, next(job.stream, None))
-        job.seen = torch.zeros(self.engine.tok.vocab_size, dtype=torch.bool)
+        job.seen = torch.zeros(self.engine.tok.vocab_size, dtype=torch.bool, device=self.engine.device)
         job.seen[job.ids] = True
         self.sample(job, self.decoder.add(job.ids))
 
@@ -661,15 +667,18 @@ class Metrics:
             lines += [f'slm_requests_total{{path="{p}",status="{s}"}} {n}'
                       for (p, s), n in sorted(self.requests.items())]
             for kind in ("prompt", "completion"):
-                lines += [f"# HELP slm_{kind}_tokens_total {kind.capitalize()} tokens of answered requests.",
-                          f"# TYPE slm_{kind}_tokens_total counter", f"slm_{kind}_tokens_total {self.tokens[kind]}"]
+                name = f"slm_{kind}_tokens_total"
+                lines += [f"# HELP {name} {kind.capitalize()} tokens of answered requests.",
+                          f"# TYPE {name} counter", f"{name} {self.tokens[kind]}"]
             for name, (text, _) in self.HISTOGRAMS.items():
                 unit = "_seconds" if name == "ttft" else ""
-                lines += [f"# HELP slm_{name}{unit} {text.capitalize()}.", f"# TYPE slm_{name}{unit} histogram"]
-                lines += self.hist[name].lines(f"slm_{name}{unit}")
-        for name, text, value in (("queue_depth", "Requests waiting for a place in the batch.", len(batcher.waiting)),
-                                  ("batch_rows", "Requests being answered now.", len(batcher.active)),
-                                  ("max_batch", "The most requests answered together.", batcher.max_batch)):
+                full = f"slm_{name}{unit}"
+                lines += [f"# HELP {full} {text.capitalize()}.", f"# TYPE {full} histogram"]
+                lines += self.hist[name].lines(full)
+        gauges = (("queue_depth", "Requests waiting for a place in the batch.", len(batcher.waiting)),
+                  ("batch_rows", "Requests being answered now.", len(batcher.active)),
+                  ("max_batch", "The most requests answered together.", batcher.max_batch))
+        for name, text, value in gauges:
             lines += [f"# HELP slm_{name} {text}", f"# TYPE slm_{name} gauge", f"slm_{name} {value}"]
         return "\n".join(lines) + "\n"
 
@@ -686,8 +695,8 @@ class RequestLog:
             return
         if not self.content:
             entry = {k: v for k, v in entry.items() if k not in ("messages", "answer")}
-        line = json.dumps({"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
-                           **entry}) + "\n"
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+        line = json.dumps({"time": now, **entry}) + "\n"
         with self.lock:
             if self.where == "-":
                 sys.stderr.write(line)
@@ -727,12 +736,14 @@ class Handler(BaseHTTPRequestHandler):
         """Check the key (GET /health stays open, for load balancers' probes); returns the path."""
         self.t0, self.body_read = time.monotonic(), False
         path = self.path.split("?")[0].rstrip("/") or "/"
-        self.entry = {"client": self.client_address[0], "method": self.command, "path": path, "status": None}
+        self.entry = {"client": self.client_address[0], "method": self.command, "path": path,
+                      "status": None}
         key = self.server.app.cfg.api_key
         if key and path != "/health" and not authorized(self.headers, key):
-            message = ("no API key: send the header 'Authorization: Bearer KEY'" if "Authorization" not in
-                       self.headers else "incorrect API key")
-            raise ApiError(401, message, None, "invalid_api_key", headers=[("WWW-Authenticate", "Bearer")])
+            message = ("incorrect API key" if "Authorization" in self.headers
+                       else "no API key: send the header 'Authorization: Bearer KEY'")
+            raise ApiError(401, message, None, "invalid_api_key",
+                           headers=[("WWW-Authenticate", "Bearer")])
         return path
 
     def finish_request(self, error=None):
@@ -742,7 +753,8 @@ class Handler(BaseHTTPRequestHandler):
         if error:
             e["error"] = error
         route = e["path"] if e["path"] in ROUTES else "other"
-        app.metrics.request(route, e["status"] or 499, e.get("prompt_tokens", 0), e.get("completion_tokens", 0))
+        app.metrics.request(route, e["status"] or 499, e.get("prompt_tokens", 0),
+                            e.get("completion_tokens", 0))
         app.log.write(e)
 
     def refuse(self, e):
@@ -757,8 +769,9 @@ class Handler(BaseHTTPRequestHandler):
             if path == "/health":
                 self.send_json(200, {"status": "ok", "model": app.engine.name})
             elif path == "/v1/models":
-                self.send_json(200, {"object": "list", "data": [{"id": app.engine.name, "object": "model",
-                                                                 "created": app.started, "owned_by": "slm"}]})
+                model = {"id": app.engine.name, "object": "model", "created": app.started,
+                         "owned_by": "slm"}
+                self.send_json(200, {"object": "list", "data": [model]})
             elif path == "/metrics":
                 data = app.metrics.render(app.batcher).encode("utf-8")
                 self.send_response(200)
@@ -827,15 +840,17 @@ class Handler(BaseHTTPRequestHandler):
         self.finish_request(error)
 
     def complete(self, req):
-        """Answer a checked request: its prompt joins the batch; the answer goes back whole or as events."""
+        """Answer a checked request: its prompt joins the batch; the answer goes back whole, or as
+        events while it is written."""
         app = self.server.app
         engine = app.engine
         ids = engine.prompt_ids(req["messages"])
         self.entry.update(prompt_tokens=len(ids), stream=req["stream"], messages=req["messages"])
         if len(ids) >= engine.context:
-            raise ApiError(400, f"the prompt is {len(ids)} tokens; this model's context is {engine.context}",
-                           "messages", "context_length_exceeded")
-        job = app.batcher.submit(ids, req["max_tokens"], make_generator(engine, req["seed"]), req["sampling"])
+            raise ApiError(400, f"the prompt is {len(ids)} tokens; this model's context is "
+                                f"{engine.context}", "messages", "context_length_exceeded")
+        generator = make_generator(engine, req["seed"])
+        job = app.batcher.submit(ids, req["max_tokens"], generator, req["sampling"])
         answer = Answer(engine, ids, req["max_tokens"], stop=req["stop"], tokens=job.tokens())
         try:
             if req["stream"]:
@@ -879,7 +894,8 @@ class Handler(BaseHTTPRequestHandler):
             pieces.close()
         event({}, answer.finish_reason)
         if include_usage:
-            self.wfile.write(b"data: " + json.dumps(dict(top, choices=[], usage=usage(answer))).encode() + b"\n\n")
+            last = dict(top, choices=[], usage=usage(answer))
+            self.wfile.write(b"data: " + json.dumps(last).encode("utf-8") + b"\n\n")
         self.wfile.write(b"data: [DONE]\n\n")
 
 
@@ -895,7 +911,8 @@ class App:
         self.engine, self.cfg, self.started = engine, cfg, int(time.time())
         self.metrics = Metrics()
         self.batcher = Batcher(engine, cfg.max_batch, cfg.max_queue, self.metrics)
-        self.log = RequestLog("" if quiet and cfg.request_log == "-" else cfg.request_log, cfg.log_content)
+        where = "" if quiet and cfg.request_log == "-" else cfg.request_log
+        self.log = RequestLog(where, cfg.log_content)
 
 
 class ChatServer(ThreadingHTTPServer):

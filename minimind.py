@@ -528,7 +528,7 @@ class MiniMind(nn.Module):
                     logits = decoder.add(tokens[start:])
                 else:  # one cached step for the newest token
                     logits = decoder.step([tokens[-1]])[0]
-                logits = penalise_repeats(logits.float(), seen, repetition_penalty)  # [V]: the next token's
+                logits = penalise_repeats(logits.float(), seen, repetition_penalty)  # [V]
                 token = sample_next(logits, temperature, top_k, top_p, generator)
                 yield token
                 if token in stop_tokens:
@@ -701,7 +701,8 @@ class Decoder:
         self.kv = [torch.zeros(max_batch, 2 * cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim,
                                device=self.device) for _ in range(cfg.n_layers)]
         self.max_batch, self.lengths = max_batch, []  # tokens in the cache, per row
-        self.arange = torch.arange(max(cfg.max_seq_len, 2 * cfg.n_kv_heads * max_batch), device=self.device)
+        n = max(cfg.max_seq_len, 2 * cfg.n_kv_heads * max_batch)
+        self.arange = torch.arange(n, device=self.device)  # positions, rows: sliced, never rebuilt
 
     @property
     def rows(self):
@@ -740,8 +741,9 @@ class Decoder:
         # Where each row's new keys and values go in a layer's cache seen as [rows*2H_kv*L, hd]:
         # row b, head j, position p is entry (b * 2H_kv + j) * L + p. Worked out once a step.
         slots = (self.arange[:B * 2 * cfg.n_kv_heads] * cfg.max_seq_len).view(B, -1) + pos[:, None]
-        logits = self.run(torch.tensor(tokens, device=self.device), self.w.cos[pos, None], self.w.sin[pos, None],
-                          pos=pos, slots=slots.view(-1))
+        cos, sin = self.w.cos[pos, None], self.w.sin[pos, None]  # [B, 1, heads, hd]
+        idx = torch.tensor(tokens, device=self.device)  # [B]
+        logits = self.run(idx, cos, sin, pos=pos, slots=slots.view(-1))
         self.lengths = [n + 1 for n in self.lengths]
         return logits
 
@@ -772,16 +774,17 @@ class Decoder:
             if layer["qk_norm"] is not None:
                 qkv[:, :, :H + H_kv] = rms_norm(qkv[:, :, :H + H_kv], layer["qk_norm"], eps)
             qkv = torch.addcmul(qkv * cos, qkv.roll(hd // 2, -1), sin)  # RoPE on q and k; v as is
-            q, kv = qkv[:, :, :H].transpose(1, 2), qkv[:, :, H:].transpose(1, 2)  # [B, heads, T, hd]
+            q, kv = (t.transpose(1, 2) for t in qkv.split([H, 2 * H_kv], dim=2))  # [B, heads, T, hd]
             if row is not None:  # a prompt: store its keys and values, attend causally among them
                 kv_buf[row, :, :T] = kv[0]
                 y = F.scaled_dot_product_attention(q, kv[:, :H_kv], kv[:, H_kv:], is_causal=T > 1,
                                                    enable_gqa=H != H_kv)
             else:  # one token per row: store it at the row's position, attend to the row's cache
                 kv_buf.view(-1, hd).index_copy_(0, slots, kv.reshape(-1, hd))
-                keys, values = kv_buf[:B, :H_kv, :n_keys], kv_buf[:B, H_kv:, :n_keys]  # [B, H_kv, L, hd]
+                keys, values = kv_buf[:B, :H_kv, :n_keys], kv_buf[:B, H_kv:, :n_keys]  # [B,H_kv,L,hd]
                 y = F.scaled_dot_product_attention(q, keys, values, mask, enable_gqa=H != H_kv)
-            x = x + layer["o"](y.transpose(1, 2).reshape(B * T, H * hd))  # [N, dim]
+            y = y.view(B, H * hd) if T == 1 else y.transpose(1, 2).reshape(B * T, H * hd)  # [N, H*hd]
+            x = x + layer["o"](y)  # [N, dim]
             h = rms_norm(x, layer["norm2"], eps)
             if layer["moe"] is not None:
                 x = x + layer["moe"](h.view(B, T, cfg.dim)).view(B * T, cfg.dim).float()

@@ -150,7 +150,8 @@ class QuantizedLinear(nn.Module):
     @staticmethod
     def for_decoding(layers, dtype):
         """The fused form minimind.fuse_linears asks for (see int8_for_decoding)."""
-        bias = None if layers[0].bias is None else torch.cat([layer.bias.detach() for layer in layers])
+        bias = [layer.bias for layer in layers]
+        bias = None if bias[0] is None else torch.cat(bias).detach()
         return int8_for_decoding(layers, torch.cat([layer.weight_int8 for layer in layers]),
                                  torch.cat([layer.scale for layer in layers]), bias)
 
