@@ -24,6 +24,7 @@ import mmap
 import numbers
 import os
 import re
+import shutil
 import struct
 import urllib.parse
 from dataclasses import dataclass
@@ -32,8 +33,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import bpe
+import minimind
+import rundir
 import train
-from train import UserError
+from rundir import UserError, option
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +285,7 @@ def write_safetensors(path, tensors, metadata=None):
         f.write(raw)
         for name in names:
             f.write(tensor_bytes(tensors[name]))
-    train.atomic_write(path, write)
+    rundir.atomic_write(path, write)
 
 
 def tensor_bytes(t):
@@ -426,7 +430,7 @@ def fetch_hub_model(spec):
             files.append(file)
     files += fetch_hub_weights(model)
     text = json.dumps({"model": str(model), "files": files}, indent=2)
-    train.atomic_write(manifest, lambda f: f.write(text.encode("utf-8")))
+    rundir.atomic_write(manifest, lambda f: f.write(text.encode("utf-8")))
     return folder
 
 
@@ -686,4 +690,698 @@ class GGUFWriter:
                         bar.update(chunk.nbytes)
                     assert written == ggml_nbytes(tensor.shape, kind)
                     f.write(padding(written, self.alignment))
-        train.atomic_write(path, write)
+        rundir.atomic_write(path, write)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Architectures: config.json <-> our configs, and one table of tensor names for both ways
+#
+# A transformers directory says what it holds in config.json: "architectures" names the class,
+# the other keys its sizes. MiniMind is the Llama design (RMSNorm, rotate-half RoPE, GQA, SwiGLU)
+# and its tensor names are Llama's without the "model." prefix; Qwen2 adds biases on q, k, v;
+# Qwen3 adds an RMSNorm on every query and key head (our qk_norm) and an explicit head_dim; Qwen3's
+# mixture of experts is our MoE with no shared experts. gpt.GPT is GPT-2 with nanoGPT's names.
+#
+# A config says only what differs from the class's defaults, so reading one needs those defaults
+# (transformers' own, as of version 5). Writing one, we always write every field that matters:
+# a reader with other defaults then cannot build a different model.
+# ---------------------------------------------------------------------------------------------
+HF_ARCHS = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+            "Qwen3MoeForCausalLM": "qwen3_moe", "GPT2LMHeadModel": "gpt2"}
+HF_DEFAULTS = {  # the transformers defaults that decide the model, per family
+    "llama": dict(rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                  attention_bias=False, mlp_bias=False, hidden_act="silu", max_position_embeddings=2048),
+    "qwen2": dict(rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, hidden_act="silu",
+                  max_position_embeddings=32768),
+    "qwen3": dict(rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, head_dim=128,
+                  attention_bias=False, hidden_act="silu", max_position_embeddings=32768),
+    "qwen3_moe": dict(rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, head_dim=128,
+                      attention_bias=False, hidden_act="silu", max_position_embeddings=32768,
+                      norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[],
+                      router_aux_loss_coef=0.001),
+    "gpt2": dict(n_positions=1024, layer_norm_epsilon=1e-5, activation_function="gelu_new",
+                 tie_word_embeddings=True, n_inner=None),
+}
+GELUS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}  # GPT-2's -> nn.GELU's
+
+
+class HFConfig:
+    """config.json with its family's defaults; `get` names the field of a refusal."""
+
+    def __init__(self, config, family, where):
+        self.values, self.where = {**HF_DEFAULTS[family], **config}, where
+        rope = self.values.get("rope_parameters") or {}  # transformers 5 writes the RoPE here
+        if "rope_theta" in rope:
+            self.values["rope_theta"] = rope["rope_theta"]
+
+    def get(self, key):
+        if key not in self.values:
+            raise UserError(f"{self.where}: no {key!r}")
+        return self.values[key]
+
+    def refuse(self, key, value, why):
+        raise UserError(f"{self.where}: {key} = {json.dumps(value)} is not supported: {why}")
+
+    def require(self, key, allowed, why):
+        """Refuse unless the field's value (absent: its default) is one of `allowed`."""
+        value = self.values.get(key)
+        if value not in allowed:
+            self.refuse(key, value, why)
+
+
+def llama_family_config(hf, family, max_seq_len):
+    """A Llama / Qwen2 / Qwen3 / Qwen3-MoE config.json -> a MiniMindConfig dict, exactly, or a
+    UserError naming the field we do not model (never a silently different model)."""
+    rope = hf.values.get("rope_parameters") or {}
+    scaling = hf.values.get("rope_scaling") or ({} if rope.get("rope_type", "default") == "default" else rope)
+    if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
+        hf.refuse("rope_scaling", scaling, "RoPE scaling (long-context variants) is not modelled")
+    hf.require("hidden_act", ("silu",), "the MLP here is SwiGLU (silu)")
+    hf.require("use_sliding_window", (None, False), "sliding-window attention is not modelled")
+    if "sliding_attention" in (hf.values.get("layer_types") or []):
+        hf.refuse("layer_types", "sliding_attention", "sliding-window attention is not modelled")
+    hf.require("mlp_bias", (None, False), "the MLP here has no biases")
+    hf.require("pretraining_tp", (None, 1), "split (tensor-parallel) linear layers are not modelled")
+    hf.require("partial_rotary_factor", (None, 1, 1.0), "RoPE here turns the whole head")
+    if family == "llama":  # Llama's attention_bias puts biases on q, k, v AND o; we have q, k, v
+        hf.require("attention_bias", (False,), "biases on the attention output are not modelled")
+    elif family != "qwen2":
+        hf.require("attention_bias", (False,), "only Qwen2 has attention biases here")
+    heads = hf.get("num_attention_heads")
+    config = dict(dim=hf.get("hidden_size"), n_layers=hf.get("num_hidden_layers"), n_heads=heads,
+                  n_kv_heads=hf.values.get("num_key_value_heads") or heads,
+                  head_dim=hf.values.get("head_dim") or hf.get("hidden_size") // heads,
+                  vocab_size=hf.get("vocab_size"), rope_theta=float(hf.get("rope_theta")),
+                  norm_eps=float(hf.get("rms_norm_eps")), ffn_hidden=hf.get("intermediate_size"),
+                  max_seq_len=min(max_seq_len, hf.get("max_position_embeddings")),
+                  tie_embeddings=bool(hf.get("tie_word_embeddings")), dropout=0.0,
+                  qk_norm=family in ("qwen3", "qwen3_moe"), qkv_bias=family == "qwen2")
+    if family == "qwen3_moe":
+        config.update(moe_config(hf))
+    return config
+
+
+def moe_config(hf):
+    """Qwen3-MoE's experts -> ours: every layer sparse, no shared experts, and the routing weights
+    renormalised exactly when ours are (top_k > 1; with one expert ours keep the raw probability)."""
+    hf.require("decoder_sparse_step", (1,), "every layer here is a mixture of experts")
+    hf.require("mlp_only_layers", ([],), "every layer here is a mixture of experts")
+    top_k = hf.get("num_experts_per_tok")
+    hf.require("norm_topk_prob", (top_k > 1,), f"our router renormalises the top {top_k} weights "
+               f"exactly when top_k > 1")
+    n_experts = hf.values.get("num_experts") or hf.get("num_local_experts")  # transformers 5's name
+    return dict(n_experts=n_experts, top_k=top_k, ffn_hidden=hf.get("moe_intermediate_size"),
+                aux_loss_coef=float(hf.get("router_aux_loss_coef")))
+
+
+def gpt2_config(hf, max_seq_len):
+    """A GPT-2 config.json -> a GPTConfig dict (or a UserError naming the field)."""
+    if hf.get("activation_function") not in GELUS:
+        hf.refuse("activation_function", hf.get("activation_function"), "GELU (exact or tanh) only")
+    hf.require("n_inner", (None, 4 * hf.get("n_embd")), "the MLP here is 4 x n_embd wide")
+    hf.require("layer_norm_epsilon", (1e-5,), "nn.LayerNorm's eps here is 1e-5")
+    hf.require("tie_word_embeddings", (True,), "gpt.GPT ties its head to the embedding")
+    for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
+        hf.require(key, (None, False), "not modelled")
+    n_positions = hf.get("n_positions")
+    if max_seq_len < n_positions:
+        hf.refuse("n_positions", n_positions, f"GPT-2 learns one vector per position; --max-seq-len "
+                  f"{max_seq_len} would drop some of them (give --max-seq-len {n_positions})")
+    return dict(n_layer=hf.get("n_layer"), n_head=hf.get("n_head"), n_embd=hf.get("n_embd"),
+                block_size=n_positions, vocab_size=hf.get("vocab_size"), dropout=0.0, bias=True,
+                gelu_approximate=GELUS[hf.get("activation_function")])
+
+
+def import_config(config, where, max_seq_len):
+    """config.json (a dict) -> (family, our architecture name, our config dict)."""
+    names = config.get("architectures") or []
+    family = next((HF_ARCHS[n] for n in names if n in HF_ARCHS), None)
+    if family is None:
+        raise UserError(f"{where}: architectures = {json.dumps(names)} is not supported (this "
+                        f"project imports {', '.join(HF_ARCHS)})")
+    hf = HFConfig(config, family, where)
+    if family == "gpt2":
+        return family, "gpt", gpt2_config(hf, max_seq_len)
+    return family, "minimind", llama_family_config(hf, family, max_seq_len)
+
+
+def tensor_names(arch, config):
+    """The one table of names, both ways: [(our name, transformers' name, transposed?)] for every
+    tensor of the model. GPT-2's checkpoint stores its linear weights as Conv1D [in, out], the
+    transpose of nn.Linear's [out, in]; everything else is the same tensor under another name."""
+    if arch == "gpt":
+        names = [("transformer.wte.weight", "transformer.wte.weight", False),
+                 ("transformer.wpe.weight", "transformer.wpe.weight", False),
+                 ("transformer.ln_f.weight", "transformer.ln_f.weight", False),
+                 ("transformer.ln_f.bias", "transformer.ln_f.bias", False)]
+        for i in range(config["n_layer"]):
+            h = f"transformer.h.{i}"
+            names += [(f"{h}.{m}.{p}", f"{h}.{m}.{p}", False) for m in ("ln_1", "ln_2") for p in ("weight", "bias")]
+            for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+                names += [(f"{h}.{m}.weight", f"{h}.{m}.weight", True), (f"{h}.{m}.bias", f"{h}.{m}.bias", False)]
+        return names
+    names = [("embed_tokens.weight", "model.embed_tokens.weight", False), ("norm.weight", "model.norm.weight", False)]
+    if not config.get("tie_embeddings", True):
+        names.append(("lm_head.weight", "lm_head.weight", False))
+    for i in range(config["n_layers"]):
+        ours = [f"{i}.input_layernorm.weight", f"{i}.post_attention_layernorm.weight"]
+        ours += [f"{i}.self_attn.{p}_proj.weight" for p in "qkvo"]
+        ours += [f"{i}.self_attn.{p}_proj.bias" for p in "qkv"] if config.get("qkv_bias") else []
+        ours += [f"{i}.self_attn.{p}_norm.weight" for p in "qk"] if config.get("qk_norm") else []
+        if config.get("n_experts"):
+            ours += [f"{i}.mlp.gate.weight"] + [f"{i}.mlp.experts.{e}.{p}_proj.weight"
+                                                 for e in range(config["n_experts"]) for p in ("gate", "up", "down")]
+        else:
+            ours += [f"{i}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
+        names += [(f"layers.{n}", f"model.layers.{n}", False) for n in ours]
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Tokenizers and chat templates
+#
+# bpe.py reads and writes the `tokenizers` library's tokenizer.json (Tokenizer.from_hf, to_hf),
+# so a released tokenizer gives exactly the ids its model was trained on. Our scripts need three
+# special tokens by name: <|endoftext|> ends a document, <|im_start|> and <|im_end|> frame a chat
+# turn (ChatML). A release that lacks them (GPT-2 has only <|endoftext|>) gets them as new ids at
+# the end, and the model new embedding rows for them: the mean of the others, a neutral start.
+#
+# A release says how it wants chats written in tokenizer_config.json's "chat_template", a Jinja
+# program. When that is ChatML (SmolLM2, Qwen) the model is a chat model (stage "sft"), which
+# chat.py, eval.py and dpo.py treat as one; without a template (GPT-2, base models) it is a
+# "pretrain" run; any other template is kept in the run directory as chat_template.jinja, and
+# our scripts write ChatML all the same.
+# ---------------------------------------------------------------------------------------------
+PROJECT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+CHATML_TEMPLATE = (  # what sft.render_chat writes, as a Jinja template for transformers and llama.cpp
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+    "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% endif %}")
+
+
+def chat_template_of(folder):
+    """The release's chat template (Jinja text), or None: tokenizer_config.json's "chat_template"
+    (a string, or a list of named ones of which "default" is used), else chat_template.jinja."""
+    config = folder / "tokenizer_config.json"
+    template = read_json(config, "tokenizer_config.json").get("chat_template") if config.exists() else None
+    if isinstance(template, list):
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    if template is None and (folder / "chat_template.jinja").exists():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    return template if isinstance(template, str) else None
+
+
+def is_chatml(template):
+    return template is not None and "<|im_start|>" in template and "<|im_end|>" in template
+
+
+def import_tokenizer(folder, rows):
+    """tokenizer.json of a release -> (tokenizer, names of the special tokens added). Its ids are
+    then as many as the model's embedding rows (`rows`), or more when tokens were added: releases
+    often have spare rows (Qwen2.5: 151,936 rows for 151,665 tokens), which stay ids for nothing."""
+    try:
+        tok = bpe.Tokenizer.from_hf(folder / "tokenizer.json")
+    except bpe.UserError as e:
+        raise UserError(str(e)) from None
+    added = [name for name in PROJECT_SPECIALS if name not in tok.special_tokens]
+    if any(name in tok.added_tokens for name in added):
+        raise UserError(f"{folder / 'tokenizer.json'}: {added} are ordinary added tokens here, not special")
+    if tok.vocab_size < rows:
+        tok.reserve(rows)  # the spare rows: ids that stand for nothing, so the sizes agree
+    tok.add_special_tokens(added)
+    return tok, added
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Import: a released model -> a run directory
+# ---------------------------------------------------------------------------------------------
+# Tensors a checkpoint may hold that are not weights: GPT-2's causal-mask buffers, and the RoPE
+# frequencies older Llama checkpoints saved; both are recomputed from the config.
+IGNORED = re.compile(r".*(\.attn\.bias|\.attn\.masked_bias|rotary_emb\.inv_freq)$")
+
+
+def import_weights(weights, arch, config, where):
+    """{transformers name: tensor} -> {our name: float32 tensor}, by the one table of names; every
+    shape checked against the model the config describes, nothing missing, nothing left over.
+    Each source tensor is dropped from `weights` once converted, so a memory-mapped checkpoint
+    costs one float32 copy of the model, not two."""
+    if arch == "gpt" and "transformer.wte.weight" not in weights:  # the hub's GPT-2 has no prefix
+        weights = {k if k.startswith("lm_head") else "transformer." + k: v for k, v in weights.items()}
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in rundir.build_model(arch, config).state_dict().items()}
+    state = {}
+    for ours, theirs, transposed in tensor_names(arch, config):
+        if theirs not in weights:
+            raise UserError(f"{where}: the checkpoint has no tensor {theirs!r}")
+        t = weights.pop(theirs).to(torch.float32)
+        t = t.T.contiguous() if transposed else t
+        if t.shape != shapes[ours]:
+            raise UserError(f"{where}: {theirs} has shape {list(t.shape)}, the config says "
+                            f"{list(shapes[ours])}")
+        state[ours] = t
+    if arch == "gpt" or config.get("tie_embeddings"):
+        weights.pop("lm_head.weight", None)  # a tied head: the embedding, written twice
+    extra = [k for k in weights if not IGNORED.fullmatch(k)]
+    if extra:
+        raise UserError(f"{where}: the checkpoint has tensors this model does not: {extra[:5]}")
+    if arch == "gpt" or config.get("tie_embeddings"):  # a tied head is the embedding, under both names
+        state["lm_head.weight"] = state["transformer.wte.weight" if arch == "gpt" else "embed_tokens.weight"]
+    return state
+
+
+def grow_vocabulary(state, arch, config, rows):
+    """Give the embedding (and an untied head) rows up to `rows`, for the special tokens added:
+    each new row is the mean of the existing ones, a neutral start that fine-tuning moves."""
+    names = ["transformer.wte.weight"] if arch == "gpt" else ["embed_tokens.weight"]
+    if not config.get("tie_embeddings", True) and arch != "gpt":
+        names.append("lm_head.weight")
+    for name in names:
+        old = state[name]
+        state[name] = torch.cat([old, old.mean(0, keepdim=True).expand(rows - old.size(0), -1)])
+    if arch == "gpt" or config.get("tie_embeddings"):
+        state["lm_head.weight"] = state[names[0]]
+    config["vocab_size"] = rows
+
+
+def open_source(source):
+    """hf:OWNER/NAME[@REVISION] (fetched into the cache) or a transformers directory -> folder."""
+    if source.startswith("hf:"):
+        return fetch_hub_model(source)
+    folder = Path(source)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{source}: not a transformers directory (no config.json) or hf:OWNER/NAME")
+    return folder
+
+
+def import_model(source, out_dir, max_seq_len=2048, stage=""):
+    """A released model (hub id or transformers directory) -> a run directory. Returns its payload."""
+    folder = open_source(source)
+    config_json = read_json(folder / "config.json", "config.json")
+    family, arch, config = import_config(config_json, f"{source}: config.json", max_seq_len)
+    tok, added = import_tokenizer(folder, config["vocab_size"])
+    state = import_weights(read_weights(folder), arch, config, source)
+    if tok.vocab_size > config["vocab_size"]:
+        grow_vocabulary(state, arch, config, tok.vocab_size)
+    if arch == "gpt" and not any(state[k].any() for k in state if k.endswith(".bias")):
+        config["bias"] = False  # an exported bias-free GPT (all biases exactly 0) comes back as one
+        state = {k: v for k, v in state.items() if not k.endswith(".bias")}
+    template = chat_template_of(folder)
+    stage = stage or ("sft" if is_chatml(template) else "pretrain")
+    source_info = {"from": source, "architecture": next(iter(config_json.get("architectures", []))),
+                   "family": family, "chat_template": "chatml" if is_chatml(template) else
+                   ("other" if template else "none"), "added_tokens": added}
+    out = Path(out_dir)
+    rundir.write_model_file(out, arch, config, state, tok, {"stage": stage, "step": 0, "source": source_info})
+    if template and not is_chatml(template):
+        rundir.atomic_write(out / "chat_template.jinja", lambda f: f.write(template.encode("utf-8")))
+    return {"arch": arch, "config": config, "stage": stage, "source": source_info, "added": added,
+            "template": template}
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Export to transformers: config.json, model.safetensors, the tokenizer files, a model card
+# ---------------------------------------------------------------------------------------------
+def export_family(arch, config):
+    """Which transformers class can hold our model exactly; a UserError when none can."""
+    if arch == "gpt":
+        return "gpt2"
+    if config.get("n_experts"):
+        if config.get("n_shared_experts") or not config.get("qk_norm") or config.get("qkv_bias"):
+            raise UserError("this mixture of experts has shared experts, no QK-norm or q/k/v biases: "
+                            "Qwen3MoeForCausalLM, the one MoE class it could go to, has none of those")
+        return "qwen3_moe"
+    if config.get("qkv_bias") and config.get("qk_norm"):
+        raise UserError("q/k/v biases AND QK-norm: no transformers class has both (Qwen2 has the "
+                        "biases, Qwen3 the norms)")
+    if config.get("qkv_bias"):
+        if config["head_dim"] != config["dim"] // config["n_heads"]:
+            raise UserError("Qwen2ForCausalLM derives head_dim from dim / n_heads; this model's differs")
+        return "qwen2"
+    return "qwen3" if config.get("qk_norm") else "llama"
+
+
+def export_config(arch, config, tok):
+    """Our config -> (transformers class name, config.json dict). Every field whose default could
+    build another model is written out (tie_word_embeddings, head_dim, rope_theta, the GELU, ...)."""
+    family = export_family(arch, config)
+    name = next(n for n, f in HF_ARCHS.items() if f == family)
+    specials = tok.special_tokens
+    common = {"architectures": [name], "model_type": family, "vocab_size": config["vocab_size"],
+              "bos_token_id": specials["<|endoftext|>"], "eos_token_id": specials["<|endoftext|>"],
+              "pad_token_id": specials["<|endoftext|>"], "torch_dtype": "float32"}
+    if family == "gpt2":
+        return name, {**common, "n_embd": config["n_embd"], "n_layer": config["n_layer"],
+                      "n_head": config["n_head"], "n_positions": config["block_size"], "n_inner": None,
+                      "n_ctx": config["block_size"], "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True,
+                      "activation_function": "gelu_new" if config.get("gelu_approximate") == "tanh" else "gelu",
+                      "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+    model = minimind.MiniMindConfig(**config)  # fills what the stored config leaves to defaults
+    out = {**common, "hidden_size": model.dim, "num_hidden_layers": model.n_layers,
+           "num_attention_heads": model.n_heads, "num_key_value_heads": model.n_kv_heads,
+           "head_dim": model.head_dim, "intermediate_size": model.hidden_dim, "hidden_act": "silu",
+           "max_position_embeddings": model.max_seq_len, "rms_norm_eps": model.norm_eps,
+           "rope_theta": model.rope_theta, "rope_scaling": None,
+           "rope_parameters": {"rope_theta": model.rope_theta, "rope_type": "default"},
+           "tie_word_embeddings": model.tie_embeddings, "attention_bias": False, "attention_dropout": 0.0}
+    if family == "llama":
+        out["mlp_bias"] = False
+    if family in ("qwen2", "qwen3", "qwen3_moe"):
+        out.update(use_sliding_window=False, sliding_window=None, max_window_layers=model.n_layers,
+                   layer_types=["full_attention"] * model.n_layers)
+    if family == "qwen2":
+        del out["head_dim"], out["attention_bias"]  # Qwen2 always has q/k/v biases, never head_dim
+    if family == "qwen3_moe":
+        out.update(num_experts=model.n_experts, num_experts_per_tok=model.top_k,
+                   moe_intermediate_size=model.hidden_dim, norm_topk_prob=model.top_k > 1,
+                   decoder_sparse_step=1, mlp_only_layers=[], router_aux_loss_coef=model.aux_loss_coef,
+                   output_router_logits=False)
+    return name, out
+
+
+def our_tensors(payload):
+    """The run's state_dict, a bias-free GPT given zero biases: GPT-2 (in transformers and in
+    llama.cpp) always has them, and zeros change nothing."""
+    state = dict(payload["model"])
+    if payload["arch"] == "gpt":
+        for ours, _, _ in tensor_names("gpt", payload["config"]):
+            if ours not in state:  # a bias: as wide as its weight has rows
+                state[ours] = torch.zeros(state[ours[:-len(".bias")] + ".weight"].shape[0])
+    return state
+
+
+def export_tensors(payload):
+    """Our state_dict -> {transformers name: tensor}, by the one table of names."""
+    state = our_tensors(payload)
+    return {theirs: state[ours].T.contiguous() if transposed else state[ours].contiguous()
+            for ours, theirs, transposed in tensor_names(payload["arch"], payload["config"])}
+
+
+def model_card(run_dir, payload, name):
+    """A short README.md: what the model is, how it was trained, how to load it."""
+    log = rundir.read_log(Path(run_dir) / "log.jsonl") if (Path(run_dir) / "log.jsonl").exists() else []
+    final = next((r for r in reversed(log) if r.get("eval") == "after"), {})
+    figures = ", ".join(f"{k} {v:.4f}" for k, v in final.items() if isinstance(v, float))
+    source = payload.get("source", {}).get("from")
+    params = sum(t.numel() for k, t in payload["model"].items() if k != "lm_head.weight"
+                 or not payload["config"].get("tie_embeddings", True))
+    return "\n".join([
+        f"# {Path(run_dir).resolve().name}", "",
+        f"A {params / 1e6:.1f}M-parameter {name} exported by slm's convert.py from the run directory "
+        f"`{run_dir}` (stage {payload.get('stage', 'pretrain')}, step {payload.get('step')}"
+        + (f", started from {source}" if source else "") + ").", "",
+        f"Held-out figures at the end of training: {figures}." if figures else "", "",
+        "Chats use ChatML (`<|im_start|>role\\n...<|im_end|>`); `tokenizer_config.json` holds the template.", "",
+        "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "tok = AutoTokenizer.from_pretrained(PATH)", "model = AutoModelForCausalLM.from_pretrained(PATH)", "```", ""])
+
+
+def write_hf(run_dir, out):
+    """Export a run directory to the transformers directory `out` (which must not exist)."""
+    payload = export_payload(run_dir, "hf")
+    tok = rundir.load_tokenizer(run_dir)
+    hf_tok = exportable_tokenizer(tok)
+    name, config = export_config(payload["arch"], payload["config"], tok)
+    special = {n: n for n in PROJECT_SPECIALS}
+    tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHATML_TEMPLATE,
+                  "bos_token": None, "eos_token": special["<|im_end|>"] if rundir.is_chat(payload)
+                  else special["<|endoftext|>"], "pad_token": special["<|endoftext|>"],
+                  "unk_token": None, "model_max_length": config.get("max_position_embeddings",
+                                                                    config.get("n_positions")),
+                  "clean_up_tokenization_spaces": False, "add_bos_token": False, "add_eos_token": False}
+    eos = [tok.special_tokens[n] for n in ("<|im_end|>", "<|endoftext|>")] if rundir.is_chat(payload) \
+        else [tok.special_tokens["<|endoftext|>"]]
+    generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": eos,
+                  "pad_token_id": config["pad_token_id"], "do_sample": True, "temperature": 0.7, "top_p": 0.9}
+    files = {"config.json": config, "generation_config.json": generation, "tokenizer.json": hf_tok,
+             "tokenizer_config.json": tok_config}
+
+    def fill(folder):
+        write_safetensors(folder / "model.safetensors", export_tensors(payload))
+        for file, value in files.items():
+            rundir.write_json(folder / file, value)
+        card = model_card(run_dir, payload, name)
+        rundir.atomic_write(folder / "README.md", lambda f: f.write(card.encode("utf-8")))
+    write_folder(out, fill)
+    return name
+
+
+def export_payload(run_dir, target):
+    """The run's model.pt (memory-mapped), refusing what the target cannot hold."""
+    payload = rundir.read_model_file(run_dir, mmap=True)
+    if payload.get("quantized"):
+        raise UserError(f"{run_dir}: an INT8 run directory; export the float run it was made from "
+                        f"({payload['quantized'].get('source', 'its source')}) instead (--to {target} "
+                        f"writes its own quantized types)")
+    return payload
+
+
+def exportable_tokenizer(tok):
+    try:
+        return tok.to_hf()
+    except bpe.UserError as e:
+        raise UserError(str(e)) from None
+
+
+def write_folder(out, fill):
+    """Fill a new folder through a temporary one, renamed into place at the end: an export that
+    fails half-way leaves nothing at `out`, and an --overwrite replaces the old folder only then."""
+    out = Path(out)
+    tmp, old = out.with_name(out.name + ".partial"), out.with_name(out.name + ".old")
+    for folder in (tmp, old):
+        shutil.rmtree(folder, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        fill(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Export to GGUF (llama.cpp, Ollama) and an Ollama Modelfile
+#
+# llama.cpp knows an architecture by name and finds its numbers under "{arch}.key" and its tensors
+# under its own names (blk.N.attn_q.weight ...). MiniMind goes out as "llama", or "qwen2" (q/k/v
+# biases) or "qwen3" (QK-norm). One difference matters: llama.cpp's "llama" rotates ADJACENT
+# channel pairs (0,1), (2,3), ... where we (and Hugging Face) rotate channel i with i + head_dim/2,
+# so the rows of q and k are permuted for it, head by head; its qwen2/qwen3 rotate as we do.
+# A linear weight is nn.Linear's [out, in] in both worlds (GPT-2's Conv1D is transposed only in
+# transformers' files), and GGUF writes the dims fastest-first, so the tensors go as they are.
+# ---------------------------------------------------------------------------------------------
+GGUF_BLOCK = {  # our name inside layers.N / transformer.h.N -> llama.cpp's inside blk.N
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
+    "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+GGUF_TOP = {"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output",
+            "transformer.wte": "token_embd", "transformer.wpe": "position_embd", "transformer.ln_f": "output_norm"}
+GGUF_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # general.file_type: all f32, mostly f16, mostly q8_0
+
+
+def gguf_name(ours):
+    """Our tensor name -> llama.cpp's: layers.3.self_attn.q_proj.weight -> blk.3.attn_q.weight."""
+    stem, _, kind = ours.rpartition(".")
+    match = re.fullmatch(r"(?:layers|transformer\.h)\.(\d+)\.(.+)", stem)
+    if match:
+        return f"blk.{match[1]}.{GGUF_BLOCK[match[2]]}.{kind}"
+    return f"{GGUF_TOP[stem]}.{kind}"
+
+
+def rotary_pairs_adjacent(w, n_heads):
+    """Permute the rows of q_proj / k_proj (or their biases) for llama.cpp's "llama" RoPE. Within a
+    head of d rows, ours pairs row i with row i + d/2; llama.cpp pairs rows 2i and 2i+1. Row
+    (i, half h) moves to 2i + h: [a0 a1 .. | b0 b1 ..] -> [a0 b0 a1 b1 ..], so every pair is
+    rotated by the same angle as before and the attention scores do not change."""
+    d = w.shape[0] // n_heads
+    return w.reshape(n_heads, 2, d // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def gguf_arch(arch, config):
+    if arch == "gpt":
+        return "gpt2"
+    if config.get("n_experts"):
+        raise UserError("GGUF export of a mixture of experts is not written here; export it with "
+                        "--to hf (Qwen3MoeForCausalLM), which llama.cpp's own converter reads")
+    family = export_family(arch, config)
+    return {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}[family]
+
+
+def gguf_metadata(w, arch, config, name):
+    """The numbers llama.cpp builds the model from, each in the type it insists on."""
+    a = gguf_arch(arch, config)
+    w.add("general.architecture", a)
+    w.add("general.name", name)
+    if a == "gpt2":
+        sizes = {"context_length": config["block_size"], "embedding_length": config["n_embd"],
+                 "block_count": config["n_layer"], "feed_forward_length": 4 * config["n_embd"],
+                 "attention.head_count": config["n_head"]}
+        for key, value in sizes.items():
+            w.add(f"gpt2.{key}", value, "uint32")
+        w.add("gpt2.attention.layer_norm_epsilon", 1e-5, "float32")
+        return a
+    m = minimind.MiniMindConfig(**config)
+    sizes = {"context_length": m.max_seq_len, "embedding_length": m.dim, "block_count": m.n_layers,
+             "feed_forward_length": m.hidden_dim, "attention.head_count": m.n_heads,
+             "attention.head_count_kv": m.n_kv_heads, "attention.key_length": m.head_dim,
+             "attention.value_length": m.head_dim, "rope.dimension_count": m.head_dim,
+             "vocab_size": m.vocab_size}
+    for key, value in sizes.items():
+        w.add(f"{a}.{key}", value, "uint32")
+    w.add(f"{a}.rope.freq_base", m.rope_theta, "float32")  # llama.cpp's default, 10000, is not ours
+    w.add(f"{a}.attention.layer_norm_rms_epsilon", m.norm_eps, "float32")
+    return a
+
+
+# tokenizer.ggml.pre: llama.cpp does not read a split regex from the file; it knows pre-tokenizers
+# by name, each with its regexes (llama-vocab.cpp) and whether it takes a whole chunk that is in
+# the vocabulary as one token ("ignore_merges", Llama 3's shortcut). Ours must be one of them, or
+# llama.cpp would cut text into other chunks. GPT-4's pattern, which bpe.py trains with, is
+# llama.cpp's "dbrx" (the Llama 3 regex without the shortcut: bpe.py always applies merges).
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
+                r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+GGUF_PRE = [  # (llama.cpp's name, the tokenizer's split patterns, ignore_merges)
+    ("dbrx", [bpe.GPT4_SPLIT_PATTERN], False), ("dbrx", [LLAMA3_SPLIT], False),
+    ("llama-bpe", [bpe.GPT4_SPLIT_PATTERN], True), ("llama-bpe", [LLAMA3_SPLIT], True),
+    ("qwen2", [QWEN2_SPLIT], False), ("gpt-2", [bpe.GPT2_SPLIT_PATTERN], False),
+    ("smollm", [r"\p{N}", bpe.GPT2_SPLIT_PATTERN], False)]
+
+
+def gguf_tokenizer(w, tok, chat):
+    """The tokenizer section: llama.cpp's "gpt2" model (byte-level BPE) with our tokens, merges and
+    special ids, and the ChatML template."""
+    pre = next((name for name, patterns, ignore in GGUF_PRE
+                if tok.split_patterns == patterns and tok.ignore_merges == ignore), None)
+    if pre is None:
+        raise UserError(f"this tokenizer's split ({tok.split_patterns}) is none that llama.cpp knows "
+                        f"by name ({', '.join(sorted({p for p, _, _ in GGUF_PRE}))}): it would cut "
+                        f"text differently")
+    # Qwen2's NFC normalizer: llama.cpp (and its own converter) leave it out; text already in NFC,
+    # which is nearly all text, tokenizes the same.
+    try:
+        vocab = tok.gguf_vocab()
+    except bpe.UserError as e:
+        raise UserError(str(e)) from None
+    s = tok.special_tokens
+    w.add("tokenizer.ggml.model", "gpt2")
+    w.add("tokenizer.ggml.pre", pre)
+    w.add("tokenizer.ggml.tokens", vocab["tokens"], "string")
+    w.add("tokenizer.ggml.token_type", vocab["token_type"], "int32")
+    w.add("tokenizer.ggml.merges", vocab["merges"], "string")
+    w.add("tokenizer.ggml.bos_token_id", s["<|endoftext|>"], "uint32")
+    w.add("tokenizer.ggml.eos_token_id", s["<|im_end|>" if chat else "<|endoftext|>"], "uint32")
+    w.add("tokenizer.ggml.padding_token_id", s["<|endoftext|>"], "uint32")
+    w.add("tokenizer.ggml.add_bos_token", False)  # our models never saw a BOS token
+    w.add("tokenizer.ggml.add_eos_token", False)
+    w.add("tokenizer.chat_template", CHATML_TEMPLATE)
+
+
+def write_gguf(run_dir, out, kind="f16"):
+    """Export a run directory to one GGUF file (f32, f16 or q8_0 matrices; norms stay f32)."""
+    if kind not in GGUF_TYPES:
+        raise UserError(f"--type must be f32, f16 or q8_0; got {kind!r}")
+    payload = export_payload(run_dir, "gguf")
+    arch, config, state = payload["arch"], payload["config"], payload["model"]
+    tok = rundir.load_tokenizer(run_dir)
+    w = GGUFWriter()
+    a = gguf_metadata(w, arch, config, Path(run_dir).resolve().name)
+    w.add("general.file_type", GGUF_TYPES[kind], "uint32")
+    w.add("general.quantization_version", 2, "uint32")
+    gguf_tokenizer(w, tok, rundir.is_chat(payload))
+    tied = arch == "gpt" or config.get("tie_embeddings", True)
+    for ours, tensor in our_tensors(payload).items():
+        if ours == "lm_head.weight" and tied:
+            continue  # llama.cpp reuses token_embd when there is no output.weight
+        if a == "llama" and re.search(r"self_attn\.[qk]_proj\.", ours):
+            heads = config["n_heads"] if ".q_proj." in ours else config["n_kv_heads"]
+            tensor = rotary_pairs_adjacent(tensor, heads)
+        w.add_tensor(gguf_name(ours), tensor, "f32" if "wpe" in ours else kind)
+    w.write(out)
+    return a
+
+
+def modelfile(gguf_path, chat):
+    """An Ollama Modelfile beside the GGUF: the file, the ChatML template, the stop tokens, the
+    sampling settings chat.py uses."""
+    lines = [f"FROM ./{Path(gguf_path).name}", ""]
+    if chat:
+        lines += ['TEMPLATE """{{- if .System }}<|im_start|>system', '{{ .System }}<|im_end|>',
+                  '{{ end }}{{- range .Messages }}<|im_start|>{{ .Role }}', '{{ .Content }}<|im_end|>',
+                  '{{ end }}<|im_start|>assistant', '"""', 'PARAMETER stop "<|im_end|>"',
+                  'PARAMETER stop "<|im_start|>"']
+    else:
+        lines += ['TEMPLATE """{{ .Prompt }}"""']
+    lines += ['PARAMETER stop "<|endoftext|>"', "PARAMETER temperature 0.7", "PARAMETER top_k 50",
+              "PARAMETER top_p 0.9", "PARAMETER repeat_penalty 1.1", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. The command line
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ConvertConfig:
+    source: str = option("", "hf:OWNER/NAME[@REVISION] or a transformers directory (import), or a run "
+                             "directory (with --to)", positional="?")
+    dest: str = option("", "the run directory an import writes, or the export's path", positional="?")
+    to: str = option("", "export the run directory SOURCE: hf | gguf (empty: import a released model)")
+    type: str = option("f16", "GGUF tensor type of the matrices: f32 | f16 | q8_0 (norms stay f32)")
+    max_seq_len: int = option(2048, "longest context of an imported model (its RoPE tables and KV "
+                                    "cache are this long; the release's own limit if smaller)")
+    stage: str = option("", "pretrain | sft: what the import is (default: sft when its chat template "
+                            "is ChatML, else pretrain)")
+    overwrite: bool = option(False, "replace what is at DEST")
+
+
+def check_dest(cfg):
+    dest = Path(cfg.dest)
+    taken = (dest / "model.pt").exists() if not cfg.to else dest.exists()
+    if taken and not cfg.overwrite:
+        raise UserError(f"{dest} already exists: --overwrite replaces it, or choose another destination")
+    if cfg.to and Path(cfg.source).resolve() == dest.resolve():
+        raise UserError(f"{dest} is the source run directory; choose another destination")
+
+
+def main(argv=None, **overrides):
+    """Import (SOURCE a released model, DEST a run directory) or export (--to hf|gguf); returns
+    what was written."""
+    cfg = rundir.parse_config(ConvertConfig, argv, None, overrides)
+    if not cfg.source or not cfg.dest:
+        raise UserError("give SOURCE and DEST: python convert.py hf:OWNER/NAME out/name, or "
+                        "python convert.py RUN_DIR OUT --to hf|gguf")
+    if cfg.to not in ("", "hf", "gguf") or cfg.stage not in ("", "pretrain", "sft") or cfg.max_seq_len < 1:
+        raise UserError("--to must be hf or gguf, --stage pretrain or sft, --max-seq-len at least 1")
+    check_dest(cfg)
+    if not cfg.to:
+        out = import_model(cfg.source, cfg.dest, cfg.max_seq_len, cfg.stage)
+        print(f"imported {cfg.source} ({out['source']['architecture']}) -> {cfg.dest}: {out['arch']}, "
+              f"vocab {out['config']['vocab_size']}, stage {out['stage']}"
+              + (f"; added special tokens {out['added']}" if out["added"] else "")
+              + ("; its chat template is not ChatML: kept as chat_template.jinja, chat.py writes ChatML"
+                 if out["template"] and out["source"]["chat_template"] == "other" else ""))
+        return out
+    if not Path(cfg.source).is_dir():
+        raise UserError(f"{cfg.source}: no such run directory")
+    if cfg.to == "hf":
+        name = write_hf(cfg.source, cfg.dest)
+        print(f"wrote {cfg.dest}: {name}, loads with transformers' AutoModelForCausalLM")
+        return {"dest": cfg.dest}
+    arch = write_gguf(cfg.source, cfg.dest, cfg.type)
+    chat = rundir.is_chat(rundir.read_model_file(cfg.source, mmap=True))
+    modelfile_path = Path(cfg.dest).with_name("Modelfile")
+    text = modelfile(cfg.dest, chat)
+    rundir.atomic_write(modelfile_path, lambda f: f.write(text.encode("utf-8")))
+    print(f"wrote {cfg.dest} (GGUF, arch {arch}, {cfg.type}) and {modelfile_path}: "
+          f"ollama create NAME -f {modelfile_path}")
+    return {"dest": cfg.dest, "arch": arch, "modelfile": str(modelfile_path)}
+
+
+if __name__ == "__main__":
+    rundir.run_cli(main)

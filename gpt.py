@@ -233,17 +233,9 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     # The questions every script asks of a model, answered as minimind.MiniMind answers them.
-    @property
-    def context_length(self):
-        return self.config.block_size
-
-    @property
-    def n_layers(self):
-        return self.config.n_layer
-
-    @property
-    def width(self):
-        return self.config.n_embd
+    context_length = property(lambda self: self.config.block_size)  # the longest context
+    n_layers = property(lambda self: self.config.n_layer)
+    width = property(lambda self: self.config.n_embd)  # of the residual stream
 
     def num_params(self, active=False):
         """Number of parameters; the tied embedding / head matrix counts once. (`active` is for

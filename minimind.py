@@ -403,17 +403,9 @@ class MiniMind(nn.Module):
                 nn.init.zeros_(p)
 
     # The questions every script asks of a model, answered as gpt.GPT answers them.
-    @property
-    def context_length(self):
-        return self.config.max_seq_len
-
-    @property
-    def n_layers(self):
-        return self.config.n_layers
-
-    @property
-    def width(self):
-        return self.config.dim
+    context_length = property(lambda self: self.config.max_seq_len)  # the longest context
+    n_layers = property(lambda self: self.config.n_layers)
+    width = property(lambda self: self.config.dim)  # of the residual stream
 
     def num_params(self, active=False):
         """Parameters, the tied embedding/head counted once. active=True: only those one token

@@ -242,14 +242,20 @@ def write_json(path, obj):
 
 
 def save_model(run_dir, model, tokenizer, extra=None):
-    """model.pt (architecture, config, weights: plain tensors and dicts, so weights_only loading
-    works) and the tokenizer the model was trained with. `extra`: the stage, the step, where an
-    imported model came from, an INT8 run's scheme."""
+    """model.pt and tokenizer.json of a model: see write_model_file."""
+    model = unwrap(model)
+    write_model_file(run_dir, arch_of(model), dataclasses.asdict(model.config), model.state_dict(),
+                     tokenizer, extra)
+
+
+def write_model_file(run_dir, arch, config, state, tokenizer, extra=None):
+    """model.pt (architecture, config dict, weights: plain tensors and dicts, so weights_only
+    loading works) and the tokenizer the model was trained with. `extra`: the stage, the step,
+    where an imported model came from, an INT8 run's scheme."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    model = unwrap(model)
-    payload = {"format": "slm-run", "version": 1, "arch": arch_of(model),
-               "config": dataclasses.asdict(model.config), "model": model.state_dict(), **(extra or {})}
+    payload = {"format": "slm-run", "version": 1, "arch": arch, "config": dict(config), "model": state,
+               **(extra or {})}
     atomic_write(run_dir / "model.pt", lambda f: torch.save(payload, f))
     tokenizer.save(run_dir / "tokenizer.json")  # bpe.py writes atomically too
 
@@ -300,8 +306,8 @@ def load_run(run_dir, device="cpu"):
             quantize.prepare_int8_skeleton(model, payload["quantized"], run_dir)
         model.load_state_dict(payload.pop("model"))
     except (RuntimeError, TypeError, KeyError, AssertionError) as e:
-        raise UserError(f"{run_dir / 'model.pt'}: weights do not fit the model it describes "
-                        f"({str(e).splitlines()[0]})")
+        why = " ".join(line.strip() for line in str(e).splitlines()[:2])[:300]
+        raise UserError(f"{run_dir / 'model.pt'}: weights do not fit the model it describes ({why})")
     return model.to(device).eval(), tok, payload
 
 

@@ -254,10 +254,7 @@ def read_documents(path):
     files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")) if path.is_dir() else [path]
     if not files:
         raise UserError(f"{path}: no .txt or .jsonl files in this folder")
-    try:
-        yield from bpe.read_texts(files)
-    except bpe.InputError as e:
-        raise UserError(str(e)) from None
+    yield from bpe.read_texts(files)  # a malformed line: bpe.UserError, the project's one error type
 
 
 def resolve_data(data):
@@ -342,8 +339,9 @@ def prepare_data(cfg):
     if not cfg.tokenizer and not tokenizer_cache(cfg, cache, fingerprint).exists():
         docs = split_documents(make_docs(), cfg.val_fraction)
     tok = get_tokenizer(cfg, docs[0] if docs else None, cache, fingerprint)
-    tok_hash = hashlib.sha1(json.dumps(tok.special_tokens, sort_keys=True).encode() + b"".join(
-        tok.id_to_bytes(i) + b"\0" for i in range(tok.vocab_size))).hexdigest()[:10]
+    # The token cache belongs to this exact tokenizer: its split, normalizer, tokens and specials.
+    tok_hash = hashlib.sha1(json.dumps([tok.split_patterns, tok.normalizer, tok.ignore_merges,
+                                        tok.token_strings(), tok.special_tokens]).encode()).hexdigest()[:10]
     stem = cache / f"{fingerprint}.{tok_hash}.v{cfg.val_fraction}"
     paths = [Path(f"{stem}.train.bin"), Path(f"{stem}.val.bin")]
     if not all(p.exists() for p in paths):
@@ -693,8 +691,11 @@ def print_before_after(labels, before, after):
 # Pre-training: next-token prediction on every token, as a stage of the loop
 # ---------------------------------------------------------------------------------------------
 def byte_lengths(tok):
-    """UTF-8 bytes each token id stands for; special tokens stand for no text, so they count 0."""
-    return np.array([0 if tok.is_special(i) else len(tok.id_to_bytes(i)) for i in range(tok.vocab_size)])
+    """UTF-8 bytes each token id stands for; special tokens stand for no text, so they count 0, and
+    so do the ids a released vocabulary leaves unused."""
+    types = tok.token_types()
+    return np.array([len(tok.id_to_bytes(i)) if kind in (bpe.TOKEN_NORMAL, bpe.TOKEN_USER_DEFINED) else 0
+                     for i, kind in enumerate(types)])
 
 
 @torch.no_grad()

@@ -42,3 +42,15 @@ def pretrained_run(corpus, tmp_path_factory):
                 "--sample-tokens", "8", "--out-dir", str(out)],
                )
     return out
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A FakeHub (tests/fakehub.py) that HF_ENDPOINT points to, and no HF_TOKEN."""
+    from fakehub import FakeHub
+    fake = FakeHub(tmp_path / "hub-files")
+    monkeypatch.setenv("HF_ENDPOINT", fake.url)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    yield fake
+    fake.server.shutdown()
+    fake.server.server_close()

@@ -1,5 +1,6 @@
 """Tests for bpe.py: a known worked example, lossless round trips on nasty strings, special
-tokens, save/load, determinism across hash seeds, clear errors, and the command line."""
+tokens, save/load (versions 1 and 2), determinism across hash seeds, clear errors, and the
+command line. Released tokenizers (tokenizer.json) are tested in test_bpe_released.py."""
 import json
 import os
 import random
@@ -13,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import bpe  # noqa: E402
-from bpe import SPECIAL_TOKENS, Tokenizer, TokenizerFileError  # noqa: E402
+from bpe import SPECIAL_TOKENS, Tokenizer, UserError  # noqa: E402
 
 
 def sample_text():
@@ -59,9 +60,64 @@ def test_vocab_size_counts_everything_and_special_ids_are_last():
 
 
 def test_split_pattern_keeps_words_numbers_and_spaces_apart():
-    chunks = bpe.re.findall(bpe.GPT4_SPLIT_PATTERN, "Hello world's 12345 foo_bar  x!!\n\n")
+    split = bpe.compile_split(bpe.GPT4_SPLIT_PATTERN)
+    chunks = split("Hello world's 12345 foo_bar  x!!\n\n")
     assert chunks == ["Hello", " world", "'s", " ", "123", "45", " foo", "_bar", " ", " x",
                       "!!\n\n"]
+    # The real \p{N} knows "²" and "½" are numbers; version 1's stand-in (\d, [^\W\d_]) took
+    # them for letters. And \s is Oniguruma's: U+001C (a separator) is not a space.
+    assert split("x² ½ a!\x1c") == ["x", "²", " ", "½", " a", "!\x1c"]
+    v1 = bpe.compile_split(bpe.V1_SPLIT_PATTERN, "python")
+    assert v1("x² ½ a!\x1c") == ["x²", " ½", " a", "!", "\x1c"]
+
+
+def test_unicode_classes_are_oniguruma_s():
+    import unicodedata
+    n = bpe.unicode_class("N")
+    assert n[:3] == ((48, 57), (178, 179), (185, 185))            # 0-9, ²³, ¹
+    every = [chr(c) for a, b in n for c in range(a, b + 1)]
+    # the fast path (str.isnumeric first) finds exactly the characters of category N*
+    brute = [c for c in bpe.all_characters() if unicodedata.category(c)[0] == "N"]
+    assert every == brute
+    space = {chr(c) for a, b in bpe.unicode_class("space") for c in range(a, b + 1)}
+    assert {"\t", "\n", "\x0b", "\x0c", "\r", " ", "\x85", "\xa0", "\u2028", "\u3000"} <= space
+    assert not {"\x1c", "\x1d", "\x1e", "\x1f", "\u200b"} & space   # Python's \s has \x1c-\x1f
+
+
+def test_python_regex_translation():
+    assert bpe.python_regex(r"\p{N}{1,3}").startswith("[\\u0030-\\u0039\\u00b2-\\u00b3")
+    assert bpe.python_regex(r"(a)(?:b)") == "(?:a)(?:b)"    # only compile_split's group captures
+    assert bpe.python_regex(r"\x{1F600}\r\n\'") == "\\U0001f600\\r\\n\\'"
+    rx = bpe.re.compile(bpe.python_regex(r"[^\s\P{L}]+"))   # letters, spelt twice negated
+    assert rx.findall("ab1 é\u0301 日本") == ["ab", "é", "日本"]
+    for bad in [r"\w", r"\bx", r"a.b", r"^a", r"[[a]]", r"[a&&b]", r"\p{Han}", r"(?<n>a)",
+                r"a{2}+", r"[ab"]:
+        with pytest.raises(ValueError):
+            bpe.python_regex(bad)
+
+
+def test_apply_merges_lowest_rank_then_leftmost():
+    ranks = {(97, 97): (0, 256), (256, 98): (1, 257)}
+    assert bpe.apply_merges([97, 97, 97, 98], ranks) == [256, 97, 98]
+    assert bpe.apply_merges([97, 97, 98], ranks) == [257]
+    assert bpe.apply_merges([], ranks) == [] and bpe.apply_merges([97], ranks) == [97]
+    # A merge made later in the chunk can outrank pairs still waiting: (x, ab) has rank 0 but
+    # only exists once (a, b) made "ab" (rank 2): then it goes first, before the second (a, b),
+    # and takes its "a". Replaying "all of the lowest rank, then the next" would give [X, A].
+    x, a, b, ab, xab, big = 120, 97, 98, 300, 301, 302
+    ranks = {(x, ab): (0, xab), (a, b): (2, ab), (xab, a): (1, big)}
+    assert bpe.apply_merges([x, a, b, a, b], ranks) == [big, b]
+
+
+def test_byte_level_alphabet():
+    table = bpe.bytes_to_unicode()
+    assert (table[65], table[32], table[10], table[0], table[0xAD]) == ("A", "Ġ", "Ċ", "Ā", "Ń")
+    assert len(set(table.values())) == 256
+    assert bpe.to_byte_level(" café".encode()) == "ĠcafÃ©"
+    assert bpe.from_byte_level("ĠcafÃ©") == " café".encode()
+    assert bpe.from_byte_level("a b") is None   # a plain space is not in the alphabet
+    every = bytes(range(256))
+    assert bpe.from_byte_level(bpe.to_byte_level(every)) == every
 
 
 def test_training_from_an_iterable_of_documents(tok):
@@ -166,13 +222,64 @@ def test_save_load_round_trip(tok, tmp_path):
     path = tmp_path / "tok.json"
     tok.save(path)
     data = json.loads(path.read_text(encoding="utf-8"))
-    assert data["format"] == "slm-bpe" and data["version"] == 1
-    assert data["special_tokens"] == tok.special_tokens and len(data["merges"]) == len(tok.merges)
+    assert data["format"] == "slm-bpe" and data["version"] == 2
+    assert data["split"] == [bpe.GPT4_SPLIT_PATTERN] and data["normalizer"] is None
+    assert {t["content"]: t["id"] for t in data["added_tokens"]} == tok.special_tokens
+    assert len(data["merges"]) == len(tok.merges) and data["merges"][0][2] == 256
+    assert data["vocab"]["32"] == "Ġ" and len(data["vocab"]) == 1024 - 3
     loaded = Tokenizer.load(path)
     assert loaded.vocab_size == tok.vocab_size and loaded.special_tokens == tok.special_tokens
     for s in [sample_text()[:20_000], "<|im_start|>ok<|im_end|>"] + random_strings(200, seed=1):
         assert loaded.encode(s, allowed_special="all") == tok.encode(s, allowed_special="all")
     assert not list(tmp_path.glob("*.tmp*"))  # the temporary file was renamed, not left behind
+
+
+# A version-1 file, as bpe.py wrote them before version 2: the merges make "²", "x²", " a" and
+# "½". Its pattern took "²" and "½" for letters; the ids below are what that bpe.py gave.
+V1_FILE = """{
+  "format": "slm-bpe",
+  "version": 1,
+  "pattern": %s,
+  "special_tokens": {"<|endoftext|>": 260},
+  "merges": [
+    [194, 178],
+    [120, 256],
+    [32, 97],
+    [194, 189]
+  ]
+}
+""" % json.dumps(bpe.V1_SPLIT_PATTERN)
+
+
+def test_version_1_files_load_and_encode_exactly_as_before(tmp_path):
+    assert bpe.V1_SPLIT_PATTERN == (
+        "'(?i:[sdmt]|ll|ve|re)|(?:[^\\r\\n\\w]|_)?[^\\W\\d_]+|\\d{1,3}| ?(?:[^\\s\\w]|_)+"
+        "[\\r\\n]*|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+")       # the pattern of every version-1 file
+    path = tmp_path / "v1.json"
+    path.write_text(V1_FILE, encoding="utf-8")
+    t = Tokenizer.load(path)
+    assert t.syntax == "python" and t.vocab_size == 261
+    assert t.encode("x² ½ a<|endoftext|>", allowed_special="all") == [257, 32, 259, 258, 260]
+    assert t.encode(" a²b ⅫⅫ ٣٣٣٣") == [258, 256, 98, 32, 226, 133, 171, 226, 133, 171, 32,
+                                         217, 163, 217, 163, 217, 163, 217, 163]
+    assert t.encode("foo_bar x\x1c\x1c y") == list(b"foo_bar x\x1c\x1c y")
+    # saved again, it stays a version-1 file, byte for byte; a special token added keeps it so
+    t.save(tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_text(encoding="utf-8") == V1_FILE
+    assert t.add_special_tokens(["<|im_start|>", "<|endoftext|>"]) == [261, 260]
+    t.save(tmp_path / "more.json")
+    again = Tokenizer.load(tmp_path / "more.json")
+    assert again.special_tokens == {"<|endoftext|>": 260, "<|im_start|>": 261}
+
+
+def test_adding_special_tokens(tok):
+    t = Tokenizer.train("aaabdaaabac", vocab_size=256 + 3, special_tokens=[])
+    assert t.add_special_tokens(["<|im_start|>", "<|im_end|>"]) == [259, 260]
+    assert t.add_special_tokens(["<|im_end|>"]) == [260] and t.vocab_size == 261
+    assert t.encode("<|im_start|>aaab", allowed_special="all") == [259, 258]
+    assert t.is_special(260) and t.id_to_bytes(260) == b"<|im_end|>"
+    with pytest.raises(UserError, match="non-empty"):
+        t.add_special_tokens([""])
 
 
 @pytest.mark.parametrize("content, message", [
@@ -187,6 +294,17 @@ def test_save_load_round_trip(tok, tmp_path):
      '"special_tokens": {}}', "merge 0"),
     ('{"format": "slm-bpe", "version": 1, "pattern": "a", "merges": [], '
      '"special_tokens": {"<|x|>": 3}}', "special_tokens"),
+    ('{"format": "slm-bpe", "version": 2, "split": ["\\\\w"], "normalizer": null}', "split"),
+    ('{"format": "slm-bpe", "version": 2, "split": [], "normalizer": "NFKC"}', "normalizer"),
+    ('{"format": "slm-bpe", "version": 2, "split": [], "vocab": {"0": "a b"}}', "vocab"),
+    ('{"format": "slm-bpe", "version": 2, "split": [], "vocab": {"0": "a"}, "merges": []}',
+     "added_tokens"),
+    ('{"format": "slm-bpe", "version": 2, "split": [], "vocab": {"0": "a"}, "merges": [], '
+     '"added_tokens": []}', "no token for the byte 0x00"),
+    ('{"format": "slm-bpe", "version": 2, "split": [], "vocab": {"0": "a", "1": "b"}, '
+     '"merges": [[0, 1, 1]]}', "merge 0"),
+    ('{"format": "slm-bpe", "version": 2, "split": [], "vocab": {"0": "a"}, "merges": [], '
+     '"added_tokens": [{"id": 0, "content": "<s>", "special": true}]}', "vocab gives"),
 ])
 def test_loading_a_corrupt_or_foreign_file_gives_a_clear_error(tmp_path, content, message):
     path = tmp_path / "bad.json"
@@ -194,14 +312,14 @@ def test_loading_a_corrupt_or_foreign_file_gives_a_clear_error(tmp_path, content
         path.write_bytes(content)
     else:
         path.write_text(content, encoding="utf-8")
-    with pytest.raises(TokenizerFileError, match=message) as info:
+    with pytest.raises(UserError, match=message) as info:
         Tokenizer.load(path)
     assert str(path) in str(info.value)
     assert isinstance(info.value, ValueError)
 
 
 def test_loading_a_missing_file(tmp_path):
-    with pytest.raises(TokenizerFileError, match="cannot read"):
+    with pytest.raises(UserError, match="cannot read"):
         Tokenizer.load(tmp_path / "nope.json")
 
 
@@ -258,6 +376,51 @@ def test_cli_reports_a_file_that_is_not_utf8(tmp_path):
     r = run_cli("--input", "latin1.txt", "--vocab-size", "300", "--out", "tok.json", cwd=tmp_path)
     assert r.returncode == 2 and "error: latin1.txt: not UTF-8" in r.stderr
     assert not (tmp_path / "tok.json").exists()
+
+
+def test_cli_refuses_input_without_text_and_writes_nothing(tmp_path):
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    (tmp_path / "blank.jsonl").write_text('\n{"text": ""}\n', encoding="utf-8")
+    for name in ("empty.txt", "blank.jsonl"):
+        r = run_cli("--input", name, "--out", "tok.json", cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines() == [f"error: {name}: no text to train on"]
+        assert not (tmp_path / "tok.json").exists()
+    with pytest.raises(UserError, match="no text"):
+        Tokenizer.train(["", ""], 300)
+
+
+def test_cli_refuses_unknown_flags(tmp_path):
+    for args, why in [(["--input", "a.txt", "--vocab", "300"], "unrecognized arguments: --vocab"),
+                      (["--nope"], "unrecognized arguments: --nope"),
+                      (["--vocab-size", "many"], "invalid int value"),
+                      ([], "give --input")]:
+        r = run_cli(*args, cwd=tmp_path)
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and why in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_pasted_into_a_notebook_cell_it_runs_a_demo(tmp_path):
+    # What a Jupyter kernel does with a cell: run the code as __main__, with its own argv and
+    # ipykernel imported. Faked here: no notebook needed.
+    script = ("import runpy, sys, types\n"
+              "sys.modules['ipykernel'] = types.ModuleType('ipykernel')\n"
+              "sys.argv = ['ipykernel_launcher.py', '-f', '/tmp/kernel-1.json']\n"
+              "runpy.run_path(sys.argv_bpe, run_name='__main__')\n").replace(
+                  "sys.argv_bpe", repr(str(ROOT / "bpe.py")))
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                       text=True, encoding="utf-8")
+    assert r.returncode == 0, r.stderr
+    assert "bpe.py demo:" in r.stdout and "gave back each text exactly" in r.stdout
+    assert "[<|im_start|>]" in r.stdout and "SystemExit" not in r.stderr
+    # with real arguments after the kernel's, the command line runs as usual
+    sys.modules.setdefault("ipykernel", None)
+    try:
+        assert bpe.main(["-f", "kernel.json", "--tokenizer", str(tmp_path / "none.json"),
+                         "--encode", "hi"]) == 2
+    finally:
+        if sys.modules.get("ipykernel", 1) is None:
+            del sys.modules["ipykernel"]
 
 
 def test_cli_reports_a_corrupt_tokenizer_file(tmp_path):

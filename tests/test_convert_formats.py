@@ -1,13 +1,10 @@
 """convert.py's file formats: safetensors (read, write, every validation error), the hub fetcher
 against a fake hub on 127.0.0.1, and the GGUF writer with its Q8_0 quantizer. Reference packages
 (safetensors, gguf) are used only where present, to compare against."""
-import http.server
 import io
 import json
 import os
 import struct
-import threading
-import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +12,9 @@ import pytest
 import torch
 
 import convert
+from fakehub import FakeHub
 from gguf_reader import read_gguf
-from train import UserError
+from rundir import UserError
 
 
 def random_tensor(dtype, shape, seed=0):
@@ -221,77 +219,6 @@ def test_our_files_read_bit_exact_by_the_reference_library(tmp_path):
 
 
 # ---- the hub: a fake one on 127.0.0.1 -----------------------------------------------------------
-class FakeHub:
-    """Serves folder/{owner}/{name}/{revision}/{file} at /{owner}/{name}/resolve/{revision}/{file},
-    as the hub does: Range requests, 404 for absent files, 401 without the right bearer token for
-    a gated model (whose .safetensors redirect to /cdn/..., as the hub redirects to its CDN)."""
-    TOKEN = "secret-token"
-
-    def __init__(self, folder):
-        self.folder, self.requests, self.gated = Path(folder), [], set()
-        hub = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                hub.requests.append((self.path, dict(self.headers)))
-                hub.answer(self)
-
-            def log_message(self, *args):
-                pass
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def publish(self, repo, files, revision="main"):
-        for name, data in files.items():
-            path = self.folder / repo / revision / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-
-    def answer(self, request):
-        parts = [urllib.parse.unquote(p) for p in request.path.split("/")[1:]]
-        if parts[0] == "cdn":  # where a gated model's weights live; no token needed here
-            return self.send_file(request, self.folder.joinpath(*parts[1:]))
-        owner, name, _, revision, *file = parts
-        repo = f"{owner}/{name}"
-        if repo in self.gated and request.headers.get("Authorization") != f"Bearer {self.TOKEN}":
-            return self.send_error(request, 401, "Access to model is restricted.")
-        path = self.folder / repo / revision / "/".join(file)
-        if repo in self.gated and path.suffix == ".safetensors" and path.exists():
-            request.send_response(302)
-            request.send_header("Location", f"{self.url}/cdn/{repo}/{revision}/{'/'.join(file)}")
-            request.send_header("Content-Length", "0")
-            return request.end_headers()
-        self.send_file(request, path)
-
-    def send_error(self, request, code, message):
-        request.send_response(code)
-        request.send_header("X-Error-Message", message)
-        request.send_header("Content-Length", "0")
-        request.end_headers()
-
-    def send_file(self, request, path):
-        if not path.is_file():
-            return self.send_error(request, 404, "Entry not found")
-        body, start = path.read_bytes(), 0
-        if request.headers.get("Range"):
-            start = int(request.headers["Range"].split("=")[1].rstrip("-"))
-        request.send_response(206 if start else 200)
-        request.send_header("Content-Length", str(len(body) - start))
-        request.end_headers()
-        request.wfile.write(body[start:])
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    fake = FakeHub(tmp_path / "hub-files")
-    monkeypatch.setenv("HF_ENDPOINT", fake.url)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
-
-
 def safetensors_file(tmp_path, tensors):
     convert.write_safetensors(tmp_path / "tmp.safetensors", tensors)
     return (tmp_path / "tmp.safetensors").read_bytes()

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bpe import GPT4_SPLIT_PATTERN, SPECIAL_TOKENS, Tokenizer  # noqa: E402
+from bpe import GPT4_SPLIT_PATTERN, SPECIAL_TOKENS, Tokenizer, compile_split  # noqa: E402
 
 
 def corpus():
@@ -56,7 +56,7 @@ def best_of(n, fn):
 # -- the naive reference: recount everything after every merge (what minbpe does) -------------
 
 def naive_train(text, n_merges):
-    chunks = [list(c.encode("utf-8")) for c in re.findall(GPT4_SPLIT_PATTERN, text)]
+    chunks = [list(c.encode("utf-8")) for c in compile_split(GPT4_SPLIT_PATTERN)(text)]
     merges, sizes = [], []
     for r in range(n_merges):
         sizes.append(sum(len(c) for c in chunks))

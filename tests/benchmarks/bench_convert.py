@@ -1,8 +1,14 @@
 """Benchmark of convert.py's safetensors reader: peak memory (resident set size) of reading a
 checkpoint of about 500 MB and turning it into fp32 tensors, against torch.load of the same
-weights saved with torch.save, measured in this one run.
+weights saved with torch.save, measured in this one run; and of a whole import.
 
     python tests/benchmarks/bench_convert.py [--mb 512] [--dir /tmp]
+    python tests/benchmarks/bench_convert.py --import-model    # a SmolLM2-135M-shaped release
+
+--import-model writes a release in the hub's layout with SmolLM2-135M's shapes (random bf16
+weights, a 49,152-token byte-level BPE tokenizer.json) and times `python convert.py RELEASE OUT`
+in a fresh process, with its peak RSS, against a fresh process that torch.loads the same weights
+(an fp32 state dict saved with torch.save) into a MiniMind of that shape: the plain way to load.
 
 For each stored dtype (fp32, bf16) it writes the same random weights twice, as model.safetensors
 (convert.write_safetensors) and as model.pt (torch.save), then each way of loading runs in a fresh
@@ -93,11 +99,78 @@ def make_checkpoints(folder, mb, dtype):
     return st, pt
 
 
+IMPORT_CHILD = r"""
+import sys, time, torch
+sys.path.insert(0, {root!r})
+def peak_mb():
+    return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
+import convert, minimind, rundir
+base, t0 = peak_mb(), time.perf_counter()
+method, source, out = sys.argv[1:4]
+if method == "convert.py":
+    convert.main([source, out])
+else:  # the plain way: torch.load a state dict, then load it into the model
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    with torch.device("meta"):
+        model = minimind.MiniMind(minimind.MiniMindConfig(**{config!r}))
+    model.load_state_dict(state, assign=True)
+print(base, peak_mb(), time.perf_counter() - t0)
+"""
+SMOLLM2_135M = dict(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64, ffn_hidden=1536,
+                    vocab_size=49152, max_seq_len=2048, rope_theta=100000.0, norm_eps=1e-5)
+
+
+def synthetic_tokenizer(vocab_size):
+    """A byte-level BPE of vocab_size ids whose merges join two bytes, each pair once: every
+    token is distinct, as in a real vocabulary of that size (trained on nothing)."""
+    import bpe
+    merges = [(r // 256, r % 256) for r in range(vocab_size - 256 - 3)]
+    return bpe.Tokenizer.from_merges(merges, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+
+
+def bench_import(folder):
+    """convert.py on a SmolLM2-135M-shaped release against torch.load of the same weights."""
+    import torch
+    sys.path.insert(0, str(ROOT))
+    import convert
+    import minimind
+    release = folder / "release"
+    release.mkdir()
+    tok = synthetic_tokenizer(SMOLLM2_135M["vocab_size"])
+    (release / "tokenizer.json").write_text(json.dumps(tok.to_hf()))
+    c = SMOLLM2_135M
+    (release / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "hidden_size": c["dim"], "num_hidden_layers": c["n_layers"],
+        "num_attention_heads": c["n_heads"], "num_key_value_heads": c["n_kv_heads"],
+        "intermediate_size": c["ffn_hidden"], "vocab_size": c["vocab_size"], "rope_theta": c["rope_theta"],
+        "rms_norm_eps": c["norm_eps"], "max_position_embeddings": 8192, "tie_word_embeddings": True}))
+    torch.manual_seed(0)
+    model = minimind.MiniMind(minimind.MiniMindConfig(**c))
+    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    convert.write_safetensors(release / "model.safetensors",
+                              {"model." + k: v.to(torch.bfloat16) for k, v in state.items()})
+    torch.save(model.state_dict(), folder / "model.pt")
+    fp32_mb = sum(v.numel() for v in state.values()) * 4 / 2**20
+    del model, state
+    print(f"SmolLM2-135M shape: {fp32_mb:.0f} MB of fp32 weights; release {(release / 'model.safetensors').stat().st_size / 2**20:.0f} MB (bf16)")
+    code = IMPORT_CHILD.format(root=str(ROOT), config=c)
+    for method, source in (("torch.load", folder / "model.pt"), ("convert.py", release)):
+        out = subprocess.run([sys.executable, "-c", code, method, str(source), str(folder / "run")],
+                             check=True, capture_output=True, text=True).stdout.split()
+        base, peak, seconds = map(float, out[-3:])
+        print(f"  {method:<12} {seconds:6.1f} s   peak RSS {peak - base:6.0f} MB above the baseline "
+              f"({(peak - base) / fp32_mb:.2f}x the fp32 weights)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mb", type=int, default=512, help="size of the fp32 weights in MB")
     p.add_argument("--dir", default=None, help="folder for the temporary checkpoints")
+    p.add_argument("--import-model", action="store_true", help="time a whole import instead")
     args = p.parse_args()
+    if args.import_model:
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            return bench_import(Path(tmp))
     import torch
     methods = ["torch.load", "torch.load mmap=True", "ours"]
     try:
