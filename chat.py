@@ -467,6 +467,9 @@ class Batcher:
         self.max_batch, self.max_queue = max_batch, max_queue
         batched = hasattr(engine.model, "decoding_weights")  # MiniMind; GPT has no KV cache
         self.decoder = minimind.Decoder(engine.model, max_batch) if batched else None
+        # Row i's tokens so far (prompt and answer), for the repetition penalty: rows move as the
+        # decoder's do, so the penalty is one set of tensor ops for the whole batch.
+        self.seen = torch.zeros(max_batch, engine.tok.vocab_size, dtype=torch.bool, device=engine.device)
         self.waiting, self.active = collections.deque(), []  # active[i] is the decoder's row i
         self.cond, self.closed = threading.Condition(), False
         self.thread = threading.Thread(target=self.run, name="batcher", daemon=True)
@@ -520,13 +523,14 @@ class Batcher:
     def admit(self, job):
         """Give the job a row: prefill its prompt, sample its first token."""
         job.history, job.start = list(job.ids), 0  # the prompt is shorter than the context
+        row = len(self.active)
         self.active.append(job)
         if self.decoder is None:
             job.stream = self.engine.tokens(job.ids, job.max_tokens, job.generator, **job.sampling)
             return self.deliver(job, next(job.stream, None))
-        job.seen = torch.zeros(self.engine.tok.vocab_size, dtype=torch.bool, device=self.engine.device)
-        job.seen[job.ids] = True
-        self.sample(job, self.decoder.add(job.ids))
+        self.seen[row] = False
+        self.seen[row, job.ids] = True
+        self.sample([job], self.decoder.add(job.ids)[None], row)
 
     def step(self):
         """One new token for every row, then the finished and abandoned rows leave."""
@@ -544,15 +548,24 @@ class Batcher:
                     job.start = len(job.history) - max(1, window // 2)
                     self.decoder.refill(row, job.history[job.start:-1])
             logits = self.decoder.step([job.history[-1] for job in self.active])  # [rows, V]
-            for job, row_logits in zip(self.active, logits):
-                self.sample(job, row_logits)
+            self.sample(self.active, logits, 0)
         self.sweep()
 
-    def sample(self, job, logits):
-        s = job.sampling
-        logits = minimind.penalise_repeats(logits.float(), job.seen, s["repetition_penalty"])
-        self.deliver(job, minimind.sample_next(logits, s["temperature"], s["top_k"] or None, s["top_p"],
-                                               job.generator))
+    def sample(self, jobs, logits, first):
+        """The next token of rows first, first+1, ... (jobs, logits [rows, V]), as generate() picks
+        it: the repetition penalty for all rows at once, one argmax for the greedy ones, then
+        sample_next row by row for the others, each with its own settings and generator."""
+        rows = slice(first, first + len(jobs))
+        penalty = torch.tensor([[j.sampling["repetition_penalty"]] for j in jobs], device=logits.device)
+        logits = minimind.penalise_repeats(logits.float(), self.seen[rows], penalty)  # [rows, V]
+        tokens = logits.argmax(-1).tolist()
+        for i, job in enumerate(jobs):
+            s = job.sampling
+            if s["temperature"] != 0:
+                tokens[i] = minimind.sample_next(logits[i], s["temperature"], s["top_k"] or None, s["top_p"],
+                                                 job.generator)
+            self.deliver(job, tokens[i])
+        self.seen[rows][torch.arange(len(jobs)), tokens] = True
 
     def deliver(self, job, token):
         """Hand a token to the job's reader; None (a stream that ended) finishes the job."""
@@ -563,8 +576,6 @@ class Batcher:
                 self.metrics.observe("ttft", job.first_token_at - job.submitted)
             job.out.put(token)
             job.history.append(token)
-            if self.decoder is not None:
-                job.seen[token] = True
         if token is None or token in self.engine.stop_ids or job.n_tokens >= job.max_tokens:
             job.finished = True
             job.out.put(None)
@@ -580,6 +591,7 @@ class Batcher:
                     time.monotonic() - job.first_token_at, 1e-9))
             if self.decoder is not None:
                 self.decoder.remove(row)
+                self.seen[row] = self.seen[len(self.active) - 1]
             else:
                 job.stream.close()
             self.active[row] = self.active[-1]

@@ -368,8 +368,9 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
 
 def penalise_repeats(logits, seen, penalty):
     """CTRL's repetition penalty on logits [V]: where seen [V] is True, a positive logit is divided
-    by penalty and a negative one multiplied, so penalty > 1 makes those tokens less likely."""
-    if penalty == 1.0:
+    by penalty and a negative one multiplied, so penalty > 1 makes those tokens less likely. (Also
+    for rows at once: logits and seen [B, V], penalty a [B, 1] tensor, as chat.py's batch uses it.)"""
+    if not torch.is_tensor(penalty) and penalty == 1.0:
         return logits
     return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
