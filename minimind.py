@@ -538,16 +538,17 @@ class MiniMind(nn.Module):
 # Generating runs the model on one new token per step, so every weight matrix does a single
 # matrix-vector product: 2 FLOPs per weight read. The CPU's arithmetic then waits on memory, and a
 # step costs (bytes of weights) / (memory bandwidth) plus (number of small tensor ops) x (a few
-# microseconds each). The plain forward above is written to be read: on minimind2-small it runs
-# about 90 small ops per block besides the 7 matmuls. The decoding path below computes the same
-# function with the choices that measured fastest on a CPU (tests/benchmarks/bench_decode.py):
+# microseconds each). The plain forward above is written to be read; the decoding path below
+# computes the same function with the choices that measured fastest on a CPU
+# (tests/benchmarks/bench_decode.py; minimind2-small, one thread: 1.5x forward() with its cache):
 #
-#   * weights transposed to [in, out]: x @ w_t reads each row of w_t once, in order; on torch's
-#     CPU build (MKL) that is 1.1-1.4x faster than nn.Linear's x @ w.T for one row of x
+#   * weights transposed to [in, out]: x @ w_t reads each row of w_t once, in order; with torch's
+#     CPU matmul (MKL) that is ~1.15x nn.Linear's x @ w.T for one row of x
 #   * fused matrices: q, k and v are one matmul, gate and up another (7 matmuls a block become 4,
 #     each reading a longer run of memory)
 #   * 16-bit weights where the device has a kernel for them (FastLinear): half the bytes to read
-#   * ~20 tensor ops a block, no nn.Module calls, tables (RoPE, masks) built once per step
+#   * 40% of forward()'s tensor calls (225 a token against 579): no nn.Module calls, one RoPE for
+#     q, k and v, one cache write, tables (RoPE, masks, cache slots) made once a step, not a block
 #   * a KV cache with one row per sequence and a position per row, so one step can advance
 #     several sequences at once: the HTTP server's batch (chat.py)
 #
@@ -655,9 +656,9 @@ class DecodeWeights:
 
     def block(self, b, cfg):
         a, qk_norm = b.self_attn, None
-        if cfg.qk_norm:  # one [H + H_kv, hd] table: q's heads, then k's, normalised in one go
+        if cfg.qk_norm:  # one [H + H_kv, 1, hd] table: q's heads, then k's, normalised in one go
             qk_norm = torch.cat([a.q_norm.weight.detach().float().expand(cfg.n_heads, -1),
-                                 a.k_norm.weight.detach().float().expand(cfg.n_kv_heads, -1)])
+                                 a.k_norm.weight.detach().float().expand(cfg.n_kv_heads, -1)])[:, None]
         dense = isinstance(b.mlp, FeedForward)
         mlp = b.mlp
         return dict(norm1=b.input_layernorm.weight.detach().float(), qk_norm=qk_norm,
@@ -670,8 +671,11 @@ class DecodeWeights:
 
 
 def rms_norm(x, weight, eps):
-    """RMSNorm's formula (section 2) on fp32 activations, without the module call."""
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+    """RMSNorm's formula (section 2) on fp32 activations: torch's F.rms_norm computes the same
+    numbers in one call instead of six. weight: [dim], or qk-norm's [heads, 1, hd] table."""
+    if weight.dim() == 1:
+        return F.rms_norm(x, weight.shape, weight, eps)
+    return F.rms_norm(x, weight.shape[-1:], None, eps) * weight
 
 
 class Decoder:
@@ -693,6 +697,7 @@ class Decoder:
         # 0..H_kv-1 and values after them, as the fused qkv output has them: one write a step.
         self.kv = [torch.zeros(max_batch, 2 * cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim,
                                device=self.device) for _ in range(cfg.n_layers)]
+        self.kv_rows = [kv.view(-1, cfg.head_dim) for kv in self.kv]  # the same, [entries, hd]
         self.max_batch, self.lengths = max_batch, []  # tokens in the cache, per row
         n = max(cfg.max_seq_len, 2 * cfg.n_kv_heads * max_batch)
         self.arange = torch.arange(n, device=self.device)  # positions, rows: sliced, never rebuilt
@@ -718,7 +723,8 @@ class Decoder:
         if T == 0:
             return None
         idx = torch.tensor(ids, device=self.device)  # [T]
-        logits = self.run(idx, self.w.cos[:T], self.w.sin[:T], row=row)  # tables [T, heads, hd]
+        cos, sin = self.w.cos[:T].transpose(0, 1), self.w.sin[:T].transpose(0, 1)  # [heads, T, hd]
+        logits = self.run(idx, cos, sin, row=row)
         self.lengths[row] = T
         return logits[0]
 
@@ -734,7 +740,7 @@ class Decoder:
         # Where each row's new keys and values go in a layer's cache seen as [rows*2H_kv*L, hd]:
         # row b, head j, position p is entry (b * 2H_kv + j) * L + p. Worked out once a step.
         slots = (self.arange[:B * 2 * cfg.n_kv_heads] * cfg.max_seq_len).view(B, -1) + pos[:, None]
-        cos, sin = self.w.cos[pos, None], self.w.sin[pos, None]  # [B, 1, heads, hd]
+        cos, sin = self.w.cos[pos, :, None], self.w.sin[pos, :, None]  # [B, heads, 1, hd]
         idx = torch.tensor(tokens, device=self.device)  # [B]
         logits = self.run(idx, cos, sin, pos=pos, slots=slots.view(-1))
         self.lengths = [n + 1 for n in self.lengths]
@@ -762,18 +768,22 @@ class Decoder:
             n_keys = max(self.lengths) + 1
             mask = (self.arange[:n_keys] <= pos[:, None])[:, None, None, :] if B > 1 else None
         x = w.embed(idx).float().view(B * T, cfg.dim)  # [N, dim], N = B*T
-        for layer, kv_buf in zip(w.layers, self.kv):  # kv_buf: [max_batch, 2 H_kv, max_seq_len, hd]
-            qkv = layer["qkv"](rms_norm(x, layer["norm1"], eps)).view(B, T, H + 2 * H_kv, hd)
+        for layer, kv_buf, kv_rows in zip(w.layers, self.kv, self.kv_rows):
+            qkv = layer["qkv"](rms_norm(x, layer["norm1"], eps))  # [N, (H + 2 H_kv) hd]
+            if T == 1:  # one token a row: [B, heads, 1, hd] is the memory of [B, 1, heads, hd]
+                qkv = qkv.view(B, H + 2 * H_kv, 1, hd)
+            else:
+                qkv = qkv.view(B, T, H + 2 * H_kv, hd).transpose(1, 2)  # [B, heads, T, hd]
             if layer["qk_norm"] is not None:
-                qkv[:, :, :H + H_kv] = rms_norm(qkv[:, :, :H + H_kv], layer["qk_norm"], eps)
+                qkv[:, :H + H_kv] = rms_norm(qkv[:, :H + H_kv], layer["qk_norm"], eps)
             qkv = torch.addcmul(qkv * cos, qkv.roll(hd // 2, -1), sin)  # RoPE on q and k; v as is
-            q, kv = (t.transpose(1, 2) for t in qkv.split([H, 2 * H_kv], dim=2))  # [B, heads, T, hd]
+            q, kv = qkv[:, :H], qkv[:, H:]  # [B, H, T, hd], [B, 2 H_kv, T, hd]: keys, then values
             if row is not None:  # a prompt: store its keys and values, attend causally among them
                 kv_buf[row, :, :T] = kv[0]
                 y = F.scaled_dot_product_attention(q, kv[:, :H_kv], kv[:, H_kv:], is_causal=T > 1,
                                                    enable_gqa=H != H_kv)
             else:  # one token per row: store it at the row's position, attend to the row's cache
-                kv_buf.view(-1, hd).index_copy_(0, slots, kv.reshape(-1, hd))
+                kv_rows.index_copy_(0, slots, kv.reshape(-1, hd))
                 keys, values = kv_buf[:B, :H_kv, :n_keys], kv_buf[:B, H_kv:, :n_keys]  # [B,H_kv,L,hd]
                 y = F.scaled_dot_product_attention(q, keys, values, mask, enable_gqa=H != H_kv)
             y = y.view(B, H * hd) if T == 1 else y.transpose(1, 2).reshape(B * T, H * hd)  # [N, H*hd]

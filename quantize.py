@@ -78,14 +78,14 @@ def dequantize(q, scale):
 # weight directly (4x less memory traffic than fp32, and decoding one token at a time is bound by
 # memory traffic). It needs in_features to be a multiple of 16 (other sizes crash or give
 # garbage), so it is used only there. Why this kernel, of those torch 2.13 offers on a CPU
-# (measured by tests/benchmarks/bench_decode.py --kernels, minimind2-small, one thread):
+# (tests/benchmarks/bench_decode.py --part kernels,accuracy: every matrix of minimind2-small, one
+# thread, against nn.Linear in fp32; agreement: teacher-forced greedy picks of a trained model):
 #
-#   _weight_int8pack_mm, bf16 activations   the fastest that is accurate: 99-100% of greedy
-#                                           tokens equal to the reference path's, ~1.7x fp32 decoding
-#   _weight_int8pack_mm, fp32 activations   accurate, but ~10x slower than with bf16 (no fast kernel)
-#   quantized.linear_dynamic (fbgemm, what  ~10% faster still, but it rounds the activations to
-#   quantize_dynamic uses)                  7 bits too: only ~98.7% of tokens agree on a trained model
-#   _int_mm (int8 x int8 -> int32)          needs quantized activations too, and is slow for one row
+#   _weight_int8pack_mm, bf16 activations   2.3x, 99.9% agree: the fastest that stays accurate
+#   _weight_int8pack_mm, fp32 activations   0.3x: no fast kernel for fp32 activations
+#   quantized.linear_dynamic (fbgemm, what  3.1x, but it rounds the activations to 7 bits too:
+#   quantize_dynamic uses)                  98.7% agree, under the 99% this project asks
+#   _int_mm (int8 x int8 -> int32)          quantized activations too, and slow for one row
 #
 # Activations lose a little precision in bf16 (8 bits of mantissa); the tests bound the difference
 # to the reference path.
@@ -116,12 +116,24 @@ def unit_scales(n):
     return torch.ones(n, dtype=torch.bfloat16)
 
 
-def int8_for_decoding(layers, q, scale, bias):
+class Int8ForDecoding:
     """minimind's decoding path fuses the layers that read one input (q, k, v; gate, up): their
-    int8 rows stacked into one matrix, one int8_linear call. The float `dtype` it asks for does not
+    int8 rows stacked into one matrix, one kernel call. Its input is always fp32 [N, K], so the
+    fast path is int8_linear's without the reshapes: three tensor ops (to bf16, the kernel, the
+    scales), which matters at 33 matmuls a token. The float `dtype` minimind asks for does not
     apply: these weights stay int8."""
-    fast = all(layer.fast for layer in layers)  # read now: set_fast after this does not reach it
-    return functools.partial(int8_linear, q=q, scale=scale, bias=bias, fast=fast)
+
+    def __init__(self, layers, q, scale, bias):
+        self.q, self.scale, self.bias = q, scale, bias
+        kernel_fits = HAS_INT8_KERNEL and q.device.type == "cpu" and q.size(1) % 16 == 0
+        self.fast = kernel_fits and all(layer.fast for layer in layers)  # set_fast later: no effect
+        self.ones = torch.ones(q.size(0), dtype=torch.bfloat16, device=q.device)
+
+    def __call__(self, x):
+        if not self.fast:
+            return int8_linear(x, self.q, self.scale, self.bias, fast=False)
+        y = torch._weight_int8pack_mm(x.to(torch.bfloat16), self.q, self.ones) * self.scale  # fp32
+        return y if self.bias is None else y + self.bias
 
 
 class QuantizedLinear(nn.Module):
@@ -149,11 +161,11 @@ class QuantizedLinear(nn.Module):
 
     @staticmethod
     def for_decoding(layers, dtype):
-        """The fused form minimind.fuse_linears asks for (see int8_for_decoding)."""
+        """The fused form minimind.fuse_linears asks for (see Int8ForDecoding)."""
         bias = [layer.bias for layer in layers]
         bias = None if bias[0] is None else torch.cat(bias).detach()
-        return int8_for_decoding(layers, torch.cat([layer.weight_int8 for layer in layers]),
-                                 torch.cat([layer.scale for layer in layers]), bias)
+        return Int8ForDecoding(layers, torch.cat([layer.weight_int8 for layer in layers]),
+                               torch.cat([layer.scale for layer in layers]), bias)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
@@ -199,7 +211,7 @@ class TiedQuantizedHead(nn.Module):
         return int8_linear(x, self.embedding.weight_int8, self.embedding.scale, None, self.fast)
 
     def for_decoding(self, layers, dtype):
-        return int8_for_decoding(layers, self.embedding.weight_int8, self.embedding.scale, None)
+        return Int8ForDecoding(layers, self.embedding.weight_int8, self.embedding.scale, None)
 
 
 # ---------------------------------------------------------------------------------------------

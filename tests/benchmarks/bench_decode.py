@@ -1,6 +1,6 @@
 """Benchmark of decoding speed (issue 15), run by hand; every ratio is measured in this one process.
 
-    python tests/benchmarks/bench_decode.py                      # decode + server, ~10 minutes on 2 cores
+    python tests/benchmarks/bench_decode.py                # decode + server, ~15 minutes on 2 cores
     python tests/benchmarks/bench_decode.py --part decode --threads 1
     python tests/benchmarks/bench_decode.py --part accuracy --run out/pretrain   # a trained run
     python tests/benchmarks/bench_decode.py --part kernels       # the matmul kernels alone
@@ -63,8 +63,8 @@ def make_run(out):
     (trained here, a few seconds: bpe.py's current split, which the GGUF export can name)."""
     tok = bpe.Tokenizer.train(train.python_docs_documents(), 6400)
     torch.manual_seed(0)
-    model = minimind.MiniMind(minimind.MiniMindConfig(**minimind.SIZES["minimind2-small"], vocab_size=6400,
-                                                      max_seq_len=512))
+    cfg = minimind.MiniMindConfig(**minimind.SIZES["minimind2-small"], vocab_size=6400, max_seq_len=512)
+    model = minimind.MiniMind(cfg)
     rundir.save_model(out, model, tok, {"step": 0, "stage": "pretrain"})
     return out
 
@@ -79,14 +79,35 @@ def our_paths(run):
     for name, emb in (("int8", False), ("int8 + embeddings", True)):
         paths[name] = copy.deepcopy(model)
         quantize.quantize_model(paths[name], emb)
-        paths[name].prepare_decoding(rundir.pick_inference_dtype("cpu"))  # as chat.py runs an INT8 run
-    default = {torch.float16: "fp16", torch.float32: "fp32"}[rundir.pick_inference_dtype("cpu")]
-    paths[f"chat default ({default})"] = paths[default]
+        paths[name].prepare_decoding(rundir.pick_inference_dtype("cpu"))  # as chat.py runs it
+    paths["int8, fbgemm dynamic kernel"] = with_dynamic_int8(paths["int8"])
     return model, paths
 
 
+def chat_default():
+    """The row that is chat.py's default on this machine (rundir.pick_inference_dtype)."""
+    return {torch.float16: "fp16", torch.float32: "fp32"}[rundir.pick_inference_dtype("cpu")]
+
+
+def with_dynamic_int8(int8_model):
+    """A copy of an INT8 model whose decoding runs PyTorch's dynamic-quantization kernel (fbgemm:
+    activations rounded to 7 bits on the fly) on the same int8 weights: the kernel quantize.py
+    measured and did not choose."""
+    model = copy.deepcopy(int8_model)
+    weights = model.prepare_decoding(int8_model.decoding_weights().dtype)
+    zero = lambda n: torch.zeros(n, dtype=torch.long)
+    for layer in weights.layers:
+        for key in ("qkv", "o", "gate_up", "down"):
+            fused = layer[key]  # a quantize.Int8ForDecoding: q, scale, bias
+            qw = torch._make_per_channel_quantized_tensor(fused.q, fused.scale.double(),
+                                                          zero(fused.q.size(0)), 0)
+            packed = torch.ops.quantized.linear_prepack(qw, fused.bias)
+            layer[key] = lambda x, packed=packed: torch.ops.quantized.linear_dynamic(x, packed, True)
+    return model
+
+
 def forward_with_cache(model, prompt, n):
-    """Greedy decoding through forward() and its KV cache: the readable path generate() took before."""
+    """Greedy decoding through forward() and its KV cache: the path generate() took before."""
     cache, tokens, pos = model.new_kv_cache(1), list(prompt), 0
     with torch.no_grad():
         for _ in range(n):
@@ -107,18 +128,20 @@ def gguf_files(run, given, folder):
     files = {}
     for kind in kinds:
         out = Path(folder) / f"model-{kind}.gguf"
-        done = subprocess.run([sys.executable, str(ROOT / "convert.py"), str(run), str(out), "--to", "gguf",
-                               "--type", kind], capture_output=True, text=True, cwd=ROOT)
+        command = [sys.executable, str(ROOT / "convert.py"), str(run), str(out), "--to", "gguf",
+                   "--type", kind]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         if done.returncode != 0 or not out.exists():
-            reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            print(f"llama.cpp rows skipped: `convert.py RUN OUT.gguf --to gguf --type {kind}` failed ({reason})")
+            reason = (done.stderr.strip().splitlines() or ["it wrote no file: no GGUF export yet?"])[-1]
+            print(f"llama.cpp rows skipped: `convert.py RUN OUT.gguf --to gguf --type {kind}` "
+                  f"failed ({reason})")
             return {}
         files[kind] = str(out)
     return files
 
 
 def llama_paths(files, threads):
-    """name -> a function decoding n tokens greedily with llama.cpp (None when it is not installed)."""
+    """name -> a function decoding n tokens greedily with llama.cpp (none if it is not installed)."""
     try:
         import llama_cpp
     except ImportError:
@@ -126,7 +149,8 @@ def llama_paths(files, threads):
         return {}
     paths = {}
     for kind, path in files.items():
-        llm = llama_cpp.Llama(path, n_threads=threads, n_threads_batch=threads, n_ctx=512, verbose=False)
+        llm = llama_cpp.Llama(path, n_threads=threads, n_threads_batch=threads, n_ctx=512,
+                              verbose=False)
 
         def run(n, llm=llm):
             out = []
@@ -161,7 +185,8 @@ def bench_decode(run, args, files):
         torch.set_num_threads(threads or os.cpu_count())
         n_threads = torch.get_num_threads()
         runs = {"forward() + KV cache (before)": lambda n: forward_with_cache(reference, PROMPT, n)}
-        runs.update({name: (lambda n, m=m: list(m.generate(PROMPT, n, temperature=0))) for name, m in paths.items()})
+        for name, model in paths.items():
+            runs[name] = lambda n, m=model: list(m.generate(PROMPT, n, temperature=0))
         runs.update(llama_paths(files, n_threads))
         rate = timed_rounds(runs, args.tokens, args.rounds)
         print(f"\ndecode: minimind2-small shape, greedy, {args.tokens} new tokens after {len(PROMPT)}, "
@@ -172,17 +197,19 @@ def bench_decode(run, args, files):
 
 
 def print_ratios(rate):
-    default = next(name for name in rate if name.startswith("chat default"))
+    default = chat_default()
     rows = [("fp32 / forward() + KV cache", "fp32", "forward() + KV cache (before)", None),
             ("fp32 / llama.cpp F32", "fp32", "llama.cpp F32", 0.7),
             ("fp16 / llama.cpp F16", "fp16", "llama.cpp F16", None),
             ("int8 + embeddings / llama.cpp Q8_0", "int8 + embeddings", "llama.cpp Q8_0", 0.5),
             ("int8 / llama.cpp Q8_0", "int8", "llama.cpp Q8_0", None),
-            (f"{default} / llama.cpp F32", default, "llama.cpp F32", 1.0)]
+            ("int8, fbgemm dynamic (not used) / Q8_0", "int8, fbgemm dynamic kernel", "llama.cpp Q8_0", None),
+            (f"chat default ({default}) / llama.cpp F32", default, "llama.cpp F32", 1.0)]
     for label, ours, theirs, target in rows:
         if theirs in rate:
             ratio = rate[ours] / rate[theirs]
-            verdict = "" if target is None else f"   (target >= {target}: {'met' if ratio >= target else 'NOT met'})"
+            met = "met" if target is not None and ratio >= target else "NOT met"
+            verdict = "" if target is None else f"   (target >= {target}: {met})"
             print(f"  {label:<42} {ratio:5.2f}{verdict}")
 
 
@@ -218,8 +245,8 @@ def bench_accuracy(run, args):
     for name, model in paths.items():
         same = list(model.generate(ids[:16], 64, temperature=0)) == greedy
         share = agreement(reference, model, ids, window)
-        print(f"  {name:<24} greedy tokens equal: {str(same):<5}  teacher-forced agreement {100 * share:6.2f}% "
-              f"(target >= 99%: {'met' if share >= 0.99 else 'NOT met'})")
+        print(f"  {name:<24} greedy tokens equal: {str(same):<5}  teacher-forced agreement "
+              f"{100 * share:6.2f}% (target >= 99%: {'met' if share >= 0.99 else 'NOT met'})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,30 +264,31 @@ def kernel_variants(weights):
 
     def fbgemm_int8(w):
         q, scale = quantize.quantize_per_channel(w)
-        qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros(w.size(0), dtype=torch.long), 0)
+        zero = torch.zeros(w.size(0), dtype=torch.long)
+        qw = torch._make_per_channel_quantized_tensor(q, scale.double(), zero, 0)
         return torch.ops.quantized.linear_prepack(qw, None)
 
-    bf16 = torch.bfloat16
+    bf16, fp16, linear, ops = torch.bfloat16, torch.float16, torch.nn.functional.linear, torch.ops
+    int8mm = torch._weight_int8pack_mm
     return {
-        "fp32 x @ w.T (nn.Linear)": per_matrix(lambda w: w, lambda x, w: torch.nn.functional.linear(x, w)),
+        "fp32 x @ w.T (nn.Linear)": per_matrix(lambda w: w, linear),
         "fp32 x @ w_t [in, out]": per_matrix(lambda w: w.t().contiguous(), lambda x, w: x @ w),
-        "fp16 torch matmul": per_matrix(lambda w: w.half(), lambda x, w: torch.nn.functional.linear(x, w),
-                                        torch.float16),
-        "fp16 fbgemm, fp32 activations": per_matrix(lambda w: torch.ops.quantized.linear_prepack_fp16(w, None),
-                                                    torch.ops.quantized.linear_dynamic_fp16),
-        "bf16 torch matmul": per_matrix(lambda w: w.to(bf16), lambda x, w: torch.nn.functional.linear(x, w), bf16),
-        "int8pack, bf16 activations": per_matrix(int8, lambda x, p: torch._weight_int8pack_mm(x, p[0], p[2]), bf16),
-        "int8pack, fp32 activations": per_matrix(int8, lambda x, p: torch._weight_int8pack_mm(x, p[0], p[2].float())),
-        "int8 fbgemm dynamic (7-bit act.)": per_matrix(fbgemm_int8,
-                                                       lambda x, p: torch.ops.quantized.linear_dynamic(x, p, True)),
+        "fp16 torch matmul": per_matrix(lambda w: w.half(), linear, fp16),
+        "fp16 fbgemm, fp32 activations": per_matrix(lambda w: ops.quantized.linear_prepack_fp16(w, None),
+                                                    ops.quantized.linear_dynamic_fp16),
+        "bf16 torch matmul": per_matrix(lambda w: w.to(bf16), linear, bf16),
+        "int8pack, bf16 activations": per_matrix(int8, lambda x, p: int8mm(x, p[0], p[2]), bf16),
+        "int8pack, fp32 activations": per_matrix(int8, lambda x, p: int8mm(x, p[0], p[2].float())),
+        "int8 fbgemm dynamic (7-bit act.)": per_matrix(
+            fbgemm_int8, lambda x, p: ops.quantized.linear_dynamic(x, p, True)),
     }
 
 
 def bench_kernels(run, args):
     model, _, _ = rundir.load_run(run)
-    weights = [torch.cat([b.self_attn.q_proj.weight, b.self_attn.k_proj.weight, b.self_attn.v_proj.weight])
-               for b in model.layers]
-    weights += [b.self_attn.o_proj.weight for b in model.layers]
+    attn = [b.self_attn for b in model.layers]
+    weights = [torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]) for a in attn]
+    weights += [a.o_proj.weight for a in attn]
     weights += [torch.cat([b.mlp.gate_proj.weight, b.mlp.up_proj.weight]) for b in model.layers]
     weights += [b.mlp.down_proj.weight for b in model.layers] + [model.lm_head.weight]
     weights = [w.detach() for w in weights]
@@ -271,8 +299,8 @@ def bench_kernels(run, args):
         variants = kernel_variants(weights)
     runs = {name: (lambda n, f=f: [f() for _ in range(n)]) for name, f in variants.items()}
     rate = timed_rounds(runs, 16, args.rounds)
-    print(f"\nkernels: every matrix of one decoding step ({mb:.0f} MB in fp32), {torch.get_num_threads()} "
-          f"thread(s), median of {args.rounds} rounds")
+    print(f"\nkernels: every matrix of one decoding step ({mb:.0f} MB in fp32), "
+          f"{torch.get_num_threads()} thread(s), median of {args.rounds} rounds")
     base = rate["fp32 x @ w.T (nn.Linear)"]
     for name, r in rate.items():
         print(f"  {name:<34} {1000 / r:7.2f} ms a step  {r / base:5.2f}x nn.Linear fp32  "
@@ -285,9 +313,10 @@ def bench_kernels(run, args):
 @contextlib.contextmanager
 def server(run, threads, max_batch):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads or os.cpu_count()))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "chat.py"), str(run), "--serve", "--port", "0",
-                             "--max-batch", str(max_batch), "--request-log", ""],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+    command = [sys.executable, str(ROOT / "chat.py"), str(run), "--serve", "--port", "0",
+               "--max-batch", str(max_batch), "--request-log", ""]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=env, cwd=ROOT)
     try:
         for line in proc.stdout:
             if line.startswith("serving on "):
@@ -304,9 +333,10 @@ def stream_once(port, prompt, max_tokens):
     """One streaming greedy request -> (text, completion tokens, seconds to first token, seconds)."""
     t0 = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}}
-    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    conn.request("POST", "/v1/chat/completions", json.dumps(body),
+                 {"Content-Type": "application/json"})
     reply, text, first, tokens = conn.getresponse(), [], None, 0
     for line in reply:
         if not line.startswith(b"data: {"):
@@ -322,7 +352,7 @@ def stream_once(port, prompt, max_tokens):
 
 
 def bench_server(run, args):
-    prompts = [f"Question {i}: what does the function number {i} return?" for i in range(max(args.clients))]
+    prompts = [f"Question {i}: what does function number {i} return?" for i in range(max(args.clients))]
     print(f"\nserver: chat.py --serve, {args.threads[0] or os.cpu_count()} thread(s), --max-batch "
           f"{max(args.clients)}, streaming greedy requests of {args.server_tokens} tokens")
     with server(run, args.threads[0], max(args.clients)) as port:
@@ -343,17 +373,21 @@ def bench_server(run, args):
             same = all(r[0] == alone[i] for i, r in enumerate(results))
             ttft = statistics.mean(r[2] for r in results)
             print(f"  {n} client(s): {rate:7.1f} tokens/s in all ({rate / base:4.2f}x one client), "
-                  f"mean time to first token {1000 * ttft:6.0f} ms, greedy answers equal to lone ones: {same}")
+                  f"mean time to first token {1000 * ttft:6.0f} ms, greedy answers equal to lone "
+                  f"ones: {same}")
     if len(args.clients) > 1:
-        print(f"  target: {max(args.clients)} clients >= 3x one client: {'met' if rate >= 3 * base else 'NOT met'}")
+        verdict = "met" if rate >= 3 * base else "NOT met"
+        print(f"  target: {max(args.clients)} clients >= 3x one client: {verdict}")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", default="decode,server", help="decode, accuracy, kernels, server (comma-separated)")
-    p.add_argument("--run", default="", help="a run directory (default: random minimind2-small weights)")
-    p.add_argument("--gguf", default="", help="F32,F16,Q8_0 GGUF files instead of convert.py's exports")
-    p.add_argument("--threads", default="1,0", help="torch threads per measurement, 0 = all (comma-separated)")
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", default="decode,server",
+                   help="decode, accuracy, kernels, server (comma-separated)")
+    p.add_argument("--run", default="", help="a run directory (default: random minimind2-small)")
+    p.add_argument("--gguf", default="", help="F32,F16,Q8_0 GGUF files instead of convert.py's")
+    p.add_argument("--threads", default="1,0", help="torch threads, 0 = all (comma-separated)")
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--accuracy-tokens", type=int, default=4096)
