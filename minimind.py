@@ -367,6 +367,15 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def penalise_repeats(logits, seen, penalty):
+    """CTRL's repetition penalty on logits [V]: where seen [V] is True, a positive logit is divided
+    by penalty and a negative one multiplied, so penalty > 1 makes those tokens less likely. (Also
+    for rows at once: logits and seen [B, V], penalty a [B, 1] tensor, as chat.py's batch uses it.)"""
+    if not torch.is_tensor(penalty) and penalty == 1.0:
+        return logits
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
 class MiniMind(nn.Module):
     grad_checkpoint = False  # True: keep only each block's input, recompute the block in backward
 
@@ -453,6 +462,25 @@ class MiniMind(nn.Module):
             loss = loss + self.aux_loss
         return logits, loss
 
+    def prepare_decoding(self, dtype=None):
+        """Build the weights' decoding layout (section 8) in `dtype` (default: the weights' own;
+        chat.py passes its --dtype) and keep it: generate() then starts without copying weights.
+        It is rebuilt when a weight changes in place (an optimizer step, load_state_dict)."""
+        self.decode_weights = DecodeWeights(self, dtype)
+        return self.decode_weights
+
+    def decoding_weights(self):
+        """What generate() decodes with: the prepared weights while they are current; otherwise
+        a fresh copy, kept only when the caller had asked for one with prepare_decoding (so a
+        training run that samples now and then holds no second copy of its weights)."""
+        kept = self.__dict__.get("decode_weights")
+        if kept is not None and kept.version == weights_version(self):
+            return kept
+        fresh = DecodeWeights(self, kept.dtype if kept is not None else None)
+        if kept is not None:
+            self.decode_weights = fresh
+        return fresh
+
     @torch.no_grad()  # on a generator function torch turns grad off only while it runs, not between yields
     def generate(self, idx, max_new_tokens=256, temperature=1.0, top_k=None, top_p=None,
                  repetition_penalty=1.0, stop_tokens=(), seed=None, generator=None, use_cache=True):
@@ -465,45 +493,44 @@ class MiniMind(nn.Module):
         stop_tokens: ids that end generation; the stop token is yielded, then the generator returns,
         so a caller can tell "stopped" from "ran out of max_new_tokens".
         seed or generator: make sampling reproducible (a seed makes a fresh torch.Generator).
-        use_cache=False runs the whole window through the model for every token: the slow
-        reference that the cached path must match, and the baseline of the benchmark.
+        use_cache=False runs the whole window through forward() for every token: the slow
+        reference that the fast path must match, and the baseline of the benchmark.
 
-        The prompt is run once (prefill), filling the KV cache; then each step runs only the newest
-        token. The context window is max_seq_len tokens: when it is full, the oldest tokens are
-        dropped, the most recent max_seq_len // 2 kept, and the cache is refilled from them (RoPE
-        positions change, so old keys cannot be reused). Both paths crop identically, so greedy
-        output is the same token for token. The model is in eval mode meanwhile, then restored."""
+        use_cache=True decodes with section 8's Decoder: the prompt is run once (prefill), filling
+        the KV cache; then each step runs only the newest token. The context window is max_seq_len
+        tokens: when it is full, the oldest tokens are dropped, the most recent max_seq_len // 2
+        kept, and the cache is refilled from them (RoPE positions change, so old keys cannot be
+        reused). Both paths crop identically, so greedy output is the same token for token. The
+        model is in eval mode meanwhile, then restored."""
         if torch.is_tensor(idx) and idx.dim() == 2 and idx.size(0) != 1:
             raise ValueError("generate takes one sequence: a list, a 1-D tensor or a [1, T] tensor")
         tokens = idx.reshape(-1).tolist() if torch.is_tensor(idx) else [int(t) for t in idx]
         stop_tokens = set(stop_tokens or ())
         if not tokens:
             raise ValueError("generate needs a prompt of at least one token")
-        device, window = self.embed_tokens.weight.device, self.config.max_seq_len
+        device, window = self.rope_cos.device, self.config.max_seq_len
         keep = max(1, window // 2)
         if seed is not None:
             generator = torch.Generator(device=device).manual_seed(seed)
         seen = torch.zeros(self.config.vocab_size, dtype=torch.bool, device=device)
         seen[torch.tensor(tokens, device=device)] = True
         start = max(0, len(tokens) - window)  # index in tokens of the first token in the window
-        cache = self.new_kv_cache(1) if use_cache else None
-        pos = 0  # tokens of the window already in the cache
+        decoder = Decoder(self) if use_cache else None
         was_training = self.training
         self.eval()
         try:
-            for _ in range(max_new_tokens):
+            for i in range(max_new_tokens):
                 if len(tokens) - start > window:  # window full: keep the most recent `keep` tokens
-                    start, pos = len(tokens) - keep, 0
-                if use_cache:  # run what the cache lacks: the whole window after a crop, else one token
-                    new = torch.tensor([tokens[start + pos:]], device=device)  # [1, T_new]
-                    logits, _ = self(new, kv_cache=cache, start_pos=pos)
-                    pos = len(tokens) - start
-                else:
-                    logits, _ = self(torch.tensor([tokens[start:]], device=device))
-                logits = logits[0, -1].float()  # [V]: the prediction for the next token
-                if repetition_penalty != 1.0:
-                    penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
-                    logits = torch.where(seen, penalised, logits)
+                    start = len(tokens) - keep
+                    if use_cache:  # refill all but the newest, which the step below adds
+                        decoder.refill(0, tokens[start:-1])
+                if not use_cache:
+                    logits = self(torch.tensor([tokens[start:]], device=device))[0][0, -1]
+                elif i == 0:  # prefill: the prompt in one pass
+                    logits = decoder.add(tokens[start:])
+                else:  # one cached step for the newest token
+                    logits = decoder.step([tokens[-1]])[0]
+                logits = penalise_repeats(logits.float(), seen, repetition_penalty)  # [V]
                 token = sample_next(logits, temperature, top_k, top_p, generator)
                 yield token
                 if token in stop_tokens:
@@ -515,7 +542,273 @@ class MiniMind(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# 8. Costs: FLOPs per token and the size table
+# 8. Fast decoding: the same arithmetic, arranged for one new token at a time
+#
+# Generating runs the model on one new token per step, so every weight matrix does a single
+# matrix-vector product: 2 FLOPs per weight read. The CPU's arithmetic then waits on memory, and a
+# step costs (bytes of weights) / (memory bandwidth) plus (number of small tensor ops) x (a few
+# microseconds each). The plain forward above is written to be read; the decoding path below
+# computes the same function with the choices that measured fastest on a CPU
+# (tests/benchmarks/bench_decode.py; minimind2-small, one thread: 1.5x forward() with its cache):
+#
+#   * weights transposed to [in, out]: x @ w_t reads each row of w_t once, in order; with torch's
+#     CPU matmul (MKL) that is ~1.15x nn.Linear's x @ w.T for one row of x
+#   * fused matrices: q, k and v are one matmul, gate and up another (7 matmuls a block become 4,
+#     each reading a longer run of memory)
+#   * 16-bit weights where the device has a kernel for them (FastLinear): half the bytes to read
+#   * 40% of forward()'s tensor calls (225 a token against 579): no nn.Module calls, one RoPE for
+#     q, k and v, one cache write, tables (RoPE, masks, cache slots) made once a step, not a block
+#   * a KV cache with one row per sequence and a position per row, so one step can advance
+#     several sequences at once: the HTTP server's batch (chat.py)
+#
+# The plain path stays the reference: generate(use_cache=False) runs forward() on the whole window
+# with hand-written attention available; the tests check that both paths pick the same tokens.
+
+
+def fbgemm_fp16_ok():
+    """Does this torch have fbgemm's fp16-weight matmul (x86 builds do; ARM ones do not)?"""
+    try:
+        w = torch.zeros(16, 16)
+        torch.ops.quantized.linear_dynamic_fp16(torch.zeros(1, 16),
+                                                torch.ops.quantized.linear_prepack_fp16(w, None))
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+HAS_FBGEMM_FP16 = fbgemm_fp16_ok()
+
+
+class FastLinear:
+    """y = x @ w.T + b for float32 activations x [N, in] -> [N, out], with w kept the way the
+    device reads it fastest for a few rows of x at a time:
+
+      float32  w transposed to [in, out], contiguous (see the list above)
+      float16  on a CPU, fbgemm's kernel (torch.ops.quantized.linear_dynamic_fp16): fp16 weights,
+               converted to fp32 inside the kernel, fp32 activations and sums. Half the bytes of
+               fp32 and nothing lost on the activations. Elsewhere: x cast to fp16, torch's matmul.
+      bfloat16 x cast to bf16, torch's matmul (fast on GPUs and on CPUs with bf16 instructions;
+               on AVX2-only CPUs slower than fp32, which is why it is not the CPU default)"""
+
+    def __init__(self, weight, bias=None, dtype=torch.float32):
+        weight = weight.detach()
+        self.bias = None if bias is None else bias.detach().float()
+        self.packed = self.w_t = self.w = None
+        if dtype == torch.float16 and weight.device.type == "cpu" and HAS_FBGEMM_FP16:
+            self.packed = torch.ops.quantized.linear_prepack_fp16(weight.float(), self.bias)
+        elif dtype == torch.float32:
+            self.w_t = weight.float().t().contiguous()  # [in, out]
+        else:
+            self.w = weight.to(dtype).contiguous()  # [out, in]
+
+    def __call__(self, x):
+        if self.packed is not None:
+            return torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
+        if self.w_t is not None:
+            return x @ self.w_t if self.bias is None else torch.addmm(self.bias, x, self.w_t)
+        y = F.linear(x.to(self.w.dtype), self.w).float()
+        return y if self.bias is None else y + self.bias
+
+
+class Concat:
+    """Layers of some other kind (a LoRA wrapper, say) that know no fused form: each is called as
+    it is, and their outputs are put side by side as a fused matmul's would be."""
+
+    def __init__(self, layers):
+        self.layers = layers
+
+    def __call__(self, x):
+        return torch.cat([layer(x).float() for layer in self.layers], dim=-1)
+
+
+def fuse_linears(layers, dtype):
+    """One matmul for several layers that read the same input (q, k, v; gate, up), their outputs
+    side by side. nn.Linear layers are concatenated here; another layer class can bring its own
+    fused form as a `for_decoding(layers, dtype)` method (quantize.py's int8 layers do)."""
+    if all(type(layer) is nn.Linear for layer in layers):
+        bias = [layer.bias for layer in layers]
+        bias = None if bias[0] is None else torch.cat(bias)
+        return FastLinear(torch.cat([layer.weight for layer in layers]), bias, dtype)
+    if hasattr(layers[0], "for_decoding") and all(type(x) is type(layers[0]) for x in layers):
+        return layers[0].for_decoding(layers, dtype)
+    return Concat(layers)
+
+
+def weights_version(model):
+    """Changes whenever a weight does: every tensor counts its in-place changes (an optimizer step,
+    load_state_dict) in ._version, and replacing one (model.to, model.half) moves its data_ptr."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
+class DecodeWeights:
+    """A MiniMind's weights rearranged for decoding (see the list at the top of this section):
+    fused and laid out by fuse_linears in `dtype`; norms, RoPE tables and activations in fp32."""
+
+    def __init__(self, model, dtype=None):
+        cfg = model.config
+        self.dtype = dtype or model.norm.weight.dtype  # (the embedding may be an int8 table)
+        self.version = weights_version(model)
+        self.embed, self.norm = model.embed_tokens, model.norm.weight.detach().float()
+        self.head = fuse_linears([model.lm_head], self.dtype)
+        # RoPE tables for q, k and v at once, [max_seq_len, H + 2 H_kv, hd]: v's heads get angle 0
+        # (cos 1, sin 0), which leaves them exactly as they are, so one rotation covers the fused
+        # qkv output. rotate_half(x) * sin is x.roll(hd/2) * (sin with its first half negated):
+        # [-x2, x1] is [x2, x1] with a sign on the first half; one roll instead of chunk+neg+cat.
+        H, H_kv, half = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim // 2
+        sin = torch.cat([-model.rope_sin[:, :half], model.rope_sin[:, half:]], dim=-1)  # [L, hd]
+        rotated = lambda table, rest: torch.cat([table[:, None].expand(-1, H + H_kv, -1),
+                                                 rest[:, None].expand(-1, H_kv, -1)], dim=1)
+        self.cos = rotated(model.rope_cos, torch.ones_like(sin))
+        self.sin = rotated(sin, torch.zeros_like(sin))
+        self.layers = [self.block(b, cfg) for b in model.layers]
+
+    def block(self, b, cfg):
+        a, qk_norm = b.self_attn, None
+        if cfg.qk_norm:  # one [H + H_kv, 1, hd] table: q's heads, then k's, normalised in one go
+            qk_norm = torch.cat([a.q_norm.weight.detach().float().expand(cfg.n_heads, -1),
+                                 a.k_norm.weight.detach().float().expand(cfg.n_kv_heads, -1)])[:, None]
+        dense = isinstance(b.mlp, FeedForward)
+        mlp = b.mlp
+        return dict(norm1=b.input_layernorm.weight.detach().float(), qk_norm=qk_norm,
+                    qkv=fuse_linears([a.q_proj, a.k_proj, a.v_proj], self.dtype),
+                    o=fuse_linears([a.o_proj], self.dtype),
+                    norm2=b.post_attention_layernorm.weight.detach().float(),
+                    gate_up=fuse_linears([mlp.gate_proj, mlp.up_proj], self.dtype) if dense else None,
+                    down=fuse_linears([mlp.down_proj], self.dtype) if dense else None,
+                    moe=None if dense else mlp)  # MoE routing runs as its module does
+
+
+def rms_norm(x, weight, eps):
+    """RMSNorm's formula (section 2) on fp32 activations: torch's F.rms_norm computes the same
+    numbers in one call instead of six. weight: [dim], or qk-norm's [heads, 1, hd] table."""
+    if weight.dim() == 1:
+        return F.rms_norm(x, weight.shape, weight, eps)
+    return F.rms_norm(x, weight.shape[-1:], None, eps) * weight
+
+
+class Decoder:
+    """Runs a MiniMind on up to max_batch sequences, each in its own row of one fp32 KV cache.
+
+        dec = Decoder(model, max_batch=4)
+        logits = dec.add(prompt_ids)          # a new row: the prompt run at positions 0..T-1 -> [V]
+        logits = dec.step([t0, t1, ...])      # one new token for every row, each at its own
+                                              # next position -> [rows, V]
+        dec.remove(2)                         # row 2 leaves; the last row moves into its place
+
+    generate() uses one row; chat.py's server keeps a batch of rows. Rows are always 0..rows-1,
+    so a step works on a prefix of the cache (views, no copies)."""
+
+    def __init__(self, model, max_batch=1, weights=None):
+        cfg = self.cfg = model.config
+        self.w, self.device = weights or model.decoding_weights(), model.rope_cos.device
+        # The cache, one tensor a layer: [max_batch, 2 H_kv, max_seq_len, hd], keys in heads
+        # 0..H_kv-1 and values after them, as the fused qkv output has them: one write a step.
+        self.kv = [torch.zeros(max_batch, 2 * cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim,
+                               device=self.device) for _ in range(cfg.n_layers)]
+        self.kv_rows = [kv.view(-1, cfg.head_dim) for kv in self.kv]  # the same, [entries, hd]
+        self.max_batch, self.lengths = max_batch, []  # tokens in the cache, per row
+        n = max(cfg.max_seq_len, 2 * cfg.n_kv_heads * max_batch)
+        self.arange = torch.arange(n, device=self.device)  # positions, rows: sliced, never rebuilt
+
+    @property
+    def rows(self):
+        return len(self.lengths)
+
+    def add(self, ids):
+        if self.rows == self.max_batch:
+            raise ValueError(f"all {self.max_batch} rows are in use")
+        self.lengths.append(0)
+        return self.refill(self.rows - 1, ids)
+
+    @torch.no_grad()
+    def refill(self, row, ids):
+        """Start `row` again with ids at positions 0..T-1 (a new prompt, or the window after a
+        crop); returns the logits for the token that follows them, [V] (None for no ids)."""
+        T = len(ids)
+        if T > self.cfg.max_seq_len:
+            raise ValueError(f"{T} tokens; a row holds at most {self.cfg.max_seq_len}")
+        self.lengths[row] = 0
+        if T == 0:
+            return None
+        idx = torch.tensor(ids, device=self.device)  # [T]
+        cos, sin = self.w.cos[:T].transpose(0, 1), self.w.sin[:T].transpose(0, 1)  # [heads, T, hd]
+        logits = self.run(idx, cos, sin, row=row)
+        self.lengths[row] = T
+        return logits[0]
+
+    @torch.no_grad()
+    def step(self, tokens):
+        """One token for each row (row i's goes at position lengths[i]) -> logits [rows, V]."""
+        B, cfg = self.rows, self.cfg
+        if len(tokens) != B:
+            raise ValueError(f"{len(tokens)} tokens for {B} rows")
+        if max(self.lengths) >= cfg.max_seq_len:
+            raise ValueError("a row is full; refill it with a shorter window first")
+        pos = torch.tensor(self.lengths, device=self.device)  # [B]
+        # Where each row's new keys and values go in a layer's cache seen as [rows*2H_kv*L, hd]:
+        # row b, head j, position p is entry (b * 2H_kv + j) * L + p. Worked out once a step.
+        slots = (self.arange[:B * 2 * cfg.n_kv_heads] * cfg.max_seq_len).view(B, -1) + pos[:, None]
+        cos, sin = self.w.cos[pos, :, None], self.w.sin[pos, :, None]  # [B, heads, 1, hd]
+        idx = torch.tensor(tokens, device=self.device)  # [B]
+        logits = self.run(idx, cos, sin, pos=pos, slots=slots.view(-1))
+        self.lengths = [n + 1 for n in self.lengths]
+        return logits
+
+    def remove(self, row):
+        """Drop `row`: the last row's cache moves into its place (one copy), so the rows in use
+        stay 0..rows-1."""
+        last = self.rows - 1
+        if row != last:
+            n = self.lengths[last]
+            for buf in self.kv:
+                buf[row, :, :n] = buf[last, :, :n]
+            self.lengths[row] = n
+        self.lengths.pop()
+
+    def run(self, idx, cos, sin, row=None, pos=None, slots=None):
+        """The model on new tokens: a prompt of T tokens for one row (row=, at positions 0..T-1),
+        or one token for each of B rows (pos=, their positions; slots=, where their keys go).
+        Returns the logits after the last token of each row, [1 or B, V]."""
+        cfg, w = self.cfg, self.w
+        H, H_kv, hd, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.norm_eps
+        B, T = (1, idx.numel()) if row is not None else (idx.numel(), 1)
+        if row is None:  # row b sees its own keys, positions 0..pos[b]; one row sees them all
+            n_keys = max(self.lengths) + 1
+            mask = (self.arange[:n_keys] <= pos[:, None])[:, None, None, :] if B > 1 else None
+        x = w.embed(idx).float().view(B * T, cfg.dim)  # [N, dim], N = B*T
+        for layer, kv_buf, kv_rows in zip(w.layers, self.kv, self.kv_rows):
+            qkv = layer["qkv"](rms_norm(x, layer["norm1"], eps))  # [N, (H + 2 H_kv) hd]
+            if T == 1:  # one token a row: [B, heads, 1, hd] is the memory of [B, 1, heads, hd]
+                qkv = qkv.view(B, H + 2 * H_kv, 1, hd)
+            else:
+                qkv = qkv.view(B, T, H + 2 * H_kv, hd).transpose(1, 2)  # [B, heads, T, hd]
+            if layer["qk_norm"] is not None:
+                qkv[:, :H + H_kv] = rms_norm(qkv[:, :H + H_kv], layer["qk_norm"], eps)
+            qkv = torch.addcmul(qkv * cos, qkv.roll(hd // 2, -1), sin)  # RoPE on q and k; v as is
+            q, kv = qkv[:, :H], qkv[:, H:]  # [B, H, T, hd], [B, 2 H_kv, T, hd]: keys, then values
+            if row is not None:  # a prompt: store its keys and values, attend causally among them
+                kv_buf[row, :, :T] = kv[0]
+                y = F.scaled_dot_product_attention(q, kv[:, :H_kv], kv[:, H_kv:], is_causal=T > 1,
+                                                   enable_gqa=H != H_kv)
+            else:  # one token per row: store it at the row's position, attend to the row's cache
+                kv_rows.index_copy_(0, slots, kv.reshape(-1, hd))
+                keys, values = kv_buf[:B, :H_kv, :n_keys], kv_buf[:B, H_kv:, :n_keys]  # [B,H_kv,L,hd]
+                y = F.scaled_dot_product_attention(q, keys, values, mask, enable_gqa=H != H_kv)
+            y = y.view(B, H * hd) if T == 1 else y.transpose(1, 2).reshape(B * T, H * hd)  # [N, H*hd]
+            x = x + layer["o"](y)  # [N, dim]
+            h = rms_norm(x, layer["norm2"], eps)
+            if layer["moe"] is not None:
+                x = x + layer["moe"](h.view(B, T, cfg.dim)).view(B * T, cfg.dim).float()
+            else:
+                gate, up = layer["gate_up"](h).chunk(2, dim=-1)  # [N, hidden] each
+                x = x + layer["down"](F.silu(gate) * up)
+        last = x.view(B, T, cfg.dim)[:, -1]  # only the last position's logits are needed
+        return w.head(rms_norm(last, w.norm, eps))  # [B, V]
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. Costs: FLOPs per token and the size table
 
 
 def flops_per_token(config, seq_len=None):

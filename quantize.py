@@ -17,6 +17,7 @@ INT8 run directory (rundir.load_run opens it again, with prepare_int8_skeleton) 
 Imports: rundir.py (run directories, flags, errors) and train.py (the validation text and its
 perplexity, as train.py measures it).
 """
+import functools
 import os
 import shutil
 import types
@@ -75,10 +76,19 @@ def dequantize(q, scale):
 # ---------------------------------------------------------------------------------------------
 # The fast CPU path: torch's weight-only int8 matmul, y = x @ q^T * scales, which reads the int8
 # weight directly (4x less memory traffic than fp32, and decoding one token at a time is bound by
-# memory traffic). On torch 2.13 for CPU it is fast with bfloat16 activations (about 2x an fp32
-# nn.Linear for one token) but slow with fp32 ones, and it needs in_features to be a multiple of
-# 16 (other sizes crash or give garbage), so it is used only where those hold. Activations lose a
-# little precision in bf16 (8 bits of mantissa); the tests bound the difference to the reference.
+# memory traffic). It needs in_features to be a multiple of 16 (other sizes crash or give
+# garbage), so it is used only there. Why this kernel, of those torch 2.13 offers on a CPU
+# (tests/benchmarks/bench_decode.py --part kernels,accuracy: every matrix of minimind2-small, one
+# thread, against nn.Linear in fp32; agreement: teacher-forced greedy picks of a trained model):
+#
+#   _weight_int8pack_mm, bf16 activations   2.3x, 99.9% agree: the fastest that stays accurate
+#   _weight_int8pack_mm, fp32 activations   0.3x: no fast kernel for fp32 activations
+#   quantized.linear_dynamic (fbgemm, what  3.1x, but it rounds the activations to 7 bits too:
+#   quantize_dynamic uses)                  98.7% agree, under the 99% this project asks
+#   _int_mm (int8 x int8 -> int32)          quantized activations too, and slow for one row
+#
+# Activations lose a little precision in bf16 (8 bits of mantissa); the tests bound the difference
+# to the reference path.
 HAS_INT8_KERNEL = hasattr(torch, "_weight_int8pack_mm")
 
 
@@ -92,13 +102,38 @@ def int8_linear(x, q, scale, bias=None, fast=True):
     0.4%, the same way for a whole channel)."""
     if fast and HAS_INT8_KERNEL and x.device.type == "cpu" and q.size(1) % 16 == 0:
         x2 = x.reshape(-1, x.size(-1)).to(torch.bfloat16).contiguous()           # [M, K]
-        ones = torch.ones(q.size(0), dtype=torch.bfloat16)                        # [N]
-        y = torch._weight_int8pack_mm(x2, q, ones).float() * scale                 # [M, N]
+        y = torch._weight_int8pack_mm(x2, q, unit_scales(q.size(0))) * scale      # [M, N], fp32
         y = y.reshape(*x.shape[:-1], q.size(0))                                   # [..., N]
         if bias is not None:
             y = y + bias.float()
         return y.to(x.dtype)
     return F.linear(x, dequantize(q, scale).to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+@functools.lru_cache(maxsize=64)
+def unit_scales(n):
+    """n ones in bf16: the kernel's own scales, made once per size instead of once per call."""
+    return torch.ones(n, dtype=torch.bfloat16)
+
+
+class Int8ForDecoding:
+    """minimind's decoding path fuses the layers that read one input (q, k, v; gate, up): their
+    int8 rows stacked into one matrix, one kernel call. Its input is always fp32 [N, K], so the
+    fast path is int8_linear's without the reshapes: three tensor ops (to bf16, the kernel, the
+    scales), which matters at 33 matmuls a token. The float `dtype` minimind asks for does not
+    apply: these weights stay int8."""
+
+    def __init__(self, layers, q, scale, bias):
+        self.q, self.scale, self.bias = q, scale, bias
+        kernel_fits = HAS_INT8_KERNEL and q.device.type == "cpu" and q.size(1) % 16 == 0
+        self.fast = kernel_fits and all(layer.fast for layer in layers)  # set_fast later: no effect
+        self.ones = torch.ones(q.size(0), dtype=torch.bfloat16, device=q.device)
+
+    def __call__(self, x):
+        if not self.fast:
+            return int8_linear(x, self.q, self.scale, self.bias, fast=False)
+        y = torch._weight_int8pack_mm(x.to(torch.bfloat16), self.q, self.ones) * self.scale  # fp32
+        return y if self.bias is None else y + self.bias
 
 
 class QuantizedLinear(nn.Module):
@@ -124,6 +159,14 @@ class QuantizedLinear(nn.Module):
     def forward(self, x):
         return int8_linear(x, self.weight_int8, self.scale, self.bias, self.fast)
 
+    @staticmethod
+    def for_decoding(layers, dtype):
+        """The fused form minimind.fuse_linears asks for (see Int8ForDecoding)."""
+        bias = [layer.bias for layer in layers]
+        bias = None if bias[0] is None else torch.cat(bias).detach()
+        return Int8ForDecoding(layers, torch.cat([layer.weight_int8 for layer in layers]),
+                               torch.cat([layer.scale for layer in layers]), bias)
+
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
 
@@ -147,7 +190,7 @@ class QuantizedEmbedding(nn.Module):
 
     @property
     def weight(self):
-        """The dequantized float table. minimind.generate and new_kv_cache read embed_tokens.weight
+        """The dequantized float table. minimind.new_kv_cache reads embed_tokens.weight
         (for its device and dtype, once per call), so the quantized table answers with its float view."""
         return dequantize(self.weight_int8, self.scale)
 
@@ -166,6 +209,9 @@ class TiedQuantizedHead(nn.Module):
 
     def forward(self, x):
         return int8_linear(x, self.embedding.weight_int8, self.embedding.scale, None, self.fast)
+
+    def for_decoding(self, layers, dtype):
+        return Int8ForDecoding(layers, self.embedding.weight_int8, self.embedding.scale, None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -447,11 +447,11 @@ class LoRALinear(nn.Module):
         self.enabled = True  # adapters_off() sets it False: the base layer alone
 
     def forward(self, x):
-        y = F.linear(x, self.weight, self.bias)  # [..., out]
+        # A GPU run keeps the frozen W in fp16/bf16 and the adapters in fp32; each .to() meets the
+        # other's dtype (a no-op in fp32, and autocast picks the dtype of the matmuls anyway).
+        y = F.linear(x.to(self.weight.dtype), self.weight, self.bias)  # [..., out]
         if not self.enabled:
             return y
-        # The adapters stay fp32 while a GPU run keeps W in fp16/bf16; .to() matches x's dtype
-        # (a no-op in fp32, and autocast picks the dtype of the matmuls anyway).
         h = F.linear(self.dropout(x), self.lora_A.to(x.dtype))  # [..., r]
         return y + self.scale * F.linear(h, self.lora_B.to(x.dtype))  # [..., out]
 

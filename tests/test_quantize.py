@@ -153,3 +153,23 @@ def test_moe_experts_that_get_no_tokens_still_run():
     with torch.no_grad():
         a, b = model(idx)[0], q(idx)[0]
     assert (a - b).abs().max() < 0.02 * a.abs().max()
+
+
+def test_int8_decoding_path_agrees_with_the_reference_path(pretrained_run):
+    """minimind's decoding path fuses the int8 layers (for_decoding) and runs the fast kernel; on a
+    trained model its greedy picks match the int8 reference path (dequantize, fp32 matmul)."""
+    from pydoc_data.topics import topics
+    model, tok, _ = rundir.load_run(pretrained_run)
+    for include_embeddings in (False, True):
+        fast = copy.deepcopy(model)
+        quantize.quantize_model(fast, include_embeddings)
+        reference = quantize.set_fast(copy.deepcopy(fast), False)
+        ids = tok.encode(topics[sorted(topics)[-1]])[:model.context_length]
+        with torch.no_grad():
+            expected = reference(torch.tensor([ids]))[0][0].argmax(-1)
+        decoder = minimind.Decoder(fast)
+        picks = [decoder.add(ids[:1]).argmax()] + [decoder.step([t])[0].argmax() for t in ids[1:]]
+        assert (torch.stack(picks) == expected).float().mean() >= 0.99
+        prompt = ids[:8]
+        assert list(fast.generate(prompt, 30, temperature=0)) == \
+            list(reference.generate(prompt, 30, temperature=0, use_cache=False))
