@@ -1478,8 +1478,8 @@ def demo():
     tok = Tokenizer.train(text, vocab_size=512)
     print(f"bpe.py demo: a {tok.vocab_size}-token BPE trained on {len(text):,} characters of "
           f"Python's help topics")
-    for s in ["Hello, world!", "for i in range(10):\n    print(i ** 2)", "naïve café, 日本語 🙂",
-              "<|im_start|>user\nHi!<|im_end|>"]:
+    for s in ["Hello, world!", "for i in range(10):\n    print(i ** 2)",
+              "naïve café, 日本語 🙂", "<|im_start|>user\nHi!<|im_end|>"]:
         ids = tok.encode(s, allowed_special="all")
         print(f"\n{s!r}: {len(s.encode('utf-8'))} bytes -> {len(ids)} tokens\n  {ids}\n  "
               + " ".join(f"[{tok.piece(i)}]".replace("\n", "\\n") for i in ids))

@@ -1,9 +1,10 @@
 """convert.py: released models in, run directories out (book chapters 3 and 11).
 
-    python convert.py hf:HuggingFaceTB/SmolLM2-135M-Instruct out/smollm   # a model on the hub
-    python convert.py path/to/transformers-dir out/name                    # a transformers directory
-    python convert.py out/dpo out/dpo-hf --to hf                           # a run -> transformers
-    python convert.py out/dpo out/dpo.gguf --to gguf --type q8_0           # a run -> llama.cpp, Ollama
+    python convert.py hf:HuggingFaceTB/SmolLM2-135M-Instruct out/smollm  # a model on the hub
+    python convert.py path/to/transformers-dir out/name                   # a transformers directory
+    python convert.py out/dpo out/dpo-hf --to hf                          # a run -> transformers
+    python convert.py out/dpo out/dpo.gguf --to gguf --type q8_0          # a run -> llama.cpp,
+                                                                          # Ollama
 
 Chapter 3 takes a released model and makes it a run directory like any other, so train.py --init,
 sft.py, dpo.py, eval.py, quantize.py and chat.py work on it; chapter 11 goes the other way, to the
@@ -716,15 +717,16 @@ HF_ARCHS = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForC
             "Qwen3MoeForCausalLM": "qwen3_moe", "GPT2LMHeadModel": "gpt2"}
 HF_DEFAULTS = {  # the transformers defaults that decide the model, per family
     "llama": dict(rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                  attention_bias=False, mlp_bias=False, hidden_act="silu", max_position_embeddings=2048),
-    "qwen2": dict(rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, hidden_act="silu",
-                  max_position_embeddings=32768),
+                  attention_bias=False, mlp_bias=False, hidden_act="silu",
+                  max_position_embeddings=2048),
+    "qwen2": dict(rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                  hidden_act="silu", max_position_embeddings=32768),
     "qwen3": dict(rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, head_dim=128,
                   attention_bias=False, hidden_act="silu", max_position_embeddings=32768),
-    "qwen3_moe": dict(rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, head_dim=128,
-                      attention_bias=False, hidden_act="silu", max_position_embeddings=32768,
-                      norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[],
-                      router_aux_loss_coef=0.001),
+    "qwen3_moe": dict(rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                      head_dim=128, attention_bias=False, hidden_act="silu",
+                      max_position_embeddings=32768, norm_topk_prob=False, decoder_sparse_step=1,
+                      mlp_only_layers=[], router_aux_loss_coef=0.001),
     "gpt2": dict(n_positions=1024, layer_norm_epsilon=1e-5, activation_function="gelu_new",
                  tie_word_embeddings=True, n_inner=None),
 }
@@ -759,7 +761,8 @@ def llama_family_config(hf, family, max_seq_len):
     """A Llama / Qwen2 / Qwen3 / Qwen3-MoE config.json -> a MiniMindConfig dict, exactly, or a
     UserError naming the field we do not model (never a silently different model)."""
     rope = hf.values.get("rope_parameters") or {}
-    scaling = hf.values.get("rope_scaling") or ({} if rope.get("rope_type", "default") == "default" else rope)
+    scaling = hf.values.get("rope_scaling") or ({} if rope.get("rope_type", "default") == "default"
+                                                else rope)
     if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
         hf.refuse("rope_scaling", scaling, "RoPE scaling (long-context variants) is not modelled")
     hf.require("hidden_act", ("silu",), "the MLP here is SwiGLU (silu)")
@@ -767,7 +770,8 @@ def llama_family_config(hf, family, max_seq_len):
     if "sliding_attention" in (hf.values.get("layer_types") or []):
         hf.refuse("layer_types", "sliding_attention", "sliding-window attention is not modelled")
     hf.require("mlp_bias", (None, False), "the MLP here has no biases")
-    hf.require("pretraining_tp", (None, 1), "split (tensor-parallel) linear layers are not modelled")
+    hf.require("pretraining_tp", (None, 1),
+               "split (tensor-parallel) linear layers are not modelled")
     hf.require("partial_rotary_factor", (None, 1, 1.0), "RoPE here turns the whole head")
     if family == "llama":  # Llama's attention_bias puts biases on q, k, v AND o; we have q, k, v
         hf.require("attention_bias", (False,), "biases on the attention output are not modelled")
@@ -789,7 +793,8 @@ def llama_family_config(hf, family, max_seq_len):
 
 def moe_config(hf):
     """Qwen3-MoE's experts -> ours: every layer sparse, no shared experts, and the routing weights
-    renormalised exactly when ours are (top_k > 1; with one expert ours keep the raw probability)."""
+    renormalised exactly when ours are (top_k > 1; with one expert ours
+    keep the raw probability)."""
     hf.require("decoder_sparse_step", (1,), "every layer here is a mixture of experts")
     hf.require("mlp_only_layers", ([],), "every layer here is a mixture of experts")
     top_k = hf.get("num_experts_per_tok")
@@ -807,12 +812,14 @@ def gpt2_config(hf, max_seq_len):
     hf.require("n_inner", (None, 4 * hf.get("n_embd")), "the MLP here is 4 x n_embd wide")
     hf.require("layer_norm_epsilon", (1e-5,), "nn.LayerNorm's eps here is 1e-5")
     hf.require("tie_word_embeddings", (True,), "gpt.GPT ties its head to the embedding")
-    for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
+    for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
+                "add_cross_attention"):
         hf.require(key, (None, False), "not modelled")
     n_positions = hf.get("n_positions")
     if max_seq_len < n_positions:
-        hf.refuse("n_positions", n_positions, f"GPT-2 learns one vector per position; --max-seq-len "
-                  f"{max_seq_len} would drop some of them (give --max-seq-len {n_positions})")
+        hf.refuse("n_positions", n_positions, f"GPT-2 learns one vector per position; "
+                  f"--max-seq-len {max_seq_len} would drop some of them "
+                  f"(give --max-seq-len {n_positions})")
     return dict(n_layer=hf.get("n_layer"), n_head=hf.get("n_head"), n_embd=hf.get("n_embd"),
                 block_size=n_positions, vocab_size=hf.get("vocab_size"), dropout=0.0, bias=True,
                 gelu_approximate=GELUS[hf.get("activation_function")])
@@ -842,11 +849,14 @@ def tensor_names(arch, config):
                  ("transformer.ln_f.bias", "transformer.ln_f.bias", False)]
         for i in range(config["n_layer"]):
             h = f"transformer.h.{i}"
-            names += [(f"{h}.{m}.{p}", f"{h}.{m}.{p}", False) for m in ("ln_1", "ln_2") for p in ("weight", "bias")]
+            names += [(f"{h}.{m}.{p}", f"{h}.{m}.{p}", False)
+                      for m in ("ln_1", "ln_2") for p in ("weight", "bias")]
             for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-                names += [(f"{h}.{m}.weight", f"{h}.{m}.weight", True), (f"{h}.{m}.bias", f"{h}.{m}.bias", False)]
+                names += [(f"{h}.{m}.weight", f"{h}.{m}.weight", True),
+                          (f"{h}.{m}.bias", f"{h}.{m}.bias", False)]
         return names
-    names = [("embed_tokens.weight", "model.embed_tokens.weight", False), ("norm.weight", "model.norm.weight", False)]
+    names = [("embed_tokens.weight", "model.embed_tokens.weight", False),
+             ("norm.weight", "model.norm.weight", False)]
     if not config.get("tie_embeddings", True):
         names.append(("lm_head.weight", "lm_head.weight", False))
     for i in range(config["n_layers"]):
@@ -856,7 +866,8 @@ def tensor_names(arch, config):
         ours += [f"{i}.self_attn.{p}_norm.weight" for p in "qk"] if config.get("qk_norm") else []
         if config.get("n_experts"):
             ours += [f"{i}.mlp.gate.weight"] + [f"{i}.mlp.experts.{e}.{p}_proj.weight"
-                                                 for e in range(config["n_experts"]) for p in ("gate", "up", "down")]
+                                                 for e in range(config["n_experts"])
+                                                 for p in ("gate", "up", "down")]
         else:
             ours += [f"{i}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
         names += [(f"layers.{n}", f"model.layers.{n}", False) for n in ours]
@@ -879,9 +890,11 @@ def tensor_names(arch, config):
 # our scripts write ChatML all the same.
 # ---------------------------------------------------------------------------------------------
 PROJECT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-CHATML_TEMPLATE = (  # what sft.render_chat writes, as a Jinja template for transformers and llama.cpp
+# what sft.render_chat writes, as a Jinja template for transformers and llama.cpp
+CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
-    "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "+ '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
     "{% endif %}")
 
 
@@ -889,7 +902,8 @@ def chat_template_of(folder):
     """The release's chat template (Jinja text), or None: tokenizer_config.json's "chat_template"
     (a string, or a list of named ones of which "default" is used), else chat_template.jinja."""
     config = folder / "tokenizer_config.json"
-    template = read_json(config, "tokenizer_config.json").get("chat_template") if config.exists() else None
+    template = (read_json(config, "tokenizer_config.json").get("chat_template") if config.exists()
+                else None)
     if isinstance(template, list):
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)
     if template is None and (folder / "chat_template.jinja").exists():
@@ -911,7 +925,8 @@ def import_tokenizer(folder, rows):
         raise UserError(str(e)) from None
     added = [name for name in PROJECT_SPECIALS if name not in tok.special_tokens]
     if any(name in tok.added_tokens for name in added):
-        raise UserError(f"{folder / 'tokenizer.json'}: {added} are ordinary added tokens here, not special")
+        raise UserError(f"{folder / 'tokenizer.json'}: {added} are ordinary added tokens here, "
+                        f"not special")
     if tok.vocab_size < rows:
         tok.reserve(rows)  # the spare rows: ids that stand for nothing, so the sizes agree
     tok.add_special_tokens(added)
@@ -932,7 +947,8 @@ def import_weights(weights, arch, config, where):
     Each source tensor is dropped from `weights` once converted, so a memory-mapped checkpoint
     costs one float32 copy of the model, not two."""
     if arch == "gpt" and "transformer.wte.weight" not in weights:  # the hub's GPT-2 has no prefix
-        weights = {k if k.startswith("lm_head") else "transformer." + k: v for k, v in weights.items()}
+        weights = {k if k.startswith("lm_head") else "transformer." + k: v
+                   for k, v in weights.items()}
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in rundir.build_model(arch, config).state_dict().items()}
     state = {}
@@ -950,8 +966,10 @@ def import_weights(weights, arch, config, where):
     extra = [k for k in weights if not IGNORED.fullmatch(k)]
     if extra:
         raise UserError(f"{where}: the checkpoint has tensors this model does not: {extra[:5]}")
-    if arch == "gpt" or config.get("tie_embeddings"):  # a tied head is the embedding, under both names
-        state["lm_head.weight"] = state["transformer.wte.weight" if arch == "gpt" else "embed_tokens.weight"]
+    # a tied head is the embedding, under both names
+    if arch == "gpt" or config.get("tie_embeddings"):
+        state["lm_head.weight"] = state["transformer.wte.weight" if arch == "gpt"
+                                        else "embed_tokens.weight"]
     return state
 
 
@@ -980,7 +998,8 @@ def open_source(source):
 
 
 def import_model(source, out_dir, max_seq_len=2048, stage=""):
-    """A released model (hub id or transformers directory) -> a run directory. Returns its payload."""
+    """A released model (hub id or transformers directory) -> a run directory.
+    Returns its payload."""
     folder = open_source(source)
     config_json = read_json(folder / "config.json", "config.json")
     family, arch, config = import_config(config_json, f"{source}: config.json", max_seq_len)
@@ -997,9 +1016,11 @@ def import_model(source, out_dir, max_seq_len=2048, stage=""):
                    "family": family, "chat_template": "chatml" if is_chatml(template) else
                    ("other" if template else "none"), "added_tokens": added}
     out = Path(out_dir)
-    rundir.write_model_file(out, arch, config, state, tok, {"stage": stage, "step": 0, "source": source_info})
+    rundir.write_model_file(out, arch, config, state, tok,
+                            {"stage": stage, "step": 0, "source": source_info})
     if template and not is_chatml(template):
-        rundir.atomic_write(out / "chat_template.jinja", lambda f: f.write(template.encode("utf-8")))
+        rundir.atomic_write(out / "chat_template.jinja",
+                            lambda f: f.write(template.encode("utf-8")))
     return {"arch": arch, "config": config, "stage": stage, "source": source_info, "added": added,
             "template": template}
 
@@ -1013,22 +1034,25 @@ def export_family(arch, config):
         return "gpt2"
     if config.get("n_experts"):
         if config.get("n_shared_experts") or not config.get("qk_norm") or config.get("qkv_bias"):
-            raise UserError("this mixture of experts has shared experts, no QK-norm or q/k/v biases: "
-                            "Qwen3MoeForCausalLM, the one MoE class it could go to, has none of those")
+            raise UserError("this mixture of experts has shared experts, no QK-norm or q/k/v "
+                            "biases: Qwen3MoeForCausalLM, the one MoE class it could go to, has "
+                            "none of those")
         return "qwen3_moe"
     if config.get("qkv_bias") and config.get("qk_norm"):
         raise UserError("q/k/v biases AND QK-norm: no transformers class has both (Qwen2 has the "
                         "biases, Qwen3 the norms)")
     if config.get("qkv_bias"):
         if config["head_dim"] != config["dim"] // config["n_heads"]:
-            raise UserError("Qwen2ForCausalLM derives head_dim from dim / n_heads; this model's differs")
+            raise UserError("Qwen2ForCausalLM derives head_dim from dim / n_heads; "
+                            "this model's differs")
         return "qwen2"
     return "qwen3" if config.get("qk_norm") else "llama"
 
 
 def export_config(arch, config, tok):
     """Our config -> (transformers class name, config.json dict). Every field whose default could
-    build another model is written out (tie_word_embeddings, head_dim, rope_theta, the GELU, ...)."""
+    build another model is written out (tie_word_embeddings, head_dim, rope_theta,
+    the GELU, ...)."""
     family = export_family(arch, config)
     name = next(n for n, f in HF_ARCHS.items() if f == family)
     specials = tok.special_tokens
@@ -1037,9 +1061,11 @@ def export_config(arch, config, tok):
               "pad_token_id": specials["<|endoftext|>"], "torch_dtype": "float32"}
     if family == "gpt2":
         return name, {**common, "n_embd": config["n_embd"], "n_layer": config["n_layer"],
-                      "n_head": config["n_head"], "n_positions": config["block_size"], "n_inner": None,
-                      "n_ctx": config["block_size"], "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True,
-                      "activation_function": "gelu_new" if config.get("gelu_approximate") == "tanh" else "gelu",
+                      "n_head": config["n_head"], "n_positions": config["block_size"],
+                      "n_inner": None, "n_ctx": config["block_size"], "layer_norm_epsilon": 1e-5,
+                      "tie_word_embeddings": True,
+                      "activation_function": ("gelu_new" if config.get("gelu_approximate") == "tanh"
+                                              else "gelu"),
                       "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
     model = minimind.MiniMindConfig(**config)  # fills what the stored config leaves to defaults
     out = {**common, "hidden_size": model.dim, "num_hidden_layers": model.n_layers,
@@ -1048,7 +1074,8 @@ def export_config(arch, config, tok):
            "max_position_embeddings": model.max_seq_len, "rms_norm_eps": model.norm_eps,
            "rope_theta": model.rope_theta, "rope_scaling": None,
            "rope_parameters": {"rope_theta": model.rope_theta, "rope_type": "default"},
-           "tie_word_embeddings": model.tie_embeddings, "attention_bias": False, "attention_dropout": 0.0}
+           "tie_word_embeddings": model.tie_embeddings, "attention_bias": False,
+           "attention_dropout": 0.0}
     if family == "llama":
         out["mlp_bias"] = False
     if family in ("qwen2", "qwen3", "qwen3_moe"):
@@ -1059,8 +1086,8 @@ def export_config(arch, config, tok):
     if family == "qwen3_moe":
         out.update(num_experts=model.n_experts, num_experts_per_tok=model.top_k,
                    moe_intermediate_size=model.hidden_dim, norm_topk_prob=model.top_k > 1,
-                   decoder_sparse_step=1, mlp_only_layers=[], router_aux_loss_coef=model.aux_loss_coef,
-                   output_router_logits=False)
+                   decoder_sparse_step=1, mlp_only_layers=[],
+                   router_aux_loss_coef=model.aux_loss_coef, output_router_logits=False)
     return name, out
 
 
@@ -1084,7 +1111,8 @@ def export_tensors(payload):
 
 def model_card(run_dir, payload, name):
     """A short README.md: what the model is, how it was trained, how to load it."""
-    log = rundir.read_log(Path(run_dir) / "log.jsonl") if (Path(run_dir) / "log.jsonl").exists() else []
+    log = (rundir.read_log(Path(run_dir) / "log.jsonl") if (Path(run_dir) / "log.jsonl").exists()
+           else [])
     final = next((r for r in reversed(log) if r.get("eval") == "after"), {})
     figures = ", ".join(f"{k} {v:.4f}" for k, v in final.items() if isinstance(v, float))
     source = payload.get("source", {}).get("from")
@@ -1092,13 +1120,16 @@ def model_card(run_dir, payload, name):
                  or not payload["config"].get("tie_embeddings", True))
     return "\n".join([
         f"# {Path(run_dir).resolve().name}", "",
-        f"A {params / 1e6:.1f}M-parameter {name} exported by slm's convert.py from the run directory "
-        f"`{run_dir}` (stage {payload.get('stage', 'pretrain')}, step {payload.get('step')}"
+        f"A {params / 1e6:.1f}M-parameter {name} exported by slm's convert.py from the run "
+        f"directory `{run_dir}` (stage {payload.get('stage', 'pretrain')}, "
+        f"step {payload.get('step')}"
         + (f", started from {source}" if source else "") + ").", "",
         f"Held-out figures at the end of training: {figures}." if figures else "", "",
-        "Chats use ChatML (`<|im_start|>role\\n...<|im_end|>`); `tokenizer_config.json` holds the template.", "",
+        "Chats use ChatML (`<|im_start|>role\\n...<|im_end|>`); `tokenizer_config.json` holds the "
+        "template.", "",
         "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "tok = AutoTokenizer.from_pretrained(PATH)", "model = AutoModelForCausalLM.from_pretrained(PATH)", "```", ""])
+        "tok = AutoTokenizer.from_pretrained(PATH)",
+        "model = AutoModelForCausalLM.from_pretrained(PATH)", "```", ""])
 
 
 def write_hf(run_dir, out):
@@ -1113,11 +1144,13 @@ def write_hf(run_dir, out):
                   else special["<|endoftext|>"], "pad_token": special["<|endoftext|>"],
                   "unk_token": None, "model_max_length": config.get("max_position_embeddings",
                                                                     config.get("n_positions")),
-                  "clean_up_tokenization_spaces": False, "add_bos_token": False, "add_eos_token": False}
-    eos = [tok.special_tokens[n] for n in ("<|im_end|>", "<|endoftext|>")] if rundir.is_chat(payload) \
-        else [tok.special_tokens["<|endoftext|>"]]
+                  "clean_up_tokenization_spaces": False, "add_bos_token": False,
+                  "add_eos_token": False}
+    eos = ([tok.special_tokens[n] for n in ("<|im_end|>", "<|endoftext|>")]
+           if rundir.is_chat(payload) else [tok.special_tokens["<|endoftext|>"]])
     generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": eos,
-                  "pad_token_id": config["pad_token_id"], "do_sample": True, "temperature": 0.7, "top_p": 0.9}
+                  "pad_token_id": config["pad_token_id"], "do_sample": True, "temperature": 0.7,
+                  "top_p": 0.9}
     files = {"config.json": config, "generation_config.json": generation, "tokenizer.json": hf_tok,
              "tokenizer_config.json": tok_config}
 
@@ -1136,8 +1169,8 @@ def export_payload(run_dir, target):
     payload = rundir.read_model_file(run_dir, mmap=True)
     if payload.get("quantized"):
         raise UserError(f"{run_dir}: an INT8 run directory; export the float run it was made from "
-                        f"({payload['quantized'].get('source', 'its source')}) instead (--to {target} "
-                        f"writes its own quantized types)")
+                        f"({payload['quantized'].get('source', 'its source')}) instead "
+                        f"(--to {target} writes its own quantized types)")
     return payload
 
 
@@ -1184,10 +1217,11 @@ GGUF_BLOCK = {  # our name inside layers.N / transformer.h.N -> llama.cpp's insi
     "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
     "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
-    "ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
-    "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+    "ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
+    "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
 GGUF_TOP = {"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output",
-            "transformer.wte": "token_embd", "transformer.wpe": "position_embd", "transformer.ln_f": "output_norm"}
+            "transformer.wte": "token_embd", "transformer.wpe": "position_embd",
+            "transformer.ln_f": "output_norm"}
 GGUF_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # general.file_type: all f32, mostly f16, mostly q8_0
 
 
@@ -1250,8 +1284,8 @@ def gguf_metadata(w, arch, config, name):
 # the vocabulary as one token ("ignore_merges", Llama 3's shortcut). Ours must be one of them, or
 # llama.cpp would cut text into other chunks. GPT-4's pattern, which bpe.py trains with, is
 # llama.cpp's "dbrx" (the Llama 3 regex without the shortcut: bpe.py always applies merges).
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
-                r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 GGUF_PRE = [  # (llama.cpp's name, the tokenizer's split patterns, ignore_merges)
     ("dbrx", [bpe.GPT4_SPLIT_PATTERN], False), ("dbrx", [LLAMA3_SPLIT], False),
@@ -1266,9 +1300,9 @@ def gguf_tokenizer(w, tok, chat):
     pre = next((name for name, patterns, ignore in GGUF_PRE
                 if tok.split_patterns == patterns and tok.ignore_merges == ignore), None)
     if pre is None:
-        raise UserError(f"this tokenizer's split ({tok.split_patterns}) is none that llama.cpp knows "
-                        f"by name ({', '.join(sorted({p for p, _, _ in GGUF_PRE}))}): it would cut "
-                        f"text differently")
+        raise UserError(f"this tokenizer's split ({tok.split_patterns}) is none that llama.cpp "
+                        f"knows by name ({', '.join(sorted({p for p, _, _ in GGUF_PRE}))}): "
+                        f"it would cut text differently")
     # Qwen2's NFC normalizer: llama.cpp (and its own converter) leave it out; text already in NFC,
     # which is nearly all text, tokenizes the same.
     try:
@@ -1319,9 +1353,9 @@ def modelfile(gguf_path, chat):
     lines = [f"FROM ./{Path(gguf_path).name}", ""]
     if chat:
         lines += ['TEMPLATE """{{- if .System }}<|im_start|>system', '{{ .System }}<|im_end|>',
-                  '{{ end }}{{- range .Messages }}<|im_start|>{{ .Role }}', '{{ .Content }}<|im_end|>',
-                  '{{ end }}<|im_start|>assistant', '"""', 'PARAMETER stop "<|im_end|>"',
-                  'PARAMETER stop "<|im_start|>"']
+                  '{{ end }}{{- range .Messages }}<|im_start|>{{ .Role }}',
+                  '{{ .Content }}<|im_end|>', '{{ end }}<|im_start|>assistant', '"""',
+                  'PARAMETER stop "<|im_end|>"', 'PARAMETER stop "<|im_start|>"']
     else:
         lines += ['TEMPLATE """{{ .Prompt }}"""']
     lines += ['PARAMETER stop "<|endoftext|>"', "PARAMETER temperature 0.7", "PARAMETER top_k 50",
@@ -1334,15 +1368,17 @@ def modelfile(gguf_path, chat):
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class ConvertConfig:
-    source: str = option("", "hf:OWNER/NAME[@REVISION] or a transformers directory (import), or a run "
-                             "directory (with --to)", positional="?")
-    dest: str = option("", "the run directory an import writes, or the export's path", positional="?")
-    to: str = option("", "export the run directory SOURCE: hf | gguf (empty: import a released model)")
+    source: str = option("", "hf:OWNER/NAME[@REVISION] or a transformers directory (import), or a "
+                             "run directory (with --to)", positional="?")
+    dest: str = option("", "the run directory an import writes, or the export's path",
+                       positional="?")
+    to: str = option("", "export the run directory SOURCE: hf | gguf (empty: import a released "
+                         "model)")
     type: str = option("f16", "GGUF tensor type of the matrices: f32 | f16 | q8_0 (norms stay f32)")
     max_seq_len: int = option(2048, "longest context of an imported model (its RoPE tables and KV "
                                     "cache are this long; the release's own limit if smaller)")
-    stage: str = option("", "pretrain | sft: what the import is (default: sft when its chat template "
-                            "is ChatML, else pretrain)")
+    stage: str = option("", "pretrain | sft: what the import is (default: sft when its chat "
+                            "template is ChatML, else pretrain)")
     overwrite: bool = option(False, "replace what is at DEST")
 
 
@@ -1350,7 +1386,8 @@ def check_dest(cfg):
     dest = Path(cfg.dest)
     taken = (dest / "model.pt").exists() if not cfg.to else dest.exists()
     if taken and not cfg.overwrite:
-        raise UserError(f"{dest} already exists: --overwrite replaces it, or choose another destination")
+        raise UserError(f"{dest} already exists: --overwrite replaces it, or choose another "
+                        f"destination")
     if cfg.to and Path(cfg.source).resolve() == dest.resolve():
         raise UserError(f"{dest} is the source run directory; choose another destination")
 
@@ -1362,15 +1399,18 @@ def main(argv=None, **overrides):
     if not cfg.source or not cfg.dest:
         raise UserError("give SOURCE and DEST: python convert.py hf:OWNER/NAME out/name, or "
                         "python convert.py RUN_DIR OUT --to hf|gguf")
-    if cfg.to not in ("", "hf", "gguf") or cfg.stage not in ("", "pretrain", "sft") or cfg.max_seq_len < 1:
-        raise UserError("--to must be hf or gguf, --stage pretrain or sft, --max-seq-len at least 1")
+    if (cfg.to not in ("", "hf", "gguf") or cfg.stage not in ("", "pretrain", "sft")
+            or cfg.max_seq_len < 1):
+        raise UserError("--to must be hf or gguf, --stage pretrain or sft, "
+                        "--max-seq-len at least 1")
     check_dest(cfg)
     if not cfg.to:
         out = import_model(cfg.source, cfg.dest, cfg.max_seq_len, cfg.stage)
-        print(f"imported {cfg.source} ({out['source']['architecture']}) -> {cfg.dest}: {out['arch']}, "
-              f"vocab {out['config']['vocab_size']}, stage {out['stage']}"
+        print(f"imported {cfg.source} ({out['source']['architecture']}) -> {cfg.dest}: "
+              f"{out['arch']}, vocab {out['config']['vocab_size']}, stage {out['stage']}"
               + (f"; added special tokens {out['added']}" if out["added"] else "")
-              + ("; its chat template is not ChatML: kept as chat_template.jinja, chat.py writes ChatML"
+              + ("; its chat template is not ChatML: kept as chat_template.jinja, "
+                 "chat.py writes ChatML"
                  if out["template"] and out["source"]["chat_template"] == "other" else ""))
         return out
     if not Path(cfg.source).is_dir():

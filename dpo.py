@@ -1,9 +1,12 @@
-"""dpo.py: Direct Preference Optimization with a hand-written loss and a frozen reference (book chapter 10).
+"""dpo.py: Direct Preference Optimization with a hand-written loss and a frozen reference (book
+chapter 10).
 
     python dpo.py --init out/sft                      # built-in preference pairs -> out/dpo
-    python dpo.py --init out/sft --data pairs.jsonl   # MiniMind's format: {"chosen": [...], "rejected": [...]}
+    python dpo.py --init out/sft --data pairs.jsonl   # MiniMind's format:
+                                                      # {"chosen": [...], "rejected": [...]}
     python dpo.py --init out/sft --loss ipo --beta 0.5
-    python dpo.py --init out/sft --precompute-ref     # reference log-probs once, then free the reference
+    python dpo.py --init out/sft --precompute-ref     # reference log-probs once, then free the
+                                                      # reference
 
 Reading order: preference pairs (built in, or MiniMind's jsonl) -> sequence log-probabilities on
 the response tokens -> the DPO, conservative DPO and IPO losses, with the derivation -> the
@@ -42,7 +45,8 @@ def parse_pair_line(obj, where):
 
 def builtin_pairs(items):
     """sft.py's built-in items -> pairs: the same question, its right answer chosen and its
-    plausible wrong one (off by one, another function's summary, a reversal left undone) rejected."""
+    plausible wrong one (off by one, another function's summary, a reversal left undone)
+    rejected."""
     def reply(it, answer):
         return it["messages"][:-1] + [{"role": "assistant", "content": answer}]
     return [{"chosen": reply(it, it["answer"]), "rejected": reply(it, it["wrong"])} for it in items]
@@ -63,8 +67,8 @@ def load_pairs(data, tok, seq_len, heldout_every=20):
         exact = []
 
     def to_rows(pairs):
-        rows = [(sft.chat_example(tok, p["chosen"], seq_len), sft.chat_example(tok, p["rejected"], seq_len))
-                for p in pairs]
+        rows = [(sft.chat_example(tok, p["chosen"], seq_len),
+                 sft.chat_example(tok, p["rejected"], seq_len)) for p in pairs]
         return [r for r in rows if r[0] and r[1]]
     rows, held = to_rows(train_pairs), to_rows(held_pairs)
     if not rows:
@@ -88,7 +92,8 @@ def sequence_logprobs(model, rows, pad_id, device, dtype):
 
 def pair_logprobs(model, pairs, pad_id, device, dtype):
     """(chosen, rejected) summed log-probs of a batch of pairs, in ONE forward pass of 2B rows."""
-    both = sequence_logprobs(model, [c for c, _ in pairs] + [r for _, r in pairs], pad_id, device, dtype)
+    both = sequence_logprobs(model, [c for c, _ in pairs] + [r for _, r in pairs], pad_id, device,
+                             dtype)
     return both[:len(pairs)], both[len(pairs):]
 
 
@@ -102,21 +107,26 @@ def preference_loss(pi_c, pi_r, ref_c, ref_r, beta=0.1, kind="sigmoid", label_sm
     pi*(y|x) = pi_ref(y|x) exp(r(x, y) / beta) / Z(x), so any reward can be written through its
     optimal policy: r(x, y) = beta * log(pi(y|x) / pi_ref(y|x)) + beta * log Z(x). Put that into the
     Bradley-Terry model p(chosen > rejected) = sigma(r_c - r_r): Z(x) cancels (same prompt), leaving
-        p = sigma(beta * h),  h = [log pi(y_c|x) - log pi_ref(y_c|x)] - [log pi(y_r|x) - log pi_ref(y_r|x)]
+        p = sigma(beta * h),
+        h = [log pi(y_c|x) - log pi_ref(y_c|x)] - [log pi(y_r|x) - log pi_ref(y_r|x)]
     and DPO minimises -log sigma(beta * h): a classifier on pairs, no reward model, no sampling.
 
-    What the gradient does: d/dtheta = -beta * sigma(-beta * h) * (grad log pi(y_c) - grad log pi(y_r)).
+    What the gradient does:
+        d/dtheta = -beta * sigma(-beta * h) * (grad log pi(y_c) - grad log pi(y_r)).
     It raises the chosen answer and lowers the rejected one, weighted by sigma(-beta * h): by how
     wrong the implicit reward still orders the pair. Pairs already ordered well fade out.
 
     Conservative DPO (label_smoothing eps): the label is right with probability 1 - eps, so the
-    loss is -(1 - eps) log sigma(beta h) - eps log sigma(-beta h), which stops pushing at a finite h.
+    loss is -(1 - eps) log sigma(beta h) - eps log sigma(-beta h), which stops pushing at a
+    finite h.
     IPO: (h - 1 / (2 beta))^2 regresses h to a fixed margin instead of driving it to infinity.
 
-    Returns (loss, chosen rewards, rejected rewards): rewards are beta * log(pi / pi_ref), detached."""
+    Returns (loss, chosen rewards, rejected rewards): rewards are beta * log(pi / pi_ref),
+    detached."""
     h = (pi_c - ref_c) - (pi_r - ref_r)
     if kind == "sigmoid":
-        losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+        losses = (-(1 - label_smoothing) * F.logsigmoid(beta * h)
+                  - label_smoothing * F.logsigmoid(-beta * h))
     elif kind == "ipo":
         losses = (h - 1 / (2 * beta)) ** 2
     else:
@@ -168,15 +178,18 @@ def preference_figures(model, rows, ref_table, cfg, pad_id, device, dtype, batch
     its preference part alone, and the preference accuracy: the share of pairs where the model gives
     the chosen answer a higher log-probability than the rejected one (its own preference)."""
     if not rows:
-        return {"val_loss": float("nan"), "val_dpo_loss": float("nan"), "pref_accuracy": float("nan")}
+        return {"val_loss": float("nan"), "val_dpo_loss": float("nan"),
+                "pref_accuracy": float("nan")}
     was_training = model.training
     model.eval()
     wins, pref, nll, tokens = 0, 0.0, 0.0, 0
     for i in range(0, len(rows), batch_size):
         c, r = pair_logprobs(model, rows[i:i + batch_size], pad_id, device, dtype)
         ref_c, ref_r = ref_table[i:i + batch_size].to(device).unbind(1)
-        pref += preference_loss(c, r, ref_c, ref_r, cfg.beta, cfg.loss, cfg.label_smoothing)[0].item() * len(c)
-        nll, tokens = nll - c.sum().item(), tokens + sum(sum(ch[1][1:]) for ch, _ in rows[i:i + batch_size])
+        pref += preference_loss(c, r, ref_c, ref_r, cfg.beta, cfg.loss,
+                                cfg.label_smoothing)[0].item() * len(c)
+        nll, tokens = nll - c.sum().item(), tokens + sum(sum(ch[1][1:])
+                                                         for ch, _ in rows[i:i + batch_size])
         wins += int((c > r).sum())
     model.train(was_training)
     pref /= len(rows)
@@ -199,7 +212,8 @@ def dpo_stage(cfg, policy, ref, ref_table, held_ref, tok, rows, held, exact, dty
     def batch(indices):
         pairs = [rows[i] for i in indices]
         x, y = sft.collate([c for c, _ in pairs] + [r for _, r in pairs], pad)
-        return x.to(device), y.to(device), None if ref_table is None else ref_table[indices].to(device)
+        return x.to(device), y.to(device), (None if ref_table is None
+                                            else ref_table[indices].to(device))
 
     def counts(b):
         n = b[0].size(0) // 2
@@ -213,12 +227,15 @@ def dpo_stage(cfg, policy, ref, ref_table, held_ref, tok, rows, held, exact, dty
                 ref_lp = sft.token_logprobs(ref(x)[0], y)[0].sum(-1).view(2, n).T
         picked, _ = sft.token_logprobs(net(x)[0], y)
         pi_c, pi_r = picked.sum(-1).split(n)
-        pref, chosen, rejected = preference_loss(pi_c, pi_r, ref_lp[:, 0], ref_lp[:, 1], cfg.beta, cfg.loss,
-                                                 cfg.label_smoothing)
+        pref, chosen, rejected = preference_loss(pi_c, pi_r, ref_lp[:, 0], ref_lp[:, 1], cfg.beta,
+                                                 cfg.loss, cfg.label_smoothing)
         share = pref * n / totals["pairs"]
-        if cfg.sft_weight:  # DPO can lower the chosen answers too, as long as the rejected fall faster
-            share = share + cfg.sft_weight * -pi_c.sum() / totals["tokens"]  # SFT's loss: sum / count
-        return share, {"rewards/chosen": chosen.mean().item(), "rewards/rejected": rejected.mean().item(),
+        # DPO can lower the chosen answers too, as long as the rejected fall faster
+        if cfg.sft_weight:
+            # SFT's loss: sum / count
+            share = share + cfg.sft_weight * -pi_c.sum() / totals["tokens"]
+        return share, {"rewards/chosen": chosen.mean().item(),
+                       "rewards/rejected": rejected.mean().item(),
                        "rewards/accuracies": (chosen > rejected).float().mean().item(),
                        "rewards/margins": (chosen - rejected).mean().item()}
 
@@ -229,7 +246,8 @@ def dpo_stage(cfg, policy, ref, ref_table, held_ref, tok, rows, held, exact, dty
         return metrics
 
     labels = {"val_loss": "held-out loss (as trained)", "val_dpo_loss": "held-out DPO loss",
-              "pref_accuracy": "held-out preference accuracy", "exact_match": "held-out exact match"}
+              "pref_accuracy": "held-out preference accuracy",
+              "exact_match": "held-out exact match"}
     return train.Stage("dpo", len(rows), batch, counts, loss, evaluate, labels, cfg.seq_len)
 
 
@@ -245,11 +263,12 @@ class DPOConfig(sft.FineTuneConfig):
     out_dir: str = option("out/dpo", "run directory to write")
     loss: str = option("sigmoid", "sigmoid (DPO) | ipo")
     beta: float = option(0.1, "strength of the pull toward the reference")
-    label_smoothing: float = option(0.0, "conservative DPO: the assumed share of pairs whose label is "
-                                         "wrong (0 to 0.5)")
-    precompute_ref: bool = option(False, "compute the reference log-probs once and free the reference model")
-    sft_weight: float = option(1.0, "add this times the SFT loss on the chosen answers (as in RPO): keeps "
-                                    "them likely; 0: plain DPO")
+    label_smoothing: float = option(0.0, "conservative DPO: the assumed share of pairs whose "
+                                         "label is wrong (0 to 0.5)")
+    precompute_ref: bool = option(False, "compute the reference log-probs once and free the "
+                                         "reference model")
+    sft_weight: float = option(1.0, "add this times the SFT loss on the chosen answers (as in "
+                                    "RPO): keeps them likely; 0: plain DPO")
 
 
 # Each preset: the hardware and model sizes it is for, then its defaults. A pair is two rows, so a
@@ -257,7 +276,8 @@ class DPOConfig(sft.FineTuneConfig):
 PRESETS = {
     "cpu": ("2 CPU cores, about a minute: the CPU SFT run (nano) on the built-in pairs",
             dict(batch_size=16, max_steps=300, dtype="fp32")),
-    "t4": ("free Colab T4 (16 GB, fp16 + scaler): models up to ~100M, full fine-tuning, frozen reference",
+    "t4": ("free Colab T4 (16 GB, fp16 + scaler): models up to ~100M, full fine-tuning, "
+           "frozen reference",
            dict(batch_size=8, grad_accum=4, seq_len=512, max_steps=500, lr=1e-4, dtype="fp16",
                 eval_every=100, save_every=250)),
     "a100": ("one A100 (bf16): models up to ~400M, full fine-tuning, frozen reference",
@@ -288,7 +308,8 @@ def dpo(cfg):
     check_dpo(cfg)
     if cfg.dry_run:  # the reference: none with --precompute-ref, the same weights under LoRA
         reference = None if cfg.precompute_ref else "live" if cfg.lora_rank else "copy"
-        pair_rows = lambda tok, seq_len: [row for pair in load_pairs(cfg.data, tok, seq_len)[0] for row in pair]
+        pair_rows = lambda tok, seq_len: [row for pair in load_pairs(cfg.data, tok, seq_len)[0]
+                                          for row in pair]
         print(sft.dry_run(cfg, "dpo", 2, reference, pair_rows)[0])
         return None
     cfg = sft.settle(cfg, DPOConfig)
@@ -297,19 +318,21 @@ def dpo(cfg):
         cfg, policy, tok, payload, extra = sft.start(cfg, device)
         dtype = pick_dtype(device, cfg.dtype)
         if payload.get("stage") != "sft" and train.is_master():
-            print(f"note: {cfg.init} is a {payload.get('stage', 'pretrain')} run; DPO usually starts from an SFT run")
+            print(f"note: {cfg.init} is a {payload.get('stage', 'pretrain')} run; "
+                  f"DPO usually starts from an SFT run")
         rows, held, exact = load_pairs(cfg.data, tok, cfg.seq_len)
         exact = exact[:cfg.eval_exact] if cfg.eval_exact else exact
         held = held[:cfg.eval_heldout] if cfg.eval_heldout else held
         sft.announce("dpo", cfg, policy, payload, device, dtype,
-                     f"{len(rows):,} training pairs, {len(held):,} held out, {len(exact)} held-out exercises; loss "
-                     f"{cfg.loss}, beta {cfg.beta}" + (f", label smoothing {cfg.label_smoothing}"
-                                                      if cfg.label_smoothing else ""))
+                     f"{len(rows):,} training pairs, {len(held):,} held out, {len(exact)} "
+                     f"held-out exercises; loss {cfg.loss}, beta {cfg.beta}"
+                     + (f", label smoothing {cfg.label_smoothing}" if cfg.label_smoothing else ""))
         # The reference is the --init model: copied before a resumed policy loads its later weights,
         # or, under LoRA, the policy with its adapters off.
         ref, pad = make_reference(policy), tok.special_tokens["<|endoftext|>"]
         held_ref = precompute_reference(ref, held, pad, device, dtype)  # for the held-out DPO loss
-        ref_table = precompute_reference(ref, rows, pad, device, dtype) if cfg.precompute_ref else None
+        ref_table = (precompute_reference(ref, rows, pad, device, dtype) if cfg.precompute_ref
+                     else None)
         if cfg.precompute_ref:
             ref = None  # its memory is free from here on: only the [pairs, 2] tables are kept
         stage = dpo_stage(cfg, policy, ref, ref_table, held_ref, tok, rows, held, exact, dtype)

@@ -34,7 +34,8 @@ import torch
 
 import sft
 import train
-from rundir import UserError, atomic_write, check_device, check_positive, is_chat, load_run, option, parse_config, run_cli
+from rundir import (UserError, atomic_write, check_device, check_positive, is_chat, load_run,
+                    option, parse_config, run_cli)
 from sft import render_chat
 from train import byte_lengths  # noqa: F401  (UTF-8 bytes per token id; special tokens count 0)
 
@@ -45,10 +46,11 @@ from train import byte_lengths  # noqa: F401  (UTF-8 bytes per token id; special
 @dataclass
 class EvalConfig:
     run_dirs: list = option([], "run directories to evaluate (one or more)", positional="*")
-    data: str = option("python-docs", "text to measure on, as train.py's --data: python-docs | tinystories | "
-                                      "shakespeare | a file or folder")
-    chat_data: str = option("python-docs", "held-out conversations chat runs are judged on: python-docs "
-                                           "(sft.py's built-in held-out set) | a MiniMind SFT .jsonl")
+    data: str = option("python-docs", "text to measure on, as train.py's --data: python-docs | "
+                                      "tinystories | shakespeare | a file or folder")
+    chat_data: str = option("python-docs", "held-out conversations chat runs are judged on: "
+                                           "python-docs (sft.py's built-in held-out set) | "
+                                           "a MiniMind SFT .jsonl")
     val_fraction: float = option(0.05, "share of --data held out (as in train.py)")
     max_tokens: int = option(16384, "predicted tokens per run, at most (keeps CPU runs fast)")
     seq_len: int = option(0, "window length (0: the model's context)")
@@ -59,7 +61,8 @@ class EvalConfig:
     temperature: float = option(0.7, "sampling temperature of the prompt suite (0: greedy)")
     top_k: int = option(50, "sample among the k most likely tokens (0: all)")
     seed: int = option(0, "seed of the prompt suite's sampling")
-    min_share: float = option(0.5, "chat runs: share of answers that must stop and follow the format to PASS")
+    min_share: float = option(0.5, "chat runs: share of answers that must stop and follow the "
+                                   "format to PASS")
     json: str = option("", "also write the figures to this JSON file")
     report: bool = option(True, "write readiness.md into each run directory")
     device: str = option("auto", "auto | cpu | cuda | mps")
@@ -71,7 +74,8 @@ def parse_args(argv=None, overrides=None):
     if isinstance(cfg.run_dirs, (str, Path)):
         cfg.run_dirs = [cfg.run_dirs]
     if not cfg.run_dirs:
-        raise UserError("give at least one run directory: python eval.py out/pretrain [out/sft ...]")
+        raise UserError("give at least one run directory: "
+                        "python eval.py out/pretrain [out/sft ...]")
     check_positive(cfg, ("max_tokens", "batch_size", "baseline_tokens"))
     return cfg
 
@@ -82,12 +86,14 @@ def parse_args(argv=None, overrides=None):
 def contiguous_windows(tokens, seq_len, batch_size, max_tokens):
     """Cut tokens[0 .. n] into consecutive windows so that each of the first n tokens after the
     first is predicted exactly once (n = min(max_tokens, len - 1)). Window i is the input
-    tokens[iT : iT+T] with targets tokens[iT+1 : iT+T+1], so consecutive windows overlap by one token.
-    Returns [(x [B, T], y [B, T])]; a last, shorter window comes alone in its own batch."""
+    tokens[iT : iT+T] with targets tokens[iT+1 : iT+T+1], so consecutive windows overlap by one
+    token. Returns [(x [B, T], y [B, T])]; a last, shorter window comes alone in its own batch."""
     n = min(max_tokens, len(tokens) - 1)
-    rows = [np.asarray(tokens[s:min(s + seq_len, n) + 1], dtype=np.int64) for s in range(0, n, seq_len)]
+    rows = [np.asarray(tokens[s:min(s + seq_len, n) + 1], dtype=np.int64)
+            for s in range(0, n, seq_len)]
     full = [r for r in rows if len(r) == seq_len + 1]
-    batches = [torch.from_numpy(np.stack(full[i:i + batch_size])) for i in range(0, len(full), batch_size)]
+    batches = [torch.from_numpy(np.stack(full[i:i + batch_size]))
+               for i in range(0, len(full), batch_size)]
     batches += [torch.from_numpy(r[None]) for r in rows if 1 < len(r) < seq_len + 1]
     return [(b[:, :-1], b[:, 1:]) for b in batches]
 
@@ -98,7 +104,8 @@ def perplexity(model, windows, lengths, device):
     With N predicted tokens and NLL_i = -ln p(token_i | the tokens before it):
 
         loss       = (sum_i NLL_i) / N                         nats per token
-        perplexity = exp(loss)                                 "as unsure as a uniform choice among this many"
+        perplexity = exp(loss)                                 "as unsure as a uniform choice
+                                                                among this many"
         bpb        = (sum_i NLL_i) / (ln 2 * total UTF-8 bytes of the N tokens)
 
     The sum is over ALL tokens before dividing: a mean of per-batch means would weigh a short last
@@ -129,7 +136,8 @@ def fit_baselines(train_tokens, vocab_size, k):
     unigram = np.bincount(t, minlength=vocab_size)
     codes, counts = np.unique(t[:-1] * vocab_size + t[1:], return_counts=True)
     follows = np.bincount(t[:-1], minlength=vocab_size)
-    return {"V": vocab_size, "k": k, "unigram": unigram, "codes": codes, "counts": counts, "follows": follows}
+    return {"V": vocab_size, "k": k, "unigram": unigram, "codes": codes, "counts": counts,
+            "follows": follows}
 
 
 def baseline_losses(fit, windows, lengths):
@@ -144,10 +152,12 @@ def baseline_losses(fit, windows, lengths):
     uni = -np.log((fit["unigram"][nxt] + k) / (fit["unigram"].sum() + k * V))
     code = prev * V + nxt
     pos = np.clip(np.searchsorted(fit["codes"], code), 0, max(len(fit["codes"]) - 1, 0))
-    pair = np.where(fit["codes"][pos] == code, fit["counts"][pos], 0) if len(fit["codes"]) else 0 * code
+    pair = (np.where(fit["codes"][pos] == code, fit["counts"][pos], 0) if len(fit["codes"])
+            else 0 * code)
     bi = -np.log((pair + k) / (fit["follows"][prev] + k * V))
     out = {"uniform": math.log(V) * len(nxt), "unigram": uni.sum(), "bigram": bi.sum()}
-    return {name: {"loss": s / len(nxt), "bpb": s / (math.log(2) * nbytes)} for name, s in out.items()}
+    return {name: {"loss": s / len(nxt), "bpb": s / (math.log(2) * nbytes)}
+            for name, s in out.items()}
 
 
 def chat_figures(model, tok, cfg, device):
@@ -156,8 +166,10 @@ def chat_figures(model, tok, cfg, device):
     conversations, rendered the same way."""
     rows, held, _ = sft.load_sft_data(cfg.chat_data, tok, model.context_length, quiet=True)
     pad = tok.special_tokens["<|endoftext|>"]
-    windows = [sft.collate(held[i:i + cfg.batch_size], pad) for i in range(0, len(held), cfg.batch_size)]
-    fit = fit_baselines(np.concatenate([np.array(ids) for ids, _ in rows]), tok.vocab_size, cfg.add_k)
+    windows = [sft.collate(held[i:i + cfg.batch_size], pad)
+               for i in range(0, len(held), cfg.batch_size)]
+    fit = fit_baselines(np.concatenate([np.array(ids) for ids, _ in rows]), tok.vocab_size,
+                        cfg.add_k)
     lengths = byte_lengths(tok)
     figures = perplexity(model, windows, lengths, device)
     figures["baselines"] = baseline_losses(fit, windows, lengths)
@@ -175,9 +187,11 @@ CHAT_PROMPTS = ["What does `len` do?", "What is 7 + 5?", "Reverse the letters: c
 
 @torch.no_grad()
 def generate_ids(model, prompt, stop, cfg, seed):
-    """New token ids for one prompt: at most max_new_tokens, ending with a stop token if one came."""
-    return list(model.generate(prompt, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                               top_k=cfg.top_k or None, stop_tokens=stop, seed=seed))
+    """New token ids for one prompt: at most max_new_tokens, ending with a stop token
+    if one came."""
+    return list(model.generate(prompt, max_new_tokens=cfg.max_new_tokens,
+                               temperature=cfg.temperature, top_k=cfg.top_k or None,
+                               stop_tokens=stop, seed=seed))
 
 
 def ngrams(ids, n):
@@ -204,7 +218,8 @@ def generation_figures(outputs, stop, end_id=None):
     figures["stopped"] = sum(bool(o) and o[-1] in stop for o in outputs) / len(outputs)
     figures["mean_length"] = sum(map(len, bodies)) / len(outputs)
     if end_id is not None:
-        figures["format"] = sum(bool(o) and o[-1] == end_id and len(b) > 0 and not any(t in stop for t in b)
+        figures["format"] = sum(bool(o) and o[-1] == end_id and len(b) > 0
+                                and not any(t in stop for t in b)
                                 for o, b in zip(outputs, bodies)) / len(outputs)
     return figures
 
@@ -214,11 +229,13 @@ def prompt_suite(model, tok, payload, cfg, device):
     at <|im_end|>; pre-trained runs continue TEXT_PROMPTS after <|endoftext|> and stop at it."""
     special = tok.special_tokens
     chat = is_chat(payload)
-    stop = {special["<|endoftext|>"]} | ({special["<|im_end|>"], special["<|im_start|>"]} if chat else set())
+    stop = ({special["<|endoftext|>"]}
+            | ({special["<|im_end|>"], special["<|im_start|>"]} if chat else set()))
     outputs, samples = [], []
     for i, text in enumerate(CHAT_PROMPTS if chat else TEXT_PROMPTS):
         if chat:
-            prompt = render_chat(tok, [{"role": "user", "content": text}], add_generation_prompt=True)[0]
+            prompt = render_chat(tok, [{"role": "user", "content": text}],
+                                 add_generation_prompt=True)[0]
         else:
             prompt = [special["<|endoftext|>"]] + tok.encode(text, allowed_special="none")
         out = generate_ids(model, prompt, stop, cfg, cfg.seed + i)
@@ -231,26 +248,29 @@ def prompt_suite(model, tok, payload, cfg, device):
 # ---------------------------------------------------------------------------------------------
 # 4. Readiness checks
 # ---------------------------------------------------------------------------------------------
-SHORT = {"beats the bigram baseline": "bigram", "no non-finite values": "finite", "tokenizer round trip":
-         "round-trip", "generation terminates": "stops", "chat format adherence": "format"}  # for the table
+SHORT = {"beats the bigram baseline": "bigram", "no non-finite values": "finite",
+         "tokenizer round trip": "round-trip", "generation terminates": "stops",
+         "chat format adherence": "format"}  # for the table
 
 
 def readiness_checks(r, model, tok, text, cfg):
     """[(check, PASS/FAIL, reason)] for one evaluated run r."""
     checks = []
     # A chat model is judged on what it is for, held-out conversations; a base model on text.
-    judged, on = (r["chats"], f"the assistant's tokens of held-out chats ({cfg.chat_data})") if r["chat"] \
-        else (r, f"the validation split of {cfg.data}")
+    judged, on = ((r["chats"], f"the assistant's tokens of held-out chats ({cfg.chat_data})")
+                  if r["chat"] else (r, f"the validation split of {cfg.data}"))
     bigram = judged["baselines"]["bigram"]["loss"]
     checks.append(("beats the bigram baseline", judged["loss"] < bigram,
-                   f"loss {judged['loss']:.3f} vs bigram {bigram:.3f} nats/token on the same tokens: {on}"))
+                   f"loss {judged['loss']:.3f} vs bigram {bigram:.3f} nats/token "
+                   f"on the same tokens: {on}"))
     bad = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
            if t.is_floating_point() and not torch.isfinite(t).all()]
     finite = math.isfinite(r["loss"]) and not bad
     checks.append(("no non-finite values", finite, "weights and loss are finite" if finite else
                    f"non-finite: {', '.join(bad[:3]) or 'loss'}"))
     again = tok.decode(tok.encode(text, allowed_special="all"))
-    checks.append(("tokenizer round trip", again == text, f"decode(encode(text)) on the {len(text):,}-character "
+    checks.append(("tokenizer round trip", again == text,
+                   f"decode(encode(text)) on the {len(text):,}-character "
                    "eval text " + ("gives it back exactly" if again == text else "differs")))
     g = r["generation"]
     if r["chat"]:
@@ -258,38 +278,47 @@ def readiness_checks(r, model, tok, text, cfg):
                        f"{g['stopped']:.0%} of answers stopped within {cfg.max_new_tokens} tokens "
                        f"(need {cfg.min_share:.0%})"))
         checks.append(("chat format adherence", g["format"] >= cfg.min_share,
-                       f"{g['format']:.0%} end with <|im_end|>, non-empty, nothing stray (need {cfg.min_share:.0%})"))
-    else:  # a pre-trained model continues text: it must end a document or run to the cap without looping
+                       f"{g['format']:.0%} end with <|im_end|>, non-empty, nothing stray "
+                       f"(need {cfg.min_share:.0%})"))
+    else:
+        # a pre-trained model continues text: it must end a document or run to the cap
+        # without looping
         ok = g["repetition"] <= 0.5
-        checks.append(("generation terminates", ok, f"{g['stopped']:.0%} ended on <|endoftext|>, the rest ran to "
-                       f"{cfg.max_new_tokens} tokens; repeated 4-grams {g['repetition']:.0%} (a model stuck in "
-                       f"a loop never ends: the limit is 50%)"))
-    return [{"check": c, "status": "PASS" if ok else "FAIL", "reason": why} for c, ok, why in checks]
+        checks.append(("generation terminates", ok,
+                       f"{g['stopped']:.0%} ended on <|endoftext|>, the rest ran to "
+                       f"{cfg.max_new_tokens} tokens; repeated 4-grams {g['repetition']:.0%} "
+                       f"(a model stuck in a loop never ends: the limit is 50%)"))
+    return [{"check": c, "status": "PASS" if ok else "FAIL", "reason": why}
+            for c, ok, why in checks]
 
 
 def figure_lines(f, on):
     """Markdown table rows of one set of figures (loss, perplexity, bpb, baselines) and its text."""
     b = f["baselines"]
-    lines = [f"| loss (nats/token), {on} | {f['loss']:.4f} |", f"| perplexity, {on} | {f['ppl']:.3f} |",
+    lines = [f"| loss (nats/token), {on} | {f['loss']:.4f} |",
+             f"| perplexity, {on} | {f['ppl']:.3f} |",
              f"| bits per byte, {on} | {f['bpb']:.4f} |"]
-    return lines + [f"| {name} baseline loss / bpb, {on} | {b[name]['loss']:.4f} / {b[name]['bpb']:.4f} |"
-                    for name in b]
+    return lines + [f"| {name} baseline loss / bpb, {on} | "
+                    f"{b[name]['loss']:.4f} / {b[name]['bpb']:.4f} |" for name in b]
 
 
 def readiness_markdown(r, cfg):
     ready = all(c["status"] == "PASS" for c in r["readiness"])
     lines = [f"# Readiness report: {r['name']}", "",
-             f"stage {r['stage']}, {r['arch']}" + (f", {r['quantized']}" if r["quantized"] else "") +
-             f"; measured by eval.py on the validation split of `{cfg.data}` ({r['tokens']:,} tokens, "
-             f"{r['bytes']:,} bytes)" + (f" and on the assistant's tokens of held-out conversations "
-                                        f"(`{cfg.chat_data}`, {r['chats']['tokens']:,} tokens)" if r["chat"] else ""),
-             "", f"**{'READY' if ready else 'NOT READY'}**", "", "| check | result | reason |", "|---|---|---|"]
+             f"stage {r['stage']}, {r['arch']}" + (f", {r['quantized']}" if r["quantized"] else "")
+             + f"; measured by eval.py on the validation split of `{cfg.data}` "
+             f"({r['tokens']:,} tokens, {r['bytes']:,} bytes)"
+             + (f" and on the assistant's tokens of held-out conversations "
+                f"(`{cfg.chat_data}`, {r['chats']['tokens']:,} tokens)" if r["chat"] else ""),
+             "", f"**{'READY' if ready else 'NOT READY'}**", "", "| check | result | reason |",
+             "|---|---|---|"]
     lines += [f"| {c['check']} | {c['status']} | {c['reason']} |" for c in r["readiness"]]
     lines += ["", "| figure | value |", "|---|---|"] + figure_lines(r, "text")
     if r["chat"]:
         lines += figure_lines(r["chats"], "held-out chats")
     lines += [f"| {k} (prompt suite) | {v:.3f} |" for k, v in r["generation"].items()]
-    lines += ["", "## Samples", ""] + [f"- `{s['prompt']}` -> {json.dumps(s['output'])}" for s in r["samples"]]
+    lines += ["", "## Samples", ""] + [f"- `{s['prompt']}` -> {json.dumps(s['output'])}"
+                                       for s in r["samples"]]
     return "\n".join(lines) + "\n"
 
 
@@ -298,7 +327,8 @@ def readiness_markdown(r, cfg):
 # ---------------------------------------------------------------------------------------------
 def validation_data(run_dir, tok, cfg, fits):
     """(train tokens, val tokens) of --data in this run's tokenizer: train.prepare_data with the
-    run's tokenizer.json (it caches the encoded tokens), and the baselines fitted once per tokenizer."""
+    run's tokenizer.json (it caches the encoded tokens), and the baselines fitted once
+    per tokenizer."""
     data_cfg = types.SimpleNamespace(data=cfg.data, tokenizer=str(Path(run_dir) / "tokenizer.json"),
                                      vocab_size=tok.vocab_size, val_fraction=cfg.val_fraction)
     _, train_tokens, val_tokens = train.prepare_data(data_cfg)
@@ -313,7 +343,8 @@ def evaluate_run(run_dir, cfg, device, fits):
     val_tokens, fit = validation_data(run_dir, tok, cfg, fits)
     seq_len = min(cfg.seq_len or model.context_length, model.context_length)
     if len(val_tokens) < 2:
-        raise UserError(f"{cfg.data}: the validation split has {len(val_tokens)} tokens; nothing to measure")
+        raise UserError(f"{cfg.data}: the validation split has {len(val_tokens)} tokens; "
+                        f"nothing to measure")
     windows = contiguous_windows(val_tokens, seq_len, cfg.batch_size, cfg.max_tokens)
     lengths = byte_lengths(tok)
     r = {"run": str(run_dir), "name": Path(run_dir).resolve().name, "arch": payload["arch"],
@@ -351,16 +382,19 @@ def format_table(results):
              for label, key in (("distinct-1", "distinct_1"), ("distinct-2", "distinct_2"),
                                 ("repetition (4-grams)", "repetition"), ("stopped", "stopped"),
                                 ("mean length", "mean_length"), ("chat format", "format"))]
-    rows += [("readiness", lambda r: "READY" if all(c["status"] == "PASS" for c in r["readiness"]) else
-              "FAIL: " + ",".join(SHORT[c["check"]] for c in r["readiness"] if c["status"] != "PASS"))]
+    rows += [("readiness", lambda r: "READY" if all(c["status"] == "PASS" for c in r["readiness"])
+              else "FAIL: " + ",".join(SHORT[c["check"]] for c in r["readiness"]
+                                       if c["status"] != "PASS"))]
     width = max(14, *(len(r["name"]) + 2 for r in results))
     lines = [f"{'':<22}" + "".join(f"{r['name']:>{width}}" for r in results)]
-    lines += [f"{label:<22}" + "".join(f"{get(r):>{width}}" for r in results) for label, get in rows]
+    lines += [f"{label:<22}" + "".join(f"{get(r):>{width}}" for r in results)
+              for label, get in rows]
     return "\n".join(lines)
 
 
 def main(argv=None, **overrides):
-    """Evaluate the run directories; print the table, write readiness.md (and --json); return the figures."""
+    """Evaluate the run directories; print the table, write readiness.md (and --json); return the
+    figures."""
     cfg = parse_args(argv, overrides)
     device = check_device(cfg.device)
     fits, results = {}, []
@@ -369,7 +403,8 @@ def main(argv=None, **overrides):
     print(format_table(results))
     for r in results:
         failed = [c for c in r["readiness"] if c["status"] != "PASS"]
-        print(f"{r['name']}: " + ("ready" if not failed else "; ".join(f"{c['check']}: {c['reason']}" for c in failed)))
+        print(f"{r['name']}: " + ("ready" if not failed else
+                                  "; ".join(f"{c['check']}: {c['reason']}" for c in failed)))
     if cfg.json:
         out = {"data": cfg.data, "chat_data": cfg.chat_data, "runs": results}
         atomic_write(cfg.json, lambda f: f.write(json.dumps(out, indent=2).encode()))

@@ -3,10 +3,11 @@
 Every training script (train.py, sft.py, dpo.py) writes a run directory, and every script (eval.py,
 quantize.py, chat.py, convert.py, and the training scripts' --init) reads one:
 
-    model.pt         architecture, model config, weights, the stage (pretrain, sft or dpo), the step,
-                     and, for an imported model, where it came from
+    model.pt         architecture, model config, weights, the stage (pretrain, sft or dpo), the
+                     step, and, for an imported model, where it came from
     tokenizer.json   the tokenizer the model was trained with: a run directory is self-contained
-    train_state.pt   optimizer, gradient scaler, RNG states, data position: what an exact resume needs
+    train_state.pt   optimizer, gradient scaler, RNG states, data position: what an exact
+                     resume needs
     config.json      the script's config as it ran
     log.jsonl        one JSON object per logged step and per evaluation
     loss.svg         the curves a person looks at (open it in a browser)
@@ -61,7 +62,8 @@ def option(default, help, **meta):
     """A config field with its --help text: `lr: float = option(1e-3, "peak learning rate")`.
     meta may add "positional" (an nargs, e.g. "?" for a RUN_DIR) or "short" (e.g. "-p")."""
     if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **meta})
+        return dataclasses.field(default_factory=lambda: list(default),
+                                 metadata={"help": help, **meta})
     return dataclasses.field(default=default, metadata={"help": help, **meta})
 
 
@@ -88,9 +90,11 @@ def make_parser(cls, presets):
         if "positional" in f.metadata:
             parser.add_argument(f.name, nargs=f.metadata["positional"], default=None, help=helptext)
             continue
-        names = ["--" + f.name.replace("_", "-")] + ([f.metadata["short"]] if "short" in f.metadata else [])
+        names = (["--" + f.name.replace("_", "-")]
+                 + ([f.metadata["short"]] if "short" in f.metadata else []))
         if f.type in (bool, "bool"):
-            parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=None,
+                                help=helptext)
         else:
             parser.add_argument(*names, type=field_type(f), default=None, help=helptext)
     return parser
@@ -127,7 +131,8 @@ def check_positive(cfg, names):
     """Each named flag must be at least 1: caught here, not deep inside torch."""
     for name in names:
         if getattr(cfg, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(cfg, name)}")
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1; "
+                            f"got {getattr(cfg, name)}")
 
 
 def read_saved_config(cls, path, keep):
@@ -144,8 +149,8 @@ def read_saved_config(cls, path, keep):
 def refuse_to_overwrite(cfg):
     """A fresh run must not clobber a run directory that already holds a run."""
     if not cfg.resume and not cfg.overwrite and (Path(cfg.out_dir) / "model.pt").exists():
-        raise UserError(f"{cfg.out_dir} already holds a run: --resume continues it, --overwrite starts "
-                        f"again there, or choose another --out-dir")
+        raise UserError(f"{cfg.out_dir} already holds a run: --resume continues it, "
+                        f"--overwrite starts again there, or choose another --out-dir")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +170,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def pick_dtype(device, name="auto"):
-    """bf16 where the GPU has it, fp16 (with a gradient scaler) on older GPUs like the T4, fp32 on CPU."""
+    """bf16 where the GPU has it, fp16 (with a gradient scaler) on older GPUs like the T4,
+    fp32 on CPU."""
     if name != "auto":
         if name not in DTYPES:
             raise UserError(f"--dtype must be one of auto, {', '.join(DTYPES)}; got {name!r}")
@@ -255,8 +261,8 @@ def write_model_file(run_dir, arch, config, state, tokenizer, extra=None):
     where an imported model came from, an INT8 run's scheme."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"format": "slm-run", "version": 1, "arch": arch, "config": dict(config), "model": state,
-               **(extra or {})}
+    payload = {"format": "slm-run", "version": 1, "arch": arch, "config": dict(config),
+               "model": state, **(extra or {})}
     atomic_write(run_dir / "model.pt", lambda f: torch.save(payload, f))
     tokenizer.save(run_dir / "tokenizer.json")  # bpe.py writes atomically too
 
@@ -308,7 +314,8 @@ def load_run(run_dir, device="cpu"):
         model.load_state_dict(payload.pop("model"))
     except (RuntimeError, TypeError, KeyError, AssertionError) as e:
         why = " ".join(line.strip() for line in str(e).splitlines()[:2])[:300]
-        raise UserError(f"{run_dir / 'model.pt'}: weights do not fit the model it describes ({why})")
+        raise UserError(f"{run_dir / 'model.pt'}: weights do not fit the model it describes "
+                        f"({why})")
     return model.to(device).eval(), tok, payload
 
 
@@ -321,7 +328,8 @@ def is_chat(payload):
 # 5. Checkpoints: model.pt + train_state.pt, enough to continue exactly
 # ---------------------------------------------------------------------------------------------
 def rng_state():
-    """Torch's RNG (dropout, sampling); the data order has its own generator, saved by the caller."""
+    """Torch's RNG (dropout, sampling); the data order has its own generator,
+    saved by the caller."""
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -369,7 +377,8 @@ def load_checkpoint(run_dir, model, optimizer, scaler):
         missing, unexpected = unwrap(model).load_state_dict(state["trainable"], strict=False)
         trained = {n for n, p in unwrap(model).named_parameters() if p.requires_grad}
         if unexpected or trained & set(missing):
-            raise UserError(f"{path}: its trained tensors do not fit this model (LoRA flags changed?)")
+            raise UserError(f"{path}: its trained tensors do not fit this model "
+                            f"(LoRA flags changed?)")
     else:
         unwrap(model).load_state_dict(payload["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -400,7 +409,8 @@ class RunLog:
         if keep_until_step is None or not self.path.exists():
             self.path.write_text("")
         else:
-            kept = "".join(json.dumps(r) + "\n" for r in read_log(self.path) if r["step"] <= keep_until_step)
+            kept = "".join(json.dumps(r) + "\n" for r in read_log(self.path)
+                           if r["step"] <= keep_until_step)
             atomic_write(self.path, lambda f: f.write(kept.encode()))
 
     def write(self, **row):
@@ -417,7 +427,8 @@ def nice_ticks(lo, hi, n=5):
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     first = math.floor(lo / step) * step
-    return [round(first + i * step, 10) for i in range(int(math.ceil((hi - first) / step - 1e-9)) + 1)]
+    return [round(first + i * step, 10)
+            for i in range(int(math.ceil((hi - first) / step - 1e-9)) + 1)]
 
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
@@ -434,20 +445,23 @@ def svg_panel(series, top, title, step_range, W=720, H=360):
     sy = lambda v: bottom - (bottom - plot_top) * (v - ys[0]) / (ys[-1] - ys[0])
     out = [f'<text x="{left}" y="{top + 16}" font-weight="bold">{title}</text>']
     for t in xs:
-        out.append(f'<line x1="{sx(t):.1f}" y1="{plot_top}" x2="{sx(t):.1f}" y2="{bottom}" stroke="#e5e5e5"/>'
+        out.append(f'<line x1="{sx(t):.1f}" y1="{plot_top}" x2="{sx(t):.1f}" y2="{bottom}" '
+                   f'stroke="#e5e5e5"/>'
                    f'<text x="{sx(t):.1f}" y="{bottom + 16}" text-anchor="middle">{t:g}</text>')
     for v in ys:
-        out.append(f'<line x1="{left}" y1="{sy(v):.1f}" x2="{right}" y2="{sy(v):.1f}" stroke="#e5e5e5"/>'
+        out.append(f'<line x1="{left}" y1="{sy(v):.1f}" x2="{right}" y2="{sy(v):.1f}" '
+                   f'stroke="#e5e5e5"/>'
                    f'<text x="{left - 6}" y="{sy(v) + 4:.1f}" text-anchor="end">{v:g}</text>')
-    out.append(f'<rect x="{left}" y="{plot_top}" width="{right - left}" height="{bottom - plot_top}" '
-               f'fill="none" stroke="#888"/><text x="{(left + right) / 2}" y="{bottom + 32}" '
-               f'text-anchor="middle">step</text>')
+    out.append(f'<rect x="{left}" y="{plot_top}" width="{right - left}" '
+               f'height="{bottom - plot_top}" fill="none" stroke="#888"/>'
+               f'<text x="{(left + right) / 2}" y="{bottom + 32}" text-anchor="middle">step</text>')
     for i, (label, pts) in enumerate(series):
         color, y = COLORS[i % len(COLORS)], top + 34 + 16 * i
         coords = " ".join(f"{sx(s):.1f},{sy(v):.1f}" for s, v in pts)
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{coords}"/>')
         if len(pts) <= 30:
-            out += [f'<circle cx="{sx(s):.1f}" cy="{sy(v):.1f}" r="3" fill="{color}"/>' for s, v in pts]
+            out += [f'<circle cx="{sx(s):.1f}" cy="{sy(v):.1f}" r="3" fill="{color}"/>'
+                    for s, v in pts]
         out.append(f'<line x1="{left}" y1="{y - 4}" x2="{left + 20}" y2="{y - 4}" stroke="{color}" '
                    f'stroke-width="3"/><text x="{left + 26}" y="{y}">{label}</text>')
     return out
@@ -456,11 +470,13 @@ def svg_panel(series, top, title, step_range, W=720, H=360):
 # What the picture shows: panels of (title, [(label, log key, kind)]); a panel appears when its
 # keys are in the log. kind "train": the per-step lines (a running mean, one batch is noisy);
 # "eval": the evaluations on held-out data.
-PANELS = [("loss (nats per token)", [("training", "loss", "train"), ("held-out", "val_loss", "eval")]),
-          ("DPO: how often the chosen answer wins", [("reward accuracy, training batches", "rewards/accuracies",
-                                                      "train"),
-                                                     ("preference accuracy, held-out", "pref_accuracy", "eval")]),
-          ("DPO: reward margin (chosen - rejected)", [("training batches", "rewards/margins", "train")])]
+PANELS = [("loss (nats per token)",
+           [("training", "loss", "train"), ("held-out", "val_loss", "eval")]),
+          ("DPO: how often the chosen answer wins",
+           [("reward accuracy, training batches", "rewards/accuracies", "train"),
+            ("preference accuracy, held-out", "pref_accuracy", "eval")]),
+          ("DPO: reward margin (chosen - rejected)",
+           [("training batches", "rewards/margins", "train")])]
 
 
 def running_mean(points, n):
@@ -492,7 +508,8 @@ def write_loss_svg(log_path, svg_path, smooth=20):
             panels.append((title, series))
     H = 360
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="720" height="{H * len(panels)}" '
-           f'font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>']
+           f'font-family="sans-serif" font-size="12">'
+           f'<rect width="100%" height="100%" fill="white"/>']
     for i, (title, series) in enumerate(panels):
         svg += svg_panel(series, i * H, title, (min(steps), max(steps)), H=H)
     svg.append("</svg>")

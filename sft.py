@@ -1,10 +1,12 @@
-"""sft.py: supervised fine-tuning on chat conversations, loss on assistant tokens only (book chapter 9).
+"""sft.py: supervised fine-tuning on chat conversations, loss on assistant tokens only (book
+chapter 9).
 
     python sft.py --init out/pretrain        # built-in Python-docs conversations -> out/sft
     python sft.py --show-example             # one rendered conversation: token, target, trained?
-    python sft.py --init out/pretrain --data my_sft.jsonl   # MiniMind's format: {"conversations": [...]}
+    python sft.py --init out/pretrain --data my_sft.jsonl   # MiniMind's format:
+                                                            # {"conversations": [...]}
     python sft.py --init out/smollm --preset t4             # a released model (convert.py) on a T4
-    python sft.py --init out/pretrain --halt-at 300; python sft.py --resume   # split across sessions
+    python sft.py --init out/pretrain --halt-at 300; python sft.py --resume  # split across sessions
 
 Reading order: the chat template and its loss mask (render_chat, shared by dpo.py, eval.py and
 chat.py) -> the shift, truncation and padding -> the loss written by hand -> data (MiniMind jsonl
@@ -27,8 +29,9 @@ import torch
 import torch.nn.functional as F
 
 import train
-from rundir import (UserError, autocast, check_device, check_positive, load_run, load_tokenizer, option,
-                    parse_config, pick_dtype, read_saved_config, refuse_to_overwrite, run_cli)
+from rundir import (UserError, autocast, check_device, check_positive, load_run, load_tokenizer,
+                    option, parse_config, pick_dtype, read_saved_config, refuse_to_overwrite,
+                    run_cli)
 
 ROLES = ("system", "user", "assistant")
 
@@ -104,13 +107,15 @@ def token_logprobs(logits, targets):
     """log p(target) at every position ([B, T]), 0 where the target is IGNORE, and the mask."""
     logp = F.log_softmax(logits.float(), dim=-1)                   # [B, T, V], fp32 for stability
     mask = targets != IGNORE                                       # [B, T]
-    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [B, T]; clamp: -100 is no index
+    # [B, T]; clamp: -100 is no index
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return picked * mask, mask
 
 
 def masked_cross_entropy(logits, targets, total=None):
     """Cross-entropy over the trained tokens: the SUM of their -log p divided by their COUNT
-    (or by `total`, the trained tokens of a whole optimizer step, when this batch is one part of it).
+    (or by `total`, the trained tokens of a whole optimizer step, when this batch is one
+    part of it).
 
     Why not the mean of each conversation's own mean: that would give the one token of "7" in a
     short arithmetic answer the same total weight as a 40-token explanation, so short answers
@@ -133,7 +138,8 @@ def check_messages(messages, where):
         if not isinstance(m, dict) or "role" not in m:
             raise UserError(f'{where}: message {i} has no "role"')
         if m["role"] not in ROLES:
-            raise UserError(f"{where}: message {i} has unknown role {m['role']!r} (expected {', '.join(ROLES)})")
+            raise UserError(f"{where}: message {i} has unknown role {m['role']!r} "
+                            f"(expected {', '.join(ROLES)})")
         if not isinstance(m.get("content"), str):
             raise UserError(f'{where}: message {i} has no "content" string')
     if not any(m["role"] == "assistant" for m in messages):
@@ -190,11 +196,13 @@ def exercises(words):
     out = []
     for a in range(21):
         for b in range(21):
-            out.append(("add", f"What is {a} + {b}?", str(a + b), str(a + b + (1 if (a + b) % 2 else -1))))
+            out.append(("add", f"What is {a} + {b}?", str(a + b),
+                        str(a + b + (1 if (a + b) % 2 else -1))))
             if b <= a:
                 out.append(("subtract", f"What is {a} - {b}?", str(a - b), str(a - b + 1)))
             if a != b:
-                out.append(("larger", f"Which is larger, {a} or {b}?", str(max(a, b)), str(min(a, b))))
+                out.append(("larger", f"Which is larger, {a} or {b}?", str(max(a, b)),
+                            str(min(a, b))))
     for n in range(100):
         out.append(("next", f"What number comes after {n}?", str(n + 1), str(n + 2)))
     for w in words:
@@ -255,13 +263,15 @@ def load_sft_data(data, tok, seq_len, heldout_every=20, quiet=False):
         train_items = [it for i, it in enumerate(items) if i % heldout_every != heldout_every - 1]
         heldout = [it for i, it in enumerate(items) if i % heldout_every == heldout_every - 1]
         exact = []
-    to_rows = lambda its: [e for e in (chat_example(tok, it["messages"], seq_len) for it in its) if e]
+    to_rows = lambda its: [e for e in (chat_example(tok, it["messages"], seq_len) for it in its)
+                           if e]
     rows, held = to_rows(train_items), to_rows(heldout)
     dropped = len(train_items) + len(heldout) - len(rows) - len(held)
     if dropped and not quiet:
         print(f"dropped {dropped} conversation(s) whose first {seq_len + 1} tokens train nothing")
     if not rows:
-        raise UserError(f"{data}: no conversation has an assistant token within --seq-len {seq_len}")
+        raise UserError(f"{data}: no conversation has an assistant token within "
+                        f"--seq-len {seq_len}")
     return rows, held, exact
 
 
@@ -327,8 +337,8 @@ def sft_stage(cfg, model, tok, rows, held, exact, dtype):
         return metrics
 
     labels = {"val_loss": "held-out assistant loss", "exact_match": "held-out exact match"}
-    return train.Stage("sft", len(rows), batch, lambda b: {"tokens": int((b[1] != IGNORE).sum())}, loss,
-                       evaluate, labels, cfg.seq_len)
+    return train.Stage("sft", len(rows), batch, lambda b: {"tokens": int((b[1] != IGNORE).sum())},
+                       loss, evaluate, labels, cfg.seq_len)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +371,8 @@ def start(cfg, device):
     model, tok, payload = train.start_from(cfg.init, device, cfg.dropout)
     window = model.context_length
     if cfg.seq_len > window:
-        raise UserError(f"--seq-len {cfg.seq_len}: the model in {cfg.init} takes at most {window} tokens")
+        raise UserError(f"--seq-len {cfg.seq_len}: the model in {cfg.init} takes at most "
+                        f"{window} tokens")
     cfg = dataclasses.replace(cfg, seq_len=cfg.seq_len or window)
     extra = {**train.origin_of(cfg.init, payload), **train.adapt_model(cfg, model)}
     return cfg, model, tok, payload, extra
@@ -421,20 +432,23 @@ PRESETS = {
     "cpu": ("2 CPU cores, about 2.5 minutes: the CPU pre-training run (nano) on the built-in chats",
             dict(batch_size=32, max_steps=1200, dtype="fp32")),
     "t4": ("free Colab T4 (16 GB, fp16 + scaler): models up to ~100M (minimind2-small, minimind2), "
-           "full fine-tuning", dict(batch_size=16, grad_accum=4, seq_len=512, max_steps=2000, lr=5e-4,
-                                    dtype="fp16", eval_every=250, save_every=250)),
+           "full fine-tuning",
+           dict(batch_size=16, grad_accum=4, seq_len=512, max_steps=2000, lr=5e-4, dtype="fp16",
+                eval_every=250, save_every=250)),
     "a100": ("one A100 (bf16): models up to ~400M, full fine-tuning",
              dict(batch_size=64, seq_len=1024, max_steps=2000, lr=3e-4, dtype="bf16", compile=True,
                   eval_every=250, save_every=500)),
     "t4-lora": ("free Colab T4 (16 GB, fp16 + scaler): imported models of 135M-600M (SmolLM2-135M/"
-                "360M, Qwen2.5-0.5B, Qwen3-0.6B), LoRA rank 16 on every linear layer, checkpointing",
+                "360M, Qwen2.5-0.5B, Qwen3-0.6B), LoRA rank 16 on every linear layer, "
+                "checkpointing",
                 dict(lora_rank=16, lora_alpha=32.0, batch_size=8, grad_accum=4, seq_len=512,
                      max_steps=1000, lr=2e-4, warmup_steps=30, dtype="fp16", grad_checkpoint=True,
                      eval_every=250, save_every=250, eval_exact=100, eval_heldout=256)),
-    "cpu-lora": ("2 CPU cores, minutes: a 135M imported model (SmolLM2-135M), LoRA rank 16, 40 steps",
-                 dict(lora_rank=16, lora_alpha=32.0, batch_size=8, seq_len=256, max_steps=40, lr=1e-3,
-                      warmup_steps=4, dtype="fp32", eval_every=1000, save_every=20, eval_exact=20,
-                      eval_heldout=32, max_new_tokens=16)),
+    "cpu-lora": ("2 CPU cores, minutes: a 135M imported model (SmolLM2-135M), LoRA rank 16, "
+                 "40 steps",
+                 dict(lora_rank=16, lora_alpha=32.0, batch_size=8, seq_len=256, max_steps=40,
+                      lr=1e-3, warmup_steps=4, dtype="fp32", eval_every=1000, save_every=20,
+                      eval_exact=20, eval_heldout=32, max_new_tokens=16)),
 }
 
 
@@ -445,8 +459,10 @@ def show_example(tok, messages):
     shown = lambda t: repr(tok.decode_bytes([t]).decode("utf-8", "replace"))
     print(f"{'pos':>4}  {'input token':<20}{'target':<20}trained")
     for t in range(len(ids) - 1):
-        print(f"{t:>4}  {shown(ids[t]):<20}{shown(ids[t + 1]):<20}{'yes' if trained[t + 1] else '-'}")
-    print(f"{sum(trained[1:])} of {len(ids) - 1} targets trained: the assistant's words and its <|im_end|>")
+        print(f"{t:>4}  {shown(ids[t]):<20}{shown(ids[t + 1]):<20}"
+              f"{'yes' if trained[t + 1] else '-'}")
+    print(f"{sum(trained[1:])} of {len(ids) - 1} targets trained: the assistant's words and its "
+          f"<|im_end|>")
 
 
 def sft(cfg):
@@ -468,7 +484,8 @@ def sft(cfg):
         exact = exact[:cfg.eval_exact] if cfg.eval_exact else exact
         held = held[:cfg.eval_heldout] if cfg.eval_heldout else held
         announce("sft", cfg, model, payload, device, dtype,
-                 f"{len(rows):,} training conversations, {len(held):,} held out, {len(exact)} held-out exercises")
+                 f"{len(rows):,} training conversations, {len(held):,} held out, "
+                 f"{len(exact)} held-out exercises")
         stage = sft_stage(cfg, model, tok, rows, held, exact, dtype)
         return train.train_loop(cfg, model, tok, stage, extra)
 

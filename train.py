@@ -3,7 +3,7 @@ that pre-training, supervised fine-tuning (sft.py) and DPO (dpo.py) share.
 
     python train.py                          # CPU: a tiny MiniMind on Python's own docs, minutes
     python train.py --preset t4-small        # a free Colab T4: minimind2-small on TinyStories
-    python train.py --init out/smollm --data notes.txt   # continue pre-training any run on your text
+    python train.py --init out/smollm --data notes.txt  # continue pre-training any run on your text
     python train.py --preset a100-base --dry-run          # the resource calculator, no training
     torchrun --nproc_per_node=2 train.py ...  # several GPUs (or CPU processes) with DDP
 
@@ -17,8 +17,9 @@ Stage (how to make a batch, what the loss is averaged over, the loss, an evaluat
 gradient accumulation, DDP, mixed precision, torch.compile, the non-finite guard, checkpoints,
 exact resume, --halt-at, Ctrl-C, the progress bar, log.jsonl and loss.svg once, for all three.
 
-Imports: rundir.py (the run directory, flags, devices, errors), bpe.py (the tokenizer), gpt.py and
-minimind.py (the models; gpt.py's optimizer and learning-rate schedule, chapter 2's, serve here too).
+Imports: rundir.py (the run directory, flags, devices, errors), bpe.py (the tokenizer), gpt.py
+and minimind.py (the models; gpt.py's optimizer and learning-rate schedule, chapter 2's, serve
+here too).
 """
 import contextlib
 import dataclasses
@@ -85,7 +86,8 @@ class LoopConfig:
     halt_at: int = option(0, "stop after this step with a checkpoint, as if interrupted "
                              "(split a schedule across sessions)")
     grad_checkpoint: bool = option(False, "gradient checkpointing: recompute each block in the "
-                                          "backward pass (activations of ~one block, ~1/3 more compute)")
+                                          "backward pass (activations of ~one block, ~1/3 more "
+                                          "compute)")
     lora_rank: int = option(0, "LoRA: rank r of the adapters (needs --init); 0: full fine-tuning")
     lora_alpha: float = option(32.0, "LoRA: the adapters' output is scaled by alpha / r")
     lora_dropout: float = option(0.0, "LoRA: dropout on the adapters' input")
@@ -123,20 +125,25 @@ PRESETS = {
     "cpu": ("2 CPU cores, about 7 minutes: a 1.3M MiniMind (nano) on Python's docs",
             dict(model="minimind", size="nano", seq_len=256, batch_size=16, max_steps=1200, lr=2e-3,
                  vocab_size=4096, dtype="fp32")),
-    "t4-small": ("free Colab T4 (16 GB, fp16 + scaler), 1-2 hours: minimind2-small (26M) on TinyStories",
+    "t4-small": ("free Colab T4 (16 GB, fp16 + scaler), 1-2 hours: minimind2-small (26M) on "
+                 "TinyStories",
                  dict(model="minimind", size="minimind2-small", data="tinystories", seq_len=512,
-                      batch_size=32, tokens_per_step=65536, max_steps=6000, lr=1e-3, vocab_size=6400,
-                      dtype="fp16", warmup_steps=300, eval_every=500, save_every=500)),
+                      batch_size=32, tokens_per_step=65536, max_steps=6000, lr=1e-3,
+                      vocab_size=6400, dtype="fp16", warmup_steps=300, eval_every=500,
+                      save_every=500)),
     "l4-base": ("one L4 (24 GB, bf16), about 6 hours: minimind2 (104M) on TinyStories",
-                dict(model="minimind", size="minimind2", data="tinystories", seq_len=512, batch_size=32,
-                     tokens_per_step=131072, max_steps=10000, lr=6e-4, vocab_size=6400, dtype="bf16",
-                     warmup_steps=500, eval_every=500, save_every=1000)),
-    "a100-base": ("one A100 (40/80 GB, bf16), about 5 hours: minimind2 (104M), context 1024, TinyStories",
+                dict(model="minimind", size="minimind2", data="tinystories", seq_len=512,
+                     batch_size=32, tokens_per_step=131072, max_steps=10000, lr=6e-4,
+                     vocab_size=6400, dtype="bf16", warmup_steps=500, eval_every=500,
+                     save_every=1000)),
+    "a100-base": ("one A100 (40/80 GB, bf16), about 5 hours: minimind2 (104M), context 1024, "
+                  "TinyStories",
                   dict(model="minimind", size="minimind2", data="tinystories", seq_len=1024,
                        batch_size=64, tokens_per_step=262144, max_steps=10000, lr=6e-4,
                        vocab_size=6400, dtype="bf16", compile=True, warmup_steps=500,
                        eval_every=500, save_every=1000)),
-    "a100-350m": ("one A100 80 GB (bf16), about 27 hours: a 361M MiniMind; bring more data than TinyStories",
+    "a100-350m": ("one A100 80 GB (bf16), about 27 hours: a 361M MiniMind; bring more data than "
+                  "TinyStories",
                   dict(model="minimind", size="minimind-350m", data="tinystories", seq_len=1024,
                        batch_size=32, tokens_per_step=524288, max_steps=8000, lr=3e-4,
                        vocab_size=6400, dtype="bf16", compile=True, warmup_steps=1000,
@@ -144,7 +151,8 @@ PRESETS = {
     "gpt2-124m": ("one A100 (bf16), about 11 hours: the GPT of gpt.py at GPT-2 small's 124M",
                   dict(model="gpt", size="gpt2", data="tinystories", seq_len=1024, batch_size=32,
                        tokens_per_step=524288, max_steps=10000, lr=6e-4, vocab_size=50257,
-                       dtype="bf16", compile=True, warmup_steps=700, eval_every=500, save_every=1000)),
+                       dtype="bf16", compile=True, warmup_steps=700, eval_every=500,
+                       save_every=1000)),
 }
 
 
@@ -160,13 +168,17 @@ _SKIP_MODULES = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtled
 @functools.lru_cache(maxsize=1)
 def python_docs_entries():
     """(shared) [(qualified name, docstring)] for the standard library's public modules, classes,
-    functions and methods, in a fixed (sorted) order. sft.py and dpo.py build questions from these."""
+    functions and methods, in a fixed (sorted) order. sft.py and dpo.py build questions
+    from these."""
     entries = []
-    with warnings.catch_warnings():  # some modules warn that they are deprecated: not our concern here
+    # some modules warn that they are deprecated: not our concern here
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name in sorted(n for n in sys.stdlib_module_names if not n.startswith("_") and n not in _SKIP_MODULES):
+        for name in sorted(n for n in sys.stdlib_module_names
+                           if not n.startswith("_") and n not in _SKIP_MODULES):
             try:
-                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                with (contextlib.redirect_stdout(io.StringIO()),
+                      contextlib.redirect_stderr(io.StringIO())):
                     module = importlib.import_module(name)
             except BaseException:  # absent on this platform, or fails to import: skip it
                 continue
@@ -190,7 +202,8 @@ def python_docs_entries():
 
 
 def python_docs_documents():
-    """The built-in pre-training corpus: Python's help topics, then the stdlib docstrings (~1.3 MB)."""
+    """The built-in pre-training corpus: Python's help topics, then the stdlib docstrings
+    (~1.3 MB)."""
     from pydoc_data.topics import topics
     docs = [topics[key].strip() for key in sorted(topics)]
     docs += [f"{name}\n\n{doc}" for name, doc in python_docs_entries()]
@@ -209,10 +222,10 @@ def cache_dir():
 
 
 DOWNLOADS = {  # name: (url, expected size in bytes or None)
-    "shakespeare": ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-                    1115394),
-    "tinystories": ("https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-train.txt",
-                    None),
+    "shakespeare": ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
+                    "tinyshakespeare/input.txt", 1115394),
+    "tinystories": ("https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
+                    "TinyStories-train.txt", None),
 }
 
 
@@ -249,8 +262,9 @@ def download(url, dest, expected_size=None, headers=None):
         if have and response.status != 206:  # the server ignored the Range: start again
             have = 0
         total = have + int(response.headers.get("Content-Length", 0) or 0)
-        with open(part, "ab" if have else "wb") as f, tqdm(total=total or None, initial=have, unit="B",
-                                                          unit_scale=True, desc=f"download {dest.name}") as bar:
+        with (open(part, "ab" if have else "wb") as f,
+              tqdm(total=total or None, initial=have, unit="B", unit_scale=True,
+                   desc=f"download {dest.name}") as bar):
             while chunk := response.read(1 << 20):
                 f.write(chunk)
                 bar.update(len(chunk))
@@ -265,27 +279,33 @@ def read_documents(path):
     """Yield the documents of a .txt, a .jsonl ({"text": ...} per line), or a folder of them
     (sorted), with bpe.read_texts; a malformed line raises UserError naming FILE:LINE."""
     path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")) if path.is_dir() else [path]
+    files = (sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")) if path.is_dir()
+             else [path])
     if not files:
         raise UserError(f"{path}: no .txt or .jsonl files in this folder")
-    yield from bpe.read_texts(files)  # a malformed line: bpe.UserError, the project's one error type
+    # a malformed line: bpe.UserError, the project's one error type
+    yield from bpe.read_texts(files)
 
 
 def resolve_data(data):
     """Return (documents iterable factory, cache directory, data fingerprint) for --data."""
     if data == "python-docs":
-        return python_docs_documents, cache_dir(), f"python-docs-py{sys.version_info[0]}.{sys.version_info[1]}"
+        return (python_docs_documents, cache_dir(),
+                f"python-docs-py{sys.version_info[0]}.{sys.version_info[1]}")
     if data in DOWNLOADS:
         url, size = DOWNLOADS[data]
         path = download(url, cache_dir() / Path(url).name, size)
     else:
         path = Path(data)
         if not path.exists():
-            raise UserError(f"{data}: no such file or folder (or use python-docs, {', '.join(DOWNLOADS)})")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl"))
-    stamp = hashlib.sha1(repr([(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
-                         .encode()).hexdigest()[:12]
-    return (lambda: read_documents(path)), (path.parent if path.is_file() else path), f"{path.name}-{stamp}"
+            raise UserError(f"{data}: no such file or folder "
+                            f"(or use python-docs, {', '.join(DOWNLOADS)})")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*")
+                                                 if p.suffix in (".txt", ".jsonl"))
+    stamp = hashlib.sha1(repr([(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns)
+                               for p in files]).encode()).hexdigest()[:12]
+    return ((lambda: read_documents(path)), (path.parent if path.is_file() else path),
+            f"{path.name}-{stamp}")
 
 
 def split_documents(docs, val_fraction):
@@ -294,14 +314,16 @@ def split_documents(docs, val_fraction):
     docs = list(docs)
     if len(docs) >= 2 / max(val_fraction, 1e-9):
         k = max(2, round(1 / val_fraction))
-        return [d for i, d in enumerate(docs) if i % k != k - 1], [d for i, d in enumerate(docs) if i % k == k - 1]
+        return ([d for i, d in enumerate(docs) if i % k != k - 1],
+                [d for i, d in enumerate(docs) if i % k == k - 1])
     text = "\n\n".join(docs)
     cut = int(len(text) * (1 - val_fraction))
     return [text[:cut]], [text[cut:]]
 
 
 def tokenizer_cache(cfg, cache, fingerprint):
-    """Where a tokenizer trained on this data's training split is cached (it never saw the val split)."""
+    """Where a tokenizer trained on this data's training split is cached (it never
+    saw the val split)."""
     return cache / f"{fingerprint}.v{cfg.val_fraction}.bpe{cfg.vocab_size}.json"
 
 
@@ -321,7 +343,8 @@ def get_tokenizer(cfg, train_docs, cache, fingerprint):
         budget -= len(d)
         if budget <= 0:
             break
-    print(f"training a {cfg.vocab_size}-token BPE tokenizer on {sum(map(len, sample)) / 1e6:.1f} MB ...")
+    print(f"training a {cfg.vocab_size}-token BPE tokenizer on "
+          f"{sum(map(len, sample)) / 1e6:.1f} MB ...")
     try:
         tok = bpe.Tokenizer.train(sample, cfg.vocab_size)
     except ValueError as e:
@@ -354,21 +377,24 @@ def prepare_data(cfg):
         docs = split_documents(make_docs(), cfg.val_fraction)
     tok = get_tokenizer(cfg, docs[0] if docs else None, cache, fingerprint)
     # The token cache belongs to this exact tokenizer: its split, normalizer, tokens and specials.
-    tok_hash = hashlib.sha1(json.dumps([tok.split_patterns, tok.normalizer, tok.ignore_merges,
-                                        tok.token_strings(), tok.special_tokens]).encode()).hexdigest()[:10]
+    tok_hash = hashlib.sha1(
+        json.dumps([tok.split_patterns, tok.normalizer, tok.ignore_merges, tok.token_strings(),
+                    tok.special_tokens]).encode()).hexdigest()[:10]
     stem = cache / f"{fingerprint}.{tok_hash}.v{cfg.val_fraction}"
     paths = [Path(f"{stem}.train.bin"), Path(f"{stem}.val.bin")]
     if not all(p.exists() for p in paths):
         docs = docs or split_documents(make_docs(), cfg.val_fraction)
-    train_tokens, val_tokens = (tokenize_to_bin(docs[i] if docs else [], tok, paths[i]) for i in (0, 1))
+    train_tokens, val_tokens = (tokenize_to_bin(docs[i] if docs else [], tok, paths[i])
+                                for i in (0, 1))
     return tok, train_tokens, val_tokens
 
 
 def eval_windows(tokens, seq_len, batch_size, n_batches):
     """Fixed, evenly spaced validation windows: the same text at every evaluation."""
     if len(tokens) <= seq_len + 1:
-        raise UserError(f"the validation split has only {len(tokens)} tokens, not enough for one window of "
-                        f"--seq-len {seq_len}: give more text, a larger --val-fraction or a smaller --seq-len")
+        raise UserError(f"the validation split has only {len(tokens)} tokens, not enough for one "
+                        f"window of --seq-len {seq_len}: give more text, a larger --val-fraction "
+                        f"or a smaller --seq-len")
     n = min(n_batches * batch_size, max(1, (len(tokens) - 1) // seq_len))
     starts = np.linspace(0, len(tokens) - seq_len - 1, n).astype(np.int64)
     rows = torch.from_numpy(np.stack([tokens[s:s + seq_len + 1] for s in starts]).astype(np.int64))
@@ -384,7 +410,8 @@ def model_config(arch, size, vocab_size, seq_len, dropout=0.0):
     if arch not in sizes:
         raise UserError(f"--model must be minimind or gpt; got {arch!r}")
     if size not in sizes[arch]:
-        raise UserError(f"unknown --size {size!r} for {arch}; choose one of: {', '.join(sizes[arch])}")
+        raise UserError(f"unknown --size {size!r} for {arch}; choose one of: "
+                        f"{', '.join(sizes[arch])}")
     cfg = dict(sizes[arch][size], vocab_size=vocab_size, dropout=dropout)
     cfg["max_seq_len" if arch == "minimind" else "block_size"] = seq_len
     return cfg
@@ -504,7 +531,8 @@ def add_lora(model, rank, alpha, dropout=0.0, targets="all", embeddings=False):
     if not chosen:
         names = sorted({name.split(".")[-1] for name in linears})
         raise UserError(f"--lora-targets {targets}: no linear layer of this model is named so; "
-                        f"its layers: {', '.join(names)} (the head and embedding: --lora-embeddings)")
+                        f"its layers: {', '.join(names)} "
+                        f"(the head and embedding: --lora-embeddings)")
     model.requires_grad_(False)
     for name in chosen:
         swap(model, name, LoRALinear(linears[name], rank, alpha, dropout))
@@ -550,7 +578,8 @@ def merge_lora(model):
     for name, m in list(model.named_modules()):
         if isinstance(m, LoRALinear):
             if id(m.weight) not in merged:
-                merged[id(m.weight)] = nn.Parameter((m.weight.float() + m.delta()).to(m.weight.dtype).detach())
+                merged[id(m.weight)] = nn.Parameter((m.weight.float() + m.delta())
+                                                    .to(m.weight.dtype).detach())
             swap(model, name, m.plain(merged[id(m.weight)]))
     return model
 
@@ -638,12 +667,14 @@ def adapt_model(cfg, model):
         device = str(next(model.parameters()).device)
         if device.startswith("cuda"):
             keep_frozen_in(model, pick_dtype(device, cfg.dtype))
-        record["lora"] = {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
-                          "targets": cfg.lora_targets, "embeddings": cfg.lora_embeddings}
+        record["lora"] = {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha,
+                          "dropout": cfg.lora_dropout, "targets": cfg.lora_targets,
+                          "embeddings": cfg.lora_embeddings}
         record["base"] = base
         trained, total = sum(t.numel() for t in trained_tensors(model).values()), model.num_params()
-        print_if(is_master(), f"LoRA rank {cfg.lora_rank}, alpha {cfg.lora_alpha:g}, on {len(names)} "
-                              f"layers ({cfg.lora_targets}): {trained:,} parameters train, "
+        print_if(is_master(), f"LoRA rank {cfg.lora_rank}, alpha {cfg.lora_alpha:g}, "
+                              f"on {len(names)} layers ({cfg.lora_targets}): "
+                              f"{trained:,} parameters train, "
                               f"{trained / total:.2%} of {total:,}; the others are frozen")
     model.grad_checkpoint = cfg.grad_checkpoint
     return record
@@ -758,9 +789,11 @@ def moe_balance(model):
 
 
 def step_totals(stage, batches):
-    """The units of the whole step: summed over this process's micro-batches, then over processes."""
+    """The units of the whole step: summed over this process's micro-batches,
+    then over processes."""
     keys = list(stage.counts(batches[0]))
-    totals = torch.tensor([[stage.counts(b)[k] for k in keys] for b in batches], dtype=torch.float64).sum(0)
+    totals = torch.tensor([[stage.counts(b)[k] for k in keys] for b in batches],
+                          dtype=torch.float64).sum(0)
     if dist.is_initialized():
         dist.all_reduce(totals)
     return {k: max(float(v), 1.0) for k, v in zip(keys, totals)}
@@ -797,12 +830,13 @@ def train_step(net, model, stage, micro_indices, optimizer, scaler, grad_clip, d
     # Checked before the update, so bad numbers never reach the weights or a checkpoint. With fp16
     # an overflowing gradient is normal: the scaler skips that step and lowers its scale.
     if not math.isfinite(loss_sum.item()) or not (math.isfinite(grad_norm) or scaler.is_enabled()):
-        raise UserError(f"loss {loss_sum.item()}, gradient norm {grad_norm}; stopped. The last good "
-                        f"checkpoint is untouched (try a lower --lr, or --dtype bf16/fp32)")
+        raise UserError(f"loss {loss_sum.item()}, gradient norm {grad_norm}; stopped. The last "
+                        f"good checkpoint is untouched (try a lower --lr, or --dtype bf16/fp32)")
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum.item(), grad_norm, tokens * world, {k: sum(l[k] for l in logs) / len(logs) for k in logs[0]}
+    return loss_sum.item(), grad_norm, tokens * world, {k: sum(l[k] for l in logs) / len(logs)
+                                                        for k in logs[0]}
 
 
 def flops_per_token(model, seq_len):
@@ -832,11 +866,12 @@ def peak_flops(device, dtype):
 
 
 def wrap(model, compile_it, device):
-    """The module the loop calls: torch.compile'd if asked, inside DDP when several processes run."""
+    """The module the loop calls: torch.compile'd if asked, inside DDP when several
+    processes run."""
     net = torch.compile(model) if compile_it else model
     if dist.is_initialized():
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.startswith("cuda")
-                                                        else None)
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device] if device.startswith("cuda") else None)
     return net
 
 
@@ -877,14 +912,16 @@ def train_loop(cfg, model, tok, stage, extra=None):
     ("after" absent when the run halted or was interrupted)."""
     out, device, extra = Path(cfg.out_dir), str(next(model.parameters()).device), extra or {}
     master, dtype = is_master(), pick_dtype(device, cfg.dtype)
-    optimizer, scaler, sampler, step, before, log = open_run(cfg, model, stage, dtype, master, extra)
+    optimizer, scaler, sampler, step, before, log = open_run(cfg, model, stage, dtype, master,
+                                                             extra)
 
     def evaluation(at_step, kind):  # kind: "before", "during" or "after"; process 0 only
         if not master:
             return {}
         metrics = stage.evaluate(model, full=kind != "during")
         log.write(step=at_step, eval=kind, **metrics)
-        tqdm.write(f"step {at_step}: " + ", ".join(f"{stage.labels.get(k, k)} {v:.4f}" for k, v in metrics.items()))
+        tqdm.write(f"step {at_step}: " + ", ".join(f"{stage.labels.get(k, k)} {v:.4f}"
+                                                   for k, v in metrics.items()))
         return metrics
 
     def checkpoint(at_step):
@@ -895,17 +932,20 @@ def train_loop(cfg, model, tok, stage, extra=None):
 
     before = before if before is not None else evaluation(0, "before")
     net, meter = wrap(model, cfg.compile, device), Meter(model, stage.seq_len, dtype, master)
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not master, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not master, unit="step",
+               dynamic_ncols=True)
     try:
         while step < cfg.max_steps:
-            lr = gpt.get_lr(step, cfg.lr, cfg.lr * cfg.min_lr_ratio, cfg.warmup_steps, cfg.max_steps)
+            lr = gpt.get_lr(step, cfg.lr, cfg.lr * cfg.min_lr_ratio, cfg.warmup_steps,
+                            cfg.max_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss, grad_norm, tokens, logs = train_step(net, model, stage, sampler.next_step(),
                                                        optimizer, scaler, cfg.grad_clip, dtype)
             step += 1
             if master:
-                row = dict(step=step, loss=loss, lr=lr, grad_norm=grad_norm, **meter.speed(tokens), **logs)
+                row = dict(step=step, loss=loss, lr=lr, grad_norm=grad_norm, **meter.speed(tokens),
+                           **logs)
                 log.write(**row)
                 bar.set_postfix(meter.postfix(row))
                 bar.update()
@@ -916,12 +956,14 @@ def train_loop(cfg, model, tok, stage, extra=None):
             meter.restart()  # time spent evaluating and saving is not training speed
             if step == cfg.halt_at:
                 bar.close()
-                print_if(master, f"halted at step {step} (--halt-at); continue with --resume --out-dir {out}")
+                print_if(master, f"halted at step {step} (--halt-at); "
+                                 f"continue with --resume --out-dir {out}")
                 return {"step": step, "before": before}
     except KeyboardInterrupt:
         checkpoint(step)
         bar.close()
-        print_if(master, f"\ninterrupted: saved step {step} to {out}; continue with --resume --out-dir {out}")
+        print_if(master, f"\ninterrupted: saved step {step} to {out}; "
+                         f"continue with --resume --out-dir {out}")
         return {"step": step, "before": before}
     bar.close()
     after = evaluation(step, "after")
@@ -940,7 +982,8 @@ def write_checkpoint(cfg, model, tok, optimizer, scaler, step, state, extra):
     out = Path(cfg.out_dir)
     if "lora" in extra:
         state = {**state, "trainable": trained_tensors(model), "base": extra["base"]["sha256"]}
-    save_checkpoint(out, model, tok, optimizer, scaler, step, state, extra, merged_state_dict(model))
+    save_checkpoint(out, model, tok, optimizer, scaler, step, state, extra,
+                    merged_state_dict(model))
     if cfg.save_adapter:
         save_adapter(out / "adapter.pt", model, {**extra, "step": step})
     write_loss_svg(out / "log.jsonl", out / "loss.svg")
@@ -973,7 +1016,8 @@ class Meter:
 
     @staticmethod
     def postfix(row):
-        shown = dict(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.1e}", tok_s=f"{row['tokens_per_s']:,}")
+        shown = dict(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.1e}",
+                     tok_s=f"{row['tokens_per_s']:,}")
         return {**shown, **({"mfu": f"{row['mfu']:.1%}"} if "mfu" in row else {})}
 
 
@@ -991,8 +1035,8 @@ def byte_lengths(tok):
     """UTF-8 bytes each token id stands for; special tokens stand for no text, so they count 0, and
     so do the ids a released vocabulary leaves unused."""
     types = tok.token_types()
-    return np.array([len(tok.id_to_bytes(i)) if kind in (bpe.TOKEN_NORMAL, bpe.TOKEN_USER_DEFINED) else 0
-                     for i, kind in enumerate(types)])
+    return np.array([len(tok.id_to_bytes(i)) if kind in (bpe.TOKEN_NORMAL, bpe.TOKEN_USER_DEFINED)
+                     else 0 for i, kind in enumerate(types)])
 
 
 @torch.no_grad()
@@ -1006,22 +1050,25 @@ def evaluate(model, windows, lengths, device, dtype):
     for x, y in windows:
         with autocast(device, dtype):
             logits, _ = model(x.to(device))
-        nll += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), ignore_index=-100,
-                               reduction="sum").item()
+        nll += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(),
+                               ignore_index=-100, reduction="sum").item()
         predicted = y[y != -100]
         count += predicted.numel()
         nbytes += int(lengths[predicted.numpy()].sum())
     model.train(was_training)
     loss = nll / count
-    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "val_bpb": nll / (math.log(2) * max(nbytes, 1))}
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)),
+            "val_bpb": nll / (math.log(2) * max(nbytes, 1))}
 
 
 def sample(model, tok, prompt, max_new_tokens, seed=0, temperature=0.8, top_k=50):
     """A continuation of `prompt` (of a new document when prompt is empty), as text."""
     eot = tok.special_tokens["<|endoftext|>"]
     ids = tok.encode(prompt, allowed_special="all") if prompt else [eot]
-    out = model.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed, stop_tokens={eot})
-    return tok.decode([t for t in out if not tok.is_special(t)])  # the end-of-text marker is not text
+    out = model.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed,
+                         stop_tokens={eot})
+    # the end-of-text marker is not text
+    return tok.decode([t for t in out if not tok.is_special(t)])
 
 
 def pretrain_stage(cfg, model, tok, train_tokens, val_tokens, dtype):
@@ -1033,7 +1080,8 @@ def pretrain_stage(cfg, model, tok, train_tokens, val_tokens, dtype):
     lengths = byte_lengths(tok)
 
     def batch(starts):
-        rows = torch.from_numpy(np.stack([train_tokens[s:s + T + 1] for s in starts]).astype(np.int64))
+        rows = torch.from_numpy(np.stack([train_tokens[s:s + T + 1] for s in starts])
+                                .astype(np.int64))
         return rows[:, :-1].to(device, non_blocking=True), rows[:, 1:].to(device, non_blocking=True)
 
     def loss(net, b, totals):
@@ -1049,16 +1097,18 @@ def pretrain_stage(cfg, model, tok, train_tokens, val_tokens, dtype):
 
     labels = {"val_loss": "validation loss (nats/token)", "val_ppl": "validation perplexity",
               "val_bpb": "validation bits per byte"}
-    return Stage("pretrain", len(train_tokens) - T - 1, batch, lambda b: {"tokens": b[1].numel()}, loss,
-                 evaluate_and_sample, labels, T)
+    return Stage("pretrain", len(train_tokens) - T - 1, batch, lambda b: {"tokens": b[1].numel()},
+                 loss, evaluate_and_sample, labels, T)
 
 
 def check_config(cfg):
-    check_positive(cfg, ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "save_every"))
+    check_positive(cfg, ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches",
+                         "save_every"))
     if not 0 < cfg.val_fraction < 0.5:
         raise UserError(f"--val-fraction must be between 0 and 0.5; got {cfg.val_fraction}")
     if cfg.lr <= 0 or cfg.warmup_steps < 0 or cfg.tokens_per_step < 0 or cfg.seq_len < 0:
-        raise UserError("--lr must be positive; --warmup-steps, --tokens-per-step, --seq-len not negative")
+        raise UserError("--lr must be positive; --warmup-steps, --tokens-per-step, --seq-len "
+                        "not negative")
     if not 0 <= cfg.dropout < 1:
         raise UserError(f"--dropout must be in [0, 1); got {cfg.dropout}")
     if cfg.init and cfg.tokenizer:
@@ -1074,7 +1124,8 @@ def resolve(cfg, context=None, world=1):
     --tokens-per-step. The config saved in config.json is this one, so a resume repeats it."""
     seq_len = cfg.seq_len or min(256, context or 256)
     if context and seq_len > context:
-        raise UserError(f"--seq-len {seq_len}: the model in {cfg.init} takes at most {context} tokens")
+        raise UserError(f"--seq-len {seq_len}: the model in {cfg.init} takes at most "
+                        f"{context} tokens")
     accum = cfg.grad_accum
     if cfg.tokens_per_step:
         accum = max(1, cfg.tokens_per_step // (cfg.batch_size * seq_len * world))
@@ -1103,9 +1154,10 @@ def pretrain(cfg):
         dtype = pick_dtype(device, cfg.dtype)
         if rank == 0:
             what = f"{cfg.init} (continued)" if cfg.init else f"{cfg.model} {cfg.size}"
-            print(f"{what}: {model.num_params() / 1e6:.2f}M parameters, vocab {tok.vocab_size}, context "
-                  f"{cfg.seq_len}, {len(train_tokens):,} train / {len(val_tokens):,} val tokens, {device} "
-                  f"{dtype}, {cfg.batch_size * cfg.seq_len * cfg.grad_accum * world:,} tokens per step"
+            print(f"{what}: {model.num_params() / 1e6:.2f}M parameters, vocab {tok.vocab_size}, "
+                  f"context {cfg.seq_len}, {len(train_tokens):,} train / {len(val_tokens):,} val "
+                  f"tokens, {device} {dtype}, "
+                  f"{cfg.batch_size * cfg.seq_len * cfg.grad_accum * world:,} tokens per step"
                   + (f", {world} processes" if world > 1 else ""))
         stage = pretrain_stage(cfg, model, tok, train_tokens, val_tokens, dtype)
         return train_loop(cfg, model, tok, stage, extra)
@@ -1122,7 +1174,8 @@ ASSUMED_MFU = 0.35  # the share of peak a well-tuned small-model run reaches; T4
 def meta_model(cfg, vocab_size):
     """The run's model built on the meta device: shapes only, no memory, works for any size."""
     if cfg.init:
-        payload = torch.load(Path(cfg.init) / "model.pt", map_location="meta", weights_only=True, mmap=True)
+        payload = torch.load(Path(cfg.init) / "model.pt", map_location="meta", weights_only=True,
+                             mmap=True)
         arch, config = payload["arch"], payload["config"]
     else:
         arch = cfg.model
@@ -1136,7 +1189,8 @@ def training_memory(model, cfg, seq_len, rows=1, reference=None):
     are added here). rows: sequences per example (DPO: 2, chosen and rejected); reference="copy":
     DPO's frozen copy of the weights (full fine-tuning; under LoRA the reference is the same
     weights with the adapters off, and --precompute-ref frees it)."""
-    half = cfg.dtype in ("bf16", "fp16") or (cfg.dtype == "auto" and gpt.pick_device(cfg.device) == "cuda")
+    half = cfg.dtype in ("bf16", "fp16") or (cfg.dtype == "auto"
+                                             and gpt.pick_device(cfg.device) == "cuda")
     total = model.num_params()
     if cfg.lora_rank:
         add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
@@ -1180,7 +1234,8 @@ def step_flops(model, cfg, length, rows=1, reference=None):
     passes = 3 - bool(cfg.lora_rank) + bool(cfg.grad_checkpoint) + bool(reference)
     attention = 4 * (3 + bool(cfg.grad_checkpoint) + bool(reference))
     active = model.num_params(active=True)
-    return tokens, (2 * passes * active + attention * model.n_layers * model.width * length) * tokens
+    return tokens, (2 * passes * active
+                    + attention * model.n_layers * model.width * length) * tokens
 
 
 def resource_report(model, cfg, seq_len, title, rows=1, reference=None, mean_len=None):
@@ -1194,26 +1249,31 @@ def resource_report(model, cfg, seq_len, title, rows=1, reference=None, mean_len
     memory, trained = training_memory(model, cfg, seq_len, rows, reference)  # adds LoRA to model
     length = f"{mean_len:.0f} on average" if mean_len else seq_len
     lines = [f"resource calculator: {title}, vocab {model.config.vocab_size}, context {seq_len}",
-             f"  parameters           {total:,}" + (f" ({active:,} active per token)" if active != total else ""),
+             f"  parameters           {total:,}"
+             + (f" ({active:,} active per token)" if active != total else ""),
              *([f"  trained (LoRA)       {trained:,} ({trained / (total + trained):.2%}): "
                 f"rank {cfg.lora_rank}, {cfg.lora_targets}"] if cfg.lora_rank else []),
              *[f"  {k:<33}{v / 2**30:8.2f} GiB" for k, v in memory.items()],
              f"  total (training)                 {sum(memory.values()) / 2**30:8.2f} GiB"
              + ("   (gradient checkpointing)" if cfg.grad_checkpoint else ""),
-             f"  tokens per step      {tokens_step:,} ({cfg.batch_size} x {length} x {cfg.grad_accum} "
-             "accumulation" + (f" x {rows} rows" if rows > 1 else "") + ")",
-             f"  FLOPs per step       {flops_step:.3e}   ({cfg.max_steps:,} steps: {flops_step * cfg.max_steps:.3e})",
+             f"  tokens per step      {tokens_step:,} ({cfg.batch_size} x {length} x "
+             f"{cfg.grad_accum} accumulation" + (f" x {rows} rows" if rows > 1 else "") + ")",
+             f"  FLOPs per step       {flops_step:.3e}   "
+             f"({cfg.max_steps:,} steps: {flops_step * cfg.max_steps:.3e})",
              f"  estimated time and cost for {cfg.max_steps:,} steps at {ASSUMED_MFU:.0%} of peak "
              f"(assumed on-demand prices):"]
     for name, (tflops, mem_gb, price) in GPUS.items():
         hours = flops_step * cfg.max_steps / (tflops * 1e12 * ASSUMED_MFU) / 3600
-        fits = "fits" if sum(memory.values()) < mem_gb * 2**30 * 0.9 else "does NOT fit: lower --batch-size"
-        lines.append(f"    {name:<5} {tflops:>4} TFLOPS  {hours:8.2f} h  ${hours * price:8.2f}   {mem_gb} GB: {fits}")
+        fits = ("fits" if sum(memory.values()) < mem_gb * 2**30 * 0.9
+                else "does NOT fit: lower --batch-size")
+        lines.append(f"    {name:<5} {tflops:>4} TFLOPS  {hours:8.2f} h  ${hours * price:8.2f}   "
+                     f"{mem_gb} GB: {fits}")
     if gpt.pick_device(cfg.device) == "cpu":  # no GPU here: the time on this machine's CPU too
         peak = peak_flops("cpu", torch.float32)
         minutes = flops_step * cfg.max_steps / (peak * ASSUMED_MFU) / 60
-        lines.append(f"    this CPU: {peak / 1e9:.0f} GFLOP/s on a matmul ({torch.get_num_threads()} threads), "
-                     f"{minutes:.1f} min at {ASSUMED_MFU:.0%} of it")
+        lines.append(f"    this CPU: {peak / 1e9:.0f} GFLOP/s on a matmul "
+                     f"({torch.get_num_threads()} threads), {minutes:.1f} min at "
+                     f"{ASSUMED_MFU:.0%} of it")
     return "\n".join(lines), {"params": total, "active_params": active, "trained_params": trained,
                               "memory": memory, "tokens_per_step": tokens_step,
                               "flops_per_step": flops_step}
@@ -1223,7 +1283,8 @@ def dry_run(cfg):
     """The resource calculator for train.py's flags."""
     model = meta_model(cfg, cfg.vocab_size)
     cfg = resolve(cfg, model.context_length if cfg.init else None)
-    title = f"preset {cfg.preset or '(none)'}, " + (f"--init {cfg.init}" if cfg.init else f"{cfg.model} {cfg.size}")
+    title = f"preset {cfg.preset or '(none)'}, " + (f"--init {cfg.init}" if cfg.init
+                                                     else f"{cfg.model} {cfg.size}")
     return resource_report(model, cfg, cfg.seq_len, title)
 
 
