@@ -399,7 +399,8 @@ def dry_run(cfg, stage="sft", rows=1, reference=None, load_rows=None):
     (no weights are read, so it answers for any size), with the average length of --data's rows
     (conversations are often far shorter than the context): load_rows(tok, seq_len) -> the
     training rows (default: SFT's). rows, reference: see train.training_memory (dpo.py: 2 rows a
-    pair, and its reference)."""
+    pair, and its reference). Flags the run itself would refuse are refused here too."""
+    train.check_lora(cfg)
     if not (Path(cfg.init) / "model.pt").is_file():
         raise UserError(f"--init {cfg.init}: no model.pt there to size the run on")
     model = train.meta_model(cfg, None)

@@ -561,11 +561,16 @@ def merged_state_dict(model):
     goes on after a checkpoint): every adapted weight is W + (alpha/r) B A and the adapter tensors
     are left out, so model.pt opens with rundir.load_run like any run. Plain models: their own."""
     model = unwrap(model)
-    state = {k: v.detach().cpu().float() if v.is_floating_point() else v
-             for k, v in model.state_dict().items()}
+    fp32 = getattr(model, "frozen_fp32", {})  # frozen weights held in 16 bits: see keep_frozen_in
+
+    def exact(t):  # a tensor's fp32 value on the CPU
+        return fp32[id(t)] if id(t) in fp32 else t.detach().cpu().float()
+
+    state = {k: exact(v) if v.is_floating_point() else v
+             for k, v in model.state_dict(keep_vars=True).items()}
     for name, m in model.named_modules():
         if isinstance(m, LoRALinear):
-            state[f"{name}.weight"] = (m.weight.float() + m.delta()).detach().cpu()
+            state[f"{name}.weight"] = exact(m.weight) + m.delta().detach().cpu()
             del state[f"{name}.lora_A"], state[f"{name}.lora_B"]
     return state
 
@@ -682,10 +687,14 @@ def adapt_model(cfg, model):
 
 def keep_frozen_in(model, dtype):
     """Store every frozen parameter in `dtype` (a GPU run's fp16 or bf16): a frozen weight is never
-    updated, so it needs no fp32 master copy, half the memory. The adapters stay fp32: AdamW's
-    small updates would vanish in fp16's rounding, and fp16's gradient scaler insists on fp32."""
+    updated, so it needs no fp32 master copy on the GPU, half the memory. The adapters stay fp32:
+    AdamW's small updates would vanish in fp16's rounding, and fp16's gradient scaler insists on
+    fp32. The fp32 values wait in CPU memory (model.frozen_fp32, by parameter), so the model.pt a
+    run writes is the base's own weights plus the adapters, not their 16-bit roundings."""
+    model.frozen_fp32 = getattr(model, "frozen_fp32", {})
     for p in model.parameters():
-        if not p.requires_grad:
+        if not p.requires_grad and p.dtype != dtype:
+            model.frozen_fp32.setdefault(id(p), p.detach().to("cpu", torch.float32, copy=True))
             p.data = p.data.to(dtype)
 
 
@@ -1280,7 +1289,8 @@ def resource_report(model, cfg, seq_len, title, rows=1, reference=None, mean_len
 
 
 def dry_run(cfg):
-    """The resource calculator for train.py's flags."""
+    """The resource calculator for train.py's flags (refusing what the run itself would refuse)."""
+    check_lora(cfg)
     model = meta_model(cfg, cfg.vocab_size)
     cfg = resolve(cfg, model.context_length if cfg.init else None)
     title = f"preset {cfg.preset or '(none)'}, " + (f"--init {cfg.init}" if cfg.init

@@ -301,6 +301,16 @@ def test_dry_run_of_sft_and_dpo_from_the_command_line(pretrained_run):
         assert expect in r.stdout and "T4" in r.stdout
 
 
+def test_dry_run_refuses_the_flags_a_run_would_refuse(pretrained_run):
+    """The calculator answers only for a run that would start."""
+    with pytest.raises(rundir.UserError, match="need --init"):
+        train.main(["--lora-rank", "8", "--dry-run"])
+    with pytest.raises(rundir.UserError, match="--save-adapter needs --lora-rank"):
+        sft.main(["--init", str(pretrained_run), "--save-adapter", "--dry-run"])
+    with pytest.raises(rundir.UserError, match="--lora-dropout"):
+        dpo.main(["--init", str(pretrained_run), "--lora-rank", "4", "--lora-dropout", "1.5", "--dry-run"])
+
+
 def test_continued_pre_training_with_lora_and_checkpointing(corpus, pretrained_run, tmp_path):
     out = tmp_path / "more"
     result = train.main(["--init", str(pretrained_run), "--data", str(corpus / "text.txt"), "--seq-len", "32",
@@ -318,6 +328,7 @@ def test_frozen_weights_in_half_precision_adapters_in_fp32():
     """What a GPU run in bf16/fp16 does (adapt_model), here on the CPU with bf16 autocast."""
     model = tiny("minimind").train()
     train.add_lora(model, rank=4, alpha=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     train.keep_frozen_in(model, torch.bfloat16)
     for name, p in model.named_parameters():
         assert p.dtype == (torch.float32 if "lora_" in name else torch.bfloat16), name
@@ -330,4 +341,11 @@ def test_frozen_weights_in_half_precision_adapters_in_fp32():
     assert model.layers[0].self_attn.q_proj.lora_B.abs().sum() > 0  # the adapters moved
     with torch.no_grad():
         list(model.generate([1, 2, 3], max_new_tokens=3, temperature=0))  # no autocast: still runs
-    assert all(t.dtype == torch.float32 for t in train.merged_state_dict(model).values())
+    merged = train.merged_state_dict(model)
+    assert all(t.dtype == torch.float32 for t in merged.values())
+    # model.pt gets the base's fp32 weights (plus B A where adapted), not their bf16 roundings
+    assert torch.equal(merged["norm.weight"], before["norm.weight"])
+    assert torch.equal(merged["embed_tokens.weight"], before["embed_tokens.weight"])
+    q = model.layers[0].self_attn.q_proj
+    assert torch.equal(merged["layers.0.self_attn.q_proj.weight"],
+                       before["layers.0.self_attn.q_proj.weight"] + q.delta().detach())
