@@ -18,6 +18,7 @@ import rundir
 import sft
 import train
 from rundir import UserError
+from test_sft import chat_file  # a small chat .jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,12 +149,6 @@ def test_gradient_checkpointing_gives_the_same_gradients(kind):
 
 
 # ---- runs: sft.py / dpo.py with LoRA --------------------------------------------------------
-def chat_file(tmp_path, n=60):
-    data = tmp_path / "chat.jsonl"
-    lines = [{"conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-             for _, q, a, _ in sft.exercises(["cat", "dog", "tree", "moon", "river"])[:n]]
-    data.write_text("".join(json.dumps(l) + "\n" for l in lines))
-    return data
 
 
 def lora_args(pretrained_run, data, out, *extra):
