@@ -939,16 +939,18 @@ def train_loop(cfg, model, tok, stage, extra=None):
                              {"sampler": sampler.gen.get_state(), "before": before},
                              {"stage": stage.name, **extra})
 
+    def stop(message):  # --halt-at or Ctrl-C: the run ends on a checkpoint, to be resumed
+        bar.close()
+        print_if(master, f"{message}; continue with --resume --out-dir {out}")
+        return {"step": step, "before": before}
+
     before = before if before is not None else evaluation(0, "before")
     net, meter = wrap(model, cfg.compile, device), Meter(model, stage.seq_len, dtype, master)
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not master, unit="step",
                dynamic_ncols=True)
     try:
         while step < cfg.max_steps:
-            lr = gpt.get_lr(step, cfg.lr, cfg.lr * cfg.min_lr_ratio, cfg.warmup_steps,
-                            cfg.max_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = set_lr(cfg, optimizer, step)
             loss, grad_norm, tokens, logs = train_step(net, model, stage, sampler.next_step(),
                                                        optimizer, scaler, cfg.grad_clip, dtype)
             step += 1
@@ -964,16 +966,10 @@ def train_loop(cfg, model, tok, stage, extra=None):
                 checkpoint(step)
             meter.restart()  # time spent evaluating and saving is not training speed
             if step == cfg.halt_at:
-                bar.close()
-                print_if(master, f"halted at step {step} (--halt-at); "
-                                 f"continue with --resume --out-dir {out}")
-                return {"step": step, "before": before}
+                return stop(f"halted at step {step} (--halt-at)")
     except KeyboardInterrupt:
         checkpoint(step)
-        bar.close()
-        print_if(master, f"\ninterrupted: saved step {step} to {out}; "
-                         f"continue with --resume --out-dir {out}")
-        return {"step": step, "before": before}
+        return stop(f"\ninterrupted: saved step {step} to {out}")
     bar.close()
     after = evaluation(step, "after")
     checkpoint(step)  # after the last evaluation, so the picture shows it
@@ -981,6 +977,14 @@ def train_loop(cfg, model, tok, stage, extra=None):
         print_before_after(stage.labels, before, after)
         print(f"done: {step} steps. Run directory: {out}")
     return {"step": step, "before": before, "after": after, **after}
+
+
+def set_lr(cfg, optimizer, step):
+    """The learning rate of `step` (warm-up, then cosine decay: gpt.get_lr), set in every group."""
+    lr = gpt.get_lr(step, cfg.lr, cfg.lr * cfg.min_lr_ratio, cfg.warmup_steps, cfg.max_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
 
 
 def write_checkpoint(cfg, model, tok, optimizer, scaler, step, state, extra):
