@@ -712,11 +712,24 @@ class DecodeWeights:
 
 
 def rms_norm(x, weight, eps):
-    """RMSNorm's formula (section 2) on fp32 activations: torch's F.rms_norm computes the same
-    numbers in one call instead of six. weight: [dim], or qk-norm's [heads, 1, hd] table."""
+    """RMSNorm's formula (section 2) on fp32 activations x [N, dim] (weight [dim]), or on qk-norm's
+    heads (weight a [heads, 1, hd] table).
+
+    For the rows of x, the mean of squares is each row's dot product with itself: one batched
+    matmul, [N, 1, dim] @ [N, dim, 1], whose add-on term carries eps (baddbmm: eps + x.x / dim).
+    Then rsqrt and two multiplications: four tensor operations, where torch's F.rms_norm runs
+    about eight on a CPU (pow, sum, div, add, rsqrt, two muls, a copy); 17 norms a token. Measured
+    ~0.1 ms a token of ~5 (minimind2-small, fp16). The numbers equal the formula's to fp32 rounding."""
     if weight.dim() == 1:
-        return F.rms_norm(x, weight.shape, weight, eps)
+        eps_t = EPS_TENSORS.get((eps, x.device))
+        if eps_t is None:  # the add-on term of baddbmm must be a tensor: made once per eps
+            eps_t = EPS_TENSORS[eps, x.device] = torch.full((1, 1, 1), eps, device=x.device)
+        mean_sq = torch.baddbmm(eps_t, x.unsqueeze(-2), x.unsqueeze(-1), alpha=1.0 / x.size(-1))
+        return torch.mul(x, weight).mul_(mean_sq.view(-1, 1).rsqrt_())
     return F.rms_norm(x, weight.shape[-1:], None, eps) * weight
+
+
+EPS_TENSORS = {}  # (eps, device) -> eps as a [1, 1, 1] tensor
 
 
 class Decoder:
@@ -753,7 +766,12 @@ class Decoder:
         self.lengths.append(0)
         return self.refill(self.rows - 1, ids)
 
-    @torch.no_grad()
+    # refill and step run in inference mode rather than no_grad: besides skipping gradients, torch
+    # then skips the bookkeeping (version counters, view tracking) on every tensor it makes, which
+    # is ~10% of a small operation's cost; measured ~0.3 ms a token of ~5 (minimind2-small, fp16).
+    # The logits they return are inference tensors: fine to read, sample from and compute with
+    # anywhere, but not to change in place outside inference mode (nothing here does).
+    @torch.inference_mode()
     def refill(self, row, ids):
         """Start `row` again with ids at positions 0..T-1 (a new prompt, or the window after a
         crop); returns the logits for the token that follows them, [V] (None for no ids)."""
@@ -769,7 +787,7 @@ class Decoder:
         self.lengths[row] = T
         return logits[0]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self, tokens):
         """One token for each row (row i's goes at position lengths[i]) -> logits [rows, V]."""
         B, cfg = self.rows, self.cfg
