@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import minimind
 from minimind import (SIZES, Decoder, FastLinear, KVCache, MiniMind, MiniMindConfig, MoE, RMSNorm, apply_rope,
                       attention_by_hand, causal_mask, flops_per_token, kv_bytes_per_token, rope_tables,
                       sample_next, size_table)
@@ -399,6 +400,17 @@ def test_fast_linear_equals_linear_in_every_dtype():
         assert y.dtype == torch.float32
         rounded = F.linear(x, w.to(dtype).float(), b)
         assert (y - rounded).abs().max() <= (0.02 if dtype == torch.bfloat16 else 2e-3) * exact.abs().max()
+
+
+@pytest.mark.skipif(minimind.FBGEMM_FP16_PACK is None, reason="no fbgemm fp16 kernel in this torch")
+def test_both_doors_to_fbgemms_fp16_kernel_give_the_same_numbers():
+    torch.manual_seed(0)
+    w, b, x = torch.randn(48, 32), torch.randn(48), torch.randn(3, 32)
+    fast = FastLinear(w, b, torch.float16)
+    assert fast.legacy  # the door with ~3 µs of overhead a call, not ~20 (section 8)
+    packed = torch.ops.quantized.linear_prepack_fp16(w, b)
+    for rows in (x[:1], x):
+        assert torch.equal(fast(rows), torch.ops.quantized.linear_dynamic_fp16(rows, packed))
 
 
 @pytest.mark.parametrize("kw", [{}, MOE, dict(head_dim=12, qkv_bias=True, qk_norm=True, n_kv_heads=1)],
