@@ -246,8 +246,11 @@ def test_ctrl_c_saves_and_exits_cleanly(corpus, tmp_path):
     import signal
     import time
     out = tmp_path / "run"
+    # A shell that starts a job in the background (a CI runner may) makes it ignore Ctrl-C, and its
+    # children inherit that; Python then installs no KeyboardInterrupt. The child gets it back.
     proc = subprocess.Popen([sys.executable, "train.py", *tiny_args(corpus, out, "--max-steps", "100000")],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and len(losses(out) if (out / "log.jsonl").exists() else []) < 3:
         time.sleep(0.2)
