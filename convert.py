@@ -1302,7 +1302,10 @@ def gguf_tokenizer(w, tok, chat):
     if pre is None:
         raise UserError(f"this tokenizer's split ({tok.split_patterns}) is none that llama.cpp "
                         f"knows by name ({', '.join(sorted({p for p, _, _ in GGUF_PRE}))}): "
-                        f"it would cut text differently")
+                        f"it would cut text differently"
+                        + ("; it is the pattern of version-1 tokenizer files, which an older "
+                           "bpe.py trained: train the model again with a new tokenizer"
+                           if tok.split_patterns == [bpe.V1_SPLIT_PATTERN] else ""))
     # Qwen2's NFC normalizer: llama.cpp (and its own converter) leave it out; text already in NFC,
     # which is nearly all text, tokenizes the same.
     try:

@@ -323,8 +323,10 @@ def split_documents(docs, val_fraction):
 
 def tokenizer_cache(cfg, cache, fingerprint):
     """Where a tokenizer trained on this data's training split is cached (it never
-    saw the val split)."""
-    return cache / f"{fingerprint}.v{cfg.val_fraction}.bpe{cfg.vocab_size}.json"
+    saw the val split). The name carries the split pattern bpe.py trains with, so a tokenizer
+    an older bpe.py trained with another pattern is not picked up again."""
+    split = hashlib.sha1(bpe.GPT4_SPLIT_PATTERN.encode()).hexdigest()[:8]
+    return cache / f"{fingerprint}.v{cfg.val_fraction}.bpe{cfg.vocab_size}.{split}.json"
 
 
 def get_tokenizer(cfg, train_docs, cache, fingerprint):

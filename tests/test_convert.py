@@ -435,6 +435,15 @@ def test_gguf_qwen_archs_keep_the_rotate_half_layout(tmp_path, tok, kw, arch):
         assert torch.equal(tensors["blk.0.attn_v.bias"]["data"], state["layers.0.self_attn.v_proj.bias"])
 
 
+def test_gguf_refuses_a_split_llama_cpp_does_not_know_and_says_why(tmp_path):
+    (tmp_path / "v1.json").write_text(json.dumps({
+        "format": "slm-bpe", "version": 1, "pattern": bpe.V1_SPLIT_PATTERN,
+        "special_tokens": {"<|endoftext|>": 258}, "merges": [[194, 178], [120, 256]]}))
+    v1 = bpe.Tokenizer.load(tmp_path / "v1.json")
+    with pytest.raises(bpe.UserError, match="none that llama.cpp knows by name.*version-1"):
+        convert.gguf_tokenizer(None, v1, chat=False)
+
+
 def test_gguf_q8_0_and_gpt2(tmp_path, tok):
     model, g = gguf_of(tmp_path, tok, "q8_0", arch="gpt", gelu_approximate="tanh")
     md, tensors = g["metadata"], g["tensors"]
