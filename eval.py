@@ -385,10 +385,10 @@ def format_table(results):
     rows += [("readiness", lambda r: "READY" if all(c["status"] == "PASS" for c in r["readiness"])
               else "FAIL: " + ",".join(SHORT[c["check"]] for c in r["readiness"]
                                        if c["status"] != "PASS"))]
-    width = max(14, *(len(r["name"]) + 2 for r in results))
+    cells = [(label, [get(r) for r in results]) for label, get in rows]
+    width = 2 + max(12, *(len(r["name"]) for r in results), *(len(c) for _, cs in cells for c in cs))
     lines = [f"{'':<22}" + "".join(f"{r['name']:>{width}}" for r in results)]
-    lines += [f"{label:<22}" + "".join(f"{get(r):>{width}}" for r in results)
-              for label, get in rows]
+    lines += [f"{label:<22}" + "".join(f"{c:>{width}}" for c in cs) for label, cs in cells]
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@ on a text whose answer is known, generation figures, and the command on two run 
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -109,6 +110,9 @@ def test_eval_two_run_dirs_in_one_call(pretrained_run, corpus, tmp_path):
     assert r.returncode == 0, r.stderr
     header = r.stdout.splitlines()[0].split()
     assert header == ["base", "base-int8"]
+    table = [line for line in r.stdout.splitlines()[1:] if not line.startswith(("base:", "base-int8:"))]
+    for line in table:  # two columns on every row, however long a cell ("FAIL: bigram,format")
+        assert len(re.split(r"\s{2,}", line[22:].strip())) == 2, line
     figures = json.loads((tmp_path / "figures.json").read_text())
     base, int8 = figures["runs"]
     assert int8["quantized"] == "int8-per-channel-symmetric" and base["tokens"] == int8["tokens"] > 500
