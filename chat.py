@@ -1,7 +1,8 @@
 """chat.py: talk to any run directory in the terminal, or serve it over an OpenAI-style HTTP API
 (book chapters 11 and 12).
 
-    python chat.py out/dpo                          # chat in the terminal, answers stream as written
+    python chat.py out/dpo                          # chat in the terminal, answers stream
+                                                    # as written
     python chat.py out/dpo --system "Be brief."     # with a system prompt
     python chat.py out/pretrain                     # a pre-trained model: plain text continuation
     python chat.py out/dpo -p "What does len do?"   # answer once and exit (scripts, tests)
@@ -10,10 +11,11 @@
     python chat.py out/dpo --serve --host 0.0.0.0 --api-key SECRET --max-batch 16   # on the network
 
 Reading order: the config -> a loaded run (any run directory: float or INT8, MiniMind or GPT;
-every model streams ids from the same `generate`) -> turning token ids into text as they arrive (UTF-8 split across tokens, stop strings) -> the terminal chat (history,
-dropping old turns when the context is full, /commands, Ctrl-C) -> the HTTP server (validation,
-OpenAI's JSON objects, server-sent events) -> the batch that decodes many requests at once -> what a
-deployment needs (API keys, Prometheus metrics, a request log) -> the server's routes -> main.
+every model streams ids from the same `generate`) -> turning token ids into text as they arrive
+(UTF-8 split across tokens, stop strings) -> the terminal chat (history, dropping old turns when
+the context is full, /commands, Ctrl-C) -> the HTTP server (validation, OpenAI's JSON objects,
+server-sent events) -> the batch that decodes many requests at once -> what a deployment needs
+(API keys, Prometheus metrics, a request log) -> the server's routes -> main.
 
 A model fine-tuned for chat (stage "sft" or "dpo") sees the conversation in the ChatML template of
 sft.render_chat and stops at <|im_end|>; a pre-trained model just continues the text it is given.
@@ -51,7 +53,8 @@ from sft import render_chat
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class ChatConfig:
-    run_dir: str = option("out/dpo", "run directory to load (any stage, float or INT8)", positional="?")
+    run_dir: str = option("out/dpo", "run directory to load (any stage, float or INT8)",
+                          positional="?")
     prompt: str = option("", "answer this prompt once and exit", short="-p")
     system: str = option("", "system prompt (chat mode)")
     temperature: float = option(0.7, "sampling temperature; 0 = greedy")
@@ -61,10 +64,12 @@ class ChatConfig:
     max_new_tokens: int = option(256, "longest answer, in tokens")
     seed: int = option(-1, "random seed for reproducible answers (-1: different every run)")
     device: str = option("auto", "auto | cpu | cuda | mps")
-    dtype: str = option("auto", "weights' precision while generating: auto (the fastest accurate one "
-                                "here: fp16 on x86 CPUs, bf16 on recent GPUs) | fp32 | fp16 | bf16")
+    dtype: str = option("auto", "weights' precision while generating: auto (the fastest "
+                                "accurate one here: fp16 on x86 CPUs, bf16 on recent GPUs) | "
+                                "fp32 | fp16 | bf16")
     serve: bool = option(False, "run the OpenAI-compatible HTTP server instead of chatting")
-    host: str = option("127.0.0.1", "server address (0.0.0.0 exposes it to your network; needs a key)")
+    host: str = option("127.0.0.1",
+                       "server address (0.0.0.0 exposes it to your network; needs a key)")
     port: int = option(8000, "server port (0: any free port)")
     max_body: int = option(1_000_000, "largest request body the server accepts, in bytes")
     max_batch: int = option(8, "requests the server decodes together")
@@ -76,10 +81,13 @@ class ChatConfig:
 
 
 def parse_args(argv=None, overrides=None):
-    """rundir.parse_config's flags (RUN_DIR positional, -p for --prompt), with the values checked."""
+    """rundir.parse_config's flags (RUN_DIR positional, -p for --prompt), with the values
+    checked."""
     cfg = parse_config(ChatConfig, argv, None, overrides)
-    if cfg.temperature < 0 or not 0 < cfg.top_p <= 1 or cfg.top_k < 0 or cfg.repetition_penalty <= 0:
-        raise UserError("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --repetition-penalty > 0")
+    if (cfg.temperature < 0 or not 0 < cfg.top_p <= 1 or cfg.top_k < 0
+            or cfg.repetition_penalty <= 0):
+        raise UserError("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, "
+                        "--repetition-penalty > 0")
     if cfg.max_new_tokens < 1 or cfg.max_body < 1 or cfg.max_batch < 1 or cfg.max_queue < 0:
         raise UserError("--max-new-tokens, --max-body and --max-batch must be at least 1, "
                         "--max-queue at least 0")
@@ -131,8 +139,10 @@ class Engine:
 
     def describe(self):
         mode = ("chat mode (ChatML template, multi-turn)" if self.chat
-                else "text mode: a pre-trained model continues your text (no chat template, no history)")
-        return (f"{self.name}: {self.arch}, stage {self.stage}, {self.n_params / 1e6:.1f}M parameters "
+                else "text mode: a pre-trained model continues your text "
+                     "(no chat template, no history)")
+        return (f"{self.name}: {self.arch}, stage {self.stage}, "
+                f"{self.n_params / 1e6:.1f}M parameters "
                 f"({self.weights}, generating in {self.dtype}), "
                 f"context {self.context} tokens, on {self.device}. {mode}")
 
@@ -141,13 +151,15 @@ class Engine:
         messages' text after <|endoftext|>, the token that starts every document in pre-training."""
         if self.chat:
             return render_chat(self.tok, messages, add_generation_prompt=True)[0]
-        return [self.eot] + self.tok.encode("\n".join(m["content"] for m in messages), allowed_special="none")
+        return [self.eot] + self.tok.encode("\n".join(m["content"] for m in messages),
+                                            allowed_special="none")
 
     def tokens(self, ids, max_new_tokens, generator, temperature, top_k, top_p, repetition_penalty):
         """A generator of new token ids, from the model's streaming generate (MiniMind's prefills
         the prompt once, then runs one cached step per token)."""
         return self.model.generate(ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                                   top_k=top_k or None, top_p=top_p, repetition_penalty=repetition_penalty,
+                                   top_k=top_k or None, top_p=top_p,
+                                   repetition_penalty=repetition_penalty,
                                    stop_tokens=self.stop_ids, generator=generator)
 
 
@@ -182,7 +194,8 @@ class Answer:
     bytes, an emoji four). An incremental UTF-8 decoder keeps an unfinished character until its
     last byte arrives, so the terminal never shows half a character as "�"."""
 
-    def __init__(self, engine, ids, max_new_tokens, generator=None, stop=(), tokens=None, **sampling):
+    def __init__(self, engine, ids, max_new_tokens, generator=None, stop=(), tokens=None,
+                 **sampling):
         self.engine, self.ids, self.max_new_tokens = engine, ids, max_new_tokens
         self.generator, self.stop, self.sampling = generator, [s for s in stop if s], sampling
         self.tokens = tokens  # token ids from elsewhere (the server's batch); None: engine.tokens
@@ -242,7 +255,8 @@ def fit_history(tok, system, turns, budget):
     while len(render_chat(tok, head + turns, add_generation_prompt=True)[0]) > budget:
         if len(turns) <= 1:
             return None, dropped
-        cut = 2 if turns[0]["role"] == "user" and turns[1]["role"] == "assistant" else 1  # a whole exchange
+        # a whole exchange
+        cut = 2 if turns[0]["role"] == "user" and turns[1]["role"] == "assistant" else 1
         turns, dropped = turns[cut:], dropped + cut
     return turns, dropped
 
@@ -266,28 +280,34 @@ class ChatSession:
     def reply(self, text, label=""):
         """Answer `text`, printing `label` then the answer as it is written; returns the answer."""
         if self.engine.chat:
-            turns, dropped = fit_history(self.engine.tok, self.system, self.turns + [{"role": "user", "content": text}],
+            turns, dropped = fit_history(self.engine.tok, self.system,
+                                         self.turns + [{"role": "user", "content": text}],
                                          self.budget)
             if turns is None and self.cfg.prompt:  # one-shot mode: a user error, exit status 2
-                raise UserError(f"the prompt does not fit in this model's context of {self.engine.context} "
-                                f"tokens (with {self.engine.context - self.budget} kept for the answer)")
+                raise UserError("the prompt does not fit in this model's context of "
+                                f"{self.engine.context} tokens (with "
+                                f"{self.engine.context - self.budget} kept for the answer)")
             if turns is None:
-                self.write(f"[that message is too long for this model's context of {self.engine.context} tokens "
-                           f"(with {self.engine.context - self.budget} kept for the answer); not sent]\n")
+                self.write("[that message is too long for this model's context of "
+                           f"{self.engine.context} tokens (with "
+                           f"{self.engine.context - self.budget} kept for the answer); not sent]\n")
                 return None
             if dropped:
-                self.write(f"[context full: dropped the {dropped} oldest message(s); the system prompt is kept]\n")
+                self.write(f"[context full: dropped the {dropped} oldest message(s); "
+                           "the system prompt is kept]\n")
             head = [{"role": "system", "content": self.system}] if self.system else []
             ids = self.engine.prompt_ids(head + turns)
         else:  # text mode: each prompt is continued on its own
             turns = None
             ids = self.engine.prompt_ids([{"role": "user", "content": text}])
-            if not self.cfg.prompt:  # in the terminal, show the continuation after the text it continues
+            # in the terminal, show the continuation after the text it continues
+            if not self.cfg.prompt:
                 label += text
         self.write(label)
         cfg = self.cfg
-        answer = Answer(self.engine, ids, cfg.max_new_tokens, self.generator, temperature=cfg.temperature,
-                        top_k=cfg.top_k, top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty)
+        answer = Answer(self.engine, ids, cfg.max_new_tokens, self.generator,
+                        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                        repetition_penalty=cfg.repetition_penalty)
         pieces = answer.stream()
         try:
             for piece in pieces:
@@ -310,9 +330,11 @@ class ChatSession:
             self.write("[conversation cleared]\n")
         elif name == "/system":
             self.system = arg.strip()
-            self.write(f"[system prompt: {self.system!r}]\n" if self.system else "[system prompt removed]\n")
+            self.write(f"[system prompt: {self.system!r}]\n" if self.system
+                       else "[system prompt removed]\n")
             if not self.engine.chat:
-                self.write("[note: a pre-trained model in text mode does not use a system prompt]\n")
+                self.write("[note: a pre-trained model in text mode does not use a "
+                           "system prompt]\n")
         elif name == "/help":
             self.write(HELP + "\n")
         else:
@@ -356,7 +378,8 @@ class ApiError(Exception):
     def __init__(self, status, message, param=None, code=None, kind="invalid_request_error",
                  headers=()):
         super().__init__(message)
-        self.status, self.body = status, {"error": {"message": message, "type": kind, "param": param, "code": code}}
+        self.status, self.body = status, {"error": {"message": message, "type": kind,
+                                                    "param": param, "code": code}}
         self.headers = list(headers)  # extra response headers (WWW-Authenticate, Retry-After)
 
 
@@ -364,14 +387,17 @@ ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "assist
 
 
 def number(body, key, default, lo, hi, integer=False):
-    """body[key] checked: a number (an int where integer) in [lo, hi], or the default if absent/null."""
+    """body[key] checked: a number (an int where integer) in [lo, hi], or the default if
+    absent/null."""
     value = body.get(key)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        raise ApiError(400, f"'{key}' must be {'an integer' if integer else 'a number'}", key, "invalid_type")
+        raise ApiError(400, f"'{key}' must be {'an integer' if integer else 'a number'}", key,
+                       "invalid_type")
     if not lo <= value <= hi:
-        raise ApiError(400, f"'{key}' must be between {lo} and {hi}; got {value}", key, "invalid_value")
+        raise ApiError(400, f"'{key}' must be between {lo} and {hi}; got {value}", key,
+                       "invalid_value")
     return value
 
 
@@ -386,24 +412,29 @@ def parse_request(body, cfg):
     clean = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
-            raise ApiError(400, f"messages[{i}] must be an object", f"messages[{i}]", "invalid_type")
+            raise ApiError(400, f"messages[{i}] must be an object", f"messages[{i}]",
+                           "invalid_type")
         if m.get("role") not in ROLE_NAMES:
-            raise ApiError(400, f"messages[{i}].role must be one of {', '.join(ROLE_NAMES)}; got {m.get('role')!r}",
+            raise ApiError(400, f"messages[{i}].role must be one of {', '.join(ROLE_NAMES)}; "
+                                f"got {m.get('role')!r}",
                            f"messages[{i}].role", "invalid_value")
         content = m.get("content")
-        if isinstance(content, list):  # the newer form: a list of parts, of which we read the text ones
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
+        # the newer form: a list of parts, of which we read the text ones
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text"
+                       and isinstance(p.get("text"), str) for p in content):
                 raise ApiError(400, f"messages[{i}].content: only text parts are supported",
                                f"messages[{i}].content", "invalid_value")
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
-            raise ApiError(400, f"messages[{i}].content must be a string", f"messages[{i}].content", "invalid_type")
+            raise ApiError(400, f"messages[{i}].content must be a string",
+                           f"messages[{i}].content", "invalid_type")
         clean.append({"role": ROLE_NAMES[m["role"]], "content": content})
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else stop if stop is not None else []
     if not isinstance(stop, list) or len(stop) > 16 or not all(isinstance(s, str) for s in stop):
-        raise ApiError(400, "'stop' must be a string or a list of at most 16 strings", "stop", "invalid_type")
+        raise ApiError(400, "'stop' must be a string or a list of at most 16 strings", "stop",
+                       "invalid_type")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false", "stream", "invalid_type")
@@ -415,12 +446,15 @@ def parse_request(body, cfg):
     return dict(
         messages=clean, stop=stop, stream=stream,
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
-        max_tokens=number({"max_tokens": max_tokens}, "max_tokens", cfg.max_new_tokens, 1, 10**6, integer=True),
+        max_tokens=number({"max_tokens": max_tokens}, "max_tokens", cfg.max_new_tokens, 1, 10**6,
+                          integer=True),
         seed=number(body, "seed", None, -2**63, 2**64 - 1, integer=True),
         # top_p 0 would keep no token at all; OpenAI treats it as "only the most likely one"
         sampling=dict(temperature=0 if top_p == 0 else temperature, top_p=top_p or 1.0,
-                      top_k=number(body, "top_k", cfg.top_k, 0, 10**6, integer=True),  # not OpenAI's,
-                      repetition_penalty=number(body, "repetition_penalty", cfg.repetition_penalty, 0.01, 10)))
+                      # not OpenAI's,
+                      top_k=number(body, "top_k", cfg.top_k, 0, 10**6, integer=True),
+                      repetition_penalty=number(body, "repetition_penalty", cfg.repetition_penalty,
+                                                0.01, 10)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,14 +465,16 @@ class Job:
     that its HTTP thread reads (None ends it; an exception is raised there)."""
 
     def __init__(self, ids, max_tokens, generator, sampling):
-        self.ids, self.max_tokens, self.generator, self.sampling = ids, max_tokens, generator, sampling
+        self.ids, self.max_tokens, self.generator, self.sampling = (
+            ids, max_tokens, generator, sampling)
         self.out = queue.Queue()
         self.cancelled = False  # the reader stopped early: a stop string, a client that left
         self.finished = False  # a stop token or max_tokens reached
         self.n_tokens, self.submitted, self.first_token_at = 0, time.monotonic(), None
 
     def tokens(self):
-        """The ids as the batcher makes them; closing this generator (Answer does) cancels the job."""
+        """The ids as the batcher makes them; closing this generator (Answer does) cancels the
+        job."""
         try:
             while (item := self.out.get()) is not None:
                 if isinstance(item, BaseException):
@@ -469,7 +505,8 @@ class Batcher:
         self.decoder = minimind.Decoder(engine.model, max_batch) if batched else None
         # Row i's tokens so far (prompt and answer), for the repetition penalty: rows move as the
         # decoder's do, so the penalty is one set of tensor ops for the whole batch.
-        self.seen = torch.zeros(max_batch, engine.tok.vocab_size, dtype=torch.bool, device=engine.device)
+        self.seen = torch.zeros(max_batch, engine.tok.vocab_size, dtype=torch.bool,
+                                device=engine.device)
         self.waiting, self.active = collections.deque(), []  # active[i] is the decoder's row i
         self.cond, self.closed = threading.Condition(), False
         self.thread = threading.Thread(target=self.run, name="batcher", daemon=True)
@@ -505,7 +542,8 @@ class Batcher:
             for job in joining:
                 self.guarded(self.admit, [job], job)
             self.guarded(self.step, list(self.active))
-        for job in list(self.active) + list(self.waiting):  # closing: nobody is left waiting forever
+        # closing: nobody is left waiting forever
+        for job in list(self.active) + list(self.waiting):
             job.out.put(None)
 
     def guarded(self, work, jobs, *args):
@@ -556,14 +594,15 @@ class Batcher:
         it: the repetition penalty for all rows at once, one argmax for the greedy ones, then
         sample_next row by row for the others, each with its own settings and generator."""
         rows = slice(first, first + len(jobs))
-        penalty = torch.tensor([[j.sampling["repetition_penalty"]] for j in jobs], device=logits.device)
+        penalty = torch.tensor([[j.sampling["repetition_penalty"]] for j in jobs],
+                               device=logits.device)
         logits = minimind.penalise_repeats(logits.float(), self.seen[rows], penalty)  # [rows, V]
         tokens = logits.argmax(-1).tolist()
         for i, job in enumerate(jobs):
             s = job.sampling
             if s["temperature"] != 0:
-                tokens[i] = minimind.sample_next(logits[i], s["temperature"], s["top_k"] or None, s["top_p"],
-                                                 job.generator)
+                tokens[i] = minimind.sample_next(logits[i], s["temperature"], s["top_k"] or None,
+                                                 s["top_p"], job.generator)
             self.deliver(job, tokens[i])
         self.seen[rows][torch.arange(len(jobs)), tokens] = True
 
@@ -602,7 +641,8 @@ class Batcher:
 # What a deployment needs: API keys, metrics, a request log
 # ---------------------------------------------------------------------------------------------
 def is_loopback(host):
-    """Does listening on `host` keep the server to this machine? ("" and 0.0.0.0 mean everywhere.)"""
+    """Does listening on `host` keep the server to this machine? ("" and 0.0.0.0 mean
+    everywhere.)"""
     if host == "localhost":
         return True
     try:
@@ -616,7 +656,8 @@ def check_exposure(cfg):
     required, unless --insecure says that this is meant (a trusted network, a proxy in front)."""
     if not (cfg.api_key or cfg.insecure or is_loopback(cfg.host)):
         raise UserError(f"--host {cfg.host} lets other machines reach the server: set an API key "
-                        f"(--api-key KEY or SLM_API_KEY), or add --insecure if that is what you want")
+                        f"(--api-key KEY or SLM_API_KEY), or add --insecure if that is what "
+                        "you want")
 
 
 def authorized(headers, key):
@@ -627,7 +668,8 @@ def authorized(headers, key):
 
 
 class Histogram:
-    """A Prometheus histogram: how many observations fell at or below each bound, their sum, count."""
+    """A Prometheus histogram: how many observations fell at or below each bound, their
+    sum, count."""
 
     def __init__(self, bounds):
         self.bounds, self.counts, self.sum, self.count = bounds, [0] * len(bounds), 0.0, 0
@@ -687,11 +729,13 @@ class Metrics:
                 full = f"slm_{name}{unit}"
                 lines += [f"# HELP {full} {text.capitalize()}.", f"# TYPE {full} histogram"]
                 lines += self.hist[name].lines(full)
-        gauges = (("queue_depth", "Requests waiting for a place in the batch.", len(batcher.waiting)),
+        gauges = (("queue_depth", "Requests waiting for a place in the batch.",
+                   len(batcher.waiting)),
                   ("batch_rows", "Requests being answered now.", len(batcher.active)),
                   ("max_batch", "The most requests answered together.", batcher.max_batch))
         for name, text, value in gauges:
-            lines += [f"# HELP slm_{name} {text}", f"# TYPE slm_{name} gauge", f"slm_{name} {value}"]
+            lines += [f"# HELP slm_{name} {text}", f"# TYPE slm_{name} gauge",
+                      f"slm_{name} {value}"]
         return "\n".join(lines) + "\n"
 
 
@@ -721,7 +765,8 @@ class RequestLog:
 # ---------------------------------------------------------------------------------------------
 # The HTTP server: its routes, and the objects its request threads share
 # ---------------------------------------------------------------------------------------------
-ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions")  # metrics label others "other"
+# metrics label others "other"
+ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -835,7 +880,8 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 body = json.loads(self.read_raw().decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise ApiError(400, f"the request body is not valid JSON: {e}", None, "invalid_json")
+                raise ApiError(400, f"the request body is not valid JSON: {e}", None,
+                               "invalid_json")
             self.complete(parse_request(body, self.server.app.cfg))
         except ApiError as e:
             self.refuse(e)
@@ -958,8 +1004,9 @@ def serve(engine, cfg):
     except OSError as e:
         raise UserError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}")
     url = f"http://{cfg.host}:{server.server_port}/v1"
-    print(f"{engine.describe()}\nserving on {url}  (POST /chat/completions, GET /models, GET /health, "
-          f"GET /metrics; up to {cfg.max_batch} requests decoded together, {cfg.max_queue} waiting; "
+    print(f"{engine.describe()}\nserving on {url}  (POST /chat/completions, GET /models, "
+          f"GET /health, GET /metrics; up to {cfg.max_batch} requests decoded together, "
+          f"{cfg.max_queue} waiting; "
           f"{'API key required' if cfg.api_key else 'no API key'}; Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
@@ -986,12 +1033,14 @@ def main(argv=None, **overrides):
     if not cfg.prompt and not interactive:  # `echo question | python chat.py RUN_DIR`
         cfg.prompt = sys.stdin.read().strip()
         if not cfg.prompt:
-            raise UserError("no prompt: stdin was empty (use -p TEXT, or run in a terminal to chat)")
+            raise UserError("no prompt: stdin was empty "
+                            "(use -p TEXT, or run in a terminal to chat)")
     session = ChatSession(engine, cfg)
     if cfg.prompt:
         return session.reply(cfg.prompt)
     try:
-        import readline  # noqa: F401  (arrow keys and history in input(), where the platform has it)
+        # arrow keys and history in input(), where the platform has it
+        import readline  # noqa: F401
     except ImportError:
         pass
     return repl(session)

@@ -1,4 +1,5 @@
-"""minimind.py: the MiniMind decoder, a small modern Llama-style language model (book chapters 5 and 8).
+"""minimind.py: the MiniMind decoder, a small modern Llama-style language model
+(book chapters 5 and 8).
 
 Chapter 2's GPT learned positions and used LayerNorm and a GELU MLP. MiniMind (and Llama, Qwen,
 Mistral) changes five things, each built by hand below, smallest first:
@@ -41,15 +42,19 @@ class MiniMindConfig:
     dim: int = 512  # width of the residual stream
     n_layers: int = 8  # number of blocks
     n_heads: int = 8  # query heads
-    n_kv_heads: int = 2  # key/value heads; n_heads must be a multiple (n_kv_heads == n_heads is plain MHA)
-    head_dim: int = 0  # width of one head; 0 = dim // n_heads (Qwen3 sets it: 128 at dim 1024, 16 heads)
+    # key/value heads; n_heads must be a multiple (n_kv_heads == n_heads is plain MHA)
+    n_kv_heads: int = 2
+    # width of one head; 0 = dim // n_heads (Qwen3 sets it: 128 at dim 1024, 16 heads)
+    head_dim: int = 0
     vocab_size: int = 6400  # set from the tokenizer by the trainer
     max_seq_len: int = 512  # longest context; the RoPE tables and the KV cache are this long
     rope_theta: float = 1e6  # RoPE base: larger = slower-turning angles = longer usable context
     norm_eps: float = 1e-6  # added under the square root in RMSNorm
     ffn_hidden: int = 0  # hidden width of each SwiGLU; 0 or None = derive it with ffn_rule
-    ffn_rule: str = "8/3"  # "8/3": 64*ceil((8*dim/3)/64) (MiniMind2); "pi": 64*ceil(pi*dim/64) (MiniMind-3)
-    qk_norm: bool = False  # RMSNorm over head_dim on queries and keys before RoPE (MiniMind-3, Qwen3)
+    # "8/3": 64*ceil((8*dim/3)/64) (MiniMind2); "pi": 64*ceil(pi*dim/64) (MiniMind-3)
+    ffn_rule: str = "8/3"
+    # RMSNorm over head_dim on queries and keys before RoPE (MiniMind-3, Qwen3)
+    qk_norm: bool = False
     qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2, Qwen2.5)
     dropout: float = 0.0
     tie_embeddings: bool = True  # lm_head shares its weight with embed_tokens
@@ -60,12 +65,14 @@ class MiniMindConfig:
 
     def __post_init__(self):
         if not self.head_dim:
-            assert self.dim % self.n_heads == 0, "dim must be a multiple of n_heads (or set head_dim)"
+            assert self.dim % self.n_heads == 0, (
+                "dim must be a multiple of n_heads (or set head_dim)")
             self.head_dim = self.dim // self.n_heads
         assert self.n_heads % self.n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads"
         assert self.head_dim % 2 == 0, "head_dim must be even for RoPE"
         assert self.ffn_rule in ("8/3", "pi"), f"ffn_rule is '8/3' or 'pi', not {self.ffn_rule!r}"
-        assert self.n_experts == 0 or 1 <= self.top_k <= self.n_experts, "need 1 <= top_k <= n_experts"
+        assert self.n_experts == 0 or 1 <= self.top_k <= self.n_experts, (
+            "need 1 <= top_k <= n_experts")
 
     @property
     def hidden_dim(self):
@@ -75,20 +82,24 @@ class MiniMindConfig:
             return self.ffn_hidden
         if self.ffn_rule == "pi":
             return 64 * math.ceil(math.pi * self.dim / 64)
-        return 64 * ((int(8 * self.dim / 3) + 63) // 64)  # MiniMind's integer form of 64*ceil(8d/3/64)
+        # MiniMind's integer form of 64*ceil(8d/3/64)
+        return 64 * ((int(8 * self.dim / 3) + 63) // 64)
 
 
 # Named sizes: keyword arguments for MiniMindConfig (the trainer sets vocab_size and max_seq_len).
 # The first four are MiniMind's published models; their parameter counts are checked in the tests.
 SIZES = {
-    "nano": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2),  # 1.6M at vocab 6400: tests, CPU preset
+    # 1.6M at vocab 6400: tests, CPU preset
+    "nano": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2),
     "tiny": dict(dim=256, n_layers=6, n_heads=4, n_kv_heads=2),  # 6.1M: minutes on two CPU cores
     "minimind2-small": dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=2),  # 25.83M
     "minimind2": dict(dim=768, n_layers=16, n_heads=8, n_kv_heads=2),  # 104.03M
-    "minimind3": dict(dim=768, n_layers=8, n_heads=8, n_kv_heads=4, qk_norm=True, ffn_rule="pi"),  # 63.91M
+    "minimind3": dict(dim=768, n_layers=8, n_heads=8, n_kv_heads=4, qk_norm=True,
+                      ffn_rule="pi"),  # 63.91M
     "minimind3-moe": dict(dim=768, n_layers=8, n_heads=8, n_kv_heads=4, qk_norm=True, ffn_rule="pi",
                           n_experts=4, top_k=1),  # 198.42M total, 63.94M active per token
-    "minimind-350m": dict(dim=1024, n_layers=32, n_heads=16, n_kv_heads=4),  # 361M: train.py's a100-350m
+    # 361M: train.py's a100-350m
+    "minimind-350m": dict(dim=1024, n_layers=32, n_heads=16, n_kv_heads=4),
 }
 
 
@@ -126,7 +137,8 @@ def rope_tables(head_dim, max_seq_len, theta=1e6):
     m * theta^(-2i/head_dim): pair 0 turns fastest (one radian per token), the last pair slowest.
     Rotate-half pairs channel i with channel i + head_dim/2 (not 2i with 2i+1), as Hugging Face's
     Llama and Qwen do, so the weights export to them without permuting rows."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # [hd/2]
+    # [hd/2]
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # [L, hd/2]
     angles = torch.cat([angles, angles], dim=-1)  # [L, hd]: both halves of a pair share an angle
     return angles.cos(), angles.sin()
@@ -188,13 +200,15 @@ def attention_by_hand(q, k, v, mask=None, dropout_p=0.0):
 
 
 def causal_mask(T, L, start_pos, device):
-    """bool [T, L]: the query at position start_pos + t may see keys at positions 0..start_pos + t."""
+    """bool [T, L]: the query at position start_pos + t may see keys at positions
+    0..start_pos + t."""
     q_pos = start_pos + torch.arange(T, device=device)
     return torch.arange(L, device=device)[None, :] <= q_pos[:, None]
 
 
 def repeat_kv(x, n_rep):
-    """[B, H_kv, L, hd] -> [B, H_kv * n_rep, L, hd]: KV head j serves query heads j*n_rep .. j*n_rep+n_rep-1."""
+    """[B, H_kv, L, hd] -> [B, H_kv * n_rep, L, hd]: KV head j serves query heads
+    j*n_rep .. j*n_rep+n_rep-1."""
     if n_rep == 1:
         return x
     B, H_kv, L, hd = x.shape
@@ -230,8 +244,10 @@ class Attention(nn.Module):
         and values and supply the earlier ones."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, T, hd]
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, H_kv, T, hd]
+        # [B, H_kv, T, hd]
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        # [B, H_kv, T, hd]
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -253,7 +269,8 @@ class Attention(nn.Module):
         if not self.use_sdpa:
             y = attention_by_hand(q, k, v, mask, p)
         elif mask is not None and start_pos == 0 and L == T:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # fused causal kernel
+            # fused causal kernel
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # [B, T, H*hd]
@@ -277,7 +294,8 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
-        return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))  # [.., dim]
+        # [.., dim]
+        return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
 
 
 class MoE(nn.Module):
@@ -313,7 +331,8 @@ class MoE(nn.Module):
             weight = weight / weight.sum(dim=-1, keepdim=True)
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
-            token, slot = torch.where(chosen == e)  # the tokens routed to expert e, and in which slot
+            # the tokens routed to expert e, and in which slot
+            token, slot = torch.where(chosen == e)
             # An expert with no tokens still runs (on 0 rows), so all parameters get a gradient,
             # which distributed training (DDP) expects.
             y = expert(x[token]) * weight[token, slot, None]  # [n_e, D]
@@ -362,7 +381,8 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         sorted_logits, order = logits.sort(descending=True)
         probs = F.softmax(sorted_logits, dim=-1)
         before = probs.cumsum(-1) - probs  # probability mass of the tokens ranked above each one
-        sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # the top one stays
+        # the top one stays
+        sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(0, order, sorted_logits)
     probs = F.softmax(logits, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
@@ -370,8 +390,9 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
 
 def penalise_repeats(logits, seen, penalty):
     """CTRL's repetition penalty on logits [V]: where seen [V] is True, a positive logit is divided
-    by penalty and a negative one multiplied, so penalty > 1 makes those tokens less likely. (Also
-    for rows at once: logits and seen [B, V], penalty a [B, 1] tensor, as chat.py's batch uses it.)"""
+    by penalty and a negative one multiplied, so penalty > 1 makes those tokens less likely.
+    (Also for rows at once: logits and seen [B, V], penalty a [B, 1] tensor, as chat.py's batch
+    uses it.)"""
     if not torch.is_tensor(penalty) and penalty == 1.0:
         return logits
     return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
@@ -439,7 +460,8 @@ class MiniMind(nn.Module):
         one block instead of all of them, for about a third more compute. Gradients are the same."""
         B, T = idx.shape
         if start_pos + T > self.config.max_seq_len:
-            raise ValueError(f"positions up to {start_pos + T}, but max_seq_len is {self.config.max_seq_len}")
+            raise ValueError(f"positions up to {start_pos + T}, "
+                             f"but max_seq_len is {self.config.max_seq_len}")
         cos = self.rope_cos[start_pos:start_pos + T]  # [T, hd]
         sin = self.rope_sin[start_pos:start_pos + T]
         x = self.dropout(self.embed_tokens(idx))  # [B, T, dim]; no position vector: RoPE does it
@@ -459,7 +481,8 @@ class MiniMind(nn.Module):
             self.aux_loss = torch.zeros((), device=idx.device)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.reshape(B * T, -1).float(), targets.reshape(B * T), ignore_index=-100)
+            loss = F.cross_entropy(logits.reshape(B * T, -1).float(), targets.reshape(B * T),
+                                   ignore_index=-100)
             loss = loss + self.aux_loss
         return logits, loss
 
@@ -482,10 +505,12 @@ class MiniMind(nn.Module):
             self.decode_weights = fresh
         return fresh
 
-    @torch.no_grad()  # on a generator function torch turns grad off only while it runs, not between yields
+    # on a generator function torch turns grad off only while it runs, not between yields
+    @torch.no_grad()
     def generate(self, idx, max_new_tokens=256, temperature=1.0, top_k=None, top_p=None,
                  repetition_penalty=1.0, stop_tokens=(), seed=None, generator=None, use_cache=True):
-        """Yield new token ids (ints) one at a time, for one sequence, so a chat can print as it goes.
+        """Yield new token ids (ints) one at a time, for one sequence, so a chat can print as
+        it goes.
 
         idx: the prompt, a list of ids, a 1-D tensor or a [1, T] tensor.
         temperature, top_k, top_p: see sample_next (temperature 0 = greedy).
@@ -595,7 +620,8 @@ def legacy_fp16_door():
             warnings.simplefilter("ignore")
             packed = torch.fbgemm_pack_gemm_matrix_fp16(torch.ones(16, 16))
             y = torch.fbgemm_linear_fp16_weight_fp32_activation(torch.ones(1, 16), packed, None)
-        return torch.fbgemm_pack_gemm_matrix_fp16 if torch.equal(y, torch.full((1, 16), 16.0)) else None
+        return (torch.fbgemm_pack_gemm_matrix_fp16 if torch.equal(y, torch.full((1, 16), 16.0))
+                else None)
     except (AttributeError, RuntimeError):
         return None
 
@@ -698,15 +724,17 @@ class DecodeWeights:
     def block(self, b, cfg):
         a, qk_norm = b.self_attn, None
         if cfg.qk_norm:  # one [H + H_kv, 1, hd] table: q's heads, then k's, normalised in one go
-            qk_norm = torch.cat([a.q_norm.weight.detach().float().expand(cfg.n_heads, -1),
-                                 a.k_norm.weight.detach().float().expand(cfg.n_kv_heads, -1)])[:, None]
+            qk_norm = torch.cat([
+                a.q_norm.weight.detach().float().expand(cfg.n_heads, -1),
+                a.k_norm.weight.detach().float().expand(cfg.n_kv_heads, -1)])[:, None]
         dense = isinstance(b.mlp, FeedForward)
         mlp = b.mlp
         return dict(norm1=b.input_layernorm.weight.detach().float(), qk_norm=qk_norm,
                     qkv=fuse_linears([a.q_proj, a.k_proj, a.v_proj], self.dtype),
                     o=fuse_linears([a.o_proj], self.dtype),
                     norm2=b.post_attention_layernorm.weight.detach().float(),
-                    gate_up=fuse_linears([mlp.gate_proj, mlp.up_proj], self.dtype) if dense else None,
+                    gate_up=(fuse_linears([mlp.gate_proj, mlp.up_proj], self.dtype) if dense
+                             else None),
                     down=fuse_linears([mlp.down_proj], self.dtype) if dense else None,
                     moe=None if dense else mlp)  # MoE routing runs as its module does
 
@@ -718,8 +746,9 @@ def rms_norm(x, weight, eps):
     For the rows of x, the mean of squares is each row's dot product with itself: one batched
     matmul, [N, 1, dim] @ [N, dim, 1], whose add-on term carries eps (baddbmm: eps + x.x / dim).
     Then rsqrt and two multiplications: four tensor operations, where torch's F.rms_norm runs
-    about eight on a CPU (pow, sum, div, add, rsqrt, two muls, a copy); 17 norms a token. Measured
-    ~0.1 ms a token of ~5 (minimind2-small, fp16). The numbers equal the formula's to fp32 rounding."""
+    about eight on a CPU (pow, sum, div, add, rsqrt, two muls, a copy); 17 norms a token.
+    Measured ~0.1 ms a token of ~5 (minimind2-small, fp16). The numbers equal the formula's to
+    fp32 rounding."""
     if weight.dim() == 1:
         eps_t = EPS_TENSORS.get((eps, x.device))
         if eps_t is None:  # the add-on term of baddbmm must be a tensor: made once per eps
@@ -843,9 +872,11 @@ class Decoder:
                                                    enable_gqa=H != H_kv)
             else:  # one token per row: store it at the row's position, attend to the row's cache
                 kv_rows.index_copy_(0, slots, kv.reshape(-1, hd))
-                keys, values = kv_buf[:B, :H_kv, :n_keys], kv_buf[:B, H_kv:, :n_keys]  # [B,H_kv,L,hd]
+                # [B,H_kv,L,hd]
+                keys, values = kv_buf[:B, :H_kv, :n_keys], kv_buf[:B, H_kv:, :n_keys]
                 y = F.scaled_dot_product_attention(q, keys, values, mask, enable_gqa=H != H_kv)
-            y = y.view(B, H * hd) if T == 1 else y.transpose(1, 2).reshape(B * T, H * hd)  # [N, H*hd]
+            # [N, H*hd]
+            y = y.view(B, H * hd) if T == 1 else y.transpose(1, 2).reshape(B * T, H * hd)
             x = x + layer["o"](y)  # [N, dim]
             h = rms_norm(x, layer["norm2"], eps)
             if layer["moe"] is not None:
@@ -881,7 +912,8 @@ def flops_per_token(config, seq_len=None):
 
 
 def kv_bytes_per_token(config, bytes_per_value=2):
-    """KV-cache memory per token of context: keys and values, every layer, n_kv_heads heads (bf16: 2 bytes)."""
+    """KV-cache memory per token of context: keys and values, every layer, n_kv_heads heads
+    (bf16: 2 bytes)."""
     return 2 * config.n_layers * config.n_kv_heads * config.head_dim * bytes_per_value
 
 
@@ -896,11 +928,13 @@ def size_table(vocab_size=6400, seq_len=512):
             model = MiniMind(cfg)
         total, active = model.num_params(), model.num_params(active=True)
         lines.append(
-            f"{name:<16}{cfg.dim:>5}{cfg.n_layers:>7}{f'{cfg.n_heads}/{cfg.n_kv_heads}':>7}{cfg.hidden_dim:>6}"
-            f"{total / 1e6:>9.2f}M{active / 1e6:>9.2f}M{total * 4 / 2**20:>9.1f}{total * 2 / 2**20:>9.1f}"
-            f"{total / 2**20:>9.1f}{flops_per_token(cfg, seq_len) / 1e9:>10.3f}{kv_bytes_per_token(cfg):>10,}")
-    lines.append(f"vocab {vocab_size}, seq_len {seq_len}. heads: query/KV. int8: weights only (scales not "
-                 "counted). GFLOP/tok: training (6N + attention). KV B/tok: bf16 cache per token of context.")
+            f"{name:<16}{cfg.dim:>5}{cfg.n_layers:>7}{f'{cfg.n_heads}/{cfg.n_kv_heads}':>7}"
+            f"{cfg.hidden_dim:>6}{total / 1e6:>9.2f}M{active / 1e6:>9.2f}M"
+            f"{total * 4 / 2**20:>9.1f}{total * 2 / 2**20:>9.1f}{total / 2**20:>9.1f}"
+            f"{flops_per_token(cfg, seq_len) / 1e9:>10.3f}{kv_bytes_per_token(cfg):>10,}")
+    lines.append(f"vocab {vocab_size}, seq_len {seq_len}. heads: query/KV. int8: weights only "
+                 "(scales not counted). GFLOP/tok: training (6N + attention). "
+                 "KV B/tok: bf16 cache per token of context.")
     return lines
 
 

@@ -1,7 +1,9 @@
 """quantize.py: INT8 weights, one scale per output channel, written by hand (book chapter 11).
 
-    python quantize.py out/dpo                          # -> out/dpo-int8 (embedding and head stay float)
-    python quantize.py out/dpo --include-embeddings     # the embedding table (and the tied head) too
+    python quantize.py out/dpo                          # -> out/dpo-int8
+                                                        # (embedding and head stay float)
+    python quantize.py out/dpo --include-embeddings     # the embedding table
+                                                        # (and the tied head) too
     python quantize.py out/pretrain --out /tmp/p8 --data my.txt   # perplexity measured on your text
 
 A float32 weight takes 4 bytes; an int8 one takes 1. Every nn.Linear weight of the model is
@@ -143,7 +145,8 @@ class QuantizedLinear(nn.Module):
     def __init__(self, in_features, out_features, bias=False):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_int8",
+                             torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scale", torch.ones(out_features))
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self.fast = True  # False: always the reference path (the tests compare the two)
@@ -174,12 +177,14 @@ class QuantizedLinear(nn.Module):
 class QuantizedEmbedding(nn.Module):
     """An int8 embedding table with one scale per row (per token): a lookup gathers the rows and
     dequantizes only those, q[idx] * scale[idx]. The rows of the table are exactly the output
-    channels of a tied lm_head, so the same int8 numbers and scales serve both (TiedQuantizedHead)."""
+    channels of a tied lm_head, so the same int8 numbers and scales serve both
+    (TiedQuantizedHead)."""
 
     def __init__(self, num_embeddings, embedding_dim):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.register_buffer("weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("weight_int8",
+                             torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
         self.register_buffer("scale", torch.ones(num_embeddings))
 
     @classmethod
@@ -191,7 +196,8 @@ class QuantizedEmbedding(nn.Module):
     @property
     def weight(self):
         """The dequantized float table. minimind.new_kv_cache reads embed_tokens.weight
-        (for its device and dtype, once per call), so the quantized table answers with its float view."""
+        (for its device and dtype, once per call), so the quantized table answers with its float
+        view."""
         return dequantize(self.weight_int8, self.scale)
 
     def forward(self, idx):
@@ -217,12 +223,14 @@ class TiedQuantizedHead(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # 3. Swapping the layers of a model
 # ---------------------------------------------------------------------------------------------
-TOKEN_EMBEDDING = {"MiniMind": "embed_tokens", "GPT": "transformer.wte"}  # class name -> module path
+# class name -> module path
+TOKEN_EMBEDDING = {"MiniMind": "embed_tokens", "GPT": "transformer.wte"}
 
 
 def error_row(name, w, q, scale):
     """How far the dequantized weight is from the float one: max |w - w_hat|, relative error
-    ||w - w_hat|| / ||w|| (Frobenius), and max |w - w_hat| / (scale / 2), which the bound keeps <= 1."""
+    ||w - w_hat|| / ||w|| (Frobenius), and max |w - w_hat| / (scale / 2), which the bound keeps
+    <= 1."""
     w = w.detach().float()
     err = (w - dequantize(q, scale)).abs()
     return {"layer": name, "shape": list(w.shape), "max_abs_err": err.max().item(),
@@ -240,7 +248,8 @@ def quantize_model(model, include_embeddings=False):
     with include_embeddings, the token embedding and the head too (quantized once if they are tied).
     Returns the per-layer error rows. Norms, position embeddings and biases stay float."""
     rows = []
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"]
+    linears = [(n, m) for n, m in model.named_modules()
+               if isinstance(m, nn.Linear) and n != "lm_head"]
     for name, linear in linears:
         layer = QuantizedLinear.from_float(linear)
         rows.append(error_row(name, linear.weight, layer.weight_int8, layer.scale))
@@ -278,7 +287,8 @@ def prepare_int8_skeleton(model, quantized, run_dir):
     saved tensors: its layers swapped exactly as quantize_model swapped them when the run was
     written. rundir.load_run calls this for a model.pt with a "quantized" entry."""
     if quantized.get("scheme") != SCHEME:
-        raise UserError(f"{Path(run_dir) / 'model.pt'}: unknown quantization scheme {quantized.get('scheme')!r}")
+        raise UserError(f"{Path(run_dir) / 'model.pt'}: unknown quantization scheme "
+                        f"{quantized.get('scheme')!r}")
     quantize_model(model, quantized["include_embeddings"])
 
 
@@ -297,7 +307,8 @@ def write_int8_run(src_dir, out_dir, model, payload, include_embeddings):
         if (src_dir / name).exists():
             copy_atomic(src_dir / name, out_dir / name)
     new = {**payload, "model": model.state_dict(),
-           "quantized": {"scheme": SCHEME, "include_embeddings": include_embeddings, "source": str(src_dir)}}
+           "quantized": {"scheme": SCHEME, "include_embeddings": include_embeddings,
+                         "source": str(src_dir)}}
     rundir.atomic_write(out_dir / "model.pt", lambda f: torch.save(new, f))
 
 
@@ -308,8 +319,8 @@ def write_int8_run(src_dir, out_dir, model, payload, include_embeddings):
 class QuantizeConfig:
     run_dir: str = option("out/dpo", "run directory to quantize (float)", positional="?")
     out: str = option("", "run directory to write (default: RUN_DIR-int8)")
-    include_embeddings: bool = option(False, "quantize the token embedding (and the output head tied "
-                                                    "to it) too")
+    include_embeddings: bool = option(False, "quantize the token embedding (and the output "
+                                             "head tied to it) too")
     data: str = option("python-docs", "text for the perplexity before/after, as train.py's --data "
                                       "(its validation split)")
     val_fraction: float = option(0.05, "share of --data held out (as in train.py)")
@@ -321,12 +332,14 @@ class QuantizeConfig:
 def validation_perplexity(model, tok, cfg, device):
     """Perplexity on --data's validation split, with train.evaluate (summed NLL / token count), the
     same definition eval.py reports, on the same evenly spaced windows before and after."""
-    data_cfg = types.SimpleNamespace(data=cfg.data, tokenizer=str(Path(cfg.run_dir) / "tokenizer.json"),
+    data_cfg = types.SimpleNamespace(data=cfg.data,
+                                     tokenizer=str(Path(cfg.run_dir) / "tokenizer.json"),
                                      vocab_size=tok.vocab_size, val_fraction=cfg.val_fraction)
     _, _, val = train.prepare_data(data_cfg)
     seq_len = min(model.context_length, len(val) - 1)
     if seq_len < 2:
-        raise UserError(f"{cfg.data}: only {len(val)} validation tokens; too few to measure perplexity")
+        raise UserError(f"{cfg.data}: only {len(val)} validation tokens; "
+                        "too few to measure perplexity")
     windows = train.eval_windows(val, seq_len, cfg.batch_size, cfg.eval_batches)
     return train.evaluate(model, windows, train.byte_lengths(tok), device, torch.float32)
 
@@ -359,7 +372,8 @@ def main(argv=None, **overrides):
 
     size_before, size_after = (src / "model.pt").stat().st_size, (out / "model.pt").stat().st_size
     print(f"model.pt: {size_before / 2**20:.2f} MB -> {size_after / 2**20:.2f} MB "
-          f"({size_after / size_before:.3f}x)" + (", embeddings included" if cfg.include_embeddings else ""))
+          f"({size_after / size_before:.3f}x)"
+          + (", embeddings included" if cfg.include_embeddings else ""))
     if before and after:
         print(f"validation perplexity: {before['val_ppl']:.3f} -> {after['val_ppl']:.3f} "
               f"({100 * (after['val_ppl'] / before['val_ppl'] - 1):+.2f}%), bits per byte "

@@ -63,7 +63,8 @@ def make_run(out):
     (trained here, a few seconds: bpe.py's current split, which the GGUF export can name)."""
     tok = bpe.Tokenizer.train(train.python_docs_documents(), 6400)
     torch.manual_seed(0)
-    cfg = minimind.MiniMindConfig(**minimind.SIZES["minimind2-small"], vocab_size=6400, max_seq_len=512)
+    cfg = minimind.MiniMindConfig(**minimind.SIZES["minimind2-small"], vocab_size=6400,
+                                  max_seq_len=512)
     model = minimind.MiniMind(cfg)
     rundir.save_model(out, model, tok, {"step": 0, "stage": "pretrain"})
     return out
@@ -102,7 +103,8 @@ def with_dynamic_int8(int8_model):
             qw = torch._make_per_channel_quantized_tensor(fused.q, fused.scale.double(),
                                                           zero(fused.q.size(0)), 0)
             packed = torch.ops.quantized.linear_prepack(qw, fused.bias)
-            layer[key] = lambda x, packed=packed: torch.ops.quantized.linear_dynamic(x, packed, True)
+            layer[key] = (lambda x, packed=packed:
+                          torch.ops.quantized.linear_dynamic(x, packed, True))
     return model
 
 
@@ -132,7 +134,8 @@ def gguf_files(run, given, folder):
                    "--type", kind]
         done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         if done.returncode != 0 or not out.exists():
-            reason = (done.stderr.strip().splitlines() or ["it wrote no file: no GGUF export yet?"])[-1]
+            reason = (done.stderr.strip().splitlines()
+                      or ["it wrote no file: no GGUF export yet?"])[-1]
             print(f"llama.cpp rows skipped: `convert.py RUN OUT.gguf --to gguf --type {kind}` "
                   f"failed ({reason})")
             return {}
@@ -141,7 +144,8 @@ def gguf_files(run, given, folder):
 
 
 def llama_paths(files, threads):
-    """name -> a function decoding n tokens greedily with llama.cpp (none if it is not installed)."""
+    """name -> a function decoding n tokens greedily with llama.cpp (none if it is not
+    installed)."""
     try:
         import llama_cpp
     except ImportError:
@@ -189,8 +193,8 @@ def bench_decode(run, args, files):
             runs[name] = lambda n, m=model: list(m.generate(PROMPT, n, temperature=0))
         runs.update(llama_paths(files, n_threads))
         rate = timed_rounds(runs, args.tokens, args.rounds)
-        print(f"\ndecode: minimind2-small shape, greedy, {args.tokens} new tokens after {len(PROMPT)}, "
-              f"{n_threads} thread(s), median of {args.rounds} interleaved rounds")
+        print(f"\ndecode: minimind2-small shape, greedy, {args.tokens} new tokens after "
+              f"{len(PROMPT)}, {n_threads} thread(s), median of {args.rounds} interleaved rounds")
         for name, r in rate.items():
             print(f"  {name:<30} {r:8.1f} tokens/s   {r / rate['fp32']:5.2f}x our fp32")
         print_ratios(rate)
@@ -203,7 +207,8 @@ def print_ratios(rate):
             ("fp16 / llama.cpp F16", "fp16", "llama.cpp F16", None),
             ("int8 + embeddings / llama.cpp Q8_0", "int8 + embeddings", "llama.cpp Q8_0", 0.5),
             ("int8 / llama.cpp Q8_0", "int8", "llama.cpp Q8_0", None),
-            ("int8, fbgemm dynamic (not used) / Q8_0", "int8, fbgemm dynamic kernel", "llama.cpp Q8_0", None),
+            ("int8, fbgemm dynamic (not used) / Q8_0", "int8, fbgemm dynamic kernel",
+             "llama.cpp Q8_0", None),
             (f"chat default ({default}) / llama.cpp F32", default, "llama.cpp F32", 1.0)]
     for label, ours, theirs, target in rows:
         if theirs in rate:
@@ -225,7 +230,8 @@ def agreement(reference, fast, ids, window):
         with torch.no_grad():
             expected = reference(torch.tensor([chunk]))[0][0].argmax(-1)
         decoder = minimind.Decoder(fast)
-        picks = [decoder.add(chunk[:1]).argmax()] + [decoder.step([t])[0].argmax() for t in chunk[1:]]
+        picks = ([decoder.add(chunk[:1]).argmax()]
+                 + [decoder.step([t])[0].argmax() for t in chunk[1:]])
         same += (torch.stack(picks) == expected).sum().item()
         total += len(chunk)
     return same / total
@@ -274,8 +280,9 @@ def kernel_variants(weights):
         "fp32 x @ w.T (nn.Linear)": per_matrix(lambda w: w, linear),
         "fp32 x @ w_t [in, out]": per_matrix(lambda w: w.t().contiguous(), lambda x, w: x @ w),
         "fp16 torch matmul": per_matrix(lambda w: w.half(), linear, fp16),
-        "fp16 fbgemm, fp32 activations": per_matrix(lambda w: ops.quantized.linear_prepack_fp16(w, None),
-                                                    ops.quantized.linear_dynamic_fp16),
+        "fp16 fbgemm, fp32 activations": per_matrix(
+            lambda w: ops.quantized.linear_prepack_fp16(w, None),
+            ops.quantized.linear_dynamic_fp16),
         "bf16 torch matmul": per_matrix(lambda w: w.to(bf16), linear, bf16),
         "int8pack, bf16 activations": per_matrix(int8, lambda x, p: int8mm(x, p[0], p[2]), bf16),
         "int8pack, fp32 activations": per_matrix(int8, lambda x, p: int8mm(x, p[0], p[2].float())),
@@ -330,7 +337,8 @@ def server(run, threads, max_batch):
 
 
 def stream_once(port, prompt, max_tokens):
-    """One streaming greedy request -> (text, completion tokens, seconds to first token, seconds)."""
+    """One streaming greedy request -> (text, completion tokens, seconds to first token,
+    seconds)."""
     t0 = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
@@ -352,7 +360,8 @@ def stream_once(port, prompt, max_tokens):
 
 
 def bench_server(run, args):
-    prompts = [f"Question {i}: what does function number {i} return?" for i in range(max(args.clients))]
+    prompts = [f"Question {i}: what does function number {i} return?"
+               for i in range(max(args.clients))]
     print(f"\nserver: chat.py --serve, {args.threads[0] or os.cpu_count()} thread(s), --max-batch "
           f"{max(args.clients)}, streaming greedy requests of {args.server_tokens} tokens")
     with server(run, args.threads[0], max(args.clients)) as port:
