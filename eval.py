@@ -386,7 +386,8 @@ def format_table(results):
               else "FAIL: " + ",".join(SHORT[c["check"]] for c in r["readiness"]
                                        if c["status"] != "PASS"))]
     cells = [(label, [get(r) for r in results]) for label, get in rows]
-    width = 2 + max(12, *(len(r["name"]) for r in results), *(len(c) for _, cs in cells for c in cs))
+    width = 2 + max(12, *(len(r["name"]) for r in results),
+                    *(len(c) for _, cs in cells for c in cs))
     lines = [f"{'':<22}" + "".join(f"{r['name']:>{width}}" for r in results)]
     lines += [f"{label:<22}" + "".join(f"{c:>{width}}" for c in cs) for label, cs in cells]
     return "\n".join(lines)
