@@ -51,5 +51,6 @@ def test_readme_quick_start_commands():
 
 def test_the_files_a_reader_reads_keep_lines_within_100_characters():
     long = [f"{f.name}:{n}" for f in sorted(ROOT.glob("*.py"))
-            for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1) if len(line) > 100]
+            for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1)
+            if len(line) > 100]
     assert not long, long
