@@ -1,5 +1,5 @@
 """minimind.py: the MiniMind decoder, a small modern Llama-style language model
-(book chapters 5 and 8).
+(book chapters 5 and 8; fast decoding, chapter 11).
 
 Chapter 2's GPT learned positions and used LayerNorm and a GELU MLP. MiniMind (and Llama, Qwen,
 Mistral) changes five things, each built by hand below, smallest first:
@@ -11,6 +11,9 @@ Mistral) changes five things, each built by hand below, smallest first:
     MoE (optional)   several SwiGLU "experts", a router picks top_k of them per token
 
 then the block, the model, a KV cache and `generate`, which streams token ids one at a time.
+Sections 1-7 are that model (chapters 5 and 8). Section 8 (chapter 11) arranges the same
+arithmetic for fast decoding, one new token at a time: a first reading can skip it, since
+`generate(..., use_cache=False)` runs the model of sections 1-7 alone. Section 9: what a size costs.
 
 Run `python minimind.py` for the table of named sizes (parameters, memory, FLOPs, KV cache).
 Use it from Python:

@@ -1,5 +1,5 @@
 """train.py: pre-train a small language model (book chapters 6 and 8), with the one training loop
-that pre-training, supervised fine-tuning (sft.py) and DPO (dpo.py) share.
+that pre-training, supervised fine-tuning (sft.py) and DPO (dpo.py) share, and LoRA (chapter 9).
 
     python train.py                          # CPU: a tiny MiniMind on Python's own docs, minutes
     python train.py --preset t4-small        # a free Colab T4: minimind2-small on TinyStories
@@ -8,7 +8,8 @@ that pre-training, supervised fine-tuning (sft.py) and DPO (dpo.py) share.
     torchrun --nproc_per_node=2 train.py ...  # several GPUs (or CPU processes) with DDP
 
 Reading order: the config and presets -> data (built in, downloads, your files) -> the tokenizer
-and the token cache -> the model (a named size, or --init from any run directory) -> THE TRAINING
+and the token cache -> the model (a named size, or --init from any run directory) -> LoRA
+(chapter 9; every stage can fine-tune through it, a chapter-6 reader can skip it) -> THE TRAINING
 LOOP: several processes, one optimizer step, the loop itself -> pre-training as a stage of that
 loop (its batches, its loss, its evaluation) -> the resource calculator -> main.
 
