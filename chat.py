@@ -547,8 +547,8 @@ class Batcher:
             job.out.put(None)
 
     def guarded(self, work, jobs, *args):
-        """Run work(*args); a bug there fails only `jobs` (their clients get a 500), and the
-        batch starts afresh, so the server goes on serving."""
+        """Run work(*args); a bug there fails only `jobs` (their clients get a 500) and frees their
+        rows, so the server goes on serving the others."""
         try:
             work(*args)
         except Exception as e:
@@ -562,13 +562,15 @@ class Batcher:
         """Give the job a row: prefill its prompt, sample its first token."""
         job.history, job.start = list(job.ids), 0  # the prompt is shorter than the context
         row = len(self.active)
-        self.active.append(job)
         if self.decoder is None:
             job.stream = self.engine.tokens(job.ids, job.max_tokens, job.generator, **job.sampling)
+            self.active.append(job)
             return self.deliver(job, next(job.stream, None))
+        logits = self.decoder.add(job.ids)  # [V]; a prefill that fails leaves no row behind
+        self.active.append(job)  # row `row`, as in the decoder
         self.seen[row] = False
         self.seen[row, job.ids] = True
-        self.sample([job], self.decoder.add(job.ids)[None], row)
+        self.sample([job], logits[None], row)
 
     def step(self):
         """One new token for every row, then the finished and abandoned rows leave."""

@@ -710,3 +710,29 @@ def test_metrics_and_request_log(engine, tmp_path):
         stop(srv)
     entry = json.loads((tmp_path / "content.jsonl").read_text().splitlines()[0])
     assert entry["messages"] == HELLO and entry["answer"] == reply["choices"][0]["message"]["content"]
+
+
+def test_a_request_whose_prefill_fails_leaves_the_batch_serving(engine):
+    """A bug in one request's prefill fails that request only: no row is left half-made, and the
+    next request is answered."""
+    batcher = chat.Batcher(engine, max_batch=2, max_queue=2, metrics=chat.Metrics())
+    real, calls = batcher.decoder.add, []
+
+    def add_failing_once(ids):
+        calls.append(ids)
+        if len(calls) == 1:
+            raise RuntimeError("prefill went wrong")
+        return real(ids)
+
+    batcher.decoder.add = add_failing_once
+    sampling = dict(temperature=0, top_k=0, top_p=1.0, repetition_penalty=1.0)
+    try:
+        failed = batcher.submit([1, 2, 3], 4, None, sampling)
+        assert isinstance(failed.out.get(timeout=30), RuntimeError)
+        ok = batcher.submit([1, 2, 3], 4, None, sampling)
+        got = list(iter(lambda: ok.out.get(timeout=30), None))
+        assert 1 <= len(got) <= 4 and all(isinstance(t, int) for t in got)
+        wait_until(lambda: batcher.decoder.rows == len(batcher.active) == 0)
+        assert batcher.thread.is_alive()
+    finally:
+        batcher.close()
