@@ -470,7 +470,7 @@ class MiniMind(nn.Module):
         x = self.dropout(self.embed_tokens(idx))  # [B, T, dim]; no position vector: RoPE does it
         for i, layer in enumerate(self.layers):
             cache = (kv_cache.k[i], kv_cache.v[i]) if kv_cache is not None else None
-            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+            if self.grad_checkpoint and self.training and torch.is_grad_enabled() and cache is None:
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, cache, start_pos)  # [B, T, dim]
@@ -882,8 +882,10 @@ class Decoder:
             y = y.view(B, H * hd) if T == 1 else y.transpose(1, 2).reshape(B * T, H * hd)
             x = x + layer["o"](y)  # [N, dim]
             h = rms_norm(x, layer["norm2"], eps)
-            if layer["moe"] is not None:
-                x = x + layer["moe"](h.view(B, T, cfg.dim)).view(B * T, cfg.dim).float()
+            if layer["moe"] is not None:  # the model's own experts, in the model's dtype
+                moe = layer["moe"]
+                h = h.view(B, T, cfg.dim).to(next(moe.parameters()).dtype)
+                x = x + moe(h).view(B * T, cfg.dim).float()
             else:
                 gate, up = layer["gate_up"](h).chunk(2, dim=-1)  # [N, hidden] each
                 x = x + layer["down"](F.silu(gate) * up)
