@@ -365,7 +365,7 @@ def load_checkpoint(run_dir, model, optimizer, scaler):
     """Restore weights, optimizer, scaler and RNG from run_dir; return the train state dict.
     A LoRA run restores only its trained tensors (state["trainable"]): its frozen base came from
     the --init run, and model.pt's merged weights are for the other scripts."""
-    payload = read_model_file(run_dir)
+    payload = read_model_file(run_dir, mmap=True)  # weights read only where they are used
     path = Path(run_dir) / "train_state.pt"
     if not path.exists():
         raise UserError(f"{path}: no such file; nothing to resume")

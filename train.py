@@ -564,16 +564,24 @@ def merged_state_dict(model):
     goes on after a checkpoint): every adapted weight is W + (alpha/r) B A and the adapter tensors
     are left out, so model.pt opens with rundir.load_run like any run. Plain models: their own."""
     model = unwrap(model)
-    fp32 = getattr(model, "frozen_fp32", {})  # frozen weights held in 16 bits: see keep_frozen_in
+    # Tensors by the id of the parameter they come from: a weight two names share (a tied head)
+    # is converted, or merged, once and written once. Frozen weights held in 16 bits on a GPU
+    # start from their fp32 values (keep_frozen_in).
+    done = dict(getattr(model, "frozen_fp32", {}))
 
     def exact(t):  # a tensor's fp32 value on the CPU
-        return fp32[id(t)] if id(t) in fp32 else t.detach().cpu().float()
+        if id(t) not in done:
+            done[id(t)] = t.detach().cpu().float()
+        return done[id(t)]
 
+    merged = {}
     state = {k: exact(v) if v.is_floating_point() else v
              for k, v in model.state_dict(keep_vars=True).items()}
     for name, m in model.named_modules():
         if isinstance(m, LoRALinear):
-            state[f"{name}.weight"] = exact(m.weight) + m.delta().detach().cpu()
+            if id(m.weight) not in merged:
+                merged[id(m.weight)] = exact(m.weight) + m.delta().detach().cpu()
+            state[f"{name}.weight"] = merged[id(m.weight)]
             del state[f"{name}.lora_A"], state[f"{name}.lora_B"]
     return state
 

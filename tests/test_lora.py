@@ -88,6 +88,7 @@ def test_tied_embedding_and_head_share_one_adapter():
     randomise_adapters(model)
     merged = train.merged_state_dict(model)
     assert torch.equal(merged["embed_tokens.weight"], merged["lm_head.weight"])
+    assert merged["embed_tokens.weight"] is merged["lm_head.weight"]  # merged once, saved once
     assert not merged["embed_tokens.weight"].equal(tiny("minimind").embed_tokens.weight)
 
 
