@@ -32,7 +32,9 @@ import io
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -959,7 +961,7 @@ def train_loop(cfg, model, tok, stage, extra=None):
     net, meter = wrap(model, cfg.compile, device), Meter(model, stage.seq_len, dtype, master)
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not master, unit="step",
                dynamic_ncols=True)
-    try:
+    with ctrl_c_between_steps(device) as pressed:
         while step < cfg.max_steps:
             lr = set_lr(cfg, optimizer, step)
             loss, grad_norm, tokens, logs = train_step(net, model, stage, sampler.next_step(),
@@ -978,9 +980,9 @@ def train_loop(cfg, model, tok, stage, extra=None):
             meter.restart()  # time spent evaluating and saving is not training speed
             if step == cfg.halt_at:
                 return stop(f"halted at step {step} (--halt-at)")
-    except KeyboardInterrupt:
-        checkpoint(step)
-        return stop(f"\ninterrupted: saved step {step} to {out}")
+            if pressed():  # Ctrl-C: this step is finished and logged; save it and stop
+                checkpoint(step)
+                return stop(f"\ninterrupted: saved step {step} to {out}")
     bar.close()
     after = evaluation(step, "after")
     checkpoint(step)  # after the last evaluation, so the picture shows it
@@ -988,6 +990,38 @@ def train_loop(cfg, model, tok, stage, extra=None):
         print_before_after(stage.labels, before, after)
         print(f"done: {step} steps. Run directory: {out}")
     return {"step": step, "before": before, "after": after, **after}
+
+
+@contextlib.contextmanager
+def ctrl_c_between_steps(device):
+    """Inside the block Ctrl-C (SIGINT) only asks the loop to stop: pressed() says so at the end of
+    a step, when the weights, the optimizer, the step count and log.jsonl agree (a
+    KeyboardInterrupt between the optimizer's update and the step count would save a checkpoint
+    that resumes one step off). Pressed again, it stops at once, saving nothing. Under torchrun
+    the processes agree on it, so they all stop after the same step."""
+    pressed = []
+
+    def handler(signum, frame):
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(signum)
+        tqdm.write("Ctrl-C: saving after this step (press it again to stop at once, unsaved)")
+
+    def asked():
+        if not dist.is_initialized():
+            return bool(pressed)
+        flag = torch.tensor([float(bool(pressed))], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main one
+        yield asked
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield asked
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def set_lr(cfg, optimizer, step):

@@ -296,3 +296,18 @@ def test_init_continues_pre_training_from_a_run(corpus, pretrained_run, tmp_path
         train.main(common + ["--tokenizer", str(corpus / "tok.json"), "--overwrite"])
     with pytest.raises(train.UserError, match="no such run directory"):
         train.main(["--init", str(tmp_path / "nothing"), "--out-dir", str(tmp_path / "x")])
+
+
+def test_ctrl_c_asks_the_loop_to_stop_between_steps_and_twice_stops_at_once():
+    import os
+    import signal
+    before = signal.getsignal(signal.SIGINT)
+    with train.ctrl_c_between_steps("cpu") as pressed:
+        assert not pressed()
+        os.kill(os.getpid(), signal.SIGINT)  # delivered to this (main) thread before the next line
+        assert pressed()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # give the handler a bytecode boundary to run at
+                pass
+    assert signal.getsignal(signal.SIGINT) is before
