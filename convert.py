@@ -22,8 +22,8 @@ both directions) -> 5. tokenizers and chat templates (bpe.py reads and writes to
 6. import -> 7. export to transformers -> 8. export to GGUF, with an Ollama Modelfile -> 9. the
 command line. Runtime: numpy, torch, tqdm and the standard library.
 
-Imports: rundir.py (run directories, flags, errors), train.py (its downloader and cache), bpe.py
-(tokenizers) and minimind.py (its config's derived sizes).
+Imports: rundir.py (run directories, flags, errors), download.py (its downloader and cache),
+bpe.py (tokenizers) and minimind.py (its config's derived sizes).
 """
 import json
 import math
@@ -41,9 +41,9 @@ import torch
 from tqdm import tqdm
 
 import bpe
+import download
 import minimind
 import rundir
-import train
 from rundir import UserError, option
 
 
@@ -311,7 +311,7 @@ def tensor_bytes(t):
 # The endpoint comes from $HF_ENDPOINT (a mirror, or a test server), and $HF_TOKEN, when set, is
 # sent as "Authorization: Bearer ..." for gated or private models: the same variables the
 # huggingface_hub library reads. Large files answer with a redirect to a content server; the token
-# is never sent there (train.download sends headers to the first address only).
+# is never sent there (download.download sends headers to the first address only).
 #
 # Files land in the cache as {cache}/hub/{owner}--{name}/{revision}/{file}, where {cache} is
 # $SLM_CACHE or ~/.cache/slm. A revision is a branch, a tag or a commit; a branch is cached as it
@@ -339,7 +339,7 @@ class HubModel:
 
     def cache_folder(self):
         revision = urllib.parse.quote(self.revision, safe="")  # one folder, whatever it holds
-        return train.cache_dir() / "hub" / f"{self.owner}--{self.name}" / revision
+        return download.cache_dir() / "hub" / f"{self.owner}--{self.name}" / revision
 
 
 HUB_ID = re.compile(r"hf:([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)(?:@(.+))?")
@@ -370,7 +370,7 @@ def fetch_hub_file(model, file, optional=False):
     dest = model.cache_folder() / file
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        train.download(model.url(file), dest, headers=hub_headers())
+        download.download(model.url(file), dest, headers=hub_headers())
     except UserError as e:
         if optional and getattr(e.__cause__, "code", None) == 404:
             return None

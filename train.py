@@ -36,8 +36,6 @@ import signal
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +51,7 @@ from tqdm import tqdm
 import bpe
 import gpt
 import minimind
+from download import cache_dir, download
 from rundir import (UserError, arch_of, atomic_write, autocast, build_model, check_device,
                     check_positive, load_run, load_tokenizer, option, parse_config, pick_dtype,
                     read_saved_config, refuse_to_overwrite, run_cli, save_checkpoint,
@@ -217,65 +216,12 @@ def python_docs_text():
     return "\n\n".join(python_docs_documents())
 
 
-def cache_dir():
-    """Where downloads and token caches live: $SLM_CACHE, else ~/.cache/slm."""
-    path = Path(os.environ.get("SLM_CACHE", Path.home() / ".cache" / "slm"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 DOWNLOADS = {  # name: (url, expected size in bytes or None)
     "shakespeare": ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
                     "tinyshakespeare/input.txt", 1115394),
     "tinystories": ("https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/"
                     "TinyStories-train.txt", None),
 }
-
-
-# A failed download's HTTP status -> what the user can do about it. Without a token the hub answers
-# 401 for a private or gated model and for one that does not exist; 403: the token may not read it.
-HTTP_ADVICE = {401: "not authorized: no such model, or a private or gated one (set HF_TOKEN)",
-               403: "forbidden: accept the model's terms on its page, and check HF_TOKEN",
-               404: "not found: no such model, revision or file"}
-
-
-def download(url, dest, expected_size=None, headers=None):
-    """Download url to dest once, with a progress bar; resumes a partial .part file with an HTTP
-    Range request, checks the size against Content-Length (and expected_size), then renames.
-    headers (e.g. a hub token) go to url only, never to a server it redirects to (a CDN).
-    An HTTP error raises UserError from the urllib HTTPError, whose .code callers may read."""
-    dest = Path(dest)
-    if dest.exists():
-        return dest
-    part = dest.with_suffix(dest.suffix + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    for key, value in (headers or {}).items():
-        request.add_unredirected_header(key, value)
-    try:
-        response = urllib.request.urlopen(request, timeout=60)
-    except urllib.error.HTTPError as e:
-        advice = HTTP_ADVICE.get(e.code, e.reason)
-        detail = e.headers.get("X-Error-Message")  # the hub says why in this header
-        raise UserError(f"cannot download {url}: HTTP {e.code}, {advice}"
-                        + (f" ({detail})" if detail else "")) from e
-    except OSError as e:
-        raise UserError(f"cannot download {url}: {e}")
-    with response:
-        if have and response.status != 206:  # the server ignored the Range: start again
-            have = 0
-        total = have + int(response.headers.get("Content-Length", 0) or 0)
-        with (open(part, "ab" if have else "wb") as f,
-              tqdm(total=total or None, initial=have, unit="B", unit_scale=True,
-                   desc=f"download {dest.name}") as bar):
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
-                bar.update(len(chunk))
-    size = part.stat().st_size
-    if (total and size != total) or (expected_size and size != expected_size):
-        raise UserError(f"download of {url} is incomplete ({size} bytes); run again to resume")
-    os.replace(part, dest)
-    return dest
 
 
 def read_documents(path):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import download
 import gpt
 import rundir
 import train
@@ -102,13 +103,13 @@ def test_download_against_local_server_with_resume(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/file"
     try:
-        dest = train.download(url, tmp_path / "a.bin", len(RangeHandler.BODY))
+        dest = download.download(url, tmp_path / "a.bin", len(RangeHandler.BODY))
         assert dest.read_bytes() == RangeHandler.BODY
         part = tmp_path / "b.bin.part"  # an interrupted earlier download: resumed, not restarted
         part.write_bytes(RangeHandler.BODY[:1000])
-        assert train.download(url, tmp_path / "b.bin").read_bytes() == RangeHandler.BODY
+        assert download.download(url, tmp_path / "b.bin").read_bytes() == RangeHandler.BODY
         with pytest.raises(train.UserError, match="incomplete"):
-            train.download(url, tmp_path / "c.bin", expected_size=5)
+            download.download(url, tmp_path / "c.bin", expected_size=5)
         assert not (tmp_path / "c.bin").exists()
     finally:
         server.shutdown()
