@@ -14,13 +14,13 @@ is reported. A chat model (stage sft or dpo) is also measured on held-out conver
 questions is not made to continue documentation. Each run directory gets a readiness.md: checks
 with PASS/FAIL and the reason, and which text each figure was measured on.
 
-Reading order: the figures on text (perplexity and bits per byte, built on train.evaluate) ->
+Reading order: the figures on text (perplexity and bits per byte, built on data.evaluate) ->
 the baselines any model must beat (uniform, unigram, bigram) -> the same figures on held-out chats
 -> generation figures over a fixed prompt suite -> the readiness checks -> one run, then the table
 across runs -> the command line.
 
-Imports: rundir.py (opening any run directory, float or INT8), train.py (the validation text and
-train.evaluate), sft.py (the chat template and the held-out conversations).
+Imports: rundir.py (opening any run directory, float or INT8), data.py (the validation text and
+the held-out figures on it), sft.py (the chat template and the held-out conversations).
 """
 import hashlib
 import json
@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import data
 import sft
-import train
 from rundir import (UserError, atomic_write, check_device, check_positive, is_chat, load_run,
                     option, parse_config, run_cli)
 from sft import render_chat
-from train import byte_lengths  # noqa: F401  (UTF-8 bytes per token id; special tokens count 0)
+from data import byte_lengths  # noqa: F401  (UTF-8 bytes per token id; special tokens count 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,9 +111,9 @@ def perplexity(model, windows, lengths, device):
     The sum is over ALL tokens before dividing: a mean of per-batch means would weigh a short last
     batch like a full one. Perplexity depends on the tokenizer (a bigger vocabulary predicts fewer,
     harder tokens); bits per byte does not, so it compares runs with different tokenizers. Note
-    bpb = (N / bytes) * loss / ln 2. The computation is train.evaluate, the one train.py logs and
+    bpb = (N / bytes) * loss / ln 2. The computation is data.evaluate, the one train.py logs and
     quantize.py reports before and after, so the three always agree."""
-    result = train.evaluate(model, windows, lengths, device, torch.float32)
+    result = data.evaluate(model, windows, lengths, device, torch.float32)
     count = sum(int((y != sft.IGNORE).sum()) for _, y in windows)
     nbytes = int(sum(lengths[y[y != sft.IGNORE].numpy()].sum() for _, y in windows))
     return {"loss": result["val_loss"], "ppl": result["val_ppl"], "bpb": result["val_bpb"],
@@ -326,12 +326,12 @@ def readiness_markdown(r, cfg):
 # 5. One run, then the table across runs
 # ---------------------------------------------------------------------------------------------
 def validation_data(run_dir, tok, cfg, fits):
-    """(train tokens, val tokens) of --data in this run's tokenizer: train.prepare_data with the
+    """(train tokens, val tokens) of --data in this run's tokenizer: data.prepare_data with the
     run's tokenizer.json (it caches the encoded tokens), and the baselines fitted once
     per tokenizer."""
     data_cfg = types.SimpleNamespace(data=cfg.data, tokenizer=str(Path(run_dir) / "tokenizer.json"),
                                      vocab_size=tok.vocab_size, val_fraction=cfg.val_fraction)
-    _, train_tokens, val_tokens = train.prepare_data(data_cfg)
+    _, train_tokens, val_tokens = data.prepare_data(data_cfg)
     key = hashlib.sha1((Path(run_dir) / "tokenizer.json").read_bytes()).hexdigest()
     if key not in fits:
         fits[key] = fit_baselines(train_tokens[:cfg.baseline_tokens], tok.vocab_size, cfg.add_k)

@@ -16,7 +16,7 @@ int8 weights (a readable reference path and a fast CPU kernel, proven equal in t
 int8 embedding table that the tied output head shares -> swapping a model's layers -> writing an
 INT8 run directory (rundir.load_run opens it again, with prepare_int8_skeleton) -> the command line.
 
-Imports: rundir.py (run directories, flags, errors) and train.py (the validation text and its
+Imports: rundir.py (run directories, flags, errors) and data.py (the validation text and its
 perplexity, as train.py measures it).
 """
 import functools
@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import data
 import rundir
-import train
 from rundir import UserError, option, parse_config, run_cli
 
 SCHEME = "int8-per-channel-symmetric"
@@ -330,18 +330,18 @@ class QuantizeConfig:
 
 
 def validation_perplexity(model, tok, cfg, device):
-    """Perplexity on --data's validation split, with train.evaluate (summed NLL / token count), the
+    """Perplexity on --data's validation split, with data.evaluate (summed NLL / token count), the
     same definition eval.py reports, on the same evenly spaced windows before and after."""
     data_cfg = types.SimpleNamespace(data=cfg.data,
                                      tokenizer=str(Path(cfg.run_dir) / "tokenizer.json"),
                                      vocab_size=tok.vocab_size, val_fraction=cfg.val_fraction)
-    _, _, val = train.prepare_data(data_cfg)
+    _, _, val = data.prepare_data(data_cfg)
     seq_len = min(model.context_length, len(val) - 1)
     if seq_len < 2:
         raise UserError(f"{cfg.data}: only {len(val)} validation tokens; "
                         "too few to measure perplexity")
-    windows = train.eval_windows(val, seq_len, cfg.batch_size, cfg.eval_batches)
-    return train.evaluate(model, windows, train.byte_lengths(tok), device, torch.float32)
+    windows = data.eval_windows(val, seq_len, cfg.batch_size, cfg.eval_batches)
+    return data.evaluate(model, windows, data.byte_lengths(tok), device, torch.float32)
 
 
 def main(argv=None, **overrides):

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import data
 import train
 from rundir import (UserError, autocast, check_device, check_positive, load_run, load_tokenizer,
                     option, parse_config, pick_dtype, read_saved_config, refuse_to_overwrite,
@@ -226,9 +227,9 @@ def python_docs_conversations(seed=0):
     match here, and for held-out preference accuracy in dpo.py (which builds its pairs from the
     same items: chosen = answer, rejected = wrong)."""
     rng = random.Random(seed)
-    entries = [(name, doc_summary(doc)) for name, doc in train.python_docs_entries() if "." in name]
+    entries = [(name, doc_summary(doc)) for name, doc in data.python_docs_entries() if "." in name]
     entries = [(n, s) for n, s in entries if s]
-    words = sorted({p for n, _ in train.python_docs_entries() for p in n.split(".")
+    words = sorted({p for n, _ in data.python_docs_entries() for p in n.split(".")
                     if re.fullmatch("[a-z]{3,6}", p)})
     items = {"train": [], "heldout": []}
 

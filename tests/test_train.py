@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import data
 import download
 import gpt
 import rundir
@@ -36,11 +37,11 @@ def losses(run_dir):
 def test_read_txt_jsonl_and_folder(tmp_path):
     (tmp_path / "a.txt").write_text("hello world")
     (tmp_path / "b.jsonl").write_text('{"text": "one"}\n\n{"text": "two"}\n')
-    assert list(train.read_documents(tmp_path / "a.txt")) == ["hello world"]
-    assert list(train.read_documents(tmp_path / "b.jsonl")) == ["one", "two"]
-    assert list(train.read_documents(tmp_path)) == ["hello world", "one", "two"]
+    assert list(data.read_documents(tmp_path / "a.txt")) == ["hello world"]
+    assert list(data.read_documents(tmp_path / "b.jsonl")) == ["one", "two"]
+    assert list(data.read_documents(tmp_path)) == ["hello world", "one", "two"]
     (tmp_path / "c.txt").write_text("story one\n<|endoftext|>\nstory two\n<|endoftext|>\n")  # TinyStories' layout
-    assert list(train.read_documents(tmp_path / "c.txt")) == ["story one", "story two"]
+    assert list(data.read_documents(tmp_path / "c.txt")) == ["story one", "story two"]
 
 
 @pytest.mark.parametrize("line, why", [("{not json", "not valid JSON"), ('{"txt": "x"}', '"text" string'),
@@ -49,7 +50,7 @@ def test_malformed_jsonl_names_file_and_line(tmp_path, line, why):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "fine"}\n' + line + "\n")
     with pytest.raises(train.UserError, match=f"bad.jsonl:2: .*{why}"):
-        list(train.read_documents(path))
+        list(data.read_documents(path))
 
 
 def test_malformed_jsonl_cli_exit_2_and_no_damage(tmp_path):
@@ -68,18 +69,18 @@ def test_malformed_jsonl_cli_exit_2_and_no_damage(tmp_path):
 
 
 def test_python_docs_corpus_is_fixed_and_large_enough():
-    docs = train.python_docs_documents()
+    docs = data.python_docs_documents()
     text = "\n\n".join(docs)
     assert 0.8e6 < len(text.encode()) < 3e6
-    assert docs == train.python_docs_documents()  # a fixed order
-    assert any(name == "json.dumps" for name, _ in train.python_docs_entries())
+    assert docs == data.python_docs_documents()  # a fixed order
+    assert any(name == "json.dumps" for name, _ in data.python_docs_entries())
 
 
 def test_split_is_deterministic_and_disjoint():
     docs = [f"doc {i}" for i in range(100)]
-    tr, va = train.split_documents(docs, 0.1)
+    tr, va = data.split_documents(docs, 0.1)
     assert len(va) == 10 and len(tr) == 90 and not set(tr) & set(va)
-    tr1, va1 = train.split_documents(["x" * 1000], 0.1)  # one long document: split at its end
+    tr1, va1 = data.split_documents(["x" * 1000], 0.1)  # one long document: split at its end
     assert len(tr1[0]) == 900 and len(va1[0]) == 100
 
 

@@ -35,12 +35,12 @@ from bpe import GPT4_SPLIT_PATTERN, SPECIAL_TOKENS, Tokenizer, compile_split  # 
 
 def corpus():
     try:
-        from train import python_docs_text
-        return python_docs_text(), "train.python_docs_text()"
-    except Exception as e:  # train.py missing or broken: fall back to the help topics alone
+        from data import python_docs_text
+        return python_docs_text(), "data.python_docs_text()"
+    except Exception as e:  # data.py missing or broken: fall back to the help topics alone
         import pydoc_data.topics
         t = pydoc_data.topics.topics
-        return "\n\n".join(t[k] for k in sorted(t)), f"pydoc_data.topics (train.py: {e!r})"
+        return "\n\n".join(t[k] for k in sorted(t)), f"pydoc_data.topics (data.py: {e!r})"
 
 
 def best_of(n, fn):

@@ -47,6 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import bpe  # noqa: E402
+import data  # noqa: E402
 import minimind  # noqa: E402
 import quantize  # noqa: E402
 import rundir  # noqa: E402
@@ -61,7 +62,7 @@ PROMPT = list(range(100, 116))  # 16 tokens
 def make_run(out):
     """A minimind2-small run directory with random weights and a 6400-token BPE of the python docs
     (trained here, a few seconds: bpe.py's current split, which the GGUF export can name)."""
-    tok = bpe.Tokenizer.train(train.python_docs_documents(), 6400)
+    tok = bpe.Tokenizer.train(data.python_docs_documents(), 6400)
     torch.manual_seed(0)
     cfg = minimind.MiniMindConfig(**minimind.SIZES["minimind2-small"], vocab_size=6400,
                                   max_seq_len=512)
@@ -240,9 +241,9 @@ def agreement(reference, fast, ids, window):
 def bench_accuracy(run, args):
     reference, paths = our_paths(run)
     tok = rundir.load_tokenizer(run)
-    data = types.SimpleNamespace(data="python-docs", tokenizer=str(Path(run) / "tokenizer.json"),
-                                 vocab_size=tok.vocab_size, val_fraction=0.05)
-    _, _, val = train.prepare_data(data)
+    cfg = types.SimpleNamespace(data="python-docs", tokenizer=str(Path(run) / "tokenizer.json"),
+                                vocab_size=tok.vocab_size, val_fraction=0.05)
+    _, _, val = data.prepare_data(cfg)
     window = min(reference.context_length, 256)
     ids = [int(t) for t in val[:args.accuracy_tokens]]
     greedy = list(reference.generate(ids[:16], 64, temperature=0, use_cache=False))

@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import eval as evaluation  # noqa: E402
+import data  # noqa: E402
 import minimind  # noqa: E402
 import quantize  # noqa: E402
 import rundir  # noqa: E402
@@ -77,7 +78,7 @@ def bench_perplexity(run_dir, max_tokens):
         import json
         saved = json.loads((Path(run_dir) / "config.json").read_text())
         cfg.data, cfg.val_fraction = saved.get("data", cfg.data), saved.get("val_fraction", cfg.val_fraction)
-    _, _, val = train.prepare_data(cfg)
+    _, _, val = data.prepare_data(cfg)
     windows = evaluation.contiguous_windows(val, model.context_length, 8, max_tokens)
     lengths = evaluation.byte_lengths(tok)
     print(f"\nvalidation perplexity of {run_dir} ({payload['arch']}, step {payload.get('step')}), "

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import data  # noqa: E402
 import train  # noqa: E402
 
 
@@ -67,7 +68,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args()
     cfg = train.resolve(train.TrainConfig(size=args.size, seq_len=args.seq_len))
-    tok, train_tokens, _ = train.prepare_data(cfg)
+    tok, train_tokens, _ = data.prepare_data(cfg)
     mcfg = train.model_config("minimind", args.size, tok.vocab_size, args.seq_len)
     model = train.build_model("minimind", mcfg)
     flops_token = train.flops_per_token(model, args.seq_len)
