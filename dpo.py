@@ -14,7 +14,8 @@ reference model (live, or precomputed) -> evaluation -> DPO as a stage of train.
 loop -> main. The masks and the start from a run come from sft.py; the run directory it writes
 has stage "dpo".
 
-Imports: sft.py (chat rows, masks, the fine-tuning config), train.py (the loop), rundir.py.
+Imports: sft.py (chat rows, masks, the fine-tuning config), train.py (the loop), lora.py (the
+reference under LoRA: the adapters off), rundir.py.
 """
 import copy
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+import lora
 import sft
 import train
 from rundir import UserError, autocast, option, parse_config, pick_dtype, run_cli
@@ -150,9 +152,9 @@ def precompute_reference(ref, rows, pad_id, device, dtype, batch_size=32):
 def make_reference(policy):
     """The reference model: what the policy is before DPO changes it, in eval mode (no dropout),
     never updated. Full fine-tuning: a frozen copy of the policy, a second copy of the weights.
-    LoRA: the policy itself with its adapters off (train.adapters_off), since the adapters are
+    LoRA: the policy itself with its adapters off (lora.adapters_off), since the adapters are
     all that DPO changes: one copy of the weights serves both (a function of the input ids)."""
-    if not any(isinstance(m, train.LoRALinear) for m in policy.modules()):
+    if not any(isinstance(m, lora.LoRALinear) for m in policy.modules()):
         ref = copy.deepcopy(policy).eval()
         ref.requires_grad_(False)
         return ref
@@ -161,7 +163,7 @@ def make_reference(policy):
         was_training = policy.training
         policy.eval()
         try:
-            with torch.no_grad(), train.adapters_off(policy):
+            with torch.no_grad(), lora.adapters_off(policy):
                 return policy(x)
         finally:
             policy.train(was_training)

@@ -15,7 +15,8 @@ SFT as a stage of train.py's training loop (its batches, its loss, its evaluatio
 presets and the start from an --init run that dpo.py shares -> main. The run directory it writes
 (stage "sft") is what dpo.py, eval.py and chat.py take as input.
 
-Imports: train.py (the training loop, the start from a run) and rundir.py (flags, errors).
+Imports: train.py (the training loop, the start from a run), lora.py (LoRA and --adapter),
+resources.py (--dry-run), data.py, rundir.py (flags, errors).
 """
 import dataclasses
 import functools
@@ -29,6 +30,8 @@ import torch
 import torch.nn.functional as F
 
 import data
+import lora
+import resources
 import train
 from rundir import (UserError, autocast, check_device, check_positive, load_run, load_tokenizer,
                     option, parse_config, pick_dtype, read_saved_config, refuse_to_overwrite,
@@ -367,7 +370,7 @@ class FineTuneConfig(train.LoopConfig):
 
 def start(cfg, device):
     """The --init run on the device, in training mode, set up as the flags ask (--adapter, LoRA,
-    --grad-checkpoint: train.adapt_model), and --seq-len 0 set to the model's context.
+    --grad-checkpoint: lora.adapt_model), and --seq-len 0 set to the model's context.
     Returns (cfg, model, tok, payload, extra); extra: what model.pt records about the start."""
     model, tok, payload = train.start_from(cfg.init, device, cfg.dropout)
     window = model.context_length
@@ -375,7 +378,8 @@ def start(cfg, device):
         raise UserError(f"--seq-len {cfg.seq_len}: the model in {cfg.init} takes at most "
                         f"{window} tokens")
     cfg = dataclasses.replace(cfg, seq_len=cfg.seq_len or window)
-    extra = {**train.origin_of(cfg.init, payload), **train.adapt_model(cfg, model)}
+    extra = {**train.origin_of(cfg.init, payload),
+             **lora.adapt_model(cfg, model, train.is_master())}
     return cfg, model, tok, payload, extra
 
 
@@ -389,7 +393,7 @@ def settle(cfg, cls):
     if cfg.lr <= 0 or cfg.seq_len < 0 or cfg.max_steps < 0 or not 0 <= cfg.dropout < 1:
         raise UserError("--lr must be positive, --seq-len and --max-steps not negative, "
                         "--dropout in [0, 1)")
-    train.check_lora(cfg)
+    lora.check_lora(cfg)
     check_device(cfg.device)
     refuse_to_overwrite(cfg)
     return cfg
@@ -399,18 +403,18 @@ def dry_run(cfg, stage="sft", rows=1, reference=None, load_rows=None):
     """The resource calculator for a fine-tuning run of the --init model, built on the meta device
     (no weights are read, so it answers for any size), with the average length of --data's rows
     (conversations are often far shorter than the context): load_rows(tok, seq_len) -> the
-    training rows (default: SFT's). rows, reference: see train.training_memory (dpo.py: 2 rows a
+    training rows (default: SFT's). rows, reference: see resources.training_memory (dpo.py: 2 rows a
     pair, and its reference). Flags the run itself would refuse are refused here too."""
-    train.check_lora(cfg)
+    lora.check_lora(cfg)
     if not (Path(cfg.init) / "model.pt").is_file():
         raise UserError(f"--init {cfg.init}: no model.pt there to size the run on")
-    model = train.meta_model(cfg, None)
+    model = resources.meta_model(cfg.init)
     seq_len = cfg.seq_len or model.context_length
     load_rows = load_rows or (lambda tok, n: load_sft_data(cfg.data, tok, n, quiet=True)[0])
     examples = load_rows(load_tokenizer(cfg.init), seq_len)
     mean_len = sum(len(ids) - 1 for ids, _ in examples) / len(examples)
     title = f"{stage} --init {cfg.init}, preset {cfg.preset or '(none)'}"
-    return train.resource_report(model, cfg, seq_len, title, rows, reference, mean_len)
+    return resources.resource_report(model, cfg, seq_len, title, rows, reference, mean_len)
 
 
 def announce(stage, cfg, model, payload, device, dtype, what):

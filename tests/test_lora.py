@@ -1,4 +1,4 @@
-"""LoRA (train.py's "LoRA (chapter 9)" section) and the memory savers that come with it: step 0
+"""LoRA (lora.py) and the memory savers that come with it: step 0
 equals the base model, merged equals unmerged, only the adapters train, adapters off is the base
 (DPO's reference), exact resume, the adapter file and its base check, gradient checkpointing, and
 the resource calculator against real models. Tiny models: seconds."""
@@ -13,6 +13,7 @@ import torch
 
 import dpo
 import gpt
+import lora
 import minimind
 import rundir
 import sft
@@ -50,7 +51,7 @@ def test_step_zero_is_the_base_model_exactly(kind, embeddings):
     model = tiny(kind).eval()
     with torch.no_grad():
         before = model(ids())[0]
-    names = train.add_lora(model, rank=4, alpha=8, targets="all", embeddings=embeddings)
+    names = lora.add_lora(model, rank=4, alpha=8, targets="all", embeddings=embeddings)
     with torch.no_grad():
         after = model(ids())[0]
     assert torch.equal(after, before)  # B = 0: not close, equal
@@ -64,17 +65,17 @@ def test_step_zero_is_the_base_model_exactly(kind, embeddings):
 @pytest.mark.parametrize("embeddings", [False, True])
 def test_merged_equals_unmerged(kind, embeddings):
     model = tiny(kind).eval()
-    train.add_lora(model, rank=4, alpha=8, embeddings=embeddings)
+    lora.add_lora(model, rank=4, alpha=8, embeddings=embeddings)
     randomise_adapters(model)
     with torch.no_grad():
         lora_logits = model(ids())[0]
         plain = tiny(kind).eval()  # a fresh plain model gets the merged weights, as load_run does
-        plain.load_state_dict(train.merged_state_dict(model))
+        plain.load_state_dict(lora.merged_state_dict(model))
         assert (plain(ids())[0] - lora_logits).abs().max() <= 1e-5
         base_logits = tiny(kind).eval()(ids())[0]
         assert (base_logits - lora_logits).abs().max() > 1e-3  # the adapters do change the model
-        train.merge_lora(model)  # in place: plain nn.Linear layers again
-        assert not any(isinstance(m, train.LoRALinear) for m in model.modules())
+        lora.merge_lora(model)  # in place: plain nn.Linear layers again
+        assert not any(isinstance(m, lora.LoRALinear) for m in model.modules())
         assert (model(ids())[0] - lora_logits).abs().max() <= 1e-5
     assert set(model.state_dict()) == set(plain.state_dict())
     token_embedding = model.embed_tokens if kind == "minimind" else model.transformer.wte
@@ -83,10 +84,10 @@ def test_merged_equals_unmerged(kind, embeddings):
 
 def test_tied_embedding_and_head_share_one_adapter():
     model = tiny("minimind")
-    train.add_lora(model, rank=4, alpha=8, embeddings=True)
+    lora.add_lora(model, rank=4, alpha=8, embeddings=True)
     assert model.embed_tokens.lora_B is model.lm_head.lora_B and model.embed_tokens.weight is model.lm_head.weight
     randomise_adapters(model)
-    merged = train.merged_state_dict(model)
+    merged = lora.merged_state_dict(model)
     assert torch.equal(merged["embed_tokens.weight"], merged["lm_head.weight"])
     assert merged["embed_tokens.weight"] is merged["lm_head.weight"]  # merged once, saved once
     assert not merged["embed_tokens.weight"].equal(tiny("minimind").embed_tokens.weight)
@@ -95,9 +96,9 @@ def test_tied_embedding_and_head_share_one_adapter():
 def test_adapters_off_is_the_base_model():
     base = tiny("minimind").eval()
     model = tiny("minimind").eval()
-    train.add_lora(model, rank=4, alpha=8, dropout=0.2, embeddings=True)
+    lora.add_lora(model, rank=4, alpha=8, dropout=0.2, embeddings=True)
     randomise_adapters(model)
-    with torch.no_grad(), train.adapters_off(model):
+    with torch.no_grad(), lora.adapters_off(model):
         off = model(ids())[0]
     assert torch.equal(off, base(ids())[0])
     with torch.no_grad():
@@ -106,7 +107,7 @@ def test_adapters_off_is_the_base_model():
 
 def test_only_the_adapters_get_gradients_and_sit_in_the_optimizer():
     model = tiny("minimind").train()
-    train.add_lora(model, rank=4, alpha=8, targets="attention")
+    lora.add_lora(model, rank=4, alpha=8, targets="attention")
     randomise_adapters(model)
     _, loss = model(ids(), ids(3))
     loss.backward()
@@ -121,14 +122,14 @@ def test_only_the_adapters_get_gradients_and_sit_in_the_optimizer():
 
 def test_targets_by_name_and_a_clear_refusal():
     model = tiny("minimind")
-    assert train.add_lora(model, 2, 4, targets="q_proj,v_proj") == [
+    assert lora.add_lora(model, 2, 4, targets="q_proj,v_proj") == [
         "layers.0.self_attn.q_proj", "layers.0.self_attn.v_proj", "layers.1.self_attn.q_proj",
         "layers.1.self_attn.v_proj"]
-    assert len(train.add_lora(tiny("gpt"), 2, 4, targets="mlp")) == 4  # c_fc and mlp.c_proj, 2 blocks
+    assert len(lora.add_lora(tiny("gpt"), 2, 4, targets="mlp")) == 4  # c_fc and mlp.c_proj, 2 blocks
     with pytest.raises(UserError, match="no linear layer.*q_proj"):
-        train.add_lora(tiny("minimind"), 2, 4, targets="query")
+        lora.add_lora(tiny("minimind"), 2, 4, targets="query")
     with pytest.raises(UserError, match="no linear layer"):
-        train.add_lora(tiny("minimind"), 2, 4, targets="lm_head")  # tied to the embedding: never
+        lora.add_lora(tiny("minimind"), 2, 4, targets="lm_head")  # tied to the embedding: never
 
 
 @pytest.mark.parametrize("kind", ["minimind", "gpt", "moe"])
@@ -210,7 +211,7 @@ def test_saved_adapter_applies_to_its_base_and_is_refused_elsewhere(tmp_path, pr
     assert adapter.stat().st_size < (out / "model.pt").stat().st_size / 4
     # applied to its base: the merged run's weights
     model, _, _ = train.load_run(pretrained_run)
-    train.apply_adapter(model, adapter)
+    lora.apply_adapter(model, adapter)
     merged = rundir.read_model_file(out)["model"]
     assert all((model.state_dict()[k] - merged[k]).abs().max() <= 1e-6 for k in merged)
     # --max-steps 0 writes the base with the adapter merged as a run directory
@@ -229,7 +230,7 @@ def test_saved_adapter_applies_to_its_base_and_is_refused_elsewhere(tmp_path, pr
     assert not (tmp_path / "wrong").exists()
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="junk.pt: cannot be loaded"):
-        train.apply_adapter(model, tmp_path / "junk.pt")
+        lora.apply_adapter(model, tmp_path / "junk.pt")
 
 
 def test_lora_flags_are_checked(tmp_path, pretrained_run):
@@ -244,7 +245,7 @@ def test_lora_flags_are_checked(tmp_path, pretrained_run):
 
 def test_dpo_with_lora_has_no_second_copy(tmp_path, pretrained_run):
     policy, _, _ = train.load_run(pretrained_run)
-    train.add_lora(policy.train(), 4, 8)
+    lora.add_lora(policy.train(), 4, 8)
     ref = dpo.make_reference(policy)
     assert not isinstance(ref, torch.nn.Module)  # a function of the same module, no deepcopy
     randomise_adapters(policy)
@@ -269,7 +270,7 @@ def test_calculator_counts_lora_as_a_real_model_does(pretrained_run):
     cfg = sft.SFTConfig(init=str(pretrained_run), lora_rank=4, lora_targets="attention", batch_size=2)
     text, figures = sft.dry_run(cfg)
     model, _, _ = train.load_run(pretrained_run)
-    train.add_lora(model.train(), 4, 32.0, targets="attention")
+    lora.add_lora(model.train(), 4, 32.0, targets="attention")
     trained = [p for p in model.parameters() if p.requires_grad]
     assert figures["trained_params"] == sum(p.numel() for p in trained)
     opt = gpt.make_optimizer(model, 1e-3, 0.0, (0.9, 0.95))
@@ -323,9 +324,9 @@ def test_continued_pre_training_with_lora_and_checkpointing(corpus, pretrained_r
 def test_frozen_weights_in_half_precision_adapters_in_fp32():
     """What a GPU run in bf16/fp16 does (adapt_model), here on the CPU with bf16 autocast."""
     model = tiny("minimind").train()
-    train.add_lora(model, rank=4, alpha=8)
+    lora.add_lora(model, rank=4, alpha=8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train.keep_frozen_in(model, torch.bfloat16)
+    lora.keep_frozen_in(model, torch.bfloat16)
     for name, p in model.named_parameters():
         assert p.dtype == (torch.float32 if "lora_" in name else torch.bfloat16), name
     opt = gpt.make_optimizer(model, 1e-2, 0.0, (0.9, 0.95))
@@ -337,7 +338,7 @@ def test_frozen_weights_in_half_precision_adapters_in_fp32():
     assert model.layers[0].self_attn.q_proj.lora_B.abs().sum() > 0  # the adapters moved
     with torch.no_grad():
         list(model.generate([1, 2, 3], max_new_tokens=3, temperature=0))  # no autocast: still runs
-    merged = train.merged_state_dict(model)
+    merged = lora.merged_state_dict(model)
     assert all(t.dtype == torch.float32 for t in merged.values())
     # model.pt gets the base's fp32 weights (plus B A where adapted), not their bf16 roundings
     assert torch.equal(merged["norm.weight"], before["norm.weight"])

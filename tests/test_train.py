@@ -15,6 +15,7 @@ import torch
 import data
 import download
 import gpt
+import interrupt
 import rundir
 import train
 
@@ -304,7 +305,7 @@ def test_ctrl_c_asks_the_loop_to_stop_between_steps_and_twice_stops_at_once():
     import os
     import signal
     before = signal.getsignal(signal.SIGINT)
-    with train.ctrl_c_between_steps("cpu") as pressed:
+    with interrupt.ctrl_c_between_steps("cpu") as pressed:
         assert not pressed()
         os.kill(os.getpid(), signal.SIGINT)  # delivered to this (main) thread before the next line
         assert pressed()

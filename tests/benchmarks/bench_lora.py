@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import gpt  # noqa: E402
+import lora  # noqa: E402
 import minimind  # noqa: E402
 import train  # noqa: E402
 
@@ -45,7 +46,7 @@ def build(setup, rank):
     torch.manual_seed(0)
     model = minimind.MiniMind(minimind.MiniMindConfig(**SMOLLM2_135M)).train()
     if setup != "full":
-        train.add_lora(model, rank, 2.0 * rank, targets="all")
+        lora.add_lora(model, rank, 2.0 * rank, targets="all")
     model.grad_checkpoint = setup.endswith("ckpt")
     return model, gpt.make_optimizer(model, 1e-4, 0.0, (0.9, 0.95))
 
@@ -104,7 +105,7 @@ def share_table(rank):
         with torch.device("meta"):
             model = minimind.MiniMind(minimind.MiniMindConfig(**SMOLLM2_135M))
         base = model.num_params()
-        train.add_lora(model, r, 2.0 * r, targets=targets)
+        lora.add_lora(model, r, 2.0 * r, targets=targets)
         trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
         out.append(f"rank {r:>2} {targets:<10}{trained:>12,}  {trained / (base + trained):6.2%}")
     return out

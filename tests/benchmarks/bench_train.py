@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import data  # noqa: E402
+import resources  # noqa: E402
 import train  # noqa: E402
 
 
@@ -71,8 +72,8 @@ def main():
     tok, train_tokens, _ = data.prepare_data(cfg)
     mcfg = train.model_config("minimind", args.size, tok.vocab_size, args.seq_len)
     model = train.build_model("minimind", mcfg)
-    flops_token = train.flops_per_token(model, args.seq_len)
-    peak = train.peak_flops("cpu", torch.float32)
+    flops_token = resources.flops_per_token(model, args.seq_len)
+    peak = resources.peak_flops("cpu", torch.float32)
     print(f"MiniMind {args.size}: {model.num_params() / 1e6:.2f}M params, batch {args.batch_size} x "
           f"{args.seq_len}, {torch.get_num_threads()} threads, measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
     print(f"{'precision':<10}{'ours tok/s':>12}{'ref tok/s':>12}{'ours MFU':>10}{'ref MFU':>10}{'ratio':>8}")
