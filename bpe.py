@@ -645,28 +645,10 @@ class Tokenizer:
         """A token as readable text, for display: 'Hello', ' world', '\\xe2\\x80'."""
         return self.id_to_bytes(id).decode("utf-8", errors="backslashreplace")
 
-    # -- saving and loading --------------------------------------------------------------------
-    # One JSON file a person can open. Version 2 (what save() writes) holds everything:
-    #
-    #   {"format": "slm-bpe", "version": 2,
-    #    "normalizer": null,                       (or "NFC")
-    #    "split": ["<regex>", ...],                (in tokenizer.json's syntax, applied in order)
-    #    "ignore_merges": false,
-    #    "bos_added": [], "eos_added": [],         (what the released tokenizer's post-processor
-    #                                               adds around a text; never added by encode)
-    #    "vocab_size": 4096,                       (ids past the last token stand for nothing)
-    #    "added_tokens": [                         (special or not, one per line)
-    #      {"id": 4093, "content": "<|endoftext|>", "special": true, "normalized": false}, ...],
-    #    "vocab": {                                (id -> its bytes in GPT-2's alphabet, one per
-    #      "0": "Ā", ..., "32": "Ġ", ..., "256": "Ġt", ...},    line; ids of special tokens have
-    #                                               no entry unless BPE knows them too, as GPT-2)
-    #    "merges": [                               (rank order: [left, right, merged] ids)
-    #      [32, 116, 256], ...]}
-    #
-    # Version 1, the file of an older bpe.py, is still read and written: see Appendix B.
+    # -- saving and loading: one JSON file a person can open (step 9 shows it) ----------------
 
     def save(self, path):
-        lines = v1_lines(self) if self.syntax == "python" else self._v2_lines()  # Appendix B
+        lines = v1_lines(self) if self.syntax == "python" else v2_lines(self)  # v1: Appendix B
         # Write a temporary file, then rename it over the target in one step: a crash halfway
         # leaves the old file intact instead of half a tokenizer.
         tmp = f"{path}.tmp{os.getpid()}"
@@ -681,36 +663,6 @@ class Tokenizer:
         names = {**self.added_tokens, **self.special_tokens}
         return sorted((id, name, name in self.special_tokens, name in self._normalized)
                       for name, id in names.items())
-
-    def _v2_lines(self):
-        def dump(value):
-            return json.dumps(value, ensure_ascii=False)
-        added = [dump({"id": id, "content": name, "special": special, "normalized": normalized})
-                 for id, name, special, normalized in self.added_list()]
-        vocab = [f'    "{id}": {dump(to_byte_level(data))}'
-                 for id, data in sorted(self.vocab.items())]
-        merges = [f"    [{a}, {b}, {m}]" for (a, b), m in zip(self.merges, self.merged)]
-        return [
-            "{",
-            f'  "format": {dump(FORMAT_NAME)},',
-            f'  "version": {FORMAT_VERSION},',
-            f'  "normalizer": {dump(self.normalizer)},',
-            f'  "split": {dump(self.split_patterns)},',
-            f'  "ignore_merges": {dump(self.ignore_merges)},',
-            f'  "bos_added": {dump(self.bos_added)},',
-            f'  "eos_added": {dump(self.eos_added)},',
-            f'  "vocab_size": {self.vocab_size},',
-            '  "added_tokens": [',
-            ",\n".join(f"    {line}" for line in added),
-            "  ],",
-            '  "vocab": {',
-            ",\n".join(vocab),
-            "  },",
-            '  "merges": [',
-            ",\n".join(merges),
-            "  ]",
-            "}",
-        ]
 
     @classmethod
     def load(cls, path):
@@ -728,46 +680,104 @@ class Tokenizer:
         if data.get("version") == 1:
             return cls.from_merges(*read_v1(data, bad), syntax="python")  # Appendix B
         if data.get("version") == 2:
-            return cls._from_v2(data, bad)
+            return read_v2(data, bad)
         raise bad(f"format version {data.get('version')!r} is not supported "
                   f"(this bpe.py reads versions 1 and 2)")
 
-    @classmethod
-    def _from_v2(cls, data, bad):
-        split, normalizer = data.get("split"), data.get("normalizer")
-        if not isinstance(split, list) or not all(isinstance(p, str) for p in split):
-            raise bad('"split" must be a list of regular expressions')
-        for p in split:
-            try:
-                compile_split(p)
-            except (ValueError, re.error) as e:
-                raise bad(f'"split" pattern {p!r} cannot be used: {e}') from None
-        if normalizer not in (None, "NFC"):
-            raise bad(f'"normalizer" must be null or "NFC", not {normalizer!r}')
-        vocab = read_v2_vocab(data.get("vocab"), bad)
-        merges = read_v2_merges(data.get("merges"), vocab, bad)
-        added = read_v2_added_tokens(data.get("added_tokens"), vocab, bad)
-        known = set(vocab) | {t[0] for t in added}
-        for key in ("bos_added", "eos_added"):
-            value = data.get(key, [])
-            if value is not None and not (isinstance(value, list) and set(value) <= known):
-                raise bad(f'"{key}" must be null or a list of ids of this tokenizer')
-        if not isinstance(data.get("ignore_merges", False), bool):
-            raise bad('"ignore_merges" must be true or false')
+
+# ---------------------------------------------------------------------------------------------
+# Step 9: the saved file
+# ---------------------------------------------------------------------------------------------
+# One JSON file a person can open. Version 2 (what save() writes) holds everything:
+#
+#   {"format": "slm-bpe", "version": 2,
+#    "normalizer": null,                       (or "NFC")
+#    "split": ["<regex>", ...],                (in tokenizer.json's syntax, applied in order)
+#    "ignore_merges": false,
+#    "bos_added": [], "eos_added": [],         (what the released tokenizer's post-processor
+#                                               adds around a text; never added by encode)
+#    "vocab_size": 4096,                       (ids past the last token stand for nothing)
+#    "added_tokens": [                         (special or not, one per line)
+#      {"id": 4093, "content": "<|endoftext|>", "special": true, "normalized": false}, ...],
+#    "vocab": {                                (id -> its bytes in GPT-2's alphabet, one per
+#      "0": "Ā", ..., "32": "Ġ", ..., "256": "Ġt", ...},    line; ids of special tokens have
+#                                               no entry unless BPE knows them too, as GPT-2)
+#    "merges": [                               (rank order: [left, right, merged] ids)
+#      [32, 116, 256], ...]}
+#
+# Version 1, the file of an older bpe.py, is still read and written: see Appendix B.
+
+
+def v2_lines(tok):
+    """A tokenizer -> the lines of its version-2 file (above), one token or merge a line."""
+    def dump(value):
+        return json.dumps(value, ensure_ascii=False)
+    added = [dump({"id": id, "content": name, "special": special, "normalized": normalized})
+             for id, name, special, normalized in tok.added_list()]
+    vocab = [f'    "{id}": {dump(to_byte_level(data))}'
+             for id, data in sorted(tok.vocab.items())]
+    merges = [f"    [{a}, {b}, {m}]" for (a, b), m in zip(tok.merges, tok.merged)]
+    return [
+        "{",
+        f'  "format": {dump(FORMAT_NAME)},',
+        f'  "version": {FORMAT_VERSION},',
+        f'  "normalizer": {dump(tok.normalizer)},',
+        f'  "split": {dump(tok.split_patterns)},',
+        f'  "ignore_merges": {dump(tok.ignore_merges)},',
+        f'  "bos_added": {dump(tok.bos_added)},',
+        f'  "eos_added": {dump(tok.eos_added)},',
+        f'  "vocab_size": {tok.vocab_size},',
+        '  "added_tokens": [',
+        ",\n".join(f"    {line}" for line in added),
+        "  ],",
+        '  "vocab": {',
+        ",\n".join(vocab),
+        "  },",
+        '  "merges": [',
+        ",\n".join(merges),
+        "  ]",
+        "}",
+    ]
+
+
+def read_v2(data, bad):
+    """A version-2 file's parsed JSON -> its Tokenizer; bad(why) makes the UserError that names
+    the file."""
+    split, normalizer = data.get("split"), data.get("normalizer")
+    if not isinstance(split, list) or not all(isinstance(p, str) for p in split):
+        raise bad('"split" must be a list of regular expressions')
+    for p in split:
         try:
-            tok = cls(vocab, merges, added, split=split, normalizer=normalizer,
-                      ignore_merges=data.get("ignore_merges", False),
-                      bos_added=data.get("bos_added", []), eos_added=data.get("eos_added", []))
-        except ValueError as e:
-            raise bad(str(e)) from None
-        size = data.get("vocab_size", tok.vocab_size)  # ids past the last token stand for nothing
-        if type(size) is not int or size < tok.vocab_size:
-            raise bad(f'"vocab_size" must be an integer of at least {tok.vocab_size}, not {size!r}')
-        tok.reserve(size)
-        return tok
+            compile_split(p)
+        except (ValueError, re.error) as e:
+            raise bad(f'"split" pattern {p!r} cannot be used: {e}') from None
+    if normalizer not in (None, "NFC"):
+        raise bad(f'"normalizer" must be null or "NFC", not {normalizer!r}')
+    vocab = read_v2_vocab(data.get("vocab"), bad)
+    merges = read_v2_merges(data.get("merges"), vocab, bad)
+    added = read_v2_added_tokens(data.get("added_tokens"), vocab, bad)
+    known = set(vocab) | {t[0] for t in added}
+    for key in ("bos_added", "eos_added"):
+        value = data.get(key, [])
+        if value is not None and not (isinstance(value, list) and set(value) <= known):
+            raise bad(f'"{key}" must be null or a list of ids of this tokenizer')
+    if not isinstance(data.get("ignore_merges", False), bool):
+        raise bad('"ignore_merges" must be true or false')
+    try:
+        tok = Tokenizer(vocab, merges, added, split=split, normalizer=normalizer,
+                        ignore_merges=data.get("ignore_merges", False),
+                        bos_added=data.get("bos_added", []),
+                        eos_added=data.get("eos_added", []))
+    except ValueError as e:
+        raise bad(str(e)) from None
+    size = data.get("vocab_size", tok.vocab_size)  # ids past the last token stand for nothing
+    if type(size) is not int or size < tok.vocab_size:
+        raise bad(f'"vocab_size" must be an integer of at least {tok.vocab_size}, not {size!r}')
+    tok.reserve(size)
+    return tok
 
 
-# Helpers of Tokenizer.load: reading JSON, and checking a version-2 file's parts.
+# Helpers of Tokenizer.load and read_v2: reading JSON, and checking a version-2 file's parts.
 
 def read_json(path):
     """A JSON file -> its value; UserError("<path>: ...") if it cannot be read or parsed."""
