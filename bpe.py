@@ -12,7 +12,7 @@ byte-pair encoding (BPE), the scheme used by GPT-2, GPT-4, Llama, Qwen and MiniM
    regular expression, so merges never glue a word to the punctuation after it.
 6. Special tokens such as <|endoftext|>, which the model sees but text can never produce.
 7. Write each byte as a printable character, so tokens can be stored as readable JSON strings.
-8. The Tokenizer puts these together, and saves to a JSON file and loads back.
+8. The Tokenizer puts these together; 9. it saves to a JSON file and loads back.
 Appendix A translates GPT-4's split pattern (\\p{L}, \\p{N}) for Python's `re`, which lacks
 those classes; Appendix B reads the files of an older version of this file.
 
@@ -964,6 +964,7 @@ def main(argv=None):
 # Step 5 needs this, and a reader of the chapter can skip it: the `regex` package and the
 # `tokenizers` library understand \p{L} ("any letter") and \p{N} ("any number"); Python's `re`
 # does not, and this file imports nothing outside the standard library.
+#
 # To run the real patterns with `re`, we write each class out as the list of character ranges it
 # stands for, computed once from Python's `unicodedata` (lazily: a user of a version-1 tokenizer
 # never pays for it). The definitions are those of Oniguruma, the regex engine `tokenizers` runs:
