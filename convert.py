@@ -18,12 +18,12 @@ specification, with no library:
   3. GGUF v3: the one-file format of llama.cpp and Ollama, and its Q8_0 8-bit quantizer.
 
 Then: 4. the architectures (config.json <-> our configs, and one table of tensor names serving
-both directions) -> 5. tokenizers and chat templates (bpe.py reads and writes tokenizer.json) ->
+both directions) -> 5. tokenizers and chat templates (tokenizer.json via hf_tokenizer.py) ->
 6. import -> 7. export to transformers -> 8. export to GGUF, with an Ollama Modelfile -> 9. the
 command line. Runtime: numpy, torch, tqdm and the standard library.
 
 Imports: rundir.py (run directories, flags, errors), download.py (its downloader and cache),
-bpe.py (tokenizers) and minimind.py (its config's derived sizes).
+bpe.py and hf_tokenizer.py (tokenizers) and minimind.py (its config's derived sizes).
 """
 import json
 import math
@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 import bpe
 import download
+import hf_tokenizer
 import minimind
 import rundir
 from rundir import UserError, option
@@ -877,7 +878,7 @@ def tensor_names(arch, config):
 # ---------------------------------------------------------------------------------------------
 # 5. Tokenizers and chat templates
 #
-# bpe.py reads and writes the `tokenizers` library's tokenizer.json (Tokenizer.from_hf, to_hf),
+# hf_tokenizer.py reads and writes the `tokenizers` library's tokenizer.json (from_hf, to_hf),
 # so a released tokenizer gives exactly the ids its model was trained on. Our scripts need three
 # special tokens by name: <|endoftext|> ends a document, <|im_start|> and <|im_end|> frame a chat
 # turn (ChatML). A release that lacks them (GPT-2 has only <|endoftext|>) gets them as new ids at
@@ -920,7 +921,7 @@ def import_tokenizer(folder, rows):
     then as many as the model's embedding rows (`rows`), or more when tokens were added: releases
     often have spare rows (Qwen2.5: 151,936 rows for 151,665 tokens), which stay ids for nothing."""
     try:
-        tok = bpe.Tokenizer.from_hf(folder / "tokenizer.json")
+        tok = hf_tokenizer.from_hf(folder / "tokenizer.json")
     except bpe.UserError as e:
         raise UserError(str(e)) from None
     added = [name for name in PROJECT_SPECIALS if name not in tok.special_tokens]
@@ -1176,7 +1177,7 @@ def export_payload(run_dir, target):
 
 def exportable_tokenizer(tok):
     try:
-        return tok.to_hf()
+        return hf_tokenizer.to_hf(tok)
     except bpe.UserError as e:
         raise UserError(str(e)) from None
 
@@ -1309,7 +1310,7 @@ def gguf_tokenizer(w, tok, chat):
     # Qwen2's NFC normalizer: llama.cpp (and its own converter) leave it out; text already in NFC,
     # which is nearly all text, tokenizes the same.
     try:
-        vocab = tok.gguf_vocab()
+        vocab = hf_tokenizer.gguf_vocab(tok)
     except bpe.UserError as e:
         raise UserError(str(e)) from None
     s = tok.special_tokens

@@ -20,6 +20,7 @@ import convert
 import dpo
 import eval as evaluation
 import gpt
+import hf_tokenizer
 import minimind
 import quantize
 import rundir
@@ -103,7 +104,7 @@ STYLES = {  # the pre-tokenizer (and normalizer) each family's releases use
 def release_tokenizer(tok, style, specials):
     """tokenizer.json of a release: our corpus BPE's vocabulary and merges in the `tokenizers`
     schema, with a family's pre-tokenizer and only the given special tokens."""
-    d = tok.to_hf()
+    d = hf_tokenizer.to_hf(tok)
     d["pre_tokenizer"] = STYLES[style]
     d["normalizer"] = {"type": "NFC"} if style == "qwen2" else None
     d["added_tokens"] = [a for a in d["added_tokens"] if a["content"] in specials]
@@ -160,7 +161,7 @@ def test_llama_family_imports_every_tensor_where_it_belongs(tmp_path, tok, famil
     assert payload["stage"] == "sft" and payload["source"]["family"] == family and out["added"] == []
     rows = FAMILIES[family].get("vocab_size", tok.vocab_size + (7 if family == "qwen2" else 0))
     assert tok2.vocab_size == model.config.vocab_size == rows  # Qwen's spare rows are ids for nothing
-    assert tok2.encode(TEXT, allowed_special="all") == bpe.Tokenizer.from_hf(tmp_path / "rel" / "tokenizer.json").encode(TEXT, allowed_special="all")
+    assert tok2.encode(TEXT, allowed_special="all") == hf_tokenizer.from_hf(tmp_path / "rel" / "tokenizer.json").encode(TEXT, allowed_special="all")
     with torch.no_grad():  # the model runs and its cache agrees with the full forward
         ids = torch.tensor([tok2.encode("def f(x): return x")])
         full = model(ids)[0]
@@ -333,7 +334,7 @@ def test_hf_export_then_import_gives_back_the_same_run(tmp_path, tok, variant):
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     t1, t2 = rundir.load_tokenizer(tmp_path / "run"), rundir.load_tokenizer(tmp_path / "back")
-    assert t1.token_strings() == t2.token_strings() and t1.special_tokens == t2.special_tokens
+    assert hf_tokenizer.token_strings(t1) == hf_tokenizer.token_strings(t2) and t1.special_tokens == t2.special_tokens
     assert t1.encode(TEXT, allowed_special="all") == t2.encode(TEXT, allowed_special="all")
 
 
@@ -405,7 +406,7 @@ def test_gguf_llama_metadata_tokenizer_and_rotary_permutation(tmp_path, tok):
     assert md["llama.rope.freq_base"] == pytest.approx(5e5) and md["llama.attention.head_count_kv"] == 2
     assert md["llama.context_length"] == 64 and md["llama.rope.dimension_count"] == 8
     assert md["tokenizer.ggml.model"] == "gpt2" and md["tokenizer.ggml.pre"] == "dbrx"
-    assert md["tokenizer.ggml.tokens"] == tok.token_strings() and md["tokenizer.ggml.merges"] == tok.hf_merges()
+    assert md["tokenizer.ggml.tokens"] == hf_tokenizer.token_strings(tok) and md["tokenizer.ggml.merges"] == hf_tokenizer.hf_merges(tok)
     assert md["tokenizer.ggml.eos_token_id"] == tok.special_tokens["<|im_end|>"]  # a chat run
     assert md["tokenizer.ggml.add_bos_token"] is False and "<|im_start|>" in md["tokenizer.chat_template"]
     assert "output.weight" not in tensors  # tied: llama.cpp reuses token_embd

@@ -133,11 +133,12 @@ def bench_import(folder):
     import torch
     sys.path.insert(0, str(ROOT))
     import convert
+    import hf_tokenizer
     import minimind
     release = folder / "release"
     release.mkdir()
     tok = synthetic_tokenizer(SMOLLM2_135M["vocab_size"])
-    (release / "tokenizer.json").write_text(json.dumps(tok.to_hf()))
+    (release / "tokenizer.json").write_text(json.dumps(hf_tokenizer.to_hf(tok)))
     c = SMOLLM2_135M
     (release / "config.json").write_text(json.dumps({
         "architectures": ["LlamaForCausalLM"], "hidden_size": c["dim"], "num_hidden_layers": c["n_layers"],
