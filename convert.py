@@ -8,20 +8,15 @@
 
 Chapter 3 takes a released model and makes it a run directory like any other, so train.py --init,
 sft.py, dpo.py, eval.py, quantize.py and chat.py work on it; chapter 11 goes the other way, to the
-files other tools read. The argument, in order: 1. the architectures (config.json <-> our configs,
-and one table of tensor names serving both directions) -> 2. tokenizers and chat templates (bpe.py
-reads and writes tokenizer.json) -> 3. import -> 4. export to transformers -> 5. export to GGUF,
-with an Ollama Modelfile -> 6. the command line. Runtime: numpy, torch, tqdm and the standard
-library.
+files other tools read. In order: 1. the architectures (config.json <-> our configs, and one table
+of tensor names serving both directions) -> 2. tokenizers and chat templates -> 3. import ->
+4. export to transformers -> 5. export to GGUF, with an Ollama Modelfile -> 6. the command line.
 
-The file formats are written by hand from their specifications, with no library, in companion
-files: safetensors_file.py (how the hub stores weights: a JSON header, then the bytes, which we
-map into memory instead of reading), download.py (the hub: which files make a model, fetched over
-plain HTTP into a cache) and gguf_file.py (GGUF v3, the one-file format of llama.cpp and Ollama,
-and its Q8_0 8-bit quantizer).
-
-Imports: rundir.py (run directories, flags, errors), download.py (the hub), safetensors_file.py
-and gguf_file.py (the formats), bpe.py (tokenizers) and minimind.py (its config's derived sizes).
+Imports: rundir.py (run directories, flags, errors), bpe.py (tokenizers), minimind.py (its config's
+derived sizes), and the file formats, each written by hand from its specification in a companion
+file: safetensors_file.py (how the hub stores weights), download.py (the hub: which files make a
+model, fetched over plain HTTP) and gguf_file.py (GGUF v3 and Q8_0, for llama.cpp and Ollama).
+Runtime: numpy, torch, tqdm and the standard library.
 """
 import json
 import os
@@ -260,10 +255,7 @@ def import_tokenizer(folder, rows):
     """tokenizer.json of a release -> (tokenizer, names of the special tokens added). Its ids are
     then as many as the model's embedding rows (`rows`), or more when tokens were added: releases
     often have spare rows (Qwen2.5: 151,936 rows for 151,665 tokens), which stay ids for nothing."""
-    try:
-        tok = bpe.Tokenizer.from_hf(folder / "tokenizer.json")
-    except bpe.UserError as e:
-        raise UserError(str(e)) from None
+    tok = bpe.Tokenizer.from_hf(folder / "tokenizer.json")
     added = [name for name in PROJECT_SPECIALS if name not in tok.special_tokens]
     if any(name in tok.added_tokens for name in added):
         raise UserError(f"{folder / 'tokenizer.json'}: {added} are ordinary added tokens here, "
@@ -328,20 +320,10 @@ def grow_vocabulary(state, arch, config, rows):
     config["vocab_size"] = rows
 
 
-def open_source(source):
-    """hf:OWNER/NAME[@REVISION] (fetched into the cache) or a transformers directory -> folder."""
-    if source.startswith("hf:"):
-        return download.fetch_hub_model(source)
-    folder = Path(source)
-    if not (folder / "config.json").is_file():
-        raise UserError(f"{source}: not a transformers directory (no config.json) or hf:OWNER/NAME")
-    return folder
-
-
 def import_model(source, out_dir, max_seq_len=2048, stage=""):
     """A released model (hub id or transformers directory) -> a run directory.
     Returns its payload."""
-    folder = open_source(source)
+    folder = download.release_folder(source)
     config_json = safetensors_file.read_json(folder / "config.json", "config.json")
     family, arch, config = import_config(config_json, f"{source}: config.json", max_seq_len)
     tok, added = import_tokenizer(folder, config["vocab_size"])
@@ -477,7 +459,7 @@ def write_hf(run_dir, out):
     """Export a run directory to the transformers directory `out` (which must not exist)."""
     payload = export_payload(run_dir, "hf")
     tok = rundir.load_tokenizer(run_dir)
-    hf_tok = exportable_tokenizer(tok)
+    hf_tok = tok.to_hf()
     name, config = export_config(payload["arch"], payload["config"], tok)
     special = {n: n for n in PROJECT_SPECIALS}
     tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHATML_TEMPLATE,
@@ -517,13 +499,6 @@ def export_payload(run_dir, target):
     return payload
 
 
-def exportable_tokenizer(tok):
-    try:
-        return tok.to_hf()
-    except bpe.UserError as e:
-        raise UserError(str(e)) from None
-
-
 def write_folder(out, fill):
     """Fill a new folder through a temporary one, renamed into place at the end: an export that
     fails half-way leaves nothing at `out`, and an --overwrite replaces the old folder only then."""
@@ -554,37 +529,6 @@ def write_folder(out, fill):
 # A linear weight is nn.Linear's [out, in] in both worlds (GPT-2's Conv1D is transposed only in
 # transformers' files), and GGUF writes the dims fastest-first, so the tensors go as they are.
 # ---------------------------------------------------------------------------------------------
-GGUF_BLOCK = {  # our name inside layers.N / transformer.h.N -> llama.cpp's inside blk.N
-    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
-    "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-    "ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
-    "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
-GGUF_TOP = {"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output",
-            "transformer.wte": "token_embd", "transformer.wpe": "position_embd",
-            "transformer.ln_f": "output_norm"}
-
-
-def gguf_name(ours):
-    """Our tensor name -> llama.cpp's: layers.3.self_attn.q_proj.weight -> blk.3.attn_q.weight."""
-    stem, _, kind = ours.rpartition(".")
-    match = re.fullmatch(r"(?:layers|transformer\.h)\.(\d+)\.(.+)", stem)
-    if match:
-        return f"blk.{match[1]}.{GGUF_BLOCK[match[2]]}.{kind}"
-    return f"{GGUF_TOP[stem]}.{kind}"
-
-
-def rotary_pairs_adjacent(w, n_heads):
-    """Permute the rows of q_proj / k_proj (or their biases) for llama.cpp's "llama" RoPE. Within a
-    head of d rows, ours pairs row i with row i + d/2; llama.cpp pairs rows 2i and 2i+1. Row
-    (i, half h) moves to 2i + h: [a0 a1 .. | b0 b1 ..] -> [a0 b0 a1 b1 ..], so every pair is
-    rotated by the same angle as before and the attention scores do not change."""
-    d = w.shape[0] // n_heads
-    return w.reshape(n_heads, 2, d // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
-
-
 def gguf_arch(arch, config):
     if arch == "gpt":
         return "gpt2"
@@ -650,10 +594,7 @@ def gguf_tokenizer(w, tok, chat):
                            if tok.split_patterns == [bpe.V1_SPLIT_PATTERN] else ""))
     # Qwen2's NFC normalizer: llama.cpp (and its own converter) leave it out; text already in NFC,
     # which is nearly all text, tokenizes the same.
-    try:
-        vocab = tok.gguf_vocab()
-    except bpe.UserError as e:
-        raise UserError(str(e)) from None
+    vocab = tok.gguf_vocab()
     s = tok.special_tokens
     w.add("tokenizer.ggml.model", "gpt2")
     w.add("tokenizer.ggml.pre", pre)
@@ -686,8 +627,8 @@ def write_gguf(run_dir, out, kind="f16"):
             continue  # llama.cpp reuses token_embd when there is no output.weight
         if a == "llama" and re.search(r"self_attn\.[qk]_proj\.", ours):
             heads = config["n_heads"] if ".q_proj." in ours else config["n_kv_heads"]
-            tensor = rotary_pairs_adjacent(tensor, heads)
-        w.add_tensor(gguf_name(ours), tensor, "f32" if "wpe" in ours else kind)
+            tensor = gguf_file.rotary_pairs_adjacent(tensor, heads)
+        w.add_tensor(gguf_file.gguf_name(ours), tensor, "f32" if "wpe" in ours else kind)
     rundir.atomic_write(out, lambda f: w.write(f, Path(out).name))
     return a
 

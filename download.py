@@ -11,7 +11,8 @@ HTTP error becomes one UserError line with advice for the status (401, 403, 404)
 
 The hub client (the second half) is how a released model is downloaded: parse_hub_id reads
 hf:OWNER/NAME@REVISION, fetch_hub_model fetches the files that make the model (HF_ENDPOINT and
-HF_TOKEN as the huggingface_hub library reads them) and checks each as it arrives.
+HF_TOKEN as the huggingface_hub library reads them) and checks each as it arrives, and
+release_folder(source) gives the folder of a release, fetched or a transformers directory.
 
 Imported by data.py (the built-in downloads: TinyStories, Tiny Shakespeare) and convert.py (a
 released model). Imports bpe.py's UserError, the project's one error type, and
@@ -226,4 +227,14 @@ def fetch_hub_model(spec):
     part = manifest.with_name(manifest.name + ".part")  # whole or not at all, as download() does
     part.write_text(text, encoding="utf-8")
     os.replace(part, manifest)
+    return folder
+
+
+def release_folder(source):
+    """hf:OWNER/NAME[@REVISION] (fetched into the cache) or a transformers directory -> folder."""
+    if source.startswith("hf:"):
+        return fetch_hub_model(source)
+    folder = Path(source)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{source}: not a transformers directory (no config.json) or hf:OWNER/NAME")
     return folder

@@ -18,6 +18,7 @@ library.
 """
 import math
 import numbers
+import re
 import struct
 
 import torch
@@ -286,3 +287,43 @@ class GGUFWriter:
                     bar.update(chunk.nbytes)
                 assert written == ggml_nbytes(tensor.shape, kind)
                 f.write(padding(written, self.alignment))
+
+
+# ---------------------------------------------------------------------------------------------
+# llama.cpp's names and layouts
+#
+# llama.cpp knows a tensor by its own name (blk.N.attn_q.weight), not transformers' (as gguf-py's
+# tensor_mapping.py has it, for its converter). The table maps the names inside a block and at the
+# top of the model as our run directories hold them: transformers' Llama names without "model.",
+# and GPT-2's. The architecture, its metadata and which tensors to write are the converter's to
+# decide; these are facts of llama.cpp, the same whatever writes or reads the file.
+# ---------------------------------------------------------------------------------------------
+GGUF_BLOCK = {  # our name inside layers.N / transformer.h.N -> llama.cpp's inside blk.N
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
+    "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+GGUF_TOP = {"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output",
+            "transformer.wte": "token_embd", "transformer.wpe": "position_embd",
+            "transformer.ln_f": "output_norm"}
+
+
+def gguf_name(ours):
+    """Our tensor name -> llama.cpp's: layers.3.self_attn.q_proj.weight -> blk.3.attn_q.weight."""
+    stem, _, kind = ours.rpartition(".")
+    match = re.fullmatch(r"(?:layers|transformer\.h)\.(\d+)\.(.+)", stem)
+    if match:
+        return f"blk.{match[1]}.{GGUF_BLOCK[match[2]]}.{kind}"
+    return f"{GGUF_TOP[stem]}.{kind}"
+
+
+def rotary_pairs_adjacent(w, n_heads):
+    """Permute the rows of q_proj / k_proj (or their biases) for llama.cpp's "llama" RoPE. Within a
+    head of d rows, ours pairs row i with row i + d/2; llama.cpp pairs rows 2i and 2i+1. Row
+    (i, half h) moves to 2i + h: [a0 a1 .. | b0 b1 ..] -> [a0 b0 a1 b1 ..], so every pair is
+    rotated by the same angle as before and the attention scores do not change."""
+    d = w.shape[0] // n_heads
+    return w.reshape(n_heads, 2, d // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
