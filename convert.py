@@ -522,10 +522,11 @@ def write_folder(out, fill):
 # 5. Export to GGUF (llama.cpp, Ollama) and an Ollama Modelfile
 #
 # llama.cpp knows an architecture by name and finds its numbers under "{arch}.key" and its tensors
-# under its own names (blk.N.attn_q.weight ...). MiniMind goes out as "llama", or "qwen2" (q/k/v
-# biases) or "qwen3" (QK-norm). One difference matters: llama.cpp's "llama" rotates ADJACENT
-# channel pairs (0,1), (2,3), ... where we (and Hugging Face) rotate channel i with i + head_dim/2,
-# so the rows of q and k are permuted for it, head by head; its qwen2/qwen3 rotate as we do.
+# under its own names (blk.N.attn_q.weight ..., gguf_file.gguf_name). MiniMind goes out as "llama",
+# or "qwen2" (q/k/v biases) or "qwen3" (QK-norm). One difference matters: llama.cpp's "llama"
+# rotates ADJACENT channel pairs (0,1), (2,3), ... where we (and Hugging Face) rotate channel i
+# with i + head_dim/2, so the rows of q and k are permuted for it, head by head
+# (gguf_file.rotary_pairs_adjacent); its qwen2/qwen3 rotate as we do.
 # A linear weight is nn.Linear's [out, in] in both worlds (GPT-2's Conv1D is transposed only in
 # transformers' files), and GGUF writes the dims fastest-first, so the tensors go as they are.
 # ---------------------------------------------------------------------------------------------

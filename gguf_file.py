@@ -10,8 +10,9 @@ companion file).
 
 What is here is the format itself, the same for every model: the file's layout and its tables of
 value types and ggml tensor types (shared by a reader and a writer), Q8_0 (llama.cpp's 8-bit blocks,
-quantize and dequantize, bit for bit as llama.cpp writes them), and the writer. Which architecture,
-which keys and which tensors go into a file are convert.py's decisions.
+quantize and dequantize, bit for bit as llama.cpp writes them), the writer, and the facts of
+llama.cpp a file must follow: its tensor names and the order of the rows its "llama" RoPE expects.
+Which architecture, which keys and which tensors go into a file are convert.py's decisions.
 
 Imported by convert.py (--to gguf). Imports nothing from the project: torch, tqdm and the standard
 library.
