@@ -226,7 +226,7 @@ class GGUFWriter:
         w.add("llama.block_count", 8, "uint32")
         w.add("tokenizer.ggml.tokens", ["<s>", "a", "b"])        # an array of strings
         w.add_tensor("token_embd.weight", embedding, "q8_0")    # a torch tensor, torch shape
-        w.write("model.gguf")
+        rundir.atomic_write("model.gguf", w.write)              # w.write(f): an open file
 
     Tensors are kept as given (memory-mapped views are fine) and converted one at a time while
     the file is written. Metadata and tensors are written in the order they were added."""
