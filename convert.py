@@ -179,10 +179,8 @@ def tensor_names(arch, config):
     tensor of the model. GPT-2's checkpoint stores its linear weights as Conv1D [in, out], the
     transpose of nn.Linear's [out, in]; everything else is the same tensor under another name."""
     if arch == "gpt":
-        names = [("transformer.wte.weight", "transformer.wte.weight", False),
-                 ("transformer.wpe.weight", "transformer.wpe.weight", False),
-                 ("transformer.ln_f.weight", "transformer.ln_f.weight", False),
-                 ("transformer.ln_f.bias", "transformer.ln_f.bias", False)]
+        names = [(f"transformer.{n}", f"transformer.{n}", False)
+                 for n in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias")]
         for i in range(config["n_layer"]):
             h = f"transformer.h.{i}"
             names += [(f"{h}.{m}.{p}", f"{h}.{m}.{p}", False)
@@ -461,16 +459,15 @@ def write_hf(run_dir, out):
     tok = rundir.load_tokenizer(run_dir)
     hf_tok = tok.to_hf()
     name, config = export_config(payload["arch"], payload["config"], tok)
-    special = {n: n for n in PROJECT_SPECIALS}
+    chat = rundir.is_chat(payload)
     tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHATML_TEMPLATE,
-                  "bos_token": None, "eos_token": special["<|im_end|>"] if rundir.is_chat(payload)
-                  else special["<|endoftext|>"], "pad_token": special["<|endoftext|>"],
-                  "unk_token": None, "model_max_length": config.get("max_position_embeddings",
-                                                                    config.get("n_positions")),
+                  "bos_token": None, "eos_token": "<|im_end|>" if chat else "<|endoftext|>",
+                  "pad_token": "<|endoftext|>", "unk_token": None, "model_max_length":
+                  config.get("max_position_embeddings", config.get("n_positions")),
                   "clean_up_tokenization_spaces": False, "add_bos_token": False,
                   "add_eos_token": False}
     eos = ([tok.special_tokens[n] for n in ("<|im_end|>", "<|endoftext|>")]
-           if rundir.is_chat(payload) else [tok.special_tokens["<|endoftext|>"]])
+           if chat else [tok.special_tokens["<|endoftext|>"]])
     generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": eos,
                   "pad_token_id": config["pad_token_id"], "do_sample": True, "temperature": 0.7,
                   "top_p": 0.9}
