@@ -19,11 +19,13 @@ import chat
 import convert
 import dpo
 import eval as evaluation
+import gguf_file
 import gpt
 import hf_tokenizer
 import minimind
 import quantize
 import rundir
+import safetensors_file
 import sft
 import train
 from gguf_reader import read_gguf
@@ -126,15 +128,17 @@ def write_release(folder, family, tok, style=None, template=convert.CHATML_TEMPL
         (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
     tensors = release_tensors(family, config, vocab, seed)
     if shards == 1:
-        convert.write_safetensors(folder / "model.safetensors", tensors)
+        rundir.atomic_write(folder / "model.safetensors",
+                            lambda f: safetensors_file.write_safetensors(f, tensors))
     else:
         names, weight_map = sorted(tensors), {}
         for s in range(shards):
             shard = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
             part = {n: tensors[n] for n in names[s::shards]}
-            convert.write_safetensors(folder / shard, part)
+            rundir.atomic_write(folder / shard,
+                                lambda f: safetensors_file.write_safetensors(f, part))
             weight_map.update({n: shard for n in part})
-        (folder / convert.SAFETENSORS_INDEX).write_text(json.dumps({"weight_map": weight_map}))
+        (folder / safetensors_file.SAFETENSORS_INDEX).write_text(json.dumps({"weight_map": weight_map}))
     return tensors
 
 
@@ -369,7 +373,7 @@ def test_export_refusals_are_clear_and_write_nothing(tmp_path, tok):
 def test_hf_export_files_say_what_transformers_needs(tmp_path, tok):
     our_run(tmp_path / "run", tok, qk_norm=True)
     convert.main([str(tmp_path / "run"), str(tmp_path / "hf"), "--to", "hf"])
-    tensors, metadata = convert.read_safetensors(tmp_path / "hf" / "model.safetensors")
+    tensors, metadata = safetensors_file.read_safetensors(tmp_path / "hf" / "model.safetensors")
     assert metadata == {"format": "pt"} and "lm_head.weight" not in tensors  # tied: left out
     tok_config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
     assert tok_config["chat_template"] == convert.CHATML_TEMPLATE and tok_config["eos_token"] == "<|im_end|>"
@@ -389,7 +393,7 @@ def gguf_of(tmp_path, tok, kind="f32", arch="minimind", **kw):
     g = read_gguf(tmp_path / "m.gguf")
     for t in g["tensors"].values():
         raw = bytearray(t["data"])
-        t["data"] = (convert.dequantize_q8_0(raw, t["shape"]) if t["type"] == "q8_0" else
+        t["data"] = (gguf_file.dequantize_q8_0(raw, t["shape"]) if t["type"] == "q8_0" else
                      torch.frombuffer(raw, dtype=torch.float16 if t["type"] == "f16" else torch.float32)
                      .float().reshape(t["shape"]))
     g["types"] = {k: v[0] for k, v in g["metadata"].items()}
