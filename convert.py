@@ -13,9 +13,10 @@ of tensor names serving both directions) -> 2. tokenizers and chat templates -> 
 4. export to transformers -> 5. export to GGUF, with an Ollama Modelfile -> 6. the command line.
 
 Imports: rundir.py (run directories, flags, errors), bpe.py and hf_tokenizer.py (tokenizers),
-minimind.py (its config's derived sizes), and the file formats, each written by hand from its specification in a companion
-file: safetensors_file.py (how the hub stores weights), download.py (the hub: which files make a
-model, fetched over plain HTTP) and gguf_file.py (GGUF v3 and Q8_0, for llama.cpp and Ollama).
+minimind.py (its config's derived sizes), and the file formats, each written by hand from its
+specification in a companion file: safetensors_file.py (how the hub stores weights), download.py
+(the hub: which files make a model, fetched over plain HTTP) and gguf_file.py (GGUF v3 and Q8_0,
+for llama.cpp and Ollama).
 Runtime: numpy, torch, tqdm and the standard library.
 """
 import json
