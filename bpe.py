@@ -4,17 +4,17 @@ A language model reads integers, not text. This file turns text into integers an
 byte-pair encoding (BPE), the scheme used by GPT-2, GPT-4, Llama, Qwen and MiniMind:
 
 1. Text is UTF-8 bytes, so any string is a list of integers 0..255 (the 256 base tokens).
-2. Count which pair of neighbouring tokens is most common.
-3. Merge that pair into a new token, everywhere, and remember the merge. Repeat.
-4. Before counting, cut the text into chunks (words, numbers, punctuation, spaces) with a
+2. Count which pair of neighbouring tokens is most common; merge that pair into a new token,
+   everywhere, and remember the merge.
+3. Training repeats that until the vocabulary is full, fast by keeping pair counts up to date.
+4. Encode new text by replaying the merges, earliest learned first; decode by joining bytes.
+5. Before counting, cut the text into chunks (words, numbers, punctuation, spaces) with a
    regular expression, so merges never glue a word to the punctuation after it.
-5. Encode new text by replaying the merges, earliest learned first.
-6. Write each byte as a printable character, so tokens can be stored as readable JSON strings.
-7. The Tokenizer: special tokens such as <|endoftext|> that the model sees but text can never
-   produce, saving to a JSON file and loading back, training fast by keeping pair counts up to
-   date.
-8. Read (and write) the tokenizer.json of released models, Llama 3, Qwen, SmolLM2 and GPT-2, and
-   encode exactly as they do.
+6. Special tokens such as <|endoftext|>, which the model sees but text can never produce.
+7. Write each byte as a printable character, so tokens can be stored as readable JSON strings.
+8. The Tokenizer puts these together; 9. it saves to a JSON file and loads back.
+Appendix A translates GPT-4's split pattern (\\p{L}, \\p{N}) for Python's `re`, which lacks
+those classes; Appendix B reads the files of an older version of this file.
 
 Run it:
 
@@ -28,7 +28,11 @@ pasted alone into a cell, it trains a small tokenizer on Python's own docs and s
     ids = tok.encode("Hello, world!")
     assert tok.decode(ids) == "Hello, world!"
     tok.save("tokenizer.json"); tok = Tokenizer.load("tokenizer.json")
-    qwen = Tokenizer.from_hf("Qwen2.5-0.5B/tokenizer.json")   # a released model's tokenizer
+
+Released models' tokenizers (the tokenizer.json of Llama 3, Qwen, SmolLM2, GPT-2) are read and
+written by hf_tokenizer.py, which builds a Tokenizer of this file; once read, one is saved and
+loaded here like any other. Imported by nearly every script (rundir.py, data.py, convert.py,
+hf_tokenizer.py, ...), for the Tokenizer and for UserError.
 
 Token ids of the tokenizers trained here: 0..255 are the raw bytes, 256 + r is the token made by
 merge number r, and the special tokens take the LAST ids, in the order given (by default
@@ -73,7 +77,7 @@ class UserError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Step 1 and 2: bytes, and counting neighbouring pairs
+# Step 1: bytes, and counting neighbouring pairs
 # ---------------------------------------------------------------------------------------------
 # "héllo".encode("utf-8") == b"h\xc3\xa9llo" -> [104, 195, 169, 108, 108, 111]. Every string,
 # in every language, becomes a list of numbers below 256, so 256 base tokens can spell anything
@@ -95,7 +99,7 @@ def get_pair_counts(ids, counts=None, weight=1):
 
 
 # ---------------------------------------------------------------------------------------------
-# Step 3: merging a pair into a new token
+# Step 2: merging a pair into a new token
 # ---------------------------------------------------------------------------------------------
 
 def merge(ids, pair, new_id):
@@ -118,236 +122,90 @@ def merge(ids, pair, new_id):
 
 
 # ---------------------------------------------------------------------------------------------
-# Step 4: cutting text into chunks before BPE sees it
+# Step 3: training: merge the most common pair, again and again
 # ---------------------------------------------------------------------------------------------
-# Without a pre-split, BPE happily learns tokens like "dog." and "dog!" and "dog?", wasting the
-# vocabulary on every word+punctuation combination. GPT-4 first cuts text with this pattern and
-# runs BPE inside each chunk only. \p{L} is any letter (in any script), \p{N} any number:
-GPT4_SPLIT_PATTERN = "|".join([
-    r"'(?i:[sdmt]|ll|ve|re)",           # English contractions: 's 't 'll 've 're 'm 'd
-    r"[^\r\n\p{L}\p{N}]?+\p{L}+",       # a word, with one leading space or symbol
-    r"\p{N}{1,3}",                      # numbers, at most 3 digits per chunk
-    r" ?[^\s\p{L}\p{N}]++[\r\n]*",      # punctuation runs, with one leading space
-    r"\s*[\r\n]",                       # line breaks (with the spaces before them)
-    r"\s+(?!\S)",                       # spaces, but leave the last one for the next word
-    r"\s+",                             # any other spaces
-])
-# GPT-2's older pattern, which the `tokenizers` library's ByteLevel pre-tokenizer has built in
-# (GPT-2 and SmolLM2 use it): numbers of any length, and no special case for line breaks.
-GPT2_SPLIT_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+# Training is steps 1 and 2 in a loop: count the pairs, merge the most common one into token
+# 256 + r, repeat until the vocabulary has the size asked for. The text arrives as chunks
+# (step 5 below cuts it; think of a chunk as a word), each counted once with how often it occurs.
 
-# Python's `re` has neither \p{L} nor \p{N}. Version-1 files (written before this file learned
-# to translate \p) spelled the GPT-4 pattern with what `re` has, and they keep that pattern so
-# they encode exactly as they always did:
-#   \p{L}  -> [^\W\d_]   "a word character that is not a digit or underscore"
-#   \p{N}  -> \d         "a decimal digit" (any script: Arabic-Indic, Devanagari, ...)
-#   "not a letter and not a number" -> [^\w]|_   (underscore is a \w character in `re`)
-# It differs on rare characters: \d misses superscripts "²", fractions "½", Roman numerals "Ⅻ",
-# and \w counts them as word characters, so there they behave like letters; Python's \s also
-# counts U+001C..U+001F as spaces. Every byte still gets a token and decode(encode(s)) == s.
-V1_SPLIT_PATTERN = "|".join([
-    r"'(?i:[sdmt]|ll|ve|re)",
-    r"(?:[^\r\n\w]|_)?[^\W\d_]+",
-    r"\d{1,3}",
-    r" ?(?:[^\s\w]|_)+[\r\n]*",
-    r"\s*[\r\n]",
-    r"\s+(?!\S)",
-    r"\s+",
-])
+def learn_merges(chunk_counts, n_merges, progress=False):
+    """The fast trainer: chunk_counts {chunk text: count} -> merges [(a, b), ...], merge r
+    making token 256 + r. The textbook loop is: count all pairs in all the text,
+    merge the best one, count all pairs again... Each recount reads everything, and there
+    are thousands of merges. Instead:
 
-# To run the real patterns with `re`, we write each class out as the list of character ranges it
-# stands for, computed once from Python's `unicodedata` (lazily: a user of a version-1 tokenizer
-# never pays for it). The definitions are those of Oniguruma, the regex engine `tokenizers` runs:
-#   \p{L}, \p{N}, \p{Lu}, ...   the Unicode general categories
-#   \s    \t \n \v \f \r, U+0085, and the categories Zs Zl Zp (Python's \s adds U+001C..U+001F)
-# Possessive quantifiers ("?+", "++", "*+": never give back what they matched) are kept where
-# `re` has them (Python 3.11+). Python 3.10 lacks them, so there they are dropped; for the
-# patterns of GPT-2, GPT-4, Llama 3 and Qwen that changes nothing: what follows them could never
-# match what they would give back ("\p{L}+" cannot start with a non-letter), and each chunk is the
-# first alternative that matches, at its longest, either way.
-# Where the translation can still differ from `tokenizers`: characters that one side's Unicode
-# version has and the other's lacks (Python 3.11 knows Unicode 14, the tokenizers 0.23 wheel
-# Unicode 16: the letters and numbers added since are "unassigned" here), and case-insensitive
-# matching, which Oniguruma does with full case folding and `re` with simple folding (identical
-# for the contractions 's 't 're 've 'm 'll 'd these patterns use, checked on every character).
-CATEGORIES = set("L Lu Ll Lt Lm Lo M Mn Mc Me N Nd Nl No P Pc Pd Ps Pe Pi Pf Po "
-                 "S Sm Sc Sk So Z Zs Zl Zp C Cc Cf Co Cn".split())
-POSSESSIVE_OK = sys.version_info >= (3, 11)
+    - work on distinct chunks with their counts ("the": 51,000), not on the raw text;
+    - keep `pair_counts` for all pairs, and `where[pair]` = the chunks holding the pair;
+    - after a merge, only the chunks in `where[best]` change. Subtract their old pairs,
+      add their new pairs (times the chunk's count): every other count is still right;
+    - find the best pair with a heap instead of scanning all pairs. When a count changes
+      we push the new (count, pair) and leave the old entry in the heap; popping an entry
+      whose count is no longer the pair's current count just discards it ("lazy deletion").
 
-
-@functools.lru_cache(maxsize=1)
-def all_characters():
-    """Every Unicode character except the surrogates (which UTF-8 text cannot hold), as one str."""
-    return "".join(map(chr, itertools.chain(range(0xD800), range(0xE000, 0x110000))))
-
-
-def to_ranges(codes):
-    """Sorted code points -> (first, last) ranges.  [48, 49, 50, 178] -> [(48, 50), (178, 178)]"""
-    out = []
-    for c in codes:
-        if out and out[-1][1] == c - 1:
-            out[-1] = (out[-1][0], c)
-        else:
-            out.append((c, c))
-    return out
-
-
-@functools.lru_cache(maxsize=None)
-def unicode_class(name):
-    """The characters of a class as Oniguruma defines it, as ranges: a general category ("L",
-    "N", "Lu", "Nd", ...) or "space" (what \\s matches there).
-
-    unicode_class("N")[:3] -> ((48, 57), (178, 179), (185, 185))     i.e. 0-9, ²³, ¹
+    Tie-break rule, for determinism: among pairs with the same count, the pair (a, b) with
+    the smallest (a, b) wins (compare a first, then b). That is exactly the order of the
+    heap's (-count, a, b) tuples, so it never depends on dict/set order or PYTHONHASHSEED.
     """
-    chars, category = all_characters(), unicodedata.category
-    if name == "space":
-        members = (c for c in filter(str.isspace, chars)
-                   if c in "\t\n\v\f\r\x85" or category(c) in ("Zs", "Zl", "Zp"))
-    elif name in CATEGORIES:
-        # str.isalpha is true exactly for the letters (Lu Ll Lt Lm Lo) and str.isnumeric for
-        # every number (and a few letters with a numeric value, like 五): these C loops narrow
-        # the search first, so the classes every released pattern uses take milliseconds.
-        pool = chars
-        if name[0] == "L":
-            pool = filter(str.isalpha, chars)
-        elif name[0] == "N":
-            pool = filter(str.isnumeric, chars)
-        members = (c for c in pool if category(c).startswith(name))
-    else:
-        raise ValueError(f"\\p{{{name}}} is not supported (general categories only: L, Lu, N, ...)")
-    return tuple(to_ranges(map(ord, members)))
+    words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]   # chunk -> byte ids
+    freqs = list(chunk_counts.values())                              # chunk -> its count
+    pair_counts, where = {}, collections.defaultdict(set)  # where: pair -> chunks that hold it
+    for w, (ids, f) in enumerate(zip(words, freqs)):
+        for pair in zip(ids, ids[1:]):
+            pair_counts[pair] = pair_counts.get(pair, 0) + f
+            where[pair].add(w)
+    heap = [(-c, a, b) for (a, b), c in pair_counts.items()]
+    heapq.heapify(heap)
 
-
-def complement(ranges):
-    """The code points not in `ranges`.  [(1, 5)] -> [(0, 0), (6, 0x10FFFF)]"""
-    out, start = [], 0
-    for a, b in ranges:
-        if a > start:
-            out.append((start, a - 1))
-        start = b + 1
-    if start <= 0x10FFFF:
-        out.append((start, 0x10FFFF))
-    return out
-
-
-def re_class_body(ranges):
-    """Ranges as the inside of a `re` character class.
-    [(48, 57), (178, 178)] -> r"\\u0030-\\u0039\\u00b2" """
-    def esc(c):
-        return f"\\u{c:04x}" if c <= 0xFFFF else f"\\U{c:08x}"
-    return "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges)
-
-
-def translate_escape(pattern, i, in_class, bmp_only=False):
-    """The escape at pattern[i] (a backslash) -> (its `re` spelling, index after it)."""
-    e = pattern[i + 1:i + 2]
-    end = i + 2
-    if e in ("p", "P") and pattern[i + 2:i + 3] == "{":       # \p{L}, \P{N}
-        end = pattern.index("}", i) + 1
-        ranges = unicode_class(pattern[i + 3:end - 1])
-    elif e in ("p", "P"):                                      # \pL
-        ranges, end = unicode_class(pattern[i + 2:i + 3]), i + 3
-    elif e in ("s", "S"):
-        ranges = unicode_class("space")
-    elif e == "x" and pattern[i + 2:i + 3] == "{":             # \x{1F600}
-        end = pattern.index("}", i) + 1
-        code = int(pattern[i + 3:end - 1], 16)
-        return re_class_body([(code, code)]), end
-    elif e and (e in "dDtnrfv" or not e.isalnum()):           # the same in both engines
-        return pattern[i:end], end
-    elif e == "x" and re.fullmatch(r"[0-9a-fA-F]{2}", pattern[i + 2:i + 4]):
-        return pattern[i:i + 4], i + 4
-    else:
-        raise ValueError(f"\\{e} is not supported")
-    if bmp_only:
-        ranges = [(a, min(b, 0xFFFF)) for a, b in ranges if a <= 0xFFFF]
-    negate = e in ("P", "S")
-    if in_class:  # inside [...], put the ranges themselves (or those of the complement)
-        return re_class_body(complement(ranges) if negate else ranges), end
-    return ("[^" if negate else "[") + re_class_body(ranges) + "]", end
-
-
-@functools.lru_cache(maxsize=64)
-def python_regex(pattern, bmp_only=False):
-    """A regex as tokenizer.json writes it (Oniguruma syntax) -> the same regex for `re`.
-
-    r"\\p{N}{1,3}" -> r"[\\u0030-\\u0039\\u00b2-\\u00b3...]{1,3}"    (all 1,791 numbers, as ranges)
-
-    Capturing groups become non-capturing (compile_split needs the only group). Syntax whose
-    meaning differs between the engines, or that no released pattern uses, raises ValueError.
-    bmp_only: leave out the characters beyond U+FFFF (see compile_split).
-    """
-    out, i, in_class = [], 0, False
-    while i < len(pattern):
-        c, after = pattern[i], pattern[i + 1:i + 2]
-        if c == "\\":
-            piece, i = translate_escape(pattern, i, in_class, bmp_only)
-            out.append(piece)
-            continue
-        if in_class:
-            if c == "[" or pattern.startswith("&&", i):
-                raise ValueError("nested classes and && inside [...] are not supported")
-            in_class = c != "]"
-        elif c == "[":
-            if pattern[i + 1:i + 2] == "]" or pattern[i + 1:i + 3] == "^]":
-                raise ValueError("a class that starts with ] is not supported")
-            in_class = True
-        elif c == "(" and after != "?":
-            c = "(?:"
-        elif c == "(" and pattern[i + 1:i + 3] == "?<" and pattern[i + 3:i + 4] not in "=!":
-            raise ValueError("named groups are not supported")
-        elif c in "?*+" and after == "+":      # possessive: kept where `re` has it
-            c, i = (c + "+" if POSSESSIVE_OK else c), i + 1
-        elif c == "}" and after == "+":
-            raise ValueError("{n,m}+ is not supported (Oniguruma's Ruby syntax repeats it)")
-        elif c in ".^$":
-            raise ValueError(f"{c} is not supported (its meaning differs between the engines)")
-        out.append(c)
-        i += 1
-    if in_class:
-        raise ValueError("a [ is never closed")
-    return "".join(out)
-
-
-@functools.lru_cache(maxsize=64)
-def compile_split(pattern, syntax="tokenizers"):
-    """A split pattern -> a function that cuts a text into its chunks.
-
-    The chunks are the pattern's matches and the stretches between them, in order, none empty
-    (the "Isolated" split of `tokenizers`); the patterns above match every character, so there
-    the stretches never occur:
-        compile_split(GPT4_SPLIT_PATTERN)("Hello world's 12345") ->
-            ["Hello", " world", "'s", " ", "123", "45"]
-        compile_split(r"\\p{N}")("ab12c") -> ["ab", "1", "2", "c"]
-    syntax "tokenizers": \\p{L} and friends, as tokenizer.json writes them, translated above;
-    "python": a version-1 file's pattern, for `re` as it is, used with findall as it always was.
-
-    Speed: `re` looks a character below U+10000 up in a table, but compares one beyond it with
-    each range of the class in turn, and \\p{L} has 268 such ranges. So most text (all of it
-    below U+10000: no emoji, no rare CJK) is cut by a second version of the pattern without
-    those ranges, six times faster and exactly the same for such text.
-    """
-    if syntax == "python":
-        return re.compile(pattern).findall
-    if syntax != "tokenizers":
-        raise ValueError(f"unknown pattern syntax {syntax!r}")
-    full = re.compile("(" + python_regex(pattern) + ")")
-    below_10000 = re.compile("(" + python_regex(pattern, bmp_only=True) + ")")
-
-    def split(text):
-        regex = full if text and max(text) > "\uffff" else below_10000
-        return [chunk for chunk in regex.split(text) if chunk]
-    return split
+    merges = []
+    bar = tqdm(total=n_merges, desc="merging", unit=" merges", disable=not progress) \
+        if tqdm else None
+    while len(merges) < n_merges and heap:
+        neg, a, b = heapq.heappop(heap)
+        best = (a, b)
+        if pair_counts.get(best) != -neg:
+            continue  # a stale heap entry: the pair's count changed since it was pushed
+        new_id = 256 + len(merges)
+        merges.append(best)
+        delta = {}  # pair -> change of its count, from all the chunks touched by this merge
+        for w in where.pop(best):
+            ids = words[w]
+            new = merge(ids, best, new_id)
+            if len(new) == len(ids):
+                continue  # the chunk lost this pair in an earlier merge ("where" may lag)
+            f = freqs[w]
+            for pair in zip(ids, ids[1:]):
+                delta[pair] = delta.get(pair, 0) - f
+            for pair in zip(new, new[1:]):
+                delta[pair] = delta.get(pair, 0) + f
+                where[pair].add(w)
+            words[w] = new
+        for pair, d in delta.items():
+            if d == 0:
+                continue
+            c = pair_counts.get(pair, 0) + d
+            if c > 0:
+                pair_counts[pair] = c
+                heapq.heappush(heap, (-c, pair[0], pair[1]))
+            else:
+                pair_counts.pop(pair, None)
+                where.pop(pair, None)
+        pair_counts.pop(best, None)  # every occurrence is merged now
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return merges
 
 
 # ---------------------------------------------------------------------------------------------
-# Step 5: encoding a chunk, by replaying the merges
+# Step 4: encoding a chunk, by replaying the merges (and decoding: joining the tokens' bytes)
 # ---------------------------------------------------------------------------------------------
 # Each merge has a rank (its position in the list: the order it was learned in). To encode a
 # chunk, start from its bytes and keep merging the neighbouring pair with the lowest rank, the
 # leftmost one among equals, until no pair has a merge. This is exactly what Hugging Face
 # `tokenizers` does; a heap finds the next pair without rescanning the whole chunk, which matters
 # for long chunks (a Chinese sentence with no spaces is one chunk of hundreds of bytes).
+# Decoding needs no algorithm: each id stands for its bytes; join them and read UTF-8.
 
 def apply_merges(ids, ranks):
     """ids: a chunk's tokens; ranks: (left, right) -> (rank, merged id). Returns the merged ids.
@@ -384,7 +242,88 @@ def apply_merges(ids, ranks):
 
 
 # ---------------------------------------------------------------------------------------------
-# Step 6: writing any byte as a printable character (GPT-2's byte-level alphabet)
+# Step 5: cutting text into chunks before BPE sees it (the regex split)
+# ---------------------------------------------------------------------------------------------
+# Without a pre-split, BPE happily learns tokens like "dog." and "dog!" and "dog?", wasting the
+# vocabulary on every word+punctuation combination. GPT-4 first cuts text with this pattern and
+# runs BPE inside each chunk only. \p{L} is any letter (in any script), \p{N} any number:
+GPT4_SPLIT_PATTERN = "|".join([
+    r"'(?i:[sdmt]|ll|ve|re)",           # English contractions: 's 't 'll 've 're 'm 'd
+    r"[^\r\n\p{L}\p{N}]?+\p{L}+",       # a word, with one leading space or symbol
+    r"\p{N}{1,3}",                      # numbers, at most 3 digits per chunk
+    r" ?[^\s\p{L}\p{N}]++[\r\n]*",      # punctuation runs, with one leading space
+    r"\s*[\r\n]",                       # line breaks (with the spaces before them)
+    r"\s+(?!\S)",                       # spaces, but leave the last one for the next word
+    r"\s+",                             # any other spaces
+])
+# GPT-2's older pattern, which the `tokenizers` library's ByteLevel pre-tokenizer has built in
+# (GPT-2 and SmolLM2 use it): numbers of any length, and no special case for line breaks.
+GPT2_SPLIT_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
+# Python's `re` has neither \p{L} nor \p{N}: python_regex (Appendix A, at the end of this file)
+# writes each class out as the list of character ranges it stands for, so `re` runs the pattern
+# exactly as the `tokenizers` library does, without the `regex` package.
+
+@functools.lru_cache(maxsize=64)
+def compile_split(pattern, syntax="tokenizers"):
+    """A split pattern -> a function that cuts a text into its chunks.
+
+    The chunks are the pattern's matches and the stretches between them, in order, none empty
+    (the "Isolated" split of `tokenizers`); the patterns above match every character, so there
+    the stretches never occur:
+        compile_split(GPT4_SPLIT_PATTERN)("Hello world's 12345") ->
+            ["Hello", " world", "'s", " ", "123", "45"]
+        compile_split(r"\\p{N}")("ab12c") -> ["ab", "1", "2", "c"]
+    syntax "tokenizers": \\p{L} and friends, as tokenizer.json writes them (Appendix A);
+    "python": a version-1 file's pattern (Appendix B), for `re` as it is, used with findall as
+    it always was.
+
+    Speed: `re` looks a character below U+10000 up in a table, but compares one beyond it with
+    each range of the class in turn, and \\p{L} has 268 such ranges. So most text (all of it
+    below U+10000: no emoji, no rare CJK) is cut by a second version of the pattern without
+    those ranges, six times faster and exactly the same for such text.
+    """
+    if syntax == "python":
+        return re.compile(pattern).findall
+    if syntax != "tokenizers":
+        raise ValueError(f"unknown pattern syntax {syntax!r}")
+    full = re.compile("(" + python_regex(pattern) + ")")
+    below_10000 = re.compile("(" + python_regex(pattern, bmp_only=True) + ")")
+
+    def split(text):
+        regex = full if text and max(text) > "\uffff" else below_10000
+        return [chunk for chunk in regex.split(text) if chunk]
+    return split
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 6: special tokens, found whole before any splitting
+# ---------------------------------------------------------------------------------------------
+# Special tokens are found in the text before anything else, so the split pattern never
+# sees them: "<|im_start|>user" is <|im_start|>, then "user".
+
+@functools.lru_cache(maxsize=64)
+def name_regex(names):
+    """A regex matching any of the names, longest first (so a name that contains another wins);
+    the capturing group makes re.split keep the names."""
+    return re.compile("(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+                      + ")")
+
+
+def cut_at_names(text, names):
+    """Yield (piece, is_name) for the text cut at the names (the leftmost, then the longest):
+    ("a<|x|>b", {"<|x|>"}) -> ("a", False), ("<|x|>", True), ("b", False)"""
+    if not names:
+        if text:
+            yield text, False
+        return
+    for i, piece in enumerate(name_regex(names).split(text)):
+        if piece:
+            yield piece, i % 2 == 1  # odd positions are the separators, i.e. the names
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 7: writing any byte as a printable character (GPT-2's byte-level alphabet)
 # ---------------------------------------------------------------------------------------------
 # A token is bytes, often not valid UTF-8 on its own (half of an "é"). To store tokens as JSON
 # strings that a person can read, GPT-2 gave each byte a printable character: the printable ones
@@ -427,38 +366,15 @@ def from_byte_level(text):
 
 
 # ---------------------------------------------------------------------------------------------
-# Step 7: the Tokenizer: vocabulary, special tokens, encode/decode, save/load, fast training
+# Step 8: the Tokenizer: vocabulary, training, encode/decode, special tokens, save/load
 # ---------------------------------------------------------------------------------------------
-
-# Special tokens are found in the text before anything else, so the split pattern never
-# sees them: "<|im_start|>user" is <|im_start|>, then "user".
-
-@functools.lru_cache(maxsize=64)
-def name_regex(names):
-    """A regex matching any of the names, longest first (so a name that contains another wins);
-    the capturing group makes re.split keep the names."""
-    return re.compile("(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-                      + ")")
-
-
-def cut_at_names(text, names):
-    """Yield (piece, is_name) for the text cut at the names (the leftmost, then the longest):
-    ("a<|x|>b", {"<|x|>"}) -> ("a", False), ("<|x|>", True), ("b", False)"""
-    if not names:
-        if text:
-            yield text, False
-        return
-    for i, piece in enumerate(name_regex(names).split(text)):
-        if piece:
-            yield piece, i % 2 == 1  # odd positions are the separators, i.e. the names
-
 
 class Tokenizer:
     """A byte-level BPE tokenizer: a vocabulary (id -> bytes), merges in rank order, split
     patterns, special tokens.
 
-    Make one with Tokenizer.train(...), Tokenizer.load(path) or Tokenizer.from_hf(path), not
-    with the constructor.
+    Make one with Tokenizer.train(...) or Tokenizer.load(path) (or, from a released model's
+    tokenizer.json, hf_tokenizer.from_hf(path)), not with the constructor.
     """
 
     def __init__(self, vocab, merges, added_tokens=(), *, split=(GPT4_SPLIT_PATTERN,),
@@ -472,17 +388,17 @@ class Tokenizer:
         split: regexes applied one after the other, each cutting every chunk further.
         syntax: "tokenizers" (\\p{L} ... as tokenizer.json writes them) or "python" (version 1).
         normalizer: None or "NFC". ignore_merges: a chunk that is one whole token in the
-        vocabulary becomes that token (Llama 3). bos_added, eos_added: see from_hf.
+        vocabulary becomes that token (Llama 3). bos_added, eos_added: see hf_tokenizer.from_hf.
         """
         self.split_patterns, self.syntax = list(split), syntax
         self._splitters = [compile_split(p, syntax) for p in self.split_patterns]
         self.normalizer, self.ignore_merges = normalizer, ignore_merges
         self.bos_added = None if bos_added is None else list(bos_added)
         self.eos_added = None if eos_added is None else list(eos_added)
-        self._model = dict(vocab)   # id -> bytes, the ordinary tokens
+        self.vocab = dict(vocab)    # id -> bytes, the ordinary tokens
         self._ordinary = {}         # bytes -> id (if two ids share bytes, the lower one)
-        for id in sorted(self._model):
-            self._ordinary.setdefault(self._model[id], id)
+        for id in sorted(self.vocab):
+            self._ordinary.setdefault(self.vocab[id], id)
         missing = [b for b in range(256) if bytes([b]) not in self._ordinary]
         if missing:
             raise ValueError(f"the vocabulary has no token for the byte {missing[0]:#04x}")
@@ -493,8 +409,8 @@ class Tokenizer:
         self.merges = [(a, b) for a, b, _ in merges]
         self.merged = [m for _, _, m in merges]
         self._ranks = {(a, b): (r, m) for r, (a, b, m) in enumerate(merges)}
-        self._vocab = [None] * (max(self._model) + 1)  # id -> bytes, for decoding
-        for id, data in self._model.items():
+        self._vocab = [None] * (max(self.vocab) + 1)  # id -> bytes, for decoding
+        for id, data in self.vocab.items():
             self._vocab[id] = data
         self.special_tokens, self.added_tokens = {}, {}   # name -> id
         self._name_ids, self._special_by_id, self._normalized = {}, {}, set()
@@ -525,6 +441,53 @@ class Tokenizer:
         return cls(vocab, [(a, b, 256 + r) for r, (a, b) in enumerate(merges)],
                    [(first + i, name, True, False) for i, name in enumerate(special_tokens)],
                    split=[pattern], syntax=syntax)
+
+    # -- training ------------------------------------------------------------------------------
+
+    @classmethod
+    def train(cls, text_or_iterable_of_texts, vocab_size, special_tokens=None, *, progress=False):
+        """Learn merges from text until the vocabulary has `vocab_size` ids in total
+        (256 bytes + merges + special tokens). Give one string, or any iterable of strings
+        (a list of documents, a generator reading a huge file): documents are read one at a
+        time, so the text never has to fit in memory, only its distinct chunks.
+
+        special_tokens: list of names, default SPECIAL_TOKENS; [] for none.
+        """
+        special_tokens = list(SPECIAL_TOKENS if special_tokens is None else special_tokens)
+        if len(set(special_tokens)) != len(special_tokens) or not all(
+                isinstance(s, str) and s for s in special_tokens):
+            raise UserError(f"special_tokens must be distinct non-empty strings: {special_tokens}")
+        n_merges = vocab_size - 256 - len(special_tokens)
+        if n_merges < 0:
+            raise UserError(f"vocab_size {vocab_size} is too small: it must hold the 256 byte "
+                            f"tokens and {len(special_tokens)} special tokens")
+        texts = [text_or_iterable_of_texts] if isinstance(text_or_iterable_of_texts, str) \
+            else text_or_iterable_of_texts
+
+        # (a) Count the distinct chunks. " the" may occur a million times but is stored once
+        # with its count, and the number of distinct chunks grows far more slowly than the
+        # text, so all later work scales with the distinct chunks, not with the size of text.
+        # Special-token names are cut out first: they get their own ids, and letting "<|" or
+        # "endoftext" become ordinary merges would waste vocabulary.
+        split = compile_split(GPT4_SPLIT_PATTERN)
+        cut = re.compile("|".join(re.escape(s) for s in special_tokens)) if special_tokens else None
+        chunk_counts = Counter()
+        bar = tqdm(texts, desc="counting chunks", unit=" docs", disable=not progress) \
+            if tqdm else texts
+        for text in bar:
+            if not isinstance(text, str):
+                raise TypeError(f"training data must be strings, got {type(text).__name__}")
+            for part in (cut.split(text) if cut else (text,)):
+                chunk_counts.update(split(part))
+        if not chunk_counts:
+            raise UserError("no text to train on")
+
+        merges = learn_merges(chunk_counts, n_merges, progress)
+        if len(merges) < n_merges:
+            print(f"bpe: the text ran out of pairs to merge after {len(merges)} merges; "
+                  f"vocab_size is {256 + len(merges) + len(special_tokens)}, not {vocab_size}",
+                  file=sys.stderr)
+        return cls.from_merges(merges, special_tokens)
 
     # -- sizes and lookups ---------------------------------------------------------------------
 
@@ -682,31 +645,10 @@ class Tokenizer:
         """A token as readable text, for display: 'Hello', ' world', '\\xe2\\x80'."""
         return self.id_to_bytes(id).decode("utf-8", errors="backslashreplace")
 
-    # -- saving and loading --------------------------------------------------------------------
-    # One JSON file a person can open. Version 2 (what save() writes) holds everything:
-    #
-    #   {"format": "slm-bpe", "version": 2,
-    #    "normalizer": null,                       (or "NFC")
-    #    "split": ["<regex>", ...],                (in tokenizer.json's syntax, applied in order)
-    #    "ignore_merges": false,
-    #    "bos_added": [], "eos_added": [],         (what the released tokenizer's post-processor
-    #                                               adds around a text; never added by encode)
-    #    "vocab_size": 4096,                       (ids past the last token stand for nothing)
-    #    "added_tokens": [                         (special or not, one per line)
-    #      {"id": 4093, "content": "<|endoftext|>", "special": true, "normalized": false}, ...],
-    #    "vocab": {                                (id -> its bytes in GPT-2's alphabet, one per
-    #      "0": "Ā", ..., "32": "Ġ", ..., "256": "Ġt", ...},    line; ids of special tokens have
-    #                                               no entry unless BPE knows them too, as GPT-2)
-    #    "merges": [                               (rank order: [left, right, merged] ids)
-    #      [32, 116, 256], ...]}
-    #
-    # Version 1 (written by this file before it learned released tokenizers; still read, and
-    # still written for tokenizers loaded from version 1, so they keep their pattern) holds only
-    # the pattern (for `re`), the special tokens {name: id} and the merges [[left, right], ...]:
-    # the vocabulary follows from the merges, in the layout of from_merges().
+    # -- saving and loading: one JSON file a person can open (step 9 shows it) ----------------
 
     def save(self, path):
-        lines = self._v1_lines() if self.syntax == "python" else self._v2_lines()
+        lines = v1_lines(self) if self.syntax == "python" else v2_lines(self)  # v1: Appendix B
         # Write a temporary file, then rename it over the target in one step: a crash halfway
         # leaves the old file intact instead of half a tokenizer.
         tmp = f"{path}.tmp{os.getpid()}"
@@ -716,55 +658,11 @@ class Tokenizer:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
-    def _v1_lines(self):
-        assert self.merged == list(range(256, 256 + len(self.merges))), "not a version-1 layout"
-        return [
-            "{",
-            f'  "format": {json.dumps(FORMAT_NAME)},',
-            '  "version": 1,',
-            f'  "pattern": {json.dumps(self.split_patterns[0])},',
-            f'  "special_tokens": {json.dumps(self.special_tokens, ensure_ascii=False)},',
-            '  "merges": [',
-            ",\n".join(f"    [{a}, {b}]" for a, b in self.merges),
-            "  ]",
-            "}",
-        ]
-
-    def _added_list(self):
+    def added_list(self):
         """[(id, name, special, normalized)] of the added tokens, by id."""
         names = {**self.added_tokens, **self.special_tokens}
         return sorted((id, name, name in self.special_tokens, name in self._normalized)
                       for name, id in names.items())
-
-    def _v2_lines(self):
-        def dump(value):
-            return json.dumps(value, ensure_ascii=False)
-        added = [dump({"id": id, "content": name, "special": special, "normalized": normalized})
-                 for id, name, special, normalized in self._added_list()]
-        vocab = [f'    "{id}": {dump(to_byte_level(data))}'
-                 for id, data in sorted(self._model.items())]
-        merges = [f"    [{a}, {b}, {m}]" for (a, b), m in zip(self.merges, self.merged)]
-        return [
-            "{",
-            f'  "format": {dump(FORMAT_NAME)},',
-            f'  "version": {FORMAT_VERSION},',
-            f'  "normalizer": {dump(self.normalizer)},',
-            f'  "split": {dump(self.split_patterns)},',
-            f'  "ignore_merges": {dump(self.ignore_merges)},',
-            f'  "bos_added": {dump(self.bos_added)},',
-            f'  "eos_added": {dump(self.eos_added)},',
-            f'  "vocab_size": {self.vocab_size},',
-            '  "added_tokens": [',
-            ",\n".join(f"    {line}" for line in added),
-            "  ],",
-            '  "vocab": {',
-            ",\n".join(vocab),
-            "  },",
-            '  "merges": [',
-            ",\n".join(merges),
-            "  ]",
-            "}",
-        ]
 
     @classmethod
     def load(cls, path):
@@ -776,273 +674,110 @@ class Tokenizer:
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
             hint = ""
             if isinstance(data, dict) and "model" in data and "pre_tokenizer" in data:
-                hint = " (it looks like a Hugging Face tokenizer.json: Tokenizer.from_hf reads it)"
+                hint = (" (it looks like a Hugging Face tokenizer.json: hf_tokenizer.from_hf "
+                        "reads it)")
             raise bad(f"not an slm tokenizer file{hint}: expected \"format\": \"{FORMAT_NAME}\"")
         if data.get("version") == 1:
-            return cls._from_v1(data, bad)
+            return cls.from_merges(*read_v1(data, bad), syntax="python")  # Appendix B
         if data.get("version") == 2:
-            return cls._from_v2(data, bad)
+            return read_v2(data, bad)
         raise bad(f"format version {data.get('version')!r} is not supported "
                   f"(this bpe.py reads versions 1 and 2)")
 
-    @classmethod
-    def _from_v1(cls, data, bad):
-        pattern, merges = data.get("pattern"), data.get("merges")
-        specials = data.get("special_tokens")
-        if not isinstance(pattern, str):
-            raise bad('"pattern" must be a string')
+
+# ---------------------------------------------------------------------------------------------
+# Step 9: the saved file
+# ---------------------------------------------------------------------------------------------
+# One JSON file a person can open. Version 2 (what save() writes) holds everything:
+#
+#   {"format": "slm-bpe", "version": 2,
+#    "normalizer": null,                       (or "NFC")
+#    "split": ["<regex>", ...],                (in tokenizer.json's syntax, applied in order)
+#    "ignore_merges": false,
+#    "bos_added": [], "eos_added": [],         (what the released tokenizer's post-processor
+#                                               adds around a text; never added by encode)
+#    "vocab_size": 4096,                       (ids past the last token stand for nothing)
+#    "added_tokens": [                         (special or not, one per line)
+#      {"id": 4093, "content": "<|endoftext|>", "special": true, "normalized": false}, ...],
+#    "vocab": {                                (id -> its bytes in GPT-2's alphabet, one per
+#      "0": "Ā", ..., "32": "Ġ", ..., "256": "Ġt", ...},    line; ids of special tokens have
+#                                               no entry unless BPE knows them too, as GPT-2)
+#    "merges": [                               (rank order: [left, right, merged] ids)
+#      [32, 116, 256], ...]}
+#
+# Version 1, the file of an older bpe.py, is still read and written: see Appendix B.
+
+
+def v2_lines(tok):
+    """A tokenizer -> the lines of its version-2 file (above), one token or merge a line."""
+    def dump(value):
+        return json.dumps(value, ensure_ascii=False)
+    added = [dump({"id": id, "content": name, "special": special, "normalized": normalized})
+             for id, name, special, normalized in tok.added_list()]
+    vocab = [f'    "{id}": {dump(to_byte_level(data))}'
+             for id, data in sorted(tok.vocab.items())]
+    merges = [f"    [{a}, {b}, {m}]" for (a, b), m in zip(tok.merges, tok.merged)]
+    return [
+        "{",
+        f'  "format": {dump(FORMAT_NAME)},',
+        f'  "version": {FORMAT_VERSION},',
+        f'  "normalizer": {dump(tok.normalizer)},',
+        f'  "split": {dump(tok.split_patterns)},',
+        f'  "ignore_merges": {dump(tok.ignore_merges)},',
+        f'  "bos_added": {dump(tok.bos_added)},',
+        f'  "eos_added": {dump(tok.eos_added)},',
+        f'  "vocab_size": {tok.vocab_size},',
+        '  "added_tokens": [',
+        ",\n".join(f"    {line}" for line in added),
+        "  ],",
+        '  "vocab": {',
+        ",\n".join(vocab),
+        "  },",
+        '  "merges": [',
+        ",\n".join(merges),
+        "  ]",
+        "}",
+    ]
+
+
+def read_v2(data, bad):
+    """A version-2 file's parsed JSON -> its Tokenizer; bad(why) makes the UserError that names
+    the file."""
+    split, normalizer = data.get("split"), data.get("normalizer")
+    if not isinstance(split, list) or not all(isinstance(p, str) for p in split):
+        raise bad('"split" must be a list of regular expressions')
+    for p in split:
         try:
-            re.compile(pattern)
-        except re.error as e:
-            raise bad(f'"pattern" is not a valid regular expression ({e})') from None
-        if not isinstance(merges, list):
-            raise bad('"merges" must be a list of [left_id, right_id] pairs')
-        for r, m in enumerate(merges):
-            # A merge may only use tokens that exist before it: bytes and earlier merges.
-            ok = (isinstance(m, list) and len(m) == 2
-                  and all(type(x) is int and 0 <= x < 256 + r for x in m))
-            if not ok:
-                raise bad(f"merge {r} is {m!r}; expected two ids of earlier tokens "
-                          f"(below {256 + r})")
-        if not isinstance(specials, dict) or not all(isinstance(k, str) and k for k in specials):
-            raise bad('"special_tokens" must map token names to ids')
-        first = 256 + len(merges)
-        names = sorted(specials, key=lambda k: specials[k] if type(specials[k]) is int else -1)
-        if [specials[k] for k in names] != list(range(first, first + len(names))):
-            raise bad(f'"special_tokens" must have the ids {first}..{first + len(names) - 1}, '
-                      f"right after the merges; found {specials}")
-        return cls.from_merges(merges, names, pattern, syntax="python")
-
-    @classmethod
-    def _from_v2(cls, data, bad):
-        split, normalizer = data.get("split"), data.get("normalizer")
-        if not isinstance(split, list) or not all(isinstance(p, str) for p in split):
-            raise bad('"split" must be a list of regular expressions')
-        for p in split:
-            try:
-                compile_split(p)
-            except (ValueError, re.error) as e:
-                raise bad(f'"split" pattern {p!r} cannot be used: {e}') from None
-        if normalizer not in (None, "NFC"):
-            raise bad(f'"normalizer" must be null or "NFC", not {normalizer!r}')
-        vocab = read_v2_vocab(data.get("vocab"), bad)
-        merges = read_v2_merges(data.get("merges"), vocab, bad)
-        added = read_v2_added_tokens(data.get("added_tokens"), vocab, bad)
-        known = set(vocab) | {t[0] for t in added}
-        for key in ("bos_added", "eos_added"):
-            value = data.get(key, [])
-            if value is not None and not (isinstance(value, list) and set(value) <= known):
-                raise bad(f'"{key}" must be null or a list of ids of this tokenizer')
-        if not isinstance(data.get("ignore_merges", False), bool):
-            raise bad('"ignore_merges" must be true or false')
-        try:
-            tok = cls(vocab, merges, added, split=split, normalizer=normalizer,
-                      ignore_merges=data.get("ignore_merges", False),
-                      bos_added=data.get("bos_added", []), eos_added=data.get("eos_added", []))
-        except ValueError as e:
-            raise bad(str(e)) from None
-        size = data.get("vocab_size", tok.vocab_size)  # ids past the last token stand for nothing
-        if type(size) is not int or size < tok.vocab_size:
-            raise bad(f'"vocab_size" must be an integer of at least {tok.vocab_size}, not {size!r}')
-        tok.reserve(size)
-        return tok
-
-    # -- training ------------------------------------------------------------------------------
-
-    @classmethod
-    def train(cls, text_or_iterable_of_texts, vocab_size, special_tokens=None, *, progress=False):
-        """Learn merges from text until the vocabulary has `vocab_size` ids in total
-        (256 bytes + merges + special tokens). Give one string, or any iterable of strings
-        (a list of documents, a generator reading a huge file): documents are read one at a
-        time, so the text never has to fit in memory, only its distinct chunks.
-
-        special_tokens: list of names, default SPECIAL_TOKENS; [] for none.
-        """
-        special_tokens = list(SPECIAL_TOKENS if special_tokens is None else special_tokens)
-        if len(set(special_tokens)) != len(special_tokens) or not all(
-                isinstance(s, str) and s for s in special_tokens):
-            raise UserError(f"special_tokens must be distinct non-empty strings: {special_tokens}")
-        n_merges = vocab_size - 256 - len(special_tokens)
-        if n_merges < 0:
-            raise UserError(f"vocab_size {vocab_size} is too small: it must hold the 256 byte "
-                            f"tokens and {len(special_tokens)} special tokens")
-        texts = [text_or_iterable_of_texts] if isinstance(text_or_iterable_of_texts, str) \
-            else text_or_iterable_of_texts
-
-        # (a) Count the distinct chunks. " the" may occur a million times but is stored once
-        # with its count, and the number of distinct chunks grows far more slowly than the
-        # text, so all later work scales with the distinct chunks, not with the size of text.
-        # Special-token names are cut out first: they get their own ids, and letting "<|" or
-        # "endoftext" become ordinary merges would waste vocabulary.
-        split = compile_split(GPT4_SPLIT_PATTERN)
-        cut = re.compile("|".join(re.escape(s) for s in special_tokens)) if special_tokens else None
-        chunk_counts = Counter()
-        bar = tqdm(texts, desc="counting chunks", unit=" docs", disable=not progress) \
-            if tqdm else texts
-        for text in bar:
-            if not isinstance(text, str):
-                raise TypeError(f"training data must be strings, got {type(text).__name__}")
-            for part in (cut.split(text) if cut else (text,)):
-                chunk_counts.update(split(part))
-        if not chunk_counts:
-            raise UserError("no text to train on")
-
-        merges = cls._learn_merges(chunk_counts, n_merges, progress)
-        if len(merges) < n_merges:
-            print(f"bpe: the text ran out of pairs to merge after {len(merges)} merges; "
-                  f"vocab_size is {256 + len(merges) + len(special_tokens)}, not {vocab_size}",
-                  file=sys.stderr)
-        return cls.from_merges(merges, special_tokens)
-
-    @staticmethod
-    def _learn_merges(chunk_counts, n_merges, progress=False):
-        """The fast trainer. The textbook loop is: count all pairs in all the text,
-        merge the best one, count all pairs again... Each recount reads everything, and there
-        are thousands of merges. Instead:
-
-        - work on distinct chunks with their counts ("the": 51,000), not on the raw text;
-        - keep `pair_counts` for all pairs, and `where[pair]` = the chunks holding the pair;
-        - after a merge, only the chunks in `where[best]` change. Subtract their old pairs,
-          add their new pairs (times the chunk's count): every other count is still right;
-        - find the best pair with a heap instead of scanning all pairs. When a count changes
-          we push the new (count, pair) and leave the old entry in the heap; popping an entry
-          whose count is no longer the pair's current count just discards it ("lazy deletion").
-
-        Tie-break rule, for determinism: among pairs with the same count, the pair (a, b) with
-        the smallest (a, b) wins (compare a first, then b). That is exactly the order of the
-        heap's (-count, a, b) tuples, so it never depends on dict/set order or PYTHONHASHSEED.
-        """
-        words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]   # chunk -> byte ids
-        freqs = list(chunk_counts.values())                              # chunk -> its count
-        pair_counts, where = {}, collections.defaultdict(set)  # where: pair -> chunks that hold it
-        for w, (ids, f) in enumerate(zip(words, freqs)):
-            for pair in zip(ids, ids[1:]):
-                pair_counts[pair] = pair_counts.get(pair, 0) + f
-                where[pair].add(w)
-        heap = [(-c, a, b) for (a, b), c in pair_counts.items()]
-        heapq.heapify(heap)
-
-        merges = []
-        bar = tqdm(total=n_merges, desc="merging", unit=" merges", disable=not progress) \
-            if tqdm else None
-        while len(merges) < n_merges and heap:
-            neg, a, b = heapq.heappop(heap)
-            best = (a, b)
-            if pair_counts.get(best) != -neg:
-                continue  # a stale heap entry: the pair's count changed since it was pushed
-            new_id = 256 + len(merges)
-            merges.append(best)
-            delta = {}  # pair -> change of its count, from all the chunks touched by this merge
-            for w in where.pop(best):
-                ids = words[w]
-                new = merge(ids, best, new_id)
-                if len(new) == len(ids):
-                    continue  # the chunk lost this pair in an earlier merge ("where" may lag)
-                f = freqs[w]
-                for pair in zip(ids, ids[1:]):
-                    delta[pair] = delta.get(pair, 0) - f
-                for pair in zip(new, new[1:]):
-                    delta[pair] = delta.get(pair, 0) + f
-                    where[pair].add(w)
-                words[w] = new
-            for pair, d in delta.items():
-                if d == 0:
-                    continue
-                c = pair_counts.get(pair, 0) + d
-                if c > 0:
-                    pair_counts[pair] = c
-                    heapq.heappush(heap, (-c, pair[0], pair[1]))
-                else:
-                    pair_counts.pop(pair, None)
-                    where.pop(pair, None)
-            pair_counts.pop(best, None)  # every occurrence is merged now
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        return merges
-
-    # -- released tokenizers and exports (Step 8 below explains tokenizer.json) -----------------
-
-    @classmethod
-    def from_hf(cls, source):
-        """A released model's tokenizer.json (a path, or the dict json.load gives) of a
-        byte-level BPE -> a Tokenizer that encodes every text to exactly the ids of
-        `tokenizers.Tokenizer.from_file(path).encode(text, add_special_tokens=False).ids`
-        (with allowed_special="all"; "none" matches its encode_special_tokens=True).
-
-        What the file's post-processor adds around a text with add_special_tokens=True is not
-        part of encode(); it is in tok.bos_added / tok.eos_added, lists of ids: [128000] and []
-        for Llama 3, [] and [] for GPT-2, Qwen and SmolLM2, None when the post-processor is of a
-        kind this file does not read.
-        Anything that is not a byte-level BPE, or that this file does not implement, raises
-        UserError("<path>: <field> <value> is not supported ...").
-        """
-        if isinstance(source, dict):
-            return cls(**hf_arguments(source, "tokenizer.json"))
-        return cls(**hf_arguments(read_json(source), str(source)))
-
-    def to_hf(self):
-        """This tokenizer as a tokenizer.json dict (json.dump it to write the file), which
-        `tokenizers` encodes every text with to exactly our ids. Refuses (UserError) a
-        vocabulary where two ids stand for the same token (see duplicate_tokens)."""
-        return hf_json(self)
-
-    def hf_merges(self):
-        """The merges as tokenizer.json and GGUF write them: ["Ġ t", "h e", ...]."""
-        model = self._model
-        return [f"{to_byte_level(model[a])} {to_byte_level(model[b])}" for a, b in self.merges]
-
-    def token_strings(self):
-        """One string per id, as tokenizer.json and GGUF write tokens: an ordinary token in the
-        byte-level alphabet ("Ġthe"), a special or added token as its name, an id that stands
-        for nothing as "[PAD<id>]" (llama.cpp's convention)."""
-        names = {id: name for name, id in {**self.added_tokens, **self.special_tokens}.items()}
-        return [names[id] if id in names else
-                to_byte_level(self._model[id]) if id in self._model else f"[PAD{id}]"
-                for id in range(self.vocab_size)]
-
-    def token_types(self):
-        """One GGUF token type per id (llama.cpp's numbers): TOKEN_NORMAL for ordinary tokens
-        (the 256 bytes included: a byte-level BPE has no separate byte tokens), TOKEN_CONTROL
-        for special tokens, TOKEN_USER_DEFINED for added tokens that are not special,
-        TOKEN_UNUSED for ids that stand for nothing."""
-        return [TOKEN_CONTROL if id in self._special_by_id else
-                TOKEN_USER_DEFINED if self._vocab[id] is not None and id not in self._model else
-                TOKEN_NORMAL if id in self._model else TOKEN_UNUSED
-                for id in range(self.vocab_size)]
-
-    def duplicate_tokens(self):
-        """{token string: [ids]} for every string (see token_strings) that more than one id
-        has: an export cannot tell those ids apart, so it must refuse. Empty for a sound
-        vocabulary (every released one, and every one trained here so far)."""
-        ids = collections.defaultdict(list)
-        for id, text in enumerate(self.token_strings()):
-            ids[text].append(id)
-        return {text: group for text, group in ids.items() if len(group) > 1}
-
-    def check_exportable(self):
-        """Raise UserError when two ids stand for the same token (see duplicate_tokens)."""
-        dups = self.duplicate_tokens()
-        if dups:
-            shown = "; ".join(f"ids {group} are all {text!r}" for text, group in
-                              list(dups.items())[:3])
-            raise UserError(f"cannot export this tokenizer: {len(dups)} tokens have more than "
-                            f"one id ({shown})")
-
-    def gguf_vocab(self):
-        """What a GGUF file's tokenizer section needs (llama.cpp's "gpt2" tokenizer model):
-        {"tokens": token_strings(), "token_type": token_types(), "merges": hf_merges()},
-        after check_exportable()."""
-        self.check_exportable()
-        return {"tokens": self.token_strings(), "token_type": self.token_types(),
-                "merges": self.hf_merges()}
+            compile_split(p)
+        except (ValueError, re.error) as e:
+            raise bad(f'"split" pattern {p!r} cannot be used: {e}') from None
+    if normalizer not in (None, "NFC"):
+        raise bad(f'"normalizer" must be null or "NFC", not {normalizer!r}')
+    vocab = read_v2_vocab(data.get("vocab"), bad)
+    merges = read_v2_merges(data.get("merges"), vocab, bad)
+    added = read_v2_added_tokens(data.get("added_tokens"), vocab, bad)
+    known = set(vocab) | {t[0] for t in added}
+    for key in ("bos_added", "eos_added"):
+        value = data.get(key, [])
+        if value is not None and not (isinstance(value, list) and set(value) <= known):
+            raise bad(f'"{key}" must be null or a list of ids of this tokenizer')
+    if not isinstance(data.get("ignore_merges", False), bool):
+        raise bad('"ignore_merges" must be true or false')
+    try:
+        tok = Tokenizer(vocab, merges, added, split=split, normalizer=normalizer,
+                        ignore_merges=data.get("ignore_merges", False),
+                        bos_added=data.get("bos_added", []),
+                        eos_added=data.get("eos_added", []))
+    except ValueError as e:
+        raise bad(str(e)) from None
+    size = data.get("vocab_size", tok.vocab_size)  # ids past the last token stand for nothing
+    if type(size) is not int or size < tok.vocab_size:
+        raise bad(f'"vocab_size" must be an integer of at least {tok.vocab_size}, not {size!r}')
+    tok.reserve(size)
+    return tok
 
 
-TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 3, 4, 5  # GGUF token types
-
-
-# Helpers of Tokenizer.load: reading JSON, and checking a version-2 file's parts.
+# Helpers of Tokenizer.load and read_v2: reading JSON, and checking a version-2 file's parts.
 
 def read_json(path):
     """A JSON file -> its value; UserError("<path>: ...") if it cannot be read or parsed."""
@@ -1106,330 +841,6 @@ def read_v2_added_tokens(items, vocab, bad):
         ids.add(id)
         out.append((id, name, t["special"], t.get("normalized", False)))
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Step 8: released tokenizers: reading and writing the `tokenizers` library's tokenizer.json
-# ---------------------------------------------------------------------------------------------
-# A model on the Hugging Face hub ships its tokenizer as tokenizer.json, written by the Rust
-# library `tokenizers`. For a byte-level BPE (GPT-2, Llama 3, Qwen2/2.5/3, SmolLM2) it holds:
-#
-#   "model": {"type": "BPE", "vocab": {"Ġthe": 279, ...}, "merges": ["Ġ t", ...] (or, in newer
-#             files, [["Ġ", "t"], ...]), "ignore_merges": false, ...}   tokens in the byte-level
-#             alphabet of step 6; the bytes need not be ids 0..255, and the token a merge makes
-#             is whatever id the vocab gives the joined string ("Ġt")
-#   "added_tokens": [{"id": 151643, "content": "<|endoftext|>", "special": true, ...}, ...]
-#   "normalizer": null, or {"type": "NFC"} (Qwen: compose "e" + U+0301 into "é" first)
-#   "pre_tokenizer": how text is cut into chunks:
-#       GPT-2:            ByteLevel(use_regex: true)                    -> GPT2_SPLIT_PATTERN
-#       Llama 3, Qwen:    Sequence[Split(Regex P, "Isolated"), ByteLevel(use_regex: false)] -> P
-#       SmolLM2:          Sequence[Digits(individual_digits: true), ByteLevel(use_regex: true)]
-#                                                        -> r"\p{N}", then GPT2_SPLIT_PATTERN
-#   "decoder": ByteLevel (bytes back from the alphabet: decode needs nothing more)
-#   "post_processor": what encode(..., add_special_tokens=True) adds around a text (Llama 3: a
-#                     <|begin_of_text|> in front); not part of encoding, see from_hf.
-#
-# Everything else (SentencePiece-style BPE with "▁" for spaces like Llama 2 and TinyLlama,
-# byte_fallback, WordPiece, Unigram, ...) is refused with one error naming the field and value.
-
-def hf_arguments(data, where):
-    """A parsed tokenizer.json -> the arguments of Tokenizer(...); UserError("<where>: ...")."""
-    def bad(why):
-        return UserError(f"{where}: {why}")
-    if isinstance(data, dict) and data.get("format") == FORMAT_NAME:
-        raise bad("this is an slm tokenizer file, not a tokenizer.json: Tokenizer.load reads it")
-    model = data.get("model") if isinstance(data, dict) else None
-    kind = model.get("type", "BPE" if "merges" in model else None) \
-        if isinstance(model, dict) else None
-    if kind != "BPE":
-        raise bad(f"model type {kind} is not supported (byte-level BPE only)")
-    split = hf_pre_tokenizer(data.get("pre_tokenizer"), bad)
-    normalizer = hf_normalizer(data.get("normalizer"), bad)
-    for field, allowed in (("dropout", (None, 0)), ("byte_fallback", (None, False)),
-                           ("continuing_subword_prefix", (None, "")),
-                           ("end_of_word_suffix", (None, ""))):
-        if model.get(field) not in allowed:
-            raise bad(f"model.{field} {json.dumps(model.get(field))} is not supported "
-                      f"(byte-level BPE only)")
-    decoder = data.get("decoder")
-    if not (isinstance(decoder, dict) and decoder.get("type") == "ByteLevel"):
-        kind = decoder.get("type") if isinstance(decoder, dict) else json.dumps(decoder)
-        raise bad(f"decoder type {kind} is not supported (byte-level BPE needs ByteLevel)")
-    strings = model.get("vocab")
-    if not isinstance(strings, dict):
-        raise bad("model.vocab must map token strings to ids")
-    added = hf_added_tokens(data.get("added_tokens") or [], strings, bad)
-    vocab = hf_vocab(strings, {name for _, name, _, _ in added}, bad)
-    bos, eos = hf_post_processor(data.get("post_processor"))
-    return dict(vocab=vocab, merges=hf_read_merges(model.get("merges"), strings, vocab, bad),
-                added_tokens=added, split=split, normalizer=normalizer,
-                ignore_merges=bool(model.get("ignore_merges", False)),
-                bos_added=bos, eos_added=eos)
-
-
-def hf_pre_tokenizer(pre, bad):
-    """"pre_tokenizer" -> the split patterns, in order, as tokenizer.json writes regexes.
-    A ByteLevel step must come last: it turns the text into the byte-level alphabet, so any
-    step after it would see other characters."""
-    if pre is None:
-        raise bad("pre_tokenizer null is not supported (byte-level BPE only; a SentencePiece-"
-                  "style BPE such as Llama 2's or TinyLlama's has none)")
-    steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" \
-        else [pre]
-    steps = steps if isinstance(steps, list) else [steps]
-    patterns = []
-    for k, step in enumerate(steps):
-        kind = step.get("type") if isinstance(step, dict) else json.dumps(step)
-        if kind == "ByteLevel" and k == len(steps) - 1:
-            if step.get("add_prefix_space"):
-                raise bad("pre_tokenizer ByteLevel add_prefix_space true is not supported")
-            return patterns + ([GPT2_SPLIT_PATTERN] if step.get("use_regex", True) else [])
-        if kind == "Split":
-            patterns.append(hf_split_regex(step, bad))
-        elif kind == "Digits":   # `tokenizers` tests char::is_numeric, i.e. the categories N*
-            patterns.append(r"\p{N}" if step.get("individual_digits") else r"\p{N}+")
-        elif kind == "ByteLevel":
-            raise bad("pre_tokenizer ByteLevel is supported as the last step only")
-        else:
-            raise bad(f"pre_tokenizer type {kind} is not supported (byte-level BPE only)")
-    raise bad("pre_tokenizer has no ByteLevel step (byte-level BPE only)")
-
-
-def hf_split_regex(step, bad):
-    """A Split pre-tokenizer -> its regex, checked to be one this file can run exactly."""
-    pattern = step.get("pattern")
-    if not (isinstance(pattern, dict) and isinstance(pattern.get("Regex"), str)):
-        raise bad(f"pre_tokenizer Split pattern {json.dumps(pattern)} is not supported "
-                  f"(only Regex)")
-    if step.get("behavior") != "Isolated":
-        raise bad(f"pre_tokenizer Split behavior {step.get('behavior')} is not supported "
-                  f"(only Isolated)")
-    if step.get("invert"):
-        raise bad("pre_tokenizer Split invert true is not supported")
-    try:
-        compile_split(pattern["Regex"])
-    except (ValueError, re.error) as e:
-        raise bad(f"pre_tokenizer Split regex {pattern['Regex']!r} is not supported: {e}") from None
-    return pattern["Regex"]
-
-
-def hf_normalizer(normalizer, bad):
-    """"normalizer" -> None or "NFC" (also inside a Sequence)."""
-    steps = [] if normalizer is None else normalizer.get("normalizers") \
-        if isinstance(normalizer, dict) and normalizer.get("type") == "Sequence" else [normalizer]
-    for step in steps if isinstance(steps, list) else [steps]:
-        kind = step.get("type") if isinstance(step, dict) else json.dumps(step)
-        if kind != "NFC":
-            raise bad(f"normalizer type {kind} is not supported (only NFC)")
-    return "NFC" if steps else None
-
-
-def ids_tokenizers_would_give(vocab, names):
-    """The ids `tokenizers` gives the added tokens, in the order listed. It does not trust the
-    file's ids: a name the vocab has keeps the vocab's id; any other takes the next id after the
-    vocabulary (its number of entries) or after the added tokens before it, whichever is larger.
-        ({"a": 0, "b": 1}, ["<x>", "b", "<y>"]) -> [2, 1, 3]"""
-    out, given = [], {}
-    for name in names:
-        if name in given:
-            id = given[name]
-        elif name in vocab:
-            id = vocab[name]
-        else:
-            top, n = max(given.values(), default=None), len(vocab)
-            id = n if top is None or (top < n and n > 0) else top + 1
-        given[name] = id
-        out.append(id)
-    return out
-
-
-def hf_added_tokens(items, strings, bad):
-    """"added_tokens" -> [(id, name, special, normalized)]. A file whose ids are not the ones
-    `tokenizers` would give (ids_tokenizers_would_give) encodes differently from what its model
-    was trained with, so it is refused."""
-    if not isinstance(items, list):
-        raise bad("added_tokens must be a list")
-    out = []
-    for k, t in enumerate(items):
-        if not (isinstance(t, dict) and isinstance(t.get("content"), str) and t["content"]
-                and type(t.get("id")) is int):
-            raise bad(f"added_tokens[{k}] is {t!r}; expected an object with an id and a content")
-        for flag in ("lstrip", "rstrip", "single_word"):
-            if t.get(flag):
-                raise bad(f"added token {t['content']!r}: {flag} true is not supported")
-        special = bool(t.get("special", False))
-        out.append((t["id"], t["content"], special, bool(t.get("normalized", not special))))
-    names = [name for _, name, _, _ in out]
-    if len(set(names)) != len(names):
-        raise bad("added_tokens lists the same token twice")
-    for (id, name, _, _), given in zip(out, ids_tokenizers_would_give(strings, names)):
-        if id != given:
-            raise bad(f"added token {name!r} has id {id}, but `tokenizers` gives it id {given} "
-                      f"(the ids of added tokens must follow the vocabulary, in order)")
-        if name in strings and from_byte_level(name) not in (None, name.encode("utf-8")):
-            raise bad(f"added token {name!r} is also in model.vocab, standing for other bytes")
-    return out
-
-
-def hf_vocab(strings, added_names, bad):
-    """"model.vocab" {"Ġthe": 279} -> {279: b" the"}. A string outside the byte-level alphabet
-    can only be an added token listed in the vocab too; BPE never makes it."""
-    vocab, seen = {}, set()
-    for text, id in strings.items():
-        if type(id) is not int or id < 0 or id in seen:
-            raise bad(f"model.vocab gives {text!r} the id {id!r}; ids must be distinct "
-                      f"non-negative integers")
-        seen.add(id)
-        data = from_byte_level(text)
-        if data is None and text in added_names:
-            continue
-        if not data:
-            raise bad(f"model.vocab token {text!r} (id {id}) is not in the byte-level alphabet")
-        vocab[id] = data
-    have = set(vocab.values())
-    missing = [b for b in range(256) if bytes([b]) not in have]
-    if missing:
-        raise bad(f"model.vocab has no token for the byte {missing[0]:#04x} "
-                  f"(byte-level {BYTE_TO_CHAR[missing[0]]!r})")
-    return vocab
-
-
-def hf_read_merges(merges, strings, vocab, bad):
-    """"model.merges" ["Ġ t", ...] or [["Ġ", "t"], ...] -> [(left, right, merged)] ids, the
-    merged id being the vocab's id of the joined string."""
-    if not isinstance(merges, list):
-        raise bad("model.merges must be a list")
-    out = []
-    for r, m in enumerate(merges):
-        pair = m.split(" ") if isinstance(m, str) else m
-        left, right = pair if isinstance(pair, list) and len(pair) == 2 else (None, None)
-        if not (isinstance(left, str) and isinstance(right, str)):
-            raise bad(f'model.merges[{r}] is {m!r}; expected "left right" or ["left", "right"]')
-        ids = (strings.get(left), strings.get(right), strings.get(left + right))
-        if None in ids:
-            missing = (left, right, left + right)[ids.index(None)]
-            raise bad(f"model.merges[{r}] {m!r}: {missing!r} is not in model.vocab")
-        if ids[0] in vocab and ids[1] in vocab:  # else it joins an added token: never applies
-            out.append(ids)
-    return out
-
-
-def hf_post_processor(post):
-    """"post_processor" -> (ids it puts before a text, ids after it); (None, None) if unknown.
-    {"type": "TemplateProcessing", "single": [<|begin_of_text|>, $A], ...} -> ([128000], [])"""
-    try:
-        kind = None if post is None else post["type"]
-        if kind in (None, "ByteLevel"):
-            return [], []
-        if kind == "Sequence":  # each processor wraps what the ones before it made
-            before, after = [], []
-            for p in post["processors"]:
-                b, a = hf_post_processor(p)
-                if b is None:
-                    return None, None
-                before, after = b + before, after + a
-            return before, after
-        if kind == "TemplateProcessing":
-            before, after, seen_text = [], [], False
-            for item in post["single"]:
-                if "Sequence" in item:
-                    seen_text = True
-                else:
-                    ids = post["special_tokens"][item["SpecialToken"]["id"]]["ids"]
-                    (after if seen_text else before).extend(ids)
-            return before, after
-        if kind in ("RobertaProcessing", "BertProcessing"):
-            return [post["cls"][1]], [post["sep"][1]]
-    except (KeyError, TypeError, IndexError, AttributeError):
-        pass
-    return None, None
-
-
-# Writing tokenizer.json: the vocabulary, merges and added tokens as they are, the split
-# patterns as Split + ByteLevel(use_regex: false) (so Llama 3's form, whatever the source was),
-# and the post-processor as a TemplateProcessing when bos_added / eos_added hold ids.
-
-def hf_json(tok):
-    """Tokenizer -> tokenizer.json dict (see Tokenizer.to_hf)."""
-    tok.check_exportable()
-    strings = {to_byte_level(data): id for id, data in sorted(tok._model.items())}
-    added = tok._added_list()
-    for (id, name, _, _), given in zip(added, ids_tokenizers_would_give(
-            strings, [name for _, name, _, _ in added])):
-        if id != given:
-            raise UserError(f"cannot write tokenizer.json: `tokenizers` would give {name!r} the "
-                            f"id {given}, not {id} (ids must follow the vocabulary without gaps)")
-    patterns = tok.split_patterns if tok.syntax == "tokenizers" else \
-        [onig_regex(p) for p in tok.split_patterns]
-    pre = [{"type": "Split", "pattern": {"Regex": p}, "behavior": "Isolated", "invert": False}
-           for p in patterns]
-    pre.append({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-                "use_regex": False})
-    return {
-        "version": "1.0", "truncation": None, "padding": None,
-        "added_tokens": [{"id": id, "content": name, "single_word": False, "lstrip": False,
-                          "rstrip": False, "normalized": normalized, "special": special}
-                         for id, name, special, normalized in added],
-        "normalizer": {"type": tok.normalizer} if tok.normalizer else None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": pre},
-        "post_processor": hf_template(tok),
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
-                    "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None,
-                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
-                  "fuse_unk": False, "byte_fallback": False, "ignore_merges": tok.ignore_merges,
-                  "vocab": strings, "merges": tok.hf_merges()},
-    }
-
-
-def hf_template(tok):
-    """bos_added / eos_added -> a TemplateProcessing post-processor (None when both are empty)."""
-    before, after = tok.bos_added or [], tok.eos_added or []
-    if not before and not after:
-        return None
-    names = {id: name for name, id in {**tok.added_tokens, **tok.special_tokens}.items()}
-    if not set(before + after) <= set(names):
-        raise UserError(f"bos_added {before} / eos_added {after}: ids of added tokens only")
-
-    def items(ids, type_id):
-        return [{"SpecialToken": {"id": names[i], "type_id": type_id}} for i in ids]
-    single = items(before, 0) + [{"Sequence": {"id": "A", "type_id": 0}}] + items(after, 0)
-    pair = single + items(before, 1) + [{"Sequence": {"id": "B", "type_id": 1}}] + items(after, 1)
-    return {"type": "TemplateProcessing", "single": single, "pair": pair,
-            "special_tokens": {names[i]: {"id": names[i], "ids": [i], "tokens": [names[i]]}
-                               for i in before + after}}
-
-
-def onig_regex(pattern):
-    """A version-1 pattern (for `re`) -> a tokenizer.json regex that Oniguruma runs the same way.
-    Each class that means something else there (\\w \\d \\s and their capitals, and [...] classes
-    holding them) becomes the explicit list of the characters `re` matches with it, found by
-    trying it on every character; the rest of the syntax means the same in both engines.
-        r"\\d{1,3}" -> r"[\\x{30}-\\x{39}\\x{660}-\\x{669}...]{1,3}"   (every decimal digit)"""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern[i] == "[":     # find the class's end: past a leading ^ or ], and escapes
-            end = i + 1 + (pattern[i + 1:i + 2] == "^")
-            end += pattern[end:end + 1] == "]"
-            while pattern[end] != "]":
-                end += 2 if pattern[end] == "\\" else 1
-            end += 1
-        elif pattern[i] == "\\":
-            end = i + 2
-        else:
-            out.append(pattern[i])
-            i += 1
-            continue
-        piece = pattern[i:end]
-        if re.search(r"\\[wWdDsS]", piece):
-            ranges = to_ranges(map(ord, re.findall(piece, all_characters())))
-            piece = "[" + "".join(f"\\x{{{a:x}}}" if a == b else f"\\x{{{a:x}}}-\\x{{{b:x}}}"
-                                  for a, b in ranges) + "]"
-        elif re.fullmatch(r"\\[^rntfv]", piece) and piece[1].isalnum():
-            raise ValueError(f"{piece} has no exact counterpart in tokenizer.json's regexes")
-        out.append(piece)
-        i = end
-    return "".join(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1545,6 +956,241 @@ def main(argv=None):
     except (UserError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+# =============================================================================================
+# APPENDIX A: GPT-4's split pattern for Python's `re` (Oniguruma's \p{..} classes as ranges)
+# =============================================================================================
+# Step 5 needs this, and a reader of the chapter can skip it: the `regex` package and the
+# `tokenizers` library understand \p{L} ("any letter") and \p{N} ("any number"); Python's `re`
+# does not, and this file imports nothing outside the standard library.
+#
+# To run the real patterns with `re`, we write each class out as the list of character ranges it
+# stands for, computed once from Python's `unicodedata` (lazily: a user of a version-1 tokenizer
+# never pays for it). The definitions are those of Oniguruma, the regex engine `tokenizers` runs:
+#   \p{L}, \p{N}, \p{Lu}, ...   the Unicode general categories
+#   \s    \t \n \v \f \r, U+0085, and the categories Zs Zl Zp (Python's \s adds U+001C..U+001F)
+# Possessive quantifiers ("?+", "++", "*+": never give back what they matched) are kept where
+# `re` has them (Python 3.11+). Python 3.10 lacks them, so there they are dropped; for the
+# patterns of GPT-2, GPT-4, Llama 3 and Qwen that changes nothing: what follows them could never
+# match what they would give back ("\p{L}+" cannot start with a non-letter), and each chunk is the
+# first alternative that matches, at its longest, either way.
+# Where the translation can still differ from `tokenizers`: characters that one side's Unicode
+# version has and the other's lacks (Python 3.11 knows Unicode 14, the tokenizers 0.23 wheel
+# Unicode 16: the letters and numbers added since are "unassigned" here), and case-insensitive
+# matching, which Oniguruma does with full case folding and `re` with simple folding (identical
+# for the contractions 's 't 're 've 'm 'll 'd these patterns use, checked on every character).
+CATEGORIES = set("L Lu Ll Lt Lm Lo M Mn Mc Me N Nd Nl No P Pc Pd Ps Pe Pi Pf Po "
+                 "S Sm Sc Sk So Z Zs Zl Zp C Cc Cf Co Cn".split())
+POSSESSIVE_OK = sys.version_info >= (3, 11)
+
+
+@functools.lru_cache(maxsize=1)
+def all_characters():
+    """Every Unicode character except the surrogates (which UTF-8 text cannot hold), as one str."""
+    return "".join(map(chr, itertools.chain(range(0xD800), range(0xE000, 0x110000))))
+
+
+def to_ranges(codes):
+    """Sorted code points -> (first, last) ranges.  [48, 49, 50, 178] -> [(48, 50), (178, 178)]"""
+    out = []
+    for c in codes:
+        if out and out[-1][1] == c - 1:
+            out[-1] = (out[-1][0], c)
+        else:
+            out.append((c, c))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def unicode_class(name):
+    """The characters of a class as Oniguruma defines it, as ranges: a general category ("L",
+    "N", "Lu", "Nd", ...) or "space" (what \\s matches there).
+
+    unicode_class("N")[:3] -> ((48, 57), (178, 179), (185, 185))     i.e. 0-9, ²³, ¹
+    """
+    chars, category = all_characters(), unicodedata.category
+    if name == "space":
+        members = (c for c in filter(str.isspace, chars)
+                   if c in "\t\n\v\f\r\x85" or category(c) in ("Zs", "Zl", "Zp"))
+    elif name in CATEGORIES:
+        # str.isalpha is true exactly for the letters (Lu Ll Lt Lm Lo) and str.isnumeric for
+        # every number (and a few letters with a numeric value, like 五): these C loops narrow
+        # the search first, so the classes every released pattern uses take milliseconds.
+        pool = chars
+        if name[0] == "L":
+            pool = filter(str.isalpha, chars)
+        elif name[0] == "N":
+            pool = filter(str.isnumeric, chars)
+        members = (c for c in pool if category(c).startswith(name))
+    else:
+        raise ValueError(f"\\p{{{name}}} is not supported (general categories only: L, Lu, N, ...)")
+    return tuple(to_ranges(map(ord, members)))
+
+
+def complement(ranges):
+    """The code points not in `ranges`.  [(1, 5)] -> [(0, 0), (6, 0x10FFFF)]"""
+    out, start = [], 0
+    for a, b in ranges:
+        if a > start:
+            out.append((start, a - 1))
+        start = b + 1
+    if start <= 0x10FFFF:
+        out.append((start, 0x10FFFF))
+    return out
+
+
+def re_class_body(ranges):
+    """Ranges as the inside of a `re` character class.
+    [(48, 57), (178, 178)] -> r"\\u0030-\\u0039\\u00b2" """
+    def esc(c):
+        return f"\\u{c:04x}" if c <= 0xFFFF else f"\\U{c:08x}"
+    return "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges)
+
+
+def translate_escape(pattern, i, in_class, bmp_only=False):
+    """The escape at pattern[i] (a backslash) -> (its `re` spelling, index after it)."""
+    e = pattern[i + 1:i + 2]
+    end = i + 2
+    if e in ("p", "P") and pattern[i + 2:i + 3] == "{":       # \p{L}, \P{N}
+        end = pattern.index("}", i) + 1
+        ranges = unicode_class(pattern[i + 3:end - 1])
+    elif e in ("p", "P"):                                      # \pL
+        ranges, end = unicode_class(pattern[i + 2:i + 3]), i + 3
+    elif e in ("s", "S"):
+        ranges = unicode_class("space")
+    elif e == "x" and pattern[i + 2:i + 3] == "{":             # \x{1F600}
+        end = pattern.index("}", i) + 1
+        code = int(pattern[i + 3:end - 1], 16)
+        return re_class_body([(code, code)]), end
+    elif e and (e in "dDtnrfv" or not e.isalnum()):           # the same in both engines
+        return pattern[i:end], end
+    elif e == "x" and re.fullmatch(r"[0-9a-fA-F]{2}", pattern[i + 2:i + 4]):
+        return pattern[i:i + 4], i + 4
+    else:
+        raise ValueError(f"\\{e} is not supported")
+    if bmp_only:
+        ranges = [(a, min(b, 0xFFFF)) for a, b in ranges if a <= 0xFFFF]
+    negate = e in ("P", "S")
+    if in_class:  # inside [...], put the ranges themselves (or those of the complement)
+        return re_class_body(complement(ranges) if negate else ranges), end
+    return ("[^" if negate else "[") + re_class_body(ranges) + "]", end
+
+
+@functools.lru_cache(maxsize=64)
+def python_regex(pattern, bmp_only=False):
+    """A regex as tokenizer.json writes it (Oniguruma syntax) -> the same regex for `re`.
+
+    r"\\p{N}{1,3}" -> r"[\\u0030-\\u0039\\u00b2-\\u00b3...]{1,3}"    (all 1,791 numbers, as ranges)
+
+    Capturing groups become non-capturing (compile_split needs the only group). Syntax whose
+    meaning differs between the engines, or that no released pattern uses, raises ValueError.
+    bmp_only: leave out the characters beyond U+FFFF (see compile_split).
+    """
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        c, after = pattern[i], pattern[i + 1:i + 2]
+        if c == "\\":
+            piece, i = translate_escape(pattern, i, in_class, bmp_only)
+            out.append(piece)
+            continue
+        if in_class:
+            if c == "[" or pattern.startswith("&&", i):
+                raise ValueError("nested classes and && inside [...] are not supported")
+            in_class = c != "]"
+        elif c == "[":
+            if pattern[i + 1:i + 2] == "]" or pattern[i + 1:i + 3] == "^]":
+                raise ValueError("a class that starts with ] is not supported")
+            in_class = True
+        elif c == "(" and after != "?":
+            c = "(?:"
+        elif c == "(" and pattern[i + 1:i + 3] == "?<" and pattern[i + 3:i + 4] not in "=!":
+            raise ValueError("named groups are not supported")
+        elif c in "?*+" and after == "+":      # possessive: kept where `re` has it
+            c, i = (c + "+" if POSSESSIVE_OK else c), i + 1
+        elif c == "}" and after == "+":
+            raise ValueError("{n,m}+ is not supported (Oniguruma's Ruby syntax repeats it)")
+        elif c in ".^$":
+            raise ValueError(f"{c} is not supported (its meaning differs between the engines)")
+        out.append(c)
+        i += 1
+    if in_class:
+        raise ValueError("a [ is never closed")
+    return "".join(out)
+
+
+# =============================================================================================
+# APPENDIX B: version-1 files, as an older bpe.py wrote them
+# =============================================================================================
+# Version 1 (written by this file before it learned released tokenizers; still read, and still
+# written for tokenizers loaded from version 1, so they keep their pattern) holds only the
+# pattern (for `re`), the special tokens {name: id} and the merges [[left, right], ...]: the
+# vocabulary follows from the merges, in the layout of from_merges().
+#
+# Python's `re` has neither \p{L} nor \p{N}. Version-1 files (written before this file learned
+# to translate \p) spelled the GPT-4 pattern with what `re` has, and they keep that pattern so
+# they encode exactly as they always did:
+#   \p{L}  -> [^\W\d_]   "a word character that is not a digit or underscore"
+#   \p{N}  -> \d         "a decimal digit" (any script: Arabic-Indic, Devanagari, ...)
+#   "not a letter and not a number" -> [^\w]|_   (underscore is a \w character in `re`)
+# It differs on rare characters: \d misses superscripts "²", fractions "½", Roman numerals "Ⅻ",
+# and \w counts them as word characters, so there they behave like letters; Python's \s also
+# counts U+001C..U+001F as spaces. Every byte still gets a token and decode(encode(s)) == s.
+V1_SPLIT_PATTERN = "|".join([
+    r"'(?i:[sdmt]|ll|ve|re)",
+    r"(?:[^\r\n\w]|_)?[^\W\d_]+",
+    r"\d{1,3}",
+    r" ?(?:[^\s\w]|_)+[\r\n]*",
+    r"\s*[\r\n]",
+    r"\s+(?!\S)",
+    r"\s+",
+])
+
+
+def read_v1(data, bad):
+    """A version-1 file's parsed JSON -> (merges, special token names, pattern), the arguments
+    of Tokenizer.from_merges; bad(why) makes the UserError that names the file."""
+    pattern, merges = data.get("pattern"), data.get("merges")
+    specials = data.get("special_tokens")
+    if not isinstance(pattern, str):
+        raise bad('"pattern" must be a string')
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise bad(f'"pattern" is not a valid regular expression ({e})') from None
+    if not isinstance(merges, list):
+        raise bad('"merges" must be a list of [left_id, right_id] pairs')
+    for r, m in enumerate(merges):
+        # A merge may only use tokens that exist before it: bytes and earlier merges.
+        ok = (isinstance(m, list) and len(m) == 2
+              and all(type(x) is int and 0 <= x < 256 + r for x in m))
+        if not ok:
+            raise bad(f"merge {r} is {m!r}; expected two ids of earlier tokens "
+                      f"(below {256 + r})")
+    if not isinstance(specials, dict) or not all(isinstance(k, str) and k for k in specials):
+        raise bad('"special_tokens" must map token names to ids')
+    first = 256 + len(merges)
+    names = sorted(specials, key=lambda k: specials[k] if type(specials[k]) is int else -1)
+    if [specials[k] for k in names] != list(range(first, first + len(names))):
+        raise bad(f'"special_tokens" must have the ids {first}..{first + len(names) - 1}, '
+                  f"right after the merges; found {specials}")
+    return merges, names, pattern
+
+
+def v1_lines(tok):
+    """A tokenizer loaded from a version-1 file -> the lines of that file, as save() writes it."""
+    assert tok.merged == list(range(256, 256 + len(tok.merges))), "not a version-1 layout"
+    return [
+        "{",
+        f'  "format": {json.dumps(FORMAT_NAME)},',
+        '  "version": 1,',
+        f'  "pattern": {json.dumps(tok.split_patterns[0])},',
+        f'  "special_tokens": {json.dumps(tok.special_tokens, ensure_ascii=False)},',
+        '  "merges": [',
+        ",\n".join(f"    [{a}, {b}]" for a, b in tok.merges),
+        "  ]",
+        "}",
+    ]
 
 
 if __name__ == "__main__":

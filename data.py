@@ -15,7 +15,7 @@ gives one, and each split is encoded once into a flat token file that later runs
 
 Imported by train.py (pre-training's batches and held-out figures), eval.py and quantize.py (the
 same windows and figures, so the three always agree) and sft.py (the built-in questions come from
-python_docs_entries). Imports bpe.py, download.py and rundir.py.
+python_docs_entries). Imports bpe.py, download.py, hf_tokenizer.py and rundir.py.
 """
 import contextlib
 import functools
@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 import bpe
 from download import cache_dir, download
+from hf_tokenizer import TOKEN_NORMAL, TOKEN_USER_DEFINED, token_strings, token_types
 from rundir import UserError, autocast
 
 
@@ -214,7 +215,7 @@ def prepare_data(cfg):
     tok = get_tokenizer(cfg, docs[0] if docs else None, cache, fingerprint)
     # The token cache belongs to this exact tokenizer: its split, normalizer, tokens and specials.
     tok_hash = hashlib.sha1(
-        json.dumps([tok.split_patterns, tok.normalizer, tok.ignore_merges, tok.token_strings(),
+        json.dumps([tok.split_patterns, tok.normalizer, tok.ignore_merges, token_strings(tok),
                     tok.special_tokens]).encode()).hexdigest()[:10]
     stem = cache / f"{fingerprint}.{tok_hash}.v{cfg.val_fraction}"
     paths = [Path(f"{stem}.train.bin"), Path(f"{stem}.val.bin")]
@@ -243,8 +244,8 @@ def eval_windows(tokens, seq_len, batch_size, n_batches):
 def byte_lengths(tok):
     """UTF-8 bytes each token id stands for; special tokens stand for no text, so they count 0, and
     so do the ids a released vocabulary leaves unused."""
-    types = tok.token_types()
-    return np.array([len(tok.id_to_bytes(i)) if kind in (bpe.TOKEN_NORMAL, bpe.TOKEN_USER_DEFINED)
+    types = token_types(tok)
+    return np.array([len(tok.id_to_bytes(i)) if kind in (TOKEN_NORMAL, TOKEN_USER_DEFINED)
                      else 0 for i, kind in enumerate(types)])
 
 

@@ -11,15 +11,14 @@ replaced by int8 numbers plus one float scale per output row, the layer runs str
 and the new run directory holds the int8 tensors on disk. Norms (and biases) stay float: they are
 tiny and sensitive. The command prints a per-layer error table and the perplexity before and after.
 
-Reading order: the quantizer (scale, round, clamp) and its error bound -> a Linear that runs from
-int8 weights (a readable reference path and a fast CPU kernel, proven equal in the tests) -> an
-int8 embedding table that the tied output head shares -> swapping a model's layers -> writing an
-INT8 run directory (rundir.load_run opens it again, with prepare_int8_skeleton) -> the command line.
+Reading order: the quantizer (scale, round, clamp) and its error bound -> the layers that run from
+int8 weights (int8.py: a readable reference path and a fast CPU kernel, proven equal in the tests;
+an int8 embedding table that the tied output head shares) -> swapping a model's layers and the
+error table -> writing an INT8 run directory (rundir.load_run opens it again) -> the command line.
 
-Imports: rundir.py (run directories, flags, errors) and data.py (the validation text and its
-perplexity, as train.py measures it).
+Imports: int8.py (the int8 layers), rundir.py (run directories, flags, errors) and data.py (the
+validation text and its perplexity, as train.py measures it).
 """
-import functools
 import os
 import shutil
 import types
@@ -27,14 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 import data
+import int8
 import rundir
 from rundir import UserError, option, parse_config, run_cli
-
-SCHEME = "int8-per-channel-symmetric"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,165 +64,26 @@ def quantize_per_channel(w):
     return q, scale
 
 
-def dequantize(q, scale):
-    """int8 [N, K] and scales [N] -> float32 [N, K]: w_hat = q * scale, row by row."""
-    return q.float() * scale[:, None]
+# The inverse, w_hat = q * scale row by row, is int8.dequantize: the int8 layers run from it (it is
+# their reference path), so it lives with them in int8.py.
+dequantize = int8.dequantize
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. A linear layer that runs from int8 weights
+# 2. Layers that run from int8 weights (int8.py)
 # ---------------------------------------------------------------------------------------------
-# The fast CPU path: torch's weight-only int8 matmul, y = x @ q^T * scales, which reads the int8
-# weight directly (4x less memory traffic than fp32, and decoding one token at a time is bound by
-# memory traffic). It needs in_features to be a multiple of 16 (other sizes crash or give
-# garbage), so it is used only there. Why this kernel, of those torch 2.13 offers on a CPU
-# (tests/benchmarks/bench_decode.py --part kernels,accuracy: every matrix of minimind2-small, one
-# thread, against nn.Linear in fp32; agreement: teacher-forced greedy picks of a trained model):
-#
-#   _weight_int8pack_mm, bf16 activations   2.3x, 99.9% agree: the fastest that stays accurate
-#   _weight_int8pack_mm, fp32 activations   0.3x: no fast kernel for fp32 activations
-#   quantized.linear_dynamic (fbgemm, what  3.1x, but it rounds the activations to 7 bits too:
-#   quantize_dynamic uses)                  98.7% agree, under the 99% this project asks
-#   _int_mm (int8 x int8 -> int32)          quantized activations too, and slow for one row
-#
-# Activations lose a little precision in bf16 (8 bits of mantissa); the tests bound the difference
-# to the reference path.
-HAS_INT8_KERNEL = hasattr(torch, "_weight_int8pack_mm")
-
-
-def int8_linear(x, q, scale, bias=None, fast=True):
-    """y = x @ (q * scale)^T + bias, for x [..., K], q int8 [N, K], scale [N].
-
-    Reference path: dequantize, then an ordinary float matmul (clear, and works on any device).
-    Fast path (CPU): the int8 kernel with bf16 activations and unit scales, then the float32
-    scales applied to its output: x @ (q * s)^T = (x @ q^T) * s, since s is one number per output
-    column. Scaling afterwards in fp32 keeps the scales exact (a bf16 scale would be off by up to
-    0.4%, the same way for a whole channel)."""
-    if fast and HAS_INT8_KERNEL and x.device.type == "cpu" and q.size(1) % 16 == 0:
-        x2 = x.reshape(-1, x.size(-1)).to(torch.bfloat16).contiguous()           # [M, K]
-        y = torch._weight_int8pack_mm(x2, q, unit_scales(q.size(0))) * scale      # [M, N], fp32
-        y = y.reshape(*x.shape[:-1], q.size(0))                                   # [..., N]
-        if bias is not None:
-            y = y + bias.float()
-        return y.to(x.dtype)
-    return F.linear(x, dequantize(q, scale).to(x.dtype), None if bias is None else bias.to(x.dtype))
-
-
-@functools.lru_cache(maxsize=64)
-def unit_scales(n):
-    """n ones in bf16: the kernel's own scales, made once per size instead of once per call."""
-    return torch.ones(n, dtype=torch.bfloat16)
-
-
-class Int8ForDecoding:
-    """minimind's decoding path fuses the layers that read one input (q, k, v; gate, up): their
-    int8 rows stacked into one matrix, one kernel call. Its input is always fp32 [N, K], so the
-    fast path is int8_linear's without the reshapes: three tensor ops (to bf16, the kernel, the
-    scales), which matters at 33 matmuls a token. The float `dtype` minimind asks for does not
-    apply: these weights stay int8."""
-
-    def __init__(self, layers, q, scale, bias):
-        self.q, self.scale, self.bias = q, scale, bias
-        kernel_fits = HAS_INT8_KERNEL and q.device.type == "cpu" and q.size(1) % 16 == 0
-        self.fast = kernel_fits and all(layer.fast for layer in layers)  # set_fast later: no effect
-        self.ones = torch.ones(q.size(0), dtype=torch.bfloat16, device=q.device)
-
-    def __call__(self, x):
-        if not self.fast:
-            return int8_linear(x, self.q, self.scale, self.bias, fast=False)
-        y = torch._weight_int8pack_mm(x.to(torch.bfloat16), self.q, self.ones) * self.scale  # fp32
-        return y if self.bias is None else y + self.bias
-
-
-class QuantizedLinear(nn.Module):
-    """nn.Linear with an int8 weight and a float32 scale per output channel, stored as buffers
-    (they are not trained, and buffers are what state_dict saves besides parameters)."""
-
-    def __init__(self, in_features, out_features, bias=False):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("weight_int8",
-                             torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("scale", torch.ones(out_features))
-        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
-        self.fast = True  # False: always the reference path (the tests compare the two)
-
-    @classmethod
-    def from_float(cls, linear):
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        layer.weight_int8, layer.scale = quantize_per_channel(linear.weight)
-        if linear.bias is not None:
-            layer.bias.data.copy_(linear.bias.detach().float())
-        return layer
-
-    def forward(self, x):
-        return int8_linear(x, self.weight_int8, self.scale, self.bias, self.fast)
-
-    @staticmethod
-    def for_decoding(layers, dtype):
-        """The fused form minimind.fuse_linears asks for (see Int8ForDecoding)."""
-        bias = [layer.bias for layer in layers]
-        bias = None if bias[0] is None else torch.cat(bias).detach()
-        return Int8ForDecoding(layers, torch.cat([layer.weight_int8 for layer in layers]),
-                               torch.cat([layer.scale for layer in layers]), bias)
-
-    def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
-
-
-class QuantizedEmbedding(nn.Module):
-    """An int8 embedding table with one scale per row (per token): a lookup gathers the rows and
-    dequantizes only those, q[idx] * scale[idx]. The rows of the table are exactly the output
-    channels of a tied lm_head, so the same int8 numbers and scales serve both
-    (TiedQuantizedHead)."""
-
-    def __init__(self, num_embeddings, embedding_dim):
-        super().__init__()
-        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.register_buffer("weight_int8",
-                             torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
-        self.register_buffer("scale", torch.ones(num_embeddings))
-
-    @classmethod
-    def from_float(cls, embedding):
-        layer = cls(embedding.num_embeddings, embedding.embedding_dim)
-        layer.weight_int8, layer.scale = quantize_per_channel(embedding.weight)
-        return layer
-
-    @property
-    def weight(self):
-        """The dequantized float table. minimind.new_kv_cache reads embed_tokens.weight
-        (for its device and dtype, once per call), so the quantized table answers with its float
-        view."""
-        return dequantize(self.weight_int8, self.scale)
-
-    def forward(self, idx):
-        return self.weight_int8[idx].float() * self.scale[idx].unsqueeze(-1)  # [..., dim]
-
-
-class TiedQuantizedHead(nn.Module):
-    """The output head tied to a QuantizedEmbedding: logits = x @ (q * scale)^T with the
-    embedding's own int8 table, so the matrix is quantized once and stored once."""
-
-    def __init__(self, embedding):
-        super().__init__()
-        self.embedding = embedding  # the same module object: its buffers are shared, not copied
-        self.fast = True
-
-    def forward(self, x):
-        return int8_linear(x, self.embedding.weight_int8, self.embedding.scale, None, self.fast)
-
-    def for_decoding(self, layers, dtype):
-        return Int8ForDecoding(layers, self.embedding.weight_int8, self.embedding.scale, None)
+# int8.QuantizedLinear keeps q and the scales as buffers and computes y = x @ (q * scale)^T + b in
+# one of two ways: the reference path dequantizes and does an ordinary float matmul (clear, any
+# device); the fast path (CPU) runs torch's weight-only int8 kernel on the int8 numbers themselves
+# and applies the float32 scales to its output, x @ (q * s)^T = (x @ q^T) * s, reading a quarter
+# of fp32's bytes. int8.QuantizedEmbedding holds the token table the same way, one scale per
+# token's row, and those rows are exactly the output channels of a tied head, so
+# int8.TiedQuantizedHead reuses the same int8 table: quantized once, stored once.
 
 
 # ---------------------------------------------------------------------------------------------
 # 3. Swapping the layers of a model
 # ---------------------------------------------------------------------------------------------
-# class name -> module path
-TOKEN_EMBEDDING = {"MiniMind": "embed_tokens", "GPT": "transformer.wte"}
-
-
 def error_row(name, w, q, scale):
     """How far the dequantized weight is from the float one: max |w - w_hat|, relative error
     ||w - w_hat|| / ||w|| (Frobenius), and max |w - w_hat| / (scale / 2), which the bound keeps
@@ -238,60 +95,19 @@ def error_row(name, w, q, scale):
             "bound_ratio": (err / (scale[:, None] / 2)).max().item()}
 
 
-def replace_module(model, name, new):
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 def quantize_model(model, include_embeddings=False):
-    """Replace, in place, every nn.Linear of the model except the output head by a QuantizedLinear;
-    with include_embeddings, the token embedding and the head too (quantized once if they are tied).
-    Returns the per-layer error rows. Norms, position embeddings and biases stay float."""
-    rows = []
-    linears = [(n, m) for n, m in model.named_modules()
-               if isinstance(m, nn.Linear) and n != "lm_head"]
-    for name, linear in linears:
-        layer = QuantizedLinear.from_float(linear)
-        rows.append(error_row(name, linear.weight, layer.weight_int8, layer.scale))
-        replace_module(model, name, layer)
-    if include_embeddings:
-        emb_name = TOKEN_EMBEDDING[type(model).__name__]
-        emb, head = model.get_submodule(emb_name), model.lm_head
-        tied = head.weight is emb.weight
-        q_emb = QuantizedEmbedding.from_float(emb)
-        rows.append(error_row(emb_name + (" (+ tied lm_head)" if tied else ""), emb.weight,
-                              q_emb.weight_int8, q_emb.scale))
-        if tied:
-            q_head = TiedQuantizedHead(q_emb)
-        else:
-            q_head = QuantizedLinear.from_float(head)
-            rows.append(error_row("lm_head", head.weight, q_head.weight_int8, q_head.scale))
-        replace_module(model, emb_name, q_emb)
-        replace_module(model, "lm_head", q_head)
-    return rows
-
-
-def set_fast(model, fast):
-    """Switch every int8 layer of the model between the fast kernel and the reference path."""
-    for m in model.modules():
-        if hasattr(m, "fast"):
-            m.fast = fast
-    return model
+    """Replace, in place, every nn.Linear of the model except the output head by a QuantizedLinear
+    made with quantize_per_channel; with include_embeddings, the token embedding and the head too
+    (quantized once if they are tied). Returns the per-layer error rows. Norms, position embeddings
+    and biases stay float. Which layers are swapped is int8.swap_layers's rule, the same one
+    rundir.load_run follows when it opens the run again."""
+    swapped = int8.swap_layers(model, include_embeddings, quantize_per_channel)
+    return [error_row(name, w, layer.weight_int8, layer.scale) for name, w, layer in swapped]
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Run directories: load any of them, write an INT8 one
+# 4. Writing an INT8 run directory
 # ---------------------------------------------------------------------------------------------
-def prepare_int8_skeleton(model, quantized, run_dir):
-    """Make a float model (just built: right shapes, random weights) ready to receive an INT8 run's
-    saved tensors: its layers swapped exactly as quantize_model swapped them when the run was
-    written. rundir.load_run calls this for a model.pt with a "quantized" entry."""
-    if quantized.get("scheme") != SCHEME:
-        raise UserError(f"{Path(run_dir) / 'model.pt'}: unknown quantization scheme "
-                        f"{quantized.get('scheme')!r}")
-    quantize_model(model, quantized["include_embeddings"])
-
-
 def copy_atomic(src, dst):
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.copyfile(src, tmp)
@@ -307,7 +123,7 @@ def write_int8_run(src_dir, out_dir, model, payload, include_embeddings):
         if (src_dir / name).exists():
             copy_atomic(src_dir / name, out_dir / name)
     new = {**payload, "model": model.state_dict(),
-           "quantized": {"scheme": SCHEME, "include_embeddings": include_embeddings,
+           "quantized": {"scheme": int8.SCHEME, "include_embeddings": include_embeddings,
                          "source": str(src_dir)}}
     rundir.atomic_write(out_dir / "model.pt", lambda f: torch.save(new, f))
 

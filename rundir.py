@@ -16,8 +16,8 @@ This file holds what reads and writes those files, and the conventions every scr
 reading order: 1. errors -> 2. flags -> 3. device and precision -> 4. the models by name and
 model.pt -> 5. checkpoints for an exact resume -> 6. the log and its picture.
 
-Imports: bpe.py (the tokenizer, and UserError), gpt.py and minimind.py (the models by name). An
-INT8 run directory also needs quantize.py's layers (chapter 11), imported only to open one.
+Imports: bpe.py (the tokenizer, and UserError), gpt.py and minimind.py (the models by name), and
+int8.py (the int8 layers an INT8 run directory, written by quantize.py, is opened with).
 """
 import argparse
 import contextlib
@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 import gpt
+import int8
 import minimind
 from bpe import Tokenizer, UserError
 
@@ -297,7 +298,8 @@ def load_run(run_dir, device="cpu"):
 
     A float run: the model is built from its architecture and config, then its weights loaded.
     An INT8 run (payload["quantized"]): built the same way, its layers swapped exactly as
-    quantize.py swapped them when it wrote the run, then the saved int8 tensors are loaded."""
+    quantize.py swapped them when it wrote the run (int8.prepare_int8_skeleton), then the saved
+    int8 tensors are loaded."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
@@ -308,9 +310,12 @@ def load_run(run_dir, device="cpu"):
                         f"{payload['config']['vocab_size']}")
     try:
         model = build_model(payload["arch"], payload["config"])
-        if payload.get("quantized"):
-            import quantize  # chapter 11's int8 layers: needed only to open an INT8 run
-            quantize.prepare_int8_skeleton(model, payload["quantized"], run_dir)
+        quantized = payload.get("quantized")
+        if quantized:
+            if quantized.get("scheme") != int8.SCHEME:
+                raise UserError(f"{run_dir / 'model.pt'}: unknown quantization scheme "
+                                f"{quantized.get('scheme')!r}")
+            int8.prepare_int8_skeleton(model, quantized)
         model.load_state_dict(payload.pop("model"))
     except (RuntimeError, TypeError, KeyError, AssertionError) as e:
         why = " ".join(line.strip() for line in str(e).splitlines()[:2])[:300]

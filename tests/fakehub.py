@@ -1,5 +1,6 @@
-"""A fake Hugging Face hub on 127.0.0.1 for the tests of convert.py: the hub's URL layout, Range
-requests, 404s, and a gated model that needs a bearer token (HF_TOKEN) and redirects to a CDN."""
+"""A fake Hugging Face hub on 127.0.0.1 for the tests of download.py's hub client (and of
+convert.py's imports from it): the hub's URL layout, Range requests, 404s, and a gated model that
+needs a bearer token (HF_TOKEN) and redirects to a CDN."""
 import http.server
 import threading
 import urllib.parse

@@ -1,4 +1,4 @@
-"""A GGUF v3 reader for the tests only: it parses back what convert.GGUFWriter writes (header,
+"""A GGUF v3 reader for the tests only: it parses back what gguf_file.GGUFWriter writes (header,
 metadata, tensor infos, data), so the tests of the writer need no extra package. It reads the
 whole file into memory and checks the layout as it goes, as strictly as ggml's own reader
 (gguf.cpp): the magic, each tensor's offset equal to the padded sizes of those before it."""

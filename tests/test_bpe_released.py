@@ -1,4 +1,4 @@
-"""Tests for bpe.py's released tokenizers: reading the `tokenizers` library's tokenizer.json
+"""Tests for hf_tokenizer.py, bpe.py's released tokenizers: reading the `tokenizers` library's tokenizer.json
 (GPT-2, Llama 3, Qwen2, SmolLM2 styles), writing it back, and the exports a GGUF writer needs.
 
 The first half needs no extra package: small tokenizer.json files written by hand, with the ids
@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import bpe  # noqa: E402
+import hf_tokenizer  # noqa: E402
 from bpe import Tokenizer, UserError  # noqa: E402
 
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
@@ -118,7 +119,7 @@ STYLES = {"gpt2": gpt2_style, "smollm2": smollm2_style, "llama3": llama3_style,
 # -- reading the four styles, ids worked out by hand -------------------------------------------
 
 def test_gpt2_style():
-    tok = Tokenizer.from_hf(gpt2_style())
+    tok = hf_tokenizer.from_hf(gpt2_style())
     # "Hello" has no merge: its bytes H e l l o, each at 255 - b. " world": (Ġ, w) rank 0,
     # (o, r) rank 1, (Ġw, or) rank 2, (l, d) rank 3, (Ġwor, ld) rank 4 -> "Ġworld" = 260.
     ids = tok.encode("Hello world<|endoftext|>", allowed_special="all")
@@ -132,7 +133,7 @@ def test_gpt2_style():
 
 
 def test_smollm2_style_digits_one_by_one():
-    tok = Tokenizer.from_hf(smollm2_style())
+    tok = hf_tokenizer.from_hf(smollm2_style())
     # Digits first: "the 12" -> "the ", "1", "2"; then GPT-2's regex: "the", " ". "the": (h, e)
     # -> "he" = 4, and no (t, he) merge: [t = 216, 4]. The merge "1 2" never applies.
     assert tok.encode("the 12<|im_end|>", allowed_special="all") == [216, 4, 132, 149, 150, 2]
@@ -144,7 +145,7 @@ def test_smollm2_style_digits_one_by_one():
 
 
 def test_llama3_style_ignore_merges_and_rank_order():
-    tok = Tokenizer.from_hf(llama3_style())
+    tok = hf_tokenizer.from_hf(llama3_style())
     # " hello" is a whole token: ignore_merges uses it as is, though no merge makes it
     assert tok.encode(" hello hello") == [256, 256]
     # " hellos" is not: BPE on Ġ h e l l o s applies the lowest rank first: (l, l) -> 257,
@@ -158,7 +159,7 @@ def test_llama3_style_ignore_merges_and_rank_order():
 
 
 def test_qwen2_style_nfc_and_added_tokens():
-    tok = Tokenizer.from_hf(qwen2_style())
+    tok = hf_tokenizer.from_hf(qwen2_style())
     # NFC turns "e" + U+0301 into "é" first: both spellings give the same ids.
     # "café" = c a f Ã © -> (Ã, ©) -> 256, (c, a) -> 259, (ca, f) -> 257, (caf, Ã©) -> 258
     assert tok.encode("café") == tok.encode("cafe\u0301") == [258]
@@ -172,11 +173,11 @@ def test_qwen2_style_nfc_and_added_tokens():
     # NFC inside a Sequence is the same normalizer
     data = qwen2_style()
     data["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "NFC"}]}
-    assert Tokenizer.from_hf(data).encode("cafe\u0301") == [258]
+    assert hf_tokenizer.from_hf(data).encode("cafe\u0301") == [258]
 
 
 def test_special_names_as_plain_text_and_the_default_refusal():
-    tok = Tokenizer.from_hf(smollm2_style())
+    tok = hf_tokenizer.from_hf(smollm2_style())
     assert tok.encode("<|im_end|>", allowed_special="none") == [
         100 + b for b in b"<|"] + [100 + b for b in b"im"] + [100 + ord("_")] + [
         100 + b for b in b"end"] + [100 + b for b in b"|>"]
@@ -185,11 +186,11 @@ def test_special_names_as_plain_text_and_the_default_refusal():
 
 
 def test_adding_chat_tokens_to_a_gpt2_import():
-    tok = Tokenizer.from_hf(gpt2_style())
+    tok = hf_tokenizer.from_hf(gpt2_style())
     assert tok.add_special_tokens(["<|im_start|>", "<|im_end|>"]) == [262, 263]
     assert tok.vocab_size == 264
     assert tok.encode("<|im_start|> world<|im_end|>", allowed_special="all") == [262, 260, 263]
-    back = Tokenizer.from_hf(tok.to_hf())
+    back = hf_tokenizer.from_hf(hf_tokenizer.to_hf(tok))
     assert back.special_tokens == tok.special_tokens
 
 
@@ -200,9 +201,9 @@ TEXTS = ["Hello world<|endoftext|>", " the 12 the", " hello hellos 12345", "caf�
 
 
 def same_tokenizer(a, b):
-    assert a.token_strings() == b.token_strings()
+    assert hf_tokenizer.token_strings(a) == hf_tokenizer.token_strings(b)
     assert a.special_tokens == b.special_tokens and a.added_tokens == b.added_tokens
-    assert a.token_types() == b.token_types() and a.hf_merges() == b.hf_merges()
+    assert hf_tokenizer.token_types(a) == hf_tokenizer.token_types(b) and hf_tokenizer.hf_merges(a) == hf_tokenizer.hf_merges(b)
     assert (a.bos_added, a.eos_added, a.normalizer) == (b.bos_added, b.eos_added, b.normalizer)
     for text in TEXTS:
         for mode in ("all", "none"):
@@ -211,7 +212,7 @@ def same_tokenizer(a, b):
 
 @pytest.mark.parametrize("style", STYLES)
 def test_save_and_load_a_released_tokenizer(style, tmp_path):
-    tok = Tokenizer.from_hf(STYLES[style]())
+    tok = hf_tokenizer.from_hf(STYLES[style]())
     tok.save(tmp_path / "tok.json")
     data = json.loads((tmp_path / "tok.json").read_text(encoding="utf-8"))
     assert data["version"] == 2 and len(data["vocab"]) == len(STYLES[style]()["model"]["vocab"])
@@ -220,38 +221,38 @@ def test_save_and_load_a_released_tokenizer(style, tmp_path):
 
 @pytest.mark.parametrize("style", STYLES)
 def test_to_hf_and_back_gives_the_same_tokenizer(style):
-    tok = Tokenizer.from_hf(STYLES[style]())
-    same_tokenizer(tok, Tokenizer.from_hf(json.loads(json.dumps(tok.to_hf()))))
+    tok = hf_tokenizer.from_hf(STYLES[style]())
+    same_tokenizer(tok, hf_tokenizer.from_hf(json.loads(json.dumps(hf_tokenizer.to_hf(tok)))))
 
 
 def test_to_hf_and_back_for_the_project_s_own_tokenizers(tmp_path):
     text = "the cat sat on the mat; 12345 cafés, x² ½ 日本語\n" * 20
     own = Tokenizer.train(text, 256 + 3 + 25)
-    same_tokenizer(own, Tokenizer.from_hf(own.to_hf()))
+    same_tokenizer(own, hf_tokenizer.from_hf(hf_tokenizer.to_hf(own)))
     # a version-1 file keeps its `re` pattern: to_hf writes it out as explicit classes
     (tmp_path / "v1.json").write_text(json.dumps({
         "format": "slm-bpe", "version": 1, "pattern": bpe.V1_SPLIT_PATTERN,
         "special_tokens": {"<|endoftext|>": 258}, "merges": [[194, 178], [120, 256]]}))
     v1 = Tokenizer.load(tmp_path / "v1.json")
-    hf = v1.to_hf()
+    hf = hf_tokenizer.to_hf(v1)
     assert "\\p{" not in json.dumps(hf) and "\\x{b2}" in hf["pre_tokenizer"]["pretokenizers"][0][
         "pattern"]["Regex"]
-    back = Tokenizer.from_hf(hf)
+    back = hf_tokenizer.from_hf(hf)
     same_tokenizer(v1, back)
     assert back.encode("x² ½") == v1.encode("x² ½") == [257, 32, 194, 189]
 
 
 def test_export_helpers_for_gguf():
-    tok = Tokenizer.from_hf(qwen2_style())
+    tok = hf_tokenizer.from_hf(qwen2_style())
     tok.add_special_tokens(["<|im_end|>"])
-    vocab = tok.gguf_vocab()
+    vocab = hf_tokenizer.gguf_vocab(tok)
     assert vocab["tokens"][:3] == ["Ā", "ā", "Ă"] and vocab["tokens"][32] == "Ġ"
     assert vocab["tokens"][256:] == ["Ã©", "caf", "cafÃ©", "ca", "<|endoftext|>", "<tool_call>",
                                      "<|im_end|>"]
-    assert vocab["token_type"][255:] == [bpe.TOKEN_NORMAL] * 5 + [
-        bpe.TOKEN_CONTROL, bpe.TOKEN_USER_DEFINED, bpe.TOKEN_CONTROL]
+    assert vocab["token_type"][255:] == [hf_tokenizer.TOKEN_NORMAL] * 5 + [
+        hf_tokenizer.TOKEN_CONTROL, hf_tokenizer.TOKEN_USER_DEFINED, hf_tokenizer.TOKEN_CONTROL]
     assert vocab["merges"] == ["Ã ©", "c a", "ca f", "caf Ã©"]
-    assert tok.duplicate_tokens() == {}
+    assert hf_tokenizer.duplicate_tokens(tok) == {}
 
 
 def test_exports_refuse_two_ids_for_one_token():
@@ -259,19 +260,19 @@ def test_exports_refuse_two_ids_for_one_token():
     # the two ids apart.
     tok = Tokenizer.train("aaabdaaabac", vocab_size=256 + 3, special_tokens=[])
     tok.add_special_tokens(["aa"])
-    assert tok.duplicate_tokens() == {"aa": [256, 259]}
-    for export in (tok.to_hf, tok.gguf_vocab):
+    assert hf_tokenizer.duplicate_tokens(tok) == {"aa": [256, 259]}
+    for export in (hf_tokenizer.to_hf, hf_tokenizer.gguf_vocab):
         with pytest.raises(UserError, match="more than one id"):
-            export()
+            export(tok)
 
 
 def test_to_hf_refuses_ids_tokenizers_would_change():
     # special tokens after a gap: `tokenizers` would renumber them, so the file would lie
     data = llama3_style()
-    tok = Tokenizer(**bpe.hf_arguments(data, "x"))
+    tok = Tokenizer(**hf_tokenizer.hf_arguments(data, "x"))
     tok._add_token(300, "<|late|>", True)
     with pytest.raises(UserError, match="would give '<|late|>' the id 262"):
-        tok.to_hf()
+        hf_tokenizer.to_hf(tok)
 
 
 # -- what is refused, and how ------------------------------------------------------------------
@@ -335,7 +336,7 @@ METASPACE = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first
 ])
 def test_unsupported_tokenizer_json_is_one_clear_error(data, message):
     with pytest.raises(UserError, match=re.escape(message)) as info:
-        Tokenizer.from_hf(data)
+        hf_tokenizer.from_hf(data)
     assert str(info.value).startswith("tokenizer.json: ")
     assert "\n" not in str(info.value)
 
@@ -344,33 +345,33 @@ def test_errors_name_the_file(tmp_path):
     path = tmp_path / "tokenizer.json"
     path.write_text(json.dumps(changed(["pre_tokenizer"], METASPACE)), encoding="utf-8")
     with pytest.raises(UserError, match=f"^{path}: pre_tokenizer type Metaspace"):
-        Tokenizer.from_hf(path)
+        hf_tokenizer.from_hf(path)
     with pytest.raises(UserError, match=f"^{tmp_path / 'nope.json'}: cannot read"):
-        Tokenizer.from_hf(tmp_path / "nope.json")
+        hf_tokenizer.from_hf(tmp_path / "nope.json")
     path.write_text(json.dumps(gpt2_style()), encoding="utf-8")
-    with pytest.raises(UserError, match="Tokenizer.from_hf reads it"):
+    with pytest.raises(UserError, match="hf_tokenizer.from_hf reads it"):
         Tokenizer.load(path)
-    assert Tokenizer.from_hf(path).encode(" world") == [260]
+    assert hf_tokenizer.from_hf(path).encode(" world") == [260]
     Tokenizer.train("hello", 260).save(path)
     with pytest.raises(UserError, match="slm tokenizer file.*Tokenizer.load reads it"):
-        Tokenizer.from_hf(path)
+        hf_tokenizer.from_hf(path)
 
 
 def test_the_post_processor_is_read_not_applied():
-    assert bpe.hf_post_processor(None) == ([], [])
-    assert bpe.hf_post_processor({"type": "ByteLevel"}) == ([], [])
+    assert hf_tokenizer.hf_post_processor(None) == ([], [])
+    assert hf_tokenizer.hf_post_processor({"type": "ByteLevel"}) == ([], [])
     roberta = {"type": "RobertaProcessing", "sep": ["</s>", 2], "cls": ["<s>", 0]}
-    assert bpe.hf_post_processor(roberta) == ([0], [2])
+    assert hf_tokenizer.hf_post_processor(roberta) == ([0], [2])
     llama = llama3_style()["post_processor"]
-    assert bpe.hf_post_processor({"type": "Sequence", "processors": [
+    assert hf_tokenizer.hf_post_processor({"type": "Sequence", "processors": [
         {"type": "ByteLevel"}, llama]}) == ([260], [])
-    assert bpe.hf_post_processor({"type": "SomethingNew"}) == (None, None)
+    assert hf_tokenizer.hf_post_processor({"type": "SomethingNew"}) == (None, None)
 
 
 def test_ids_tokenizers_would_give():
-    assert bpe.ids_tokenizers_would_give({"a": 0, "b": 1}, ["<x>", "b", "<y>"]) == [2, 1, 3]
+    assert hf_tokenizer.ids_tokenizers_would_give({"a": 0, "b": 1}, ["<x>", "b", "<y>"]) == [2, 1, 3]
     # SmolLM2: the special tokens are in the vocab, so they keep the vocab's ids
-    assert bpe.ids_tokenizers_would_give({"<s>": 0, "a": 1}, ["<s>", "<t>"]) == [0, 2]
+    assert hf_tokenizer.ids_tokenizers_would_give({"<s>": 0, "a": 1}, ["<s>", "<t>"]) == [0, 2]
 
 
 # -- against the `tokenizers` library itself, when it is installed ----------------------------
@@ -490,7 +491,7 @@ def test_from_hf_encodes_exactly_like_tokenizers(style, tmp_path):
     hf = hf_styles()[style]()
     path = tmp_path / "tokenizer.json"
     hf.save(str(path))
-    ours = Tokenizer.from_hf(path)
+    ours = hf_tokenizer.from_hf(path)
     data = json.loads(path.read_text(encoding="utf-8"))
     assert ours.vocab_size == hf.get_vocab_size() > len(data["model"]["vocab"])
     texts = texts_to_compare()
@@ -500,7 +501,7 @@ def test_from_hf_encodes_exactly_like_tokenizers(style, tmp_path):
     ours.save(tmp_path / "ours.json")
     compare(Tokenizer.load(tmp_path / "ours.json"), hf, texts[:50], nfc=style == "qwen2")
     tokenizers = pytest.importorskip("tokenizers")
-    back = tokenizers.Tokenizer.from_str(json.dumps(ours.to_hf()))
+    back = tokenizers.Tokenizer.from_str(json.dumps(hf_tokenizer.to_hf(ours)))
     compare(ours, back, texts, nfc=style == "qwen2")
 
 
@@ -509,7 +510,7 @@ def test_the_project_s_tokenizers_written_as_tokenizer_json_encode_the_same(tmp_
     texts = texts_to_compare()
     own = Tokenizer.train(sample_text() + "".join(MIXED), 1024)
     own.add_special_tokens(["<tool_call>"])
-    hf = tokenizers.Tokenizer.from_str(json.dumps(own.to_hf()))
+    hf = tokenizers.Tokenizer.from_str(json.dumps(hf_tokenizer.to_hf(own)))
     chars = compare(own, hf, texts)
     # a version-1 tokenizer: its `re` pattern written out as explicit classes for Oniguruma
     (tmp_path / "v1.json").write_text(json.dumps({
@@ -517,7 +518,7 @@ def test_the_project_s_tokenizers_written_as_tokenizer_json_encode_the_same(tmp_
         "special_tokens": {"<|endoftext|>": 261},
         "merges": [[194, 178], [120, 256], [32, 97], [194, 189], [32, 116]]}))
     v1 = Tokenizer.load(tmp_path / "v1.json")
-    chars += compare(v1, tokenizers.Tokenizer.from_str(json.dumps(v1.to_hf())), texts)
+    chars += compare(v1, tokenizers.Tokenizer.from_str(json.dumps(hf_tokenizer.to_hf(v1))), texts)
     print(f"own tokenizers via to_hf: {len(texts)} texts, {chars // 4:,} characters, two "
           f"tokenizers, two modes: all ids equal")
 
@@ -527,9 +528,9 @@ def test_merges_can_make_tokens_anywhere_and_strings_or_lists_both_load():
     data = llama3_style()
     data["model"]["merges"] = [m.split(" ") for m in data["model"]["merges"]]
     hf = tokenizers.Tokenizer.from_str(json.dumps(data))
-    compare(Tokenizer.from_hf(data), hf, TEXTS + MIXED)
+    compare(hf_tokenizer.from_hf(data), hf, TEXTS + MIXED)
     for make in STYLES.values():
-        compare(Tokenizer.from_hf(make()), tokenizers.Tokenizer.from_str(json.dumps(make())),
+        compare(hf_tokenizer.from_hf(make()), tokenizers.Tokenizer.from_str(json.dumps(make())),
                 TEXTS + MIXED, nfc=make is qwen2_style)
 
 

@@ -19,10 +19,13 @@ import chat
 import convert
 import dpo
 import eval as evaluation
+import gguf_file
 import gpt
+import hf_tokenizer
 import minimind
 import quantize
 import rundir
+import safetensors_file
 import sft
 import train
 from gguf_reader import read_gguf
@@ -103,7 +106,7 @@ STYLES = {  # the pre-tokenizer (and normalizer) each family's releases use
 def release_tokenizer(tok, style, specials):
     """tokenizer.json of a release: our corpus BPE's vocabulary and merges in the `tokenizers`
     schema, with a family's pre-tokenizer and only the given special tokens."""
-    d = tok.to_hf()
+    d = hf_tokenizer.to_hf(tok)
     d["pre_tokenizer"] = STYLES[style]
     d["normalizer"] = {"type": "NFC"} if style == "qwen2" else None
     d["added_tokens"] = [a for a in d["added_tokens"] if a["content"] in specials]
@@ -125,15 +128,17 @@ def write_release(folder, family, tok, style=None, template=convert.CHATML_TEMPL
         (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
     tensors = release_tensors(family, config, vocab, seed)
     if shards == 1:
-        convert.write_safetensors(folder / "model.safetensors", tensors)
+        rundir.atomic_write(folder / "model.safetensors",
+                            lambda f: safetensors_file.write_safetensors(f, tensors))
     else:
         names, weight_map = sorted(tensors), {}
         for s in range(shards):
             shard = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
             part = {n: tensors[n] for n in names[s::shards]}
-            convert.write_safetensors(folder / shard, part)
+            rundir.atomic_write(folder / shard,
+                                lambda f: safetensors_file.write_safetensors(f, part))
             weight_map.update({n: shard for n in part})
-        (folder / convert.SAFETENSORS_INDEX).write_text(json.dumps({"weight_map": weight_map}))
+        (folder / safetensors_file.SAFETENSORS_INDEX).write_text(json.dumps({"weight_map": weight_map}))
     return tensors
 
 
@@ -160,7 +165,7 @@ def test_llama_family_imports_every_tensor_where_it_belongs(tmp_path, tok, famil
     assert payload["stage"] == "sft" and payload["source"]["family"] == family and out["added"] == []
     rows = FAMILIES[family].get("vocab_size", tok.vocab_size + (7 if family == "qwen2" else 0))
     assert tok2.vocab_size == model.config.vocab_size == rows  # Qwen's spare rows are ids for nothing
-    assert tok2.encode(TEXT, allowed_special="all") == bpe.Tokenizer.from_hf(tmp_path / "rel" / "tokenizer.json").encode(TEXT, allowed_special="all")
+    assert tok2.encode(TEXT, allowed_special="all") == hf_tokenizer.from_hf(tmp_path / "rel" / "tokenizer.json").encode(TEXT, allowed_special="all")
     with torch.no_grad():  # the model runs and its cache agrees with the full forward
         ids = torch.tensor([tok2.encode("def f(x): return x")])
         full = model(ids)[0]
@@ -333,7 +338,7 @@ def test_hf_export_then_import_gives_back_the_same_run(tmp_path, tok, variant):
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     t1, t2 = rundir.load_tokenizer(tmp_path / "run"), rundir.load_tokenizer(tmp_path / "back")
-    assert t1.token_strings() == t2.token_strings() and t1.special_tokens == t2.special_tokens
+    assert hf_tokenizer.token_strings(t1) == hf_tokenizer.token_strings(t2) and t1.special_tokens == t2.special_tokens
     assert t1.encode(TEXT, allowed_special="all") == t2.encode(TEXT, allowed_special="all")
 
 
@@ -368,7 +373,7 @@ def test_export_refusals_are_clear_and_write_nothing(tmp_path, tok):
 def test_hf_export_files_say_what_transformers_needs(tmp_path, tok):
     our_run(tmp_path / "run", tok, qk_norm=True)
     convert.main([str(tmp_path / "run"), str(tmp_path / "hf"), "--to", "hf"])
-    tensors, metadata = convert.read_safetensors(tmp_path / "hf" / "model.safetensors")
+    tensors, metadata = safetensors_file.read_safetensors(tmp_path / "hf" / "model.safetensors")
     assert metadata == {"format": "pt"} and "lm_head.weight" not in tensors  # tied: left out
     tok_config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
     assert tok_config["chat_template"] == convert.CHATML_TEMPLATE and tok_config["eos_token"] == "<|im_end|>"
@@ -388,7 +393,7 @@ def gguf_of(tmp_path, tok, kind="f32", arch="minimind", **kw):
     g = read_gguf(tmp_path / "m.gguf")
     for t in g["tensors"].values():
         raw = bytearray(t["data"])
-        t["data"] = (convert.dequantize_q8_0(raw, t["shape"]) if t["type"] == "q8_0" else
+        t["data"] = (gguf_file.dequantize_q8_0(raw, t["shape"]) if t["type"] == "q8_0" else
                      torch.frombuffer(raw, dtype=torch.float16 if t["type"] == "f16" else torch.float32)
                      .float().reshape(t["shape"]))
     g["types"] = {k: v[0] for k, v in g["metadata"].items()}
@@ -405,7 +410,7 @@ def test_gguf_llama_metadata_tokenizer_and_rotary_permutation(tmp_path, tok):
     assert md["llama.rope.freq_base"] == pytest.approx(5e5) and md["llama.attention.head_count_kv"] == 2
     assert md["llama.context_length"] == 64 and md["llama.rope.dimension_count"] == 8
     assert md["tokenizer.ggml.model"] == "gpt2" and md["tokenizer.ggml.pre"] == "dbrx"
-    assert md["tokenizer.ggml.tokens"] == tok.token_strings() and md["tokenizer.ggml.merges"] == tok.hf_merges()
+    assert md["tokenizer.ggml.tokens"] == hf_tokenizer.token_strings(tok) and md["tokenizer.ggml.merges"] == hf_tokenizer.hf_merges(tok)
     assert md["tokenizer.ggml.eos_token_id"] == tok.special_tokens["<|im_end|>"]  # a chat run
     assert md["tokenizer.ggml.add_bos_token"] is False and "<|im_start|>" in md["tokenizer.chat_template"]
     assert "output.weight" not in tensors  # tied: llama.cpp reuses token_embd

@@ -1,5 +1,6 @@
-"""convert.py's file formats: safetensors (read, write, every validation error), the hub fetcher
-against a fake hub on 127.0.0.1, and the GGUF writer with its Q8_0 quantizer. Reference packages
+"""The file formats convert.py stands on: safetensors_file.py (read, write, every validation
+error), download.py's hub fetcher against a fake hub on 127.0.0.1, and gguf_file.py's writer with
+its Q8_0 quantizer. Reference packages
 (safetensors, gguf) are used only where present, to compare against."""
 import io
 import json
@@ -11,7 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-import convert
+import download
+import gguf_file
+import rundir
+import safetensors_file
 from fakehub import FakeHub
 from gguf_reader import read_gguf
 from rundir import UserError
@@ -28,20 +32,25 @@ def random_tensor(dtype, shape, seed=0):
     return raw.view(dtype).reshape(shape)
 
 
+def save(path, tensors, metadata=None):
+    """Write a safetensors file as convert.py does: through rundir.atomic_write."""
+    rundir.atomic_write(path, lambda f: safetensors_file.write_safetensors(f, tensors, metadata))
+
+
 def same_bits(a, b):
-    return a.dtype == b.dtype and a.shape == b.shape and bytes(convert.tensor_bytes(a)) == bytes(
-        convert.tensor_bytes(b))
+    return a.dtype == b.dtype and a.shape == b.shape and bytes(
+        safetensors_file.tensor_bytes(a)) == bytes(safetensors_file.tensor_bytes(b))
 
 
 # ---- safetensors: round trip, a hand-built file, layout -------------------------------------
 def test_safetensors_round_trip_of_every_dtype_is_bit_exact(tmp_path):
     tensors = {f"t.{name}": random_tensor(dtype, (3, 5), i)
-               for i, (name, dtype) in enumerate(convert.SAFETENSORS_DTYPES.items())}
+               for i, (name, dtype) in enumerate(safetensors_file.SAFETENSORS_DTYPES.items())}
     tensors["scalar"] = torch.tensor(2.5)
     tensors["empty"] = torch.zeros(0, 4, dtype=torch.bfloat16)
     tensors["nan"] = torch.tensor([float("nan"), float("inf"), -0.0])
-    convert.write_safetensors(tmp_path / "a.safetensors", tensors)
-    back, metadata = convert.read_safetensors(tmp_path / "a.safetensors")
+    save(tmp_path / "a.safetensors", tensors)
+    back, metadata = safetensors_file.read_safetensors(tmp_path / "a.safetensors")
     assert metadata == {"format": "pt"}
     assert back.keys() == tensors.keys()
     for name in tensors:
@@ -59,7 +68,7 @@ def test_reader_on_a_hand_built_file_with_a_misaligned_tensor(tmp_path):
               "__metadata__": {"source": "by hand"}}
     raw = json.dumps(header).encode()
     (tmp_path / "h.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + data)
-    t, metadata = convert.read_safetensors(tmp_path / "h.safetensors")
+    t, metadata = safetensors_file.read_safetensors(tmp_path / "h.safetensors")
     assert metadata == {"source": "by hand"}
     assert t["a"].tolist() == [1.5, -2.0]
     assert t["b"].dtype == torch.bfloat16 and t["b"].tolist() == [[1.0]]  # 0x3f80 is 1.0
@@ -71,7 +80,7 @@ def test_writer_layout_padded_header_and_aligned_contiguous_data(tmp_path):
     tensors = {"z.byte": torch.ones(3, dtype=torch.uint8), "a.half": torch.ones(5).half(),
                "m.float": torch.ones(2, 3)}
     path = tmp_path / "w.safetensors"
-    convert.write_safetensors(path, tensors, {"note": "x"})
+    save(path, tensors, {"note": "x"})
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     assert n % 8 == 0 and raw[8 + n - 1:8 + n] in (b"}", b" ")
@@ -87,21 +96,21 @@ def test_writer_layout_padded_header_and_aligned_contiguous_data(tmp_path):
 
 def test_tied_weights_are_written_once_per_name(tmp_path):
     emb = torch.randn(4, 8)
-    convert.write_safetensors(tmp_path / "t.safetensors", {"embed": emb, "lm_head": emb})
-    entries, _, _ = convert.read_safetensors_header(tmp_path / "t.safetensors")
+    save(tmp_path / "t.safetensors", {"embed": emb, "lm_head": emb})
+    entries, _, _ = safetensors_file.read_safetensors_header(tmp_path / "t.safetensors")
     assert entries["embed"].begin != entries["lm_head"].begin
-    back, _ = convert.read_safetensors(tmp_path / "t.safetensors")
+    back, _ = safetensors_file.read_safetensors(tmp_path / "t.safetensors")
     assert torch.equal(back["embed"], emb) and torch.equal(back["lm_head"], emb)
 
 
 def test_read_tensors_are_copy_on_write_views_that_outlive_the_file_name(tmp_path):
     path = tmp_path / "v.safetensors"
-    convert.write_safetensors(path, {"w": torch.arange(6.0)})
+    save(path, {"w": torch.arange(6.0)})
     before = path.read_bytes()
-    w = convert.read_safetensors(path)[0]["w"]
+    w = safetensors_file.read_safetensors(path)[0]["w"]
     w[0] = 100.0  # changes this tensor only
     assert path.read_bytes() == before
-    convert.write_safetensors(path, {"w": torch.zeros(6)})  # an atomic rename over it
+    save(path, {"w": torch.zeros(6)})  # an atomic rename over it
     assert w.tolist() == [100.0, 1.0, 2.0, 3.0, 4.0, 5.0]
 
 
@@ -149,25 +158,25 @@ def test_each_safetensors_validation_error_names_the_file(tmp_path, case):
     path = tmp_path / "bad.safetensors"
     path.write_bytes(raw)
     with pytest.raises(UserError, match="bad.safetensors") as e:
-        convert.read_safetensors(path)
+        safetensors_file.read_safetensors(path)
     assert message in str(e.value)
 
 
 # ---- sharded checkpoints and weight folders ---------------------------------------------------
 def write_shards(folder, weight_map=None):
     a, b = {"x.a": torch.randn(3, 2)}, {"x.b": torch.randn(4).half(), "x.c": torch.ones(1)}
-    convert.write_safetensors(folder / "s-1.safetensors", a)
-    convert.write_safetensors(folder / "s-2.safetensors", b)
+    save(folder / "s-1.safetensors", a)
+    save(folder / "s-2.safetensors", b)
     weight_map = weight_map or {"x.a": "s-1.safetensors", "x.b": "s-2.safetensors",
                                 "x.c": "s-2.safetensors"}
     index = {"metadata": {"total_size": 34}, "weight_map": weight_map}
-    (folder / convert.SAFETENSORS_INDEX).write_text(json.dumps(index))
+    (folder / safetensors_file.SAFETENSORS_INDEX).write_text(json.dumps(index))
     return {**a, **b}
 
 
 def test_sharded_index_reads_every_tensor_from_its_shard(tmp_path):
     expected = write_shards(tmp_path)
-    back = convert.read_weights(tmp_path)
+    back = safetensors_file.read_weights(tmp_path)
     assert back.keys() == expected.keys()
     assert all(same_bits(back[k], expected[k]) for k in expected)
 
@@ -180,20 +189,20 @@ def test_sharded_index_reads_every_tensor_from_its_shard(tmp_path):
 def test_sharded_index_errors(tmp_path, weight_map, message):
     write_shards(tmp_path, weight_map)
     with pytest.raises(UserError, match="model.safetensors.index.json") as e:
-        convert.read_weights(tmp_path)
+        safetensors_file.read_weights(tmp_path)
     assert message in str(e.value)
 
 
 def test_read_weights_falls_back_to_a_pytorch_bin_loaded_weights_only(tmp_path):
     state = {"w": torch.randn(2, 3), "b": torch.randn(3).to(torch.bfloat16)}
     torch.save(state, tmp_path / "pytorch_model.bin")
-    back = convert.read_weights(tmp_path)
+    back = safetensors_file.read_weights(tmp_path)
     assert all(same_bits(back[k], state[k]) for k in state)
     torch.save({"w": object()}, tmp_path / "pytorch_model.bin")  # a pickle of arbitrary objects
     with pytest.raises(UserError, match="pytorch_model.bin: cannot be loaded"):
-        convert.read_weights(tmp_path)
+        safetensors_file.read_weights(tmp_path)
     with pytest.raises(UserError, match="no weights"):
-        convert.read_weights(tmp_path / "nothing")
+        safetensors_file.read_weights(tmp_path / "nothing")
 
 
 # ---- safetensors against the reference library -------------------------------------------------
@@ -203,7 +212,7 @@ def test_reference_library_files_read_bit_exact(tmp_path):
         [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int8, torch.bool,
          torch.uint8, torch.float64, torch.int32])}
     st.save_file(tensors, str(tmp_path / "ref.safetensors"), metadata={"k": "v"})
-    back, metadata = convert.read_safetensors(tmp_path / "ref.safetensors")
+    back, metadata = safetensors_file.read_safetensors(tmp_path / "ref.safetensors")
     assert metadata == {"k": "v"}
     assert back.keys() == tensors.keys() and all(same_bits(back[k], tensors[k]) for k in tensors)
 
@@ -213,14 +222,14 @@ def test_our_files_read_bit_exact_by_the_reference_library(tmp_path):
     tensors = {"emb": torch.randn(7, 5).bfloat16(), "w": torch.randn(5, 3),
                "h": torch.randn(3).half(), "i": torch.arange(5),
                "m": torch.tensor([True, False, True]), "s": torch.tensor(1.0)}
-    convert.write_safetensors(tmp_path / "ours.safetensors", tensors)
+    save(tmp_path / "ours.safetensors", tensors)
     back = st.load_file(str(tmp_path / "ours.safetensors"))
     assert back.keys() == tensors.keys() and all(same_bits(back[k], tensors[k]) for k in tensors)
 
 
 # ---- the hub: a fake one on 127.0.0.1 -----------------------------------------------------------
-def safetensors_file(tmp_path, tensors):
-    convert.write_safetensors(tmp_path / "tmp.safetensors", tensors)
+def written_safetensors(tmp_path, tensors):
+    save(tmp_path / "tmp.safetensors", tensors)
     return (tmp_path / "tmp.safetensors").read_bytes()
 
 
@@ -231,13 +240,13 @@ def model_files(tmp_path, weights="single", config=None):
     files = {"config.json": json.dumps(config or {"model_type": "llama"}).encode(),
              "tokenizer.json": b'{"model": {"type": "BPE"}}'}
     if weights == "single":
-        files["model.safetensors"] = safetensors_file(tmp_path, tensors)
+        files["model.safetensors"] = written_safetensors(tmp_path, tensors)
     elif weights == "sharded":
-        files["model-00001-of-00002.safetensors"] = safetensors_file(
+        files["model-00001-of-00002.safetensors"] = written_safetensors(
             tmp_path, {"model.embed_tokens.weight": tensors["model.embed_tokens.weight"]})
-        files["model-00002-of-00002.safetensors"] = safetensors_file(
+        files["model-00002-of-00002.safetensors"] = written_safetensors(
             tmp_path, {"model.norm.weight": tensors["model.norm.weight"]})
-        files[convert.SAFETENSORS_INDEX] = json.dumps({"weight_map": {
+        files[safetensors_file.SAFETENSORS_INDEX] = json.dumps({"weight_map": {
             "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
             "model.norm.weight": "model-00002-of-00002.safetensors"}}).encode()
     else:
@@ -252,33 +261,33 @@ def test_fetch_a_model_then_again_without_a_single_request(tmp_path, hub, weight
     files, tensors = model_files(tmp_path, weights)
     files["generation_config.json"] = b'{"do_sample": true}'
     hub.publish("acme/tiny", files)
-    folder = convert.fetch_hub_model("hf:acme/tiny")
+    folder = download.fetch_hub_model("hf:acme/tiny")
     assert folder == Path(os.environ["SLM_CACHE"]) / "hub" / "acme--tiny" / "main"
     for name, data in files.items():
         assert (folder / name).read_bytes() == data
-    back = convert.read_weights(folder)
+    back = safetensors_file.read_weights(folder)
     assert all(same_bits(back[k], tensors[k]) for k in tensors)
     if weights != "bin":  # safetensors exist: the pickle is never asked for
         assert not any(p.endswith(".bin") for p, _ in hub.requests)
     n = len(hub.requests)
-    assert convert.fetch_hub_model("hf:acme/tiny") == folder
+    assert download.fetch_hub_model("hf:acme/tiny") == folder
     assert len(hub.requests) == n  # everything cached: no request at all
 
 
 def test_optional_files_may_be_absent_and_a_revision_is_its_own_folder(tmp_path, hub):
     hub.publish("acme/tiny", model_files(tmp_path, config={"v": "main"})[0])
     hub.publish("acme/tiny", model_files(tmp_path, config={"v": "one"})[0], revision="v1")
-    folder = convert.fetch_hub_model("hf:acme/tiny@v1")
+    folder = download.fetch_hub_model("hf:acme/tiny@v1")
     assert folder.name == "v1" and json.loads((folder / "config.json").read_text()) == {"v": "one"}
     assert not (folder / "generation_config.json").exists()
     assert {p for p, _ in hub.requests} >= {"/acme/tiny/resolve/v1/generation_config.json"}
-    main = convert.fetch_hub_model("hf:acme/tiny")
+    main = download.fetch_hub_model("hf:acme/tiny")
     assert json.loads((main / "config.json").read_text()) == {"v": "main"}
 
 
 def test_a_missing_model_is_one_error_naming_model_and_file(hub):
     with pytest.raises(UserError) as e:
-        convert.fetch_hub_model("hf:nobody/nothing")
+        download.fetch_hub_model("hf:nobody/nothing")
     message = str(e.value)
     assert "hf:nobody/nothing@main" in message and "config.json" in message and "404" in message
     assert len(hub.requests) == 1
@@ -289,11 +298,11 @@ def test_a_gated_model_needs_hf_token_which_never_reaches_the_cdn(tmp_path, hub,
     hub.publish("acme/gated", files)
     hub.gated.add("acme/gated")
     with pytest.raises(UserError) as e:
-        convert.fetch_hub_model("hf:acme/gated")
+        download.fetch_hub_model("hf:acme/gated")
     assert "hf:acme/gated@main: config.json" in str(e.value) and "HTTP 401" in str(e.value)
     assert "HF_TOKEN" in str(e.value) and "Access to model is restricted." in str(e.value)
     monkeypatch.setenv("HF_TOKEN", FakeHub.TOKEN)
-    folder = convert.fetch_hub_model("hf:acme/gated")
+    folder = download.fetch_hub_model("hf:acme/gated")
     assert (folder / "model.safetensors").read_bytes() == files["model.safetensors"]
     cdn = [headers for path, headers in hub.requests if path.startswith("/cdn/")]
     assert len(cdn) == 1 and "Authorization" not in cdn[0]
@@ -305,7 +314,7 @@ def test_a_partial_download_is_resumed_with_a_range_request(tmp_path, hub):
     cache = Path(os.environ["SLM_CACHE"]) / "hub" / "acme--tiny" / "main"
     cache.mkdir(parents=True)
     (cache / "model.safetensors.part").write_bytes(files["model.safetensors"][:100])
-    folder = convert.fetch_hub_model("hf:acme/tiny")
+    folder = download.fetch_hub_model("hf:acme/tiny")
     assert (folder / "model.safetensors").read_bytes() == files["model.safetensors"]
     ranges = [h.get("Range") for p, h in hub.requests if p.endswith("/model.safetensors")]
     assert ranges == ["bytes=100-"]
@@ -315,7 +324,7 @@ def test_a_partial_download_is_resumed_with_a_range_request(tmp_path, hub):
     ("truncated", "model.safetensors", "lie outside"),
     ("html", "config.json", "is not JSON"),
     ("missing shard", "model-00002-of-00002.safetensors", "HTTP 404"),
-    ("bad index", convert.SAFETENSORS_INDEX, "weight_map"),
+    ("bad index", safetensors_file.SAFETENSORS_INDEX, "weight_map"),
 ])
 def test_a_damaged_file_is_one_error_and_leaves_nothing_cached(tmp_path, hub, damage, file,
                                                                message):
@@ -331,7 +340,7 @@ def test_a_damaged_file_is_one_error_and_leaves_nothing_cached(tmp_path, hub, da
         files[file] = b'{"weight_map": ["not", "a", "map"]}'
     hub.publish("acme/broken", files)
     with pytest.raises(UserError) as e:
-        convert.fetch_hub_model("hf:acme/broken")
+        download.fetch_hub_model("hf:acme/broken")
     assert "hf:acme/broken@main" in str(e.value) and file in str(e.value)
     assert message in str(e.value)
     cache = Path(os.environ["SLM_CACHE"]) / "hub" / "acme--broken" / "main"
@@ -341,11 +350,11 @@ def test_a_damaged_file_is_one_error_and_leaves_nothing_cached(tmp_path, hub, da
 def test_model_without_weights_and_bad_ids(tmp_path, hub):
     hub.publish("acme/empty", {"config.json": b"{}", "tokenizer.json": b"{}"})
     with pytest.raises(UserError, match="hf:acme/empty@main: no weights"):
-        convert.fetch_hub_model("hf:acme/empty")
+        download.fetch_hub_model("hf:acme/empty")
     for spec in ["acme/tiny", "hf:acme", "hf:a/b/c", "hf:a--b/c", "hf:a/..", "hf:a/b@"]:
         with pytest.raises(UserError, match="not a hub model"):
-            convert.parse_hub_id(spec)
-    model = convert.parse_hub_id("hf:acme/tiny@refs/pr/1")
+            download.parse_hub_id(spec)
+    model = download.parse_hub_id("hf:acme/tiny@refs/pr/1")
     assert model.url("config.json").endswith("/acme/tiny/resolve/refs%2Fpr%2F1/config.json")
     assert model.cache_folder().name == "refs%2Fpr%2F1"
 
@@ -357,7 +366,7 @@ EVERY_VALUE = [("uint8", 255), ("int8", -128), ("uint16", 65535), ("int16", -327
 
 
 def test_gguf_metadata_of_every_type_round_trips(tmp_path):
-    w = convert.GGUFWriter()
+    w = gguf_file.GGUFWriter()
     for kind, value in EVERY_VALUE:
         w.add(f"test.{kind}", value, kind)
         w.add(f"test.array.{kind}", [value, value], kind)
@@ -366,7 +375,7 @@ def test_gguf_metadata_of_every_type_round_trips(tmp_path):
     w.add("test.default.float", 1e-6)
     w.add("test.default.bool", False)
     w.add("test.default.list", ["a", "bc"])
-    w.write(tmp_path / "m.gguf")
+    rundir.atomic_write(tmp_path / "m.gguf", w.write)
     g = read_gguf(tmp_path / "m.gguf")
     assert g["version"] == 3 and g["tensors"] == {}
     for kind, value in EVERY_VALUE:
@@ -381,24 +390,24 @@ def test_gguf_metadata_of_every_type_round_trips(tmp_path):
 
 
 def test_gguf_value_bytes_by_hand():
-    assert convert.gguf_value(8, "uint32") == bytes([4, 0, 0, 0, 8, 0, 0, 0])
-    assert convert.gguf_value("ab") == struct.pack("<IQ", 8, 2) + b"ab"
-    assert convert.gguf_value([True], "bool") == struct.pack("<IIQ", 9, 7, 1) + b"\x01"
+    assert gguf_file.gguf_value(8, "uint32") == bytes([4, 0, 0, 0, 8, 0, 0, 0])
+    assert gguf_file.gguf_value("ab") == struct.pack("<IQ", 8, 2) + b"ab"
+    assert gguf_file.gguf_value([True], "bool") == struct.pack("<IIQ", 9, 7, 1) + b"\x01"
     for bad in [(-1, "uint32"), (256, "uint8"), ([], None), (1, "complex"), ("x", "int32")]:
         with pytest.raises(ValueError):
-            convert.gguf_value(*bad)
+            gguf_file.gguf_value(*bad)
 
 
 @pytest.mark.parametrize("alignment", [32, 64])
 def test_gguf_tensors_dims_order_types_and_alignment(tmp_path, alignment):
-    w = convert.GGUFWriter(alignment)
+    w = gguf_file.GGUFWriter(alignment)
     tensors = {"a.weight": torch.randn(3, 64), "norm.weight": torch.randn(5),
                "odd.weight": torch.randn(2, 40), "b.weight": torch.randn(2, 3, 32).bfloat16()}
     kinds = {name: w.add_tensor(name, t, "q8_0") for name, t in tensors.items()}
     assert kinds == {"a.weight": "q8_0", "norm.weight": "f32", "odd.weight": "f16",
                      "b.weight": "q8_0"}
     w.add_tensor("f32.weight", tensors["a.weight"], "f32")
-    w.write(tmp_path / "t.gguf")
+    rundir.atomic_write(tmp_path / "t.gguf", w.write)
     g = read_gguf(tmp_path / "t.gguf")
     assert g["alignment"] == alignment and g["data_start"] % alignment == 0
     assert ("general.alignment" in g["metadata"]) == (alignment != 32)
@@ -415,12 +424,13 @@ def test_gguf_tensors_dims_order_types_and_alignment(tmp_path, alignment):
                           tensors["a.weight"].numpy())
     assert np.array_equal(np.frombuffer(t["odd.weight"]["data"], "<f2").reshape(2, 40),
                           tensors["odd.weight"].half().numpy())
-    assert torch.equal(convert.dequantize_q8_0(t["a.weight"]["data"], (3, 64)),
-                       convert.dequantize_q8_0(convert.quantize_q8_0(tensors["a.weight"]), (3, 64)))
+    assert torch.equal(gguf_file.dequantize_q8_0(t["a.weight"]["data"], (3, 64)),
+                       gguf_file.dequantize_q8_0(gguf_file.quantize_q8_0(tensors["a.weight"]),
+                                                 (3, 64)))
 
 
 def test_gguf_writer_refuses_what_llama_cpp_cannot_load():
-    w = convert.GGUFWriter()
+    w = gguf_file.GGUFWriter()
     w.add_tensor("x", torch.zeros(32, 32))
     for name, tensor in [("x", torch.zeros(2)), ("n" * 64, torch.zeros(2)),
                          ("five", torch.zeros(1, 1, 1, 1, 1)),
@@ -431,7 +441,7 @@ def test_gguf_writer_refuses_what_llama_cpp_cannot_load():
     with pytest.raises(ValueError):
         w.add_tensor("y", torch.zeros(2, 32), "q4_0")
     with pytest.raises(ValueError):
-        convert.GGUFWriter(alignment=48)
+        gguf_file.GGUFWriter(alignment=48)
     with pytest.raises(ValueError, match="GGUF key k"):
         w.add("k", -1, "uint32")
 
@@ -439,7 +449,7 @@ def test_gguf_writer_refuses_what_llama_cpp_cannot_load():
 # ---- Q8_0 ---------------------------------------------------------------------------------------
 def test_round_half_away_from_zero_like_c_roundf():
     x = torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, 0.49999997, -0.49999997, 126.5, 3.2, -3.7, 0.0])
-    assert convert.round_half_away(x).tolist() == [1, 2, 3, -1, -3, 0, 0, 127, 3, -4, 0]
+    assert gguf_file.round_half_away(x).tolist() == [1, 2, 3, -1, -3, 0, 0, 127, 3, -4, 0]
 
 
 def q8_0_cases():
@@ -463,38 +473,38 @@ def test_q8_0_dequantizes_within_half_a_step():
     for name, x in q8_0_cases().items():
         if name in ("huge", "large", "small", "tiny"):
             continue  # fp16 cannot hold d there: see the reference test below for the bytes
-        blob = convert.quantize_q8_0(x)
+        blob = gguf_file.quantize_q8_0(x)
         assert blob.shape == (x.numel() // 32, 34)
         d = x.reshape(-1, 32).abs().amax(1, keepdim=True) / 127  # fp32, as the quantizer
         d16 = d.half().float()
         q = blob[:, 2:].contiguous().view(torch.int8).float()
         bound = d / 2 + q.abs() * (d - d16).abs() + 1e-6 * d
-        error = (x.reshape(-1, 32) - convert.dequantize_q8_0(blob, x.shape).reshape(-1, 32)).abs()
+        error = (x.reshape(-1, 32) - gguf_file.dequantize_q8_0(blob, x.shape).reshape(-1, 32)).abs()
         assert (error <= bound).all(), name
-    assert convert.quantize_q8_0(torch.zeros(1, 32)).abs().sum() == 0
+    assert gguf_file.quantize_q8_0(torch.zeros(1, 32)).abs().sum() == 0
 
 
 def test_q8_0_is_bit_exact_with_the_gguf_package():
     gguf = pytest.importorskip("gguf")
     for name, x in q8_0_cases().items():
-        ours = convert.quantize_q8_0(x).numpy()
+        ours = gguf_file.quantize_q8_0(x).numpy()
         with np.errstate(over="ignore"):  # "huge": d is inf in fp16, in both
             reference = gguf.quants.quantize(x.numpy(), gguf.GGMLQuantizationType.Q8_0)
         assert ours.tobytes() == reference.tobytes(), name
     with pytest.raises(ValueError):
-        convert.quantize_q8_0(torch.zeros(2, 40))
+        gguf_file.quantize_q8_0(torch.zeros(2, 40))
 
 
 def test_q8_0_in_chunks_is_the_same_as_in_one_piece():
     x = torch.randn(3, 96)
-    chunked = b"".join(c.tobytes() for c in convert.ggml_chunks(x, "q8_0", chunk=64))
-    assert chunked == convert.quantize_q8_0(x).numpy().tobytes()
+    chunked = b"".join(c.tobytes() for c in gguf_file.ggml_chunks(x, "q8_0", chunk=64))
+    assert chunked == gguf_file.quantize_q8_0(x).numpy().tobytes()
 
 
 # ---- GGUF against the reference reader ----------------------------------------------------------
 def test_gguf_package_reads_our_file(tmp_path):
     gguf = pytest.importorskip("gguf")
-    w = convert.GGUFWriter()
+    w = gguf_file.GGUFWriter()
     w.add("general.architecture", "llama")
     w.add("llama.block_count", 2, "uint32")
     w.add("llama.rope.freq_base", 10000.0)
@@ -504,7 +514,7 @@ def test_gguf_package_reads_our_file(tmp_path):
                "blk.0.attn_q.weight": torch.randn(64, 64), "odd.weight": torch.randn(4, 20)}
     for name, t in tensors.items():
         w.add_tensor(name, t, "q8_0" if name != "blk.0.attn_q.weight" else "f16")
-    w.write(tmp_path / "r.gguf")
+    rundir.atomic_write(tmp_path / "r.gguf", w.write)
     reader = gguf.GGUFReader(tmp_path / "r.gguf")
     fields = reader.fields
     assert fields["general.architecture"].contents() == "llama"
@@ -522,6 +532,6 @@ def test_gguf_package_reads_our_file(tmp_path):
         assert t.tensor_type == types[ours[t.name]["type"]]
         assert t.data.tobytes() == ours[t.name]["data"]
     embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
-    ours_dequantized = convert.dequantize_q8_0(ours["token_embd.weight"]["data"], (6, 64))
+    ours_dequantized = gguf_file.dequantize_q8_0(ours["token_embd.weight"]["data"], (6, 64))
     assert np.array_equal(gguf.quants.dequantize(embd.data, embd.tensor_type),
                           ours_dequantized.numpy())

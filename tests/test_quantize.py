@@ -1,5 +1,5 @@
-"""Tests for quantize.py: the quantizer against its formula and error bound, the fast kernel against
-the reference path, a quantized model against the float one, and INT8 run directories on disk."""
+"""Tests for quantize.py and int8.py: the quantizer against its formula and error bound, the fast
+kernel against the reference path, a quantized model against the float one, and INT8 run directories on disk."""
 import copy
 import os
 import subprocess
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import gpt
+import int8
 import minimind
 import quantize
 import rundir
@@ -28,7 +29,7 @@ def test_per_channel_scales_and_round_trip_bound():
     assert torch.equal(scale, w.abs().amax(dim=1) / 127)  # scale = max|w| / 127, row by row
     assert q.min() >= -127 and q.max() <= 127
     assert torch.equal(q.abs().amax(dim=1), torch.full((16,), 127, dtype=torch.int8))  # each row's max -> +-127
-    err = (w - quantize.dequantize(q, scale)).abs()
+    err = (w - int8.dequantize(q, scale)).abs()
     assert (err <= scale[:, None] / 2 * (1 + 1e-6)).all()  # |w - w_hat| <= scale / 2, elementwise
     # the same numbers, computed another way: nearest multiple of the row's scale
     assert torch.equal(q, torch.round(w / scale[:, None]).to(torch.int8))
@@ -40,16 +41,16 @@ def test_all_zero_row_does_not_divide_by_zero():
     q, scale = quantize.quantize_per_channel(w)
     assert torch.isfinite(scale).all() and scale[2] > 0
     assert (q[2] == 0).all()
-    w_hat = quantize.dequantize(q, scale)
+    w_hat = int8.dequantize(q, scale)
     assert torch.isfinite(w_hat).all() and (w_hat[2] == 0).all()
 
 
-@pytest.mark.skipif(not quantize.HAS_INT8_KERNEL, reason="this torch has no int8 weight-only kernel")
+@pytest.mark.skipif(not int8.HAS_INT8_KERNEL, reason="this torch has no int8 weight-only kernel")
 @pytest.mark.parametrize("bias", [False, True])
 def test_fast_path_equals_reference_path(bias):
     torch.manual_seed(0)
     linear = torch.nn.Linear(128, 96, bias=bias)
-    layer = quantize.QuantizedLinear.from_float(linear)
+    layer = int8.QuantizedLinear.from_float(linear, quantize.quantize_per_channel)
     x = torch.randn(3, 5, 128)
     fast = layer(x)
     layer.fast = False
@@ -58,12 +59,13 @@ def test_fast_path_equals_reference_path(bias):
     # the kernel runs the activations in bf16 (8-bit mantissa): agreement to a fraction of a percent
     assert (fast - ref).abs().max() <= 5e-3 * ref.abs().max()
     # and the reference path is exactly "dequantize, then matmul"
-    w_hat = quantize.dequantize(layer.weight_int8, layer.scale)
+    w_hat = int8.dequantize(layer.weight_int8, layer.scale)
     torch.testing.assert_close(ref, torch.nn.functional.linear(x, w_hat, linear.bias))
 
 
 def test_sizes_the_kernel_cannot_take_use_the_reference_path():
-    layer = quantize.QuantizedLinear.from_float(torch.nn.Linear(40, 8))  # 40 is not a multiple of 16
+    layer = int8.QuantizedLinear.from_float(torch.nn.Linear(40, 8),  # 40 is not a multiple of 16
+                                            quantize.quantize_per_channel)
     x = torch.randn(2, 40)
     out = layer(x)
     layer.fast = False
@@ -112,13 +114,13 @@ def test_cli_writes_an_int8_run_that_loads_safely(pretrained_run, corpus, tmp_pa
     assert payload["quantized"] == {"scheme": "int8-per-channel-symmetric", "include_embeddings": False,
                                     "source": str(pretrained_run)}
     assert payload["stage"] == "pretrain" and payload["format"] == "slm-run"
-    int8 = [k for k, v in payload["model"].items() if v.dtype == torch.int8]
-    assert len(int8) == 4 * 7  # every projection of the 4 blocks
+    int8_tensors = [k for k, v in payload["model"].items() if v.dtype == torch.int8]
+    assert len(int8_tensors) == 4 * 7  # every projection of the 4 blocks
     assert payload["model"]["embed_tokens.weight"].dtype == torch.float32  # stays float by default
     assert (out / "tokenizer.json").read_bytes() == (pretrained_run / "tokenizer.json").read_bytes()
     assert not (out / "train_state.pt").exists()
     model, tok, loaded = rundir.load_run(out)
-    assert isinstance(model.layers[0].self_attn.q_proj, quantize.QuantizedLinear) and "model" not in loaded
+    assert isinstance(model.layers[0].self_attn.q_proj, int8.QuantizedLinear) and "model" not in loaded
     assert abs(result["after"]["val_ppl"] / result["before"]["val_ppl"] - 1) < 0.01
     assert result["size_after"] < 0.55 * result["size_before"]
     with pytest.raises(UserError, match="already quantized"):
@@ -163,7 +165,7 @@ def test_int8_decoding_path_agrees_with_the_reference_path(pretrained_run):
     for include_embeddings in (False, True):
         fast = copy.deepcopy(model)
         quantize.quantize_model(fast, include_embeddings)
-        reference = quantize.set_fast(copy.deepcopy(fast), False)
+        reference = int8.set_fast(copy.deepcopy(fast), False)
         ids = tok.encode(topics[sorted(topics)[-1]])[:model.context_length]
         with torch.no_grad():
             expected = reference(torch.tensor([ids]))[0][0].argmax(-1)

@@ -1,4 +1,5 @@
-"""Benchmark for bpe.py with a released-size tokenizer (run by hand, not collected by pytest):
+"""Benchmark for bpe.py and hf_tokenizer.py with a released-size tokenizer (run by hand, not
+collected by pytest):
 
     python tests/benchmarks/bench_bpe_released.py            # 20 MB of training text
     python tests/benchmarks/bench_bpe_released.py --mb 5     # a smaller vocabulary, faster
@@ -7,7 +8,7 @@ Needs the `tokenizers` package (the reference). It trains a Qwen2-style tokenize
 split regex, byte-level BPE) of 151,643 tokens, Qwen2's size, with `tokenizers` on perturbed
 Python docs, adds Qwen2's kind of special tokens, saves it as tokenizer.json, then measures:
 
-(a) Tokenizer.from_hf: the first call in a fresh process (which also builds the Unicode
+(a) hf_tokenizer.from_hf: the first call in a fresh process (which also builds the Unicode
     classes for the regex) and later ones; save() in our version-2 format, its size, and
     Tokenizer.load() of it;
 (b) encoding the Python-docs corpus as one string and line by line, against `tokenizers`'
@@ -31,6 +32,7 @@ sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
 
 from bench_bpe import best_of, corpus, perturbed_documents  # noqa: E402
 from bpe import Tokenizer  # noqa: E402
+from hf_tokenizer import from_hf  # noqa: E402
 
 QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -74,18 +76,19 @@ def main():
         hf.save(str(path))
         # the first call in a fresh process, as a script loading a model would make it
         child = ("import sys, time; t0 = time.perf_counter(); sys.path.insert(0, sys.argv[1]); "
-                 "import bpe; bpe.Tokenizer.from_hf(sys.argv[2]); print(time.perf_counter() - t0)")
+                 "import hf_tokenizer; hf_tokenizer.from_hf(sys.argv[2]); "
+                 "print(time.perf_counter() - t0)")
         first = float(subprocess.run([sys.executable, "-c", child, str(HERE.parents[1]),
                                       str(path)], capture_output=True, text=True,
                                      check=True).stdout)
-        t_from_hf, tok = best_of(args.repeat, lambda: Tokenizer.from_hf(path))
+        t_from_hf, tok = best_of(args.repeat, lambda: from_hf(path))
         t_save, _ = best_of(args.repeat, lambda: tok.save(ours_path))
         t_load, loaded = best_of(args.repeat, lambda: Tokenizer.load(ours_path))
         t_hf_load, _ = best_of(args.repeat, lambda: tokenizers.Tokenizer.from_file(str(path)))
         print(f"\n(a) {tok.vocab_size:,} tokens, {len(tok.merges):,} merges; tokenizer.json "
               f"{path.stat().st_size / 1e6:.1f} MB, ours (version 2) "
               f"{ours_path.stat().st_size / 1e6:.1f} MB")
-        print(f"    import bpe + Tokenizer.from_hf in a fresh process {first:.2f}s (with building "
+        print(f"    import hf_tokenizer + from_hf in a fresh process {first:.2f}s (with building "
               f"the Unicode classes); from_hf {t_from_hf:.2f}s; save {t_save:.2f}s; "
               f"load {t_load:.2f}s")
         print(f"    tokenizers.Tokenizer.from_file {t_hf_load:.2f}s")

@@ -1,6 +1,7 @@
-"""Benchmark of convert.py's safetensors reader: peak memory (resident set size) of reading a
-checkpoint of about 500 MB and turning it into fp32 tensors, against torch.load of the same
-weights saved with torch.save, measured in this one run; and of a whole import.
+"""Benchmark of safetensors_file.py's reader, which convert.py imports with: peak memory (resident
+set size) of reading a checkpoint of about 500 MB and turning it into fp32 tensors, against
+torch.load of the same weights saved with torch.save, measured in this one run; and of a whole
+import.
 
     python tests/benchmarks/bench_convert.py [--mb 512] [--dir /tmp]
     python tests/benchmarks/bench_convert.py --import-model    # a SmolLM2-135M-shaped release
@@ -11,13 +12,13 @@ in a fresh process, with its peak RSS, against a fresh process that torch.loads 
 (an fp32 state dict saved with torch.save) into a MiniMind of that shape: the plain way to load.
 
 For each stored dtype (fp32, bf16) it writes the same random weights twice, as model.safetensors
-(convert.write_safetensors) and as model.pt (torch.save), then each way of loading runs in a fresh
-Python process that imports torch and convert, notes its peak RSS so far (the baseline), loads,
-converts tensor by tensor to fp32 (dropping each source tensor once converted, as an importer
-does), reads every value once (so mapped pages are really in memory), and reports its peak
-RSS (VmHWM in /proc/self/status; getrusage's ru_maxrss elsewhere) and how much of what it holds
-at the end is private memory (RssAnon) rather than pages of the file mapped in. Figures are
-above the baseline, in MB and as ratios to torch.load's.
+(safetensors_file.write_safetensors) and as model.pt (torch.save), then each way of loading runs in
+a fresh Python process that imports torch and safetensors_file, notes its peak RSS so far (the
+baseline), loads, converts tensor by tensor to fp32 (dropping each source tensor once converted,
+as an importer does), reads every value once (so mapped pages are really in memory), and reports
+its peak RSS (VmHWM in /proc/self/status; getrusage's ru_maxrss elsewhere) and how much of what
+it holds at the end is private memory (RssAnon) rather than pages of the file mapped in. Figures
+are above the baseline, in MB and as ratios to torch.load's.
 
 Private memory is what the system must keep; mapped pages of an unchanged file it can drop and
 read again, and they are the very pages of its file cache, where torch.load's read copies them.
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHILD = r"""
 import resource, sys, torch
 sys.path.insert(0, {root!r})
-import convert
+import safetensors_file
 def peak_mb():
     # VmHWM: this process's peak RSS. ru_maxrss would do, but on Linux a child started by fork
     # and exec inherits the parent's peak in it, and the parent here held the weights.
@@ -54,7 +55,7 @@ def private_mb():
 method, path = sys.argv[1], sys.argv[2]
 base, base_private = peak_mb(), private_mb()
 if method == "ours":
-    source = convert.read_safetensors(path)[0]
+    source = safetensors_file.read_safetensors(path)[0]
 elif method == "safetensors package":
     import safetensors.torch
     source = safetensors.torch.load_file(path)
@@ -84,7 +85,8 @@ def make_checkpoints(folder, mb, dtype):
     small model's (an embedding and layers of square and wide matrices)."""
     import torch
     sys.path.insert(0, str(ROOT))
-    import convert
+    import rundir
+    import safetensors_file
     g = torch.Generator().manual_seed(0)
     n_values = mb * 2**20 // dtype.itemsize
     tensors, i = {}, 0
@@ -94,7 +96,7 @@ def make_checkpoints(folder, mb, dtype):
         n_values -= rows * 2048
         i += 1
     st, pt = folder / "model.safetensors", folder / "model.pt"
-    convert.write_safetensors(st, tensors)
+    rundir.atomic_write(st, lambda f: safetensors_file.write_safetensors(f, tensors))
     torch.save(tensors, pt)
     return st, pt
 
@@ -133,11 +135,14 @@ def bench_import(folder):
     import torch
     sys.path.insert(0, str(ROOT))
     import convert
+    import hf_tokenizer
     import minimind
+    import rundir
+    import safetensors_file
     release = folder / "release"
     release.mkdir()
     tok = synthetic_tokenizer(SMOLLM2_135M["vocab_size"])
-    (release / "tokenizer.json").write_text(json.dumps(tok.to_hf()))
+    (release / "tokenizer.json").write_text(json.dumps(hf_tokenizer.to_hf(tok)))
     c = SMOLLM2_135M
     (release / "config.json").write_text(json.dumps({
         "architectures": ["LlamaForCausalLM"], "hidden_size": c["dim"], "num_hidden_layers": c["n_layers"],
@@ -147,11 +152,12 @@ def bench_import(folder):
     torch.manual_seed(0)
     model = minimind.MiniMind(minimind.MiniMindConfig(**c))
     state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    convert.write_safetensors(release / "model.safetensors",
-                              {"model." + k: v.to(torch.bfloat16) for k, v in state.items()})
+    release_tensors = {"model." + k: v.to(torch.bfloat16) for k, v in state.items()}
+    rundir.atomic_write(release / "model.safetensors",
+                        lambda f: safetensors_file.write_safetensors(f, release_tensors))
     torch.save(model.state_dict(), folder / "model.pt")
     fp32_mb = sum(v.numel() for v in state.values()) * 4 / 2**20
-    del model, state
+    del model, state, release_tensors
     print(f"SmolLM2-135M shape: {fp32_mb:.0f} MB of fp32 weights; release {(release / 'model.safetensors').stat().st_size / 2**20:.0f} MB (bf16)")
     code = IMPORT_CHILD.format(root=str(ROOT), config=c)
     for method, source in (("torch.load", folder / "model.pt"), ("convert.py", release)):

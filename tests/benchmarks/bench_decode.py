@@ -100,7 +100,7 @@ def with_dynamic_int8(int8_model):
     zero = lambda n: torch.zeros(n, dtype=torch.long)
     for layer in weights.layers:
         for key in ("qkv", "o", "gate_up", "down"):
-            fused = layer[key]  # a quantize.Int8ForDecoding: q, scale, bias
+            fused = layer[key]  # an int8.Int8ForDecoding: q, scale, bias
             qw = torch._make_per_channel_quantized_tensor(fused.q, fused.scale.double(),
                                                           zero(fused.q.size(0)), 0)
             packed = torch.ops.quantized.linear_prepack(qw, fused.bias)

@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import eval as evaluation  # noqa: E402
 import data  # noqa: E402
+import int8  # noqa: E402
 import minimind  # noqa: E402
 import quantize  # noqa: E402
 import rundir  # noqa: E402
@@ -65,7 +66,7 @@ def bench_size(big):
     fp32 = saved_size(big["fp32"])
     print("\nmodel.pt size, minimind2-small (vocab 6400):")
     for name, limit in (("int8", 0.55), ("int8+emb", 0.30)):
-        s = saved_size(big[name], {"quantized": {"scheme": quantize.SCHEME}})
+        s = saved_size(big[name], {"quantized": {"scheme": int8.SCHEME}})
         print(f"  {name:<10} {s / 2**20:7.2f} MB / fp32 {fp32 / 2**20:.2f} MB = {s / fp32:.3f}x   "
               f"(target <= {limit}: {'PASS' if s / fp32 <= limit else 'FAIL'})")
 
@@ -117,7 +118,7 @@ def main():
     p.add_argument("--max-tokens", type=int, default=32768, help="validation tokens for perplexity")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, int8 kernel {'yes' if quantize.HAS_INT8_KERNEL else 'no'}, "
+    print(f"torch {torch.__version__}, int8 kernel {'yes' if int8.HAS_INT8_KERNEL else 'no'}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
     torch.manual_seed(0)
     cfg = minimind.MiniMindConfig(**minimind.SIZES["minimind2-small"], vocab_size=6400, max_seq_len=512)

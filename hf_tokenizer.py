@@ -1,0 +1,444 @@
+"""hf_tokenizer.py: released tokenizers, read and written exactly (a companion of bpe.py).
+
+A model on the Hugging Face hub ships its tokenizer as tokenizer.json (section 1 says what it
+holds). This file reads the tokenizer.json of a byte-level BPE (GPT-2, Llama 3, Qwen2/2.5/3,
+SmolLM2) into a bpe.Tokenizer that encodes every text to exactly the ids `tokenizers` gives, and
+writes any bpe.Tokenizer (trained here or imported) back as a tokenizer.json that `tokenizers`
+and transformers load; GGUF's tokenizer section (token strings, token types, merges) too:
+
+    tok = hf_tokenizer.from_hf("Qwen2.5-0.5B/tokenizer.json")   # a bpe.Tokenizer
+    tok.save("out/qwen/tokenizer.json")       # our format: Tokenizer.load reads it back as is
+    json.dump(hf_tokenizer.to_hf(tok), f)     # tokenizer.json again
+    hf_tokenizer.gguf_vocab(tok)              # {"tokens", "token_type", "merges"} for GGUF
+
+Functions rather than a subclass: a released tokenizer, once read, is a plain bpe.Tokenizer
+(its normalizer, split patterns and added tokens are all bpe.py knows), saved into a run
+directory and loaded back by bpe.Tokenizer.load like any other; and every Tokenizer, trained or
+imported, can be exported. So there is no second kind of tokenizer to keep through a save.
+
+Imports bpe.py (the Tokenizer, its byte-level alphabet and split patterns, UserError), nothing
+else from the project. Imported by convert.py (release in, run directory out) and data.py (token
+strings and types, for the token cache and bits per byte).
+"""
+import collections
+import json
+import re
+
+from bpe import (BYTE_TO_CHAR, FORMAT_NAME, GPT2_SPLIT_PATTERN, Tokenizer, UserError,
+                 all_characters, compile_split, from_byte_level, read_json, to_byte_level,
+                 to_ranges)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Reading tokenizer.json
+# ---------------------------------------------------------------------------------------------
+# A model on the Hugging Face hub ships its tokenizer as tokenizer.json, written by the Rust
+# library `tokenizers`. For a byte-level BPE (GPT-2, Llama 3, Qwen2/2.5/3, SmolLM2) it holds:
+#
+#   "model": {"type": "BPE", "vocab": {"Ġthe": 279, ...}, "merges": ["Ġ t", ...] (or, in newer
+#             files, [["Ġ", "t"], ...]), "ignore_merges": false, ...}   tokens in the byte-level
+#             alphabet (bpe.py's step 7); the bytes need not be ids 0..255, and the token a
+#             merge makes is whatever id the vocab gives the joined string ("Ġt")
+#   "added_tokens": [{"id": 151643, "content": "<|endoftext|>", "special": true, ...}, ...]
+#   "normalizer": null, or {"type": "NFC"} (Qwen: compose "e" + U+0301 into "é" first)
+#   "pre_tokenizer": how text is cut into chunks:
+#       GPT-2:            ByteLevel(use_regex: true)                    -> GPT2_SPLIT_PATTERN
+#       Llama 3, Qwen:    Sequence[Split(Regex P, "Isolated"), ByteLevel(use_regex: false)] -> P
+#       SmolLM2:          Sequence[Digits(individual_digits: true), ByteLevel(use_regex: true)]
+#                                                        -> r"\p{N}", then GPT2_SPLIT_PATTERN
+#   "decoder": ByteLevel (bytes back from the alphabet: decode needs nothing more)
+#   "post_processor": what encode(..., add_special_tokens=True) adds around a text (Llama 3: a
+#                     <|begin_of_text|> in front); not part of encoding, see from_hf.
+#
+# Everything else (SentencePiece-style BPE with "▁" for spaces like Llama 2 and TinyLlama,
+# byte_fallback, WordPiece, Unigram, ...) is refused with one error naming the field and value.
+
+def from_hf(source):
+    """A released model's tokenizer.json (a path, or the dict json.load gives) of a
+    byte-level BPE -> a bpe.Tokenizer that encodes every text to exactly the ids of
+    `tokenizers.Tokenizer.from_file(path).encode(text, add_special_tokens=False).ids`
+    (with allowed_special="all"; "none" matches its encode_special_tokens=True).
+
+    What the file's post-processor adds around a text with add_special_tokens=True is not
+    part of encode(); it is in tok.bos_added / tok.eos_added, lists of ids: [128000] and []
+    for Llama 3, [] and [] for GPT-2, Qwen and SmolLM2, None when the post-processor is of a
+    kind this file does not read.
+    Anything that is not a byte-level BPE, or that this file does not implement, raises
+    UserError("<path>: <field> <value> is not supported ...").
+    """
+    if isinstance(source, dict):
+        return Tokenizer(**hf_arguments(source, "tokenizer.json"))
+    return Tokenizer(**hf_arguments(read_json(source), str(source)))
+
+
+def hf_arguments(data, where):
+    """A parsed tokenizer.json -> the arguments of Tokenizer(...); UserError("<where>: ...")."""
+    def bad(why):
+        return UserError(f"{where}: {why}")
+    if isinstance(data, dict) and data.get("format") == FORMAT_NAME:
+        raise bad("this is an slm tokenizer file, not a tokenizer.json: Tokenizer.load reads it")
+    model = data.get("model") if isinstance(data, dict) else None
+    kind = model.get("type", "BPE" if "merges" in model else None) \
+        if isinstance(model, dict) else None
+    if kind != "BPE":
+        raise bad(f"model type {kind} is not supported (byte-level BPE only)")
+    split = hf_pre_tokenizer(data.get("pre_tokenizer"), bad)
+    normalizer = hf_normalizer(data.get("normalizer"), bad)
+    for field, allowed in (("dropout", (None, 0)), ("byte_fallback", (None, False)),
+                           ("continuing_subword_prefix", (None, "")),
+                           ("end_of_word_suffix", (None, ""))):
+        if model.get(field) not in allowed:
+            raise bad(f"model.{field} {json.dumps(model.get(field))} is not supported "
+                      f"(byte-level BPE only)")
+    decoder = data.get("decoder")
+    if not (isinstance(decoder, dict) and decoder.get("type") == "ByteLevel"):
+        kind = decoder.get("type") if isinstance(decoder, dict) else json.dumps(decoder)
+        raise bad(f"decoder type {kind} is not supported (byte-level BPE needs ByteLevel)")
+    strings = model.get("vocab")
+    if not isinstance(strings, dict):
+        raise bad("model.vocab must map token strings to ids")
+    added = hf_added_tokens(data.get("added_tokens") or [], strings, bad)
+    vocab = hf_vocab(strings, {name for _, name, _, _ in added}, bad)
+    bos, eos = hf_post_processor(data.get("post_processor"))
+    return dict(vocab=vocab, merges=hf_read_merges(model.get("merges"), strings, vocab, bad),
+                added_tokens=added, split=split, normalizer=normalizer,
+                ignore_merges=bool(model.get("ignore_merges", False)),
+                bos_added=bos, eos_added=eos)
+
+
+def hf_pre_tokenizer(pre, bad):
+    """"pre_tokenizer" -> the split patterns, in order, as tokenizer.json writes regexes.
+    A ByteLevel step must come last: it turns the text into the byte-level alphabet, so any
+    step after it would see other characters."""
+    if pre is None:
+        raise bad("pre_tokenizer null is not supported (byte-level BPE only; a SentencePiece-"
+                  "style BPE such as Llama 2's or TinyLlama's has none)")
+    steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" \
+        else [pre]
+    steps = steps if isinstance(steps, list) else [steps]
+    patterns = []
+    for k, step in enumerate(steps):
+        kind = step.get("type") if isinstance(step, dict) else json.dumps(step)
+        if kind == "ByteLevel" and k == len(steps) - 1:
+            if step.get("add_prefix_space"):
+                raise bad("pre_tokenizer ByteLevel add_prefix_space true is not supported")
+            return patterns + ([GPT2_SPLIT_PATTERN] if step.get("use_regex", True) else [])
+        if kind == "Split":
+            patterns.append(hf_split_regex(step, bad))
+        elif kind == "Digits":   # `tokenizers` tests char::is_numeric, i.e. the categories N*
+            patterns.append(r"\p{N}" if step.get("individual_digits") else r"\p{N}+")
+        elif kind == "ByteLevel":
+            raise bad("pre_tokenizer ByteLevel is supported as the last step only")
+        else:
+            raise bad(f"pre_tokenizer type {kind} is not supported (byte-level BPE only)")
+    raise bad("pre_tokenizer has no ByteLevel step (byte-level BPE only)")
+
+
+def hf_split_regex(step, bad):
+    """A Split pre-tokenizer -> its regex, checked to be one this file can run exactly."""
+    pattern = step.get("pattern")
+    if not (isinstance(pattern, dict) and isinstance(pattern.get("Regex"), str)):
+        raise bad(f"pre_tokenizer Split pattern {json.dumps(pattern)} is not supported "
+                  f"(only Regex)")
+    if step.get("behavior") != "Isolated":
+        raise bad(f"pre_tokenizer Split behavior {step.get('behavior')} is not supported "
+                  f"(only Isolated)")
+    if step.get("invert"):
+        raise bad("pre_tokenizer Split invert true is not supported")
+    try:
+        compile_split(pattern["Regex"])
+    except (ValueError, re.error) as e:
+        raise bad(f"pre_tokenizer Split regex {pattern['Regex']!r} is not supported: {e}") from None
+    return pattern["Regex"]
+
+
+def hf_normalizer(normalizer, bad):
+    """"normalizer" -> None or "NFC" (also inside a Sequence)."""
+    steps = [] if normalizer is None else normalizer.get("normalizers") \
+        if isinstance(normalizer, dict) and normalizer.get("type") == "Sequence" else [normalizer]
+    for step in steps if isinstance(steps, list) else [steps]:
+        kind = step.get("type") if isinstance(step, dict) else json.dumps(step)
+        if kind != "NFC":
+            raise bad(f"normalizer type {kind} is not supported (only NFC)")
+    return "NFC" if steps else None
+
+
+def ids_tokenizers_would_give(vocab, names):
+    """The ids `tokenizers` gives the added tokens, in the order listed. It does not trust the
+    file's ids: a name the vocab has keeps the vocab's id; any other takes the next id after the
+    vocabulary (its number of entries) or after the added tokens before it, whichever is larger.
+        ({"a": 0, "b": 1}, ["<x>", "b", "<y>"]) -> [2, 1, 3]"""
+    out, given = [], {}
+    for name in names:
+        if name in given:
+            id = given[name]
+        elif name in vocab:
+            id = vocab[name]
+        else:
+            top, n = max(given.values(), default=None), len(vocab)
+            id = n if top is None or (top < n and n > 0) else top + 1
+        given[name] = id
+        out.append(id)
+    return out
+
+
+def hf_added_tokens(items, strings, bad):
+    """"added_tokens" -> [(id, name, special, normalized)]. A file whose ids are not the ones
+    `tokenizers` would give (ids_tokenizers_would_give) encodes differently from what its model
+    was trained with, so it is refused."""
+    if not isinstance(items, list):
+        raise bad("added_tokens must be a list")
+    out = []
+    for k, t in enumerate(items):
+        if not (isinstance(t, dict) and isinstance(t.get("content"), str) and t["content"]
+                and type(t.get("id")) is int):
+            raise bad(f"added_tokens[{k}] is {t!r}; expected an object with an id and a content")
+        for flag in ("lstrip", "rstrip", "single_word"):
+            if t.get(flag):
+                raise bad(f"added token {t['content']!r}: {flag} true is not supported")
+        special = bool(t.get("special", False))
+        out.append((t["id"], t["content"], special, bool(t.get("normalized", not special))))
+    names = [name for _, name, _, _ in out]
+    if len(set(names)) != len(names):
+        raise bad("added_tokens lists the same token twice")
+    for (id, name, _, _), given in zip(out, ids_tokenizers_would_give(strings, names)):
+        if id != given:
+            raise bad(f"added token {name!r} has id {id}, but `tokenizers` gives it id {given} "
+                      f"(the ids of added tokens must follow the vocabulary, in order)")
+        if name in strings and from_byte_level(name) not in (None, name.encode("utf-8")):
+            raise bad(f"added token {name!r} is also in model.vocab, standing for other bytes")
+    return out
+
+
+def hf_vocab(strings, added_names, bad):
+    """"model.vocab" {"Ġthe": 279} -> {279: b" the"}. A string outside the byte-level alphabet
+    can only be an added token listed in the vocab too; BPE never makes it."""
+    vocab, seen = {}, set()
+    for text, id in strings.items():
+        if type(id) is not int or id < 0 or id in seen:
+            raise bad(f"model.vocab gives {text!r} the id {id!r}; ids must be distinct "
+                      f"non-negative integers")
+        seen.add(id)
+        data = from_byte_level(text)
+        if data is None and text in added_names:
+            continue
+        if not data:
+            raise bad(f"model.vocab token {text!r} (id {id}) is not in the byte-level alphabet")
+        vocab[id] = data
+    have = set(vocab.values())
+    missing = [b for b in range(256) if bytes([b]) not in have]
+    if missing:
+        raise bad(f"model.vocab has no token for the byte {missing[0]:#04x} "
+                  f"(byte-level {BYTE_TO_CHAR[missing[0]]!r})")
+    return vocab
+
+
+def hf_read_merges(merges, strings, vocab, bad):
+    """"model.merges" ["Ġ t", ...] or [["Ġ", "t"], ...] -> [(left, right, merged)] ids, the
+    merged id being the vocab's id of the joined string."""
+    if not isinstance(merges, list):
+        raise bad("model.merges must be a list")
+    out = []
+    for r, m in enumerate(merges):
+        pair = m.split(" ") if isinstance(m, str) else m
+        left, right = pair if isinstance(pair, list) and len(pair) == 2 else (None, None)
+        if not (isinstance(left, str) and isinstance(right, str)):
+            raise bad(f'model.merges[{r}] is {m!r}; expected "left right" or ["left", "right"]')
+        ids = (strings.get(left), strings.get(right), strings.get(left + right))
+        if None in ids:
+            missing = (left, right, left + right)[ids.index(None)]
+            raise bad(f"model.merges[{r}] {m!r}: {missing!r} is not in model.vocab")
+        if ids[0] in vocab and ids[1] in vocab:  # else it joins an added token: never applies
+            out.append(ids)
+    return out
+
+
+def hf_post_processor(post):
+    """"post_processor" -> (ids it puts before a text, ids after it); (None, None) if unknown.
+    {"type": "TemplateProcessing", "single": [<|begin_of_text|>, $A], ...} -> ([128000], [])"""
+    try:
+        kind = None if post is None else post["type"]
+        if kind in (None, "ByteLevel"):
+            return [], []
+        if kind == "Sequence":  # each processor wraps what the ones before it made
+            before, after = [], []
+            for p in post["processors"]:
+                b, a = hf_post_processor(p)
+                if b is None:
+                    return None, None
+                before, after = b + before, after + a
+            return before, after
+        if kind == "TemplateProcessing":
+            before, after, seen_text = [], [], False
+            for item in post["single"]:
+                if "Sequence" in item:
+                    seen_text = True
+                else:
+                    ids = post["special_tokens"][item["SpecialToken"]["id"]]["ids"]
+                    (after if seen_text else before).extend(ids)
+            return before, after
+        if kind in ("RobertaProcessing", "BertProcessing"):
+            return [post["cls"][1]], [post["sep"][1]]
+    except (KeyError, TypeError, IndexError, AttributeError):
+        pass
+    return None, None
+
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Tokens as tokenizer.json and GGUF write them, and GGUF's token types
+# ---------------------------------------------------------------------------------------------
+# Both formats list every id's token as a string and every merge as "left right", in the
+# byte-level alphabet; an export must refuse a vocabulary where two ids would read the same.
+
+def hf_merges(tok):
+    """The merges as tokenizer.json and GGUF write them: ["Ġ t", "h e", ...]."""
+    model = tok.vocab
+    return [f"{to_byte_level(model[a])} {to_byte_level(model[b])}" for a, b in tok.merges]
+
+
+def token_strings(tok):
+    """One string per id, as tokenizer.json and GGUF write tokens: an ordinary token in the
+    byte-level alphabet ("Ġthe"), a special or added token as its name, an id that stands
+    for nothing as "[PAD<id>]" (llama.cpp's convention)."""
+    names = {id: name for name, id in {**tok.added_tokens, **tok.special_tokens}.items()}
+    return [names[id] if id in names else
+            to_byte_level(tok.vocab[id]) if id in tok.vocab else f"[PAD{id}]"
+            for id in range(tok.vocab_size)]
+
+
+TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 3, 4, 5  # GGUF token types
+
+
+def token_types(tok):
+    """One GGUF token type per id (llama.cpp's numbers): TOKEN_NORMAL for ordinary tokens
+    (the 256 bytes included: a byte-level BPE has no separate byte tokens), TOKEN_CONTROL
+    for special tokens, TOKEN_USER_DEFINED for added tokens that are not special,
+    TOKEN_UNUSED for ids that stand for nothing."""
+    added = {*tok.added_tokens.values(), *tok.special_tokens.values()}
+    return [TOKEN_CONTROL if tok.is_special(id) else
+            TOKEN_USER_DEFINED if id in added and id not in tok.vocab else
+            TOKEN_NORMAL if id in tok.vocab else TOKEN_UNUSED
+            for id in range(tok.vocab_size)]
+
+
+def duplicate_tokens(tok):
+    """{token string: [ids]} for every string (see token_strings) that more than one id
+    has: an export cannot tell those ids apart, so it must refuse. Empty for a sound
+    vocabulary (every released one, and every one trained here so far)."""
+    ids = collections.defaultdict(list)
+    for id, text in enumerate(token_strings(tok)):
+        ids[text].append(id)
+    return {text: group for text, group in ids.items() if len(group) > 1}
+
+
+def check_exportable(tok):
+    """Raise UserError when two ids stand for the same token (see duplicate_tokens)."""
+    dups = duplicate_tokens(tok)
+    if dups:
+        shown = "; ".join(f"ids {group} are all {text!r}" for text, group in
+                          list(dups.items())[:3])
+        raise UserError(f"cannot export this tokenizer: {len(dups)} tokens have more than "
+                        f"one id ({shown})")
+
+
+def gguf_vocab(tok):
+    """What a GGUF file's tokenizer section needs (llama.cpp's "gpt2" tokenizer model):
+    {"tokens": token_strings(), "token_type": token_types(), "merges": hf_merges()},
+    after check_exportable()."""
+    check_exportable(tok)
+    return {"tokens": token_strings(tok), "token_type": token_types(tok),
+            "merges": hf_merges(tok)}
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Writing tokenizer.json
+# ---------------------------------------------------------------------------------------------
+# The vocabulary, merges and added tokens as they are, the split
+# patterns as Split + ByteLevel(use_regex: false) (so Llama 3's form, whatever the source was),
+# and the post-processor as a TemplateProcessing when bos_added / eos_added hold ids.
+
+def to_hf(tok):
+    """A bpe.Tokenizer as a tokenizer.json dict (json.dump it to write the file), which
+    `tokenizers` encodes every text with to exactly our ids. Refuses (UserError) a
+    vocabulary where two ids stand for the same token (see duplicate_tokens)."""
+    check_exportable(tok)
+    strings = {to_byte_level(data): id for id, data in sorted(tok.vocab.items())}
+    added = tok.added_list()
+    for (id, name, _, _), given in zip(added, ids_tokenizers_would_give(
+            strings, [name for _, name, _, _ in added])):
+        if id != given:
+            raise UserError(f"cannot write tokenizer.json: `tokenizers` would give {name!r} the "
+                            f"id {given}, not {id} (ids must follow the vocabulary without gaps)")
+    patterns = tok.split_patterns if tok.syntax == "tokenizers" else \
+        [onig_regex(p) for p in tok.split_patterns]
+    pre = [{"type": "Split", "pattern": {"Regex": p}, "behavior": "Isolated", "invert": False}
+           for p in patterns]
+    pre.append({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                "use_regex": False})
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": id, "content": name, "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": normalized, "special": special}
+                         for id, name, special, normalized in added],
+        "normalizer": {"type": tok.normalizer} if tok.normalizer else None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": pre},
+        "post_processor": hf_template(tok),
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                    "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                  "fuse_unk": False, "byte_fallback": False, "ignore_merges": tok.ignore_merges,
+                  "vocab": strings, "merges": hf_merges(tok)},
+    }
+
+
+def hf_template(tok):
+    """bos_added / eos_added -> a TemplateProcessing post-processor (None when both are empty)."""
+    before, after = tok.bos_added or [], tok.eos_added or []
+    if not before and not after:
+        return None
+    names = {id: name for name, id in {**tok.added_tokens, **tok.special_tokens}.items()}
+    if not set(before + after) <= set(names):
+        raise UserError(f"bos_added {before} / eos_added {after}: ids of added tokens only")
+
+    def items(ids, type_id):
+        return [{"SpecialToken": {"id": names[i], "type_id": type_id}} for i in ids]
+    single = items(before, 0) + [{"Sequence": {"id": "A", "type_id": 0}}] + items(after, 0)
+    pair = single + items(before, 1) + [{"Sequence": {"id": "B", "type_id": 1}}] + items(after, 1)
+    return {"type": "TemplateProcessing", "single": single, "pair": pair,
+            "special_tokens": {names[i]: {"id": names[i], "ids": [i], "tokens": [names[i]]}
+                               for i in before + after}}
+
+
+def onig_regex(pattern):
+    """A version-1 pattern (for `re`) -> a tokenizer.json regex that Oniguruma runs the same way.
+    Each class that means something else there (\\w \\d \\s and their capitals, and [...] classes
+    holding them) becomes the explicit list of the characters `re` matches with it, found by
+    trying it on every character; the rest of the syntax means the same in both engines.
+        r"\\d{1,3}" -> r"[\\x{30}-\\x{39}\\x{660}-\\x{669}...]{1,3}"   (every decimal digit)"""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern[i] == "[":     # find the class's end: past a leading ^ or ], and escapes
+            end = i + 1 + (pattern[i + 1:i + 2] == "^")
+            end += pattern[end:end + 1] == "]"
+            while pattern[end] != "]":
+                end += 2 if pattern[end] == "\\" else 1
+            end += 1
+        elif pattern[i] == "\\":
+            end = i + 2
+        else:
+            out.append(pattern[i])
+            i += 1
+            continue
+        piece = pattern[i:end]
+        if re.search(r"\\[wWdDsS]", piece):
+            ranges = to_ranges(map(ord, re.findall(piece, all_characters())))
+            piece = "[" + "".join(f"\\x{{{a:x}}}" if a == b else f"\\x{{{a:x}}}-\\x{{{b:x}}}"
+                                  for a, b in ranges) + "]"
+        elif re.fullmatch(r"\\[^rntfv]", piece) and piece[1].isalnum():
+            raise ValueError(f"{piece} has no exact counterpart in tokenizer.json's regexes")
+        out.append(piece)
+        i = end
+    return "".join(out)
+
