@@ -1,10 +1,11 @@
-"""eval.py: how good is a model? Perplexity, bits per byte, baselines, generation figures and a
-readiness report (book chapter 7).
+"""eval.py: how good is a model? Perplexity, bits per byte, baselines, generation figures,
+multiple-choice benchmarks and a readiness report (book chapter 7).
 
     python eval.py out/pretrain                                   # one run
     python eval.py out/pretrain out/sft out/dpo out/dpo-int8      # one table, runs side by side
     python eval.py out/sft --data my.txt --json figures.json      # your text; the figures as JSON
     python eval.py out/sft --chat-data my_chats.jsonl             # chat runs judged on your chats
+    python eval.py out/sft --tasks pydoc,arc_easy=ARC-Easy-Test.jsonl --num-fewshot 5
 
 Every run is measured on the same text: the validation split of --data (as train.py splits it),
 encoded with that run's own tokenizer. Runs with different tokenizers cut the same text into
@@ -16,26 +17,32 @@ with PASS/FAIL and the reason, and which text each figure was measured on.
 
 Reading order: the figures on text (perplexity and bits per byte, built on data.evaluate) ->
 the baselines any model must beat (uniform, unigram, bigram) -> the same figures on held-out chats
--> generation figures over a fixed prompt suite -> the readiness checks -> one run, then the table
-across runs -> the command line.
+-> generation figures over a fixed prompt suite -> multiple-choice benchmarks (each choice's
+log-likelihood, acc, acc_norm, centred, as lm-evaluation-harness scores them) -> the readiness
+checks -> one run, then the table across runs -> the command line.
 
 Imports: rundir.py (opening any run directory, float or INT8), data.py (the validation text and
-the held-out figures on it), sft.py (the chat template and the held-out conversations).
+the held-out figures on it), sft.py (the chat template and the held-out conversations), tasks.py
+(the task files, the built-in task, the contamination check).
 """
 import hashlib
 import json
 import math
+import random
 import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
 import data
 import sft
+import tasks
 from rundir import (UserError, atomic_write, check_device, check_positive, is_chat, load_run,
-                    option, parse_config, run_cli)
+                    option, parse_config, run_cli, write_json)
 from sft import render_chat
 from data import byte_lengths  # noqa: F401  (UTF-8 bytes per token id; special tokens count 0)
 
@@ -63,6 +70,16 @@ class EvalConfig:
     seed: int = option(0, "seed of the prompt suite's sampling")
     min_share: float = option(0.5, "chat runs: share of answers that must stop and follow the "
                                    "format to PASS")
+    tasks: str = option("pydoc", "multiple-choice tasks, comma-separated: pydoc (built in) | "
+                                 "LAYOUT=FILE, LAYOUT one of " + ", ".join(tasks.LAYOUTS)
+                                 + " | none")
+    task_format: str = option("auto", "auto (each task's usual format) | cloze | letters")
+    num_fewshot: int = option(0, "solved items before each item (k-shot)")
+    fewshot_seed: int = option(1234, "seed that draws the k-shot items")
+    limit: int = option(0, "items per task, at most (0: all)")
+    task_batch_size: int = option(32, "rows per forward pass when scoring choices")
+    contamination: str = option("data", "check the items for shared 13-grams with: data (all of "
+                                        "--data) | a file or folder | none")
     json: str = option("", "also write the figures to this JSON file")
     report: bool = option(True, "write readiness.md into each run directory")
     device: str = option("auto", "auto | cpu | cuda | mps")
@@ -76,7 +93,10 @@ def parse_args(argv=None, overrides=None):
     if not cfg.run_dirs:
         raise UserError("give at least one run directory: "
                         "python eval.py out/pretrain [out/sft ...]")
-    check_positive(cfg, ("max_tokens", "batch_size", "baseline_tokens"))
+    check_positive(cfg, ("max_tokens", "batch_size", "baseline_tokens", "task_batch_size"))
+    if cfg.task_format not in ("auto", "cloze", "letters") or min(cfg.num_fewshot, cfg.limit) < 0:
+        raise UserError("--task-format is auto, cloze or letters; --num-fewshot and --limit >= 0")
+    tasks.parse_tasks(cfg.tasks)  # a misspelt task fails now, not after the first run
     return cfg
 
 
@@ -246,7 +266,152 @@ def prompt_suite(model, tok, payload, cfg, device):
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Readiness checks
+# 4. Benchmarks: multiple choice, scored the way lm-evaluation-harness scores it
+# ---------------------------------------------------------------------------------------------
+# A multiple-choice item is scored without generating anything: for each choice, how likely does
+# the model find the choice's text as the continuation of the context? The figure is the
+# log-likelihood SUMMED over the continuation's tokens, log p(c | x) = sum_t log p(c_t | x, c_<t):
+# the log of the probability of the whole continuation, which is what "the model's preferred
+# answer" means. The sum is not comparable across choices of different lengths (every extra token
+# costs a little probability), hence acc_norm below.
+def encode_pair(tok, context, continuation):
+    """(context ids, continuation ids) as the harness cuts them. Spaces at the end of the context
+    move to the continuation ("Answer:" + " yes"): a BPE token carries its leading space, so " yes"
+    is one token; a context ending in a space would leave a stray space token the model never saw
+    before a word. Then context+continuation is encoded WHOLE and the continuation is what follows
+    the context's own length: the pieces are then the tokens the model reads in one text, even
+    where a merge crosses the boundary. An empty context gets <|endoftext|> to condition on."""
+    encode = lambda text: tok.encode(text, allowed_special="none")
+    if not context:
+        cont, eot = encode(continuation), tok.special_tokens["<|endoftext|>"]
+        return ([eot], cont) if cont[:1] != [eot] else (cont[:1], cont[1:])
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    ctx = encode(context)
+    return ctx, encode(context + continuation)[len(ctx):]
+
+
+@torch.no_grad()
+def continuation_logprobs(model, requests, device, batch_size=32, desc="score"):
+    """requests: [(context ids, continuation ids)] -> np.array of sum log p(continuation | context).
+
+    Each request is one row context + continuation (without its last token, which is only a
+    target), cut on the left to the model's context length as the harness does. Rows are sorted by
+    length, longest first, and padded on the right to the longest in their batch: a causal model's
+    outputs at real positions never see the padding after them. Requests with the very same row
+    share one (four one-token answers " A" .. " D" after one prompt cost one row, not four). The
+    head (the largest matrix, V x dim) is applied only where a continuation token is predicted."""
+    T = model.context_length
+    rows, row_of = {}, []
+    for ctx, cont in requests:
+        row_of.append(rows.setdefault(tuple((list(ctx) + list(cont))[-(T + 1):-1]), len(rows)))
+    inputs = list(rows)
+    order = sorted(range(len(inputs)), key=lambda r: -len(inputs[r]))
+    readers = {}  # row -> the requests that read it
+    for i, r in enumerate(row_of):
+        readers.setdefault(r, []).append(i)
+    head = model.lm_head
+    model.lm_head = torch.nn.Identity()  # the model returns its final hidden states
+    out = np.zeros(len(requests))
+    try:
+        for s in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+            batch = order[s:s + batch_size]
+            x = torch.zeros(len(batch), len(inputs[batch[0]]), dtype=torch.long)
+            for b, r in enumerate(batch):
+                x[b, :len(inputs[r])] = torch.tensor(inputs[r])
+            hidden = model(x.to(device))[0]  # [B, L, dim]
+            owner, b_idx, t_idx, target = [], [], [], []
+            for b, r in enumerate(batch):
+                for i in readers[r]:
+                    cont, n = requests[i][1], len(inputs[r])
+                    # the row's last len(cont) positions predict the continuation's tokens
+                    owner += [i] * len(cont)
+                    b_idx += [b] * len(cont)
+                    t_idx += range(n - len(cont), n)
+                    target += list(cont)
+            logits = head(hidden[b_idx, t_idx]).float()  # [N, V]
+            lp = F.log_softmax(logits, dim=-1)[torch.arange(len(target)), torch.tensor(target)]
+            np.add.at(out, owner, lp.double().cpu().numpy())
+    finally:
+        model.lm_head = head
+    return out
+
+
+LETTERS = "ABCDEFGHIJ"
+
+
+def prompts(items, style, shots=0, seed=1234):
+    """Each item as [(context, continuation, text length)] per choice.
+
+    cloze: the choice's own text after the context ("Question: ...\nAnswer:" + " Paris").
+    letters: the choices listed under the question as "A. ...", scored as the one-token answers
+    " A", " B" ...: what MMLU's harness task does; a model must know the letters' convention, so
+    small models sit at chance there long after their cloze figure rises.
+    shots: k solved items first (prompt + right answer, blank lines between), drawn with a fixed
+    seed from the other items, so every run and every model sees the same prompts."""
+    rng, out = random.Random(seed), []
+
+    def render(item):
+        n, delim = len(item["choices"]), item.get("delimiter", " ")
+        if style == "letters" and "contexts" not in item:
+            listed = "".join(f"\n{L}. {c}" for L, c in zip(LETTERS, item["choices"]))
+            body = item.get("question", item["context"]) + listed + "\nAnswer:"
+            return [(body, " " + L, 1) for L in LETTERS[:n]]
+        contexts = item.get("contexts") or [item["context"]] * n
+        return [(c, delim + ch, len(ch)) for c, ch in zip(contexts, item["choices"])]
+
+    for i, item in enumerate(items):
+        picked = [j for j in rng.sample(range(len(items)), min(shots + 1, len(items))) if j != i]
+        solved = [render(items[j])[items[j]["label"]] for j in picked[:shots]]
+        prefix = item.get("description", "") + "".join(c + a + "\n\n" for c, a, _ in solved)
+        out.append([(prefix + c, a, n) for c, a, n in render(item)])
+    return out
+
+
+def choice_figures(items, lls, lengths, headline):
+    """acc: the share where the likeliest choice is the right one. acc_norm: the same with each
+    log-likelihood divided by its choice's length in characters, as the harness defines it: a long
+    ending pays for every token, so the raw sum favours short choices; per character is
+    independent of the tokenizer (per token would not be). centred: (figure - chance) / (1 -
+    chance), CORE's rescaling, so 0 is guessing and 1 is perfect whatever the number of choices,
+    and tasks with 2 and 4 choices can be averaged. Also the standard error of each mean."""
+    labels = np.array([it["label"] for it in items])
+    acc = np.array([int(np.argmax(ll)) for ll in lls]) == labels
+    norm = np.array([int(np.argmax(np.array(ll) / np.maximum(n, 1)))
+                     for ll, n in zip(lls, lengths)]) == labels
+    chance = float(np.mean([1 / len(it["choices"]) for it in items]))
+    f = {"acc": float(acc.mean()), "acc_norm": float(norm.mean()), "chance": chance,
+         "items": len(items)}
+    for k, v in (("acc", acc), ("acc_norm", norm)):
+        f[k + "_stderr"] = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+    f["metric"], f["centred"] = headline, (f[headline] - chance) / (1 - chance)
+    return f
+
+
+def benchmark_figures(model, tok, cfg, device, cache):
+    """{task: figures} for one run: prompts, encoding, scoring, then acc, acc_norm, centred."""
+    if "tasks" not in cache:  # read (and checked for contamination) once for all runs
+        cache["tasks"] = tasks.load_tasks(cfg.tasks, cfg.limit, cfg.task_format, cfg.contamination,
+                                          cfg.data)
+    results = {}
+    for name, layout, items, style, headline, dirty in cache["tasks"]:
+        per_item = prompts(items, style, cfg.num_fewshot, cfg.fewshot_seed)
+        requests = [encode_pair(tok, c, a) for choices in per_item for c, a, _ in choices]
+        flat = continuation_logprobs(model, requests, device, cfg.task_batch_size, name)
+        lls, start = [], 0
+        for choices in per_item:
+            lls.append(flat[start:start + len(choices)])
+            start += len(choices)
+        f = choice_figures(items, lls, [[n for _, _, n in ch] for ch in per_item], headline)
+        f.update(layout=layout, format=style, num_fewshot=cfg.num_fewshot,
+                 contaminated=None if dirty is None else len(dirty))
+        results[name] = f
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Readiness checks
 # ---------------------------------------------------------------------------------------------
 SHORT = {"beats the bigram baseline": "bigram", "no non-finite values": "finite",
          "tokenizer round trip": "round-trip", "generation terminates": "stops",
@@ -323,7 +488,7 @@ def readiness_markdown(r, cfg):
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. One run, then the table across runs
+# 6. One run, then the table across runs
 # ---------------------------------------------------------------------------------------------
 def validation_data(run_dir, tok, cfg, fits):
     """(train tokens, val tokens) of --data in this run's tokenizer: data.prepare_data with the
@@ -356,6 +521,10 @@ def evaluate_run(run_dir, cfg, device, fits):
     if r["chat"]:
         r["chats"] = chat_figures(model, tok, cfg, device)
     r["generation"], r["samples"] = prompt_suite(model, tok, payload, cfg, device)
+    r["benchmarks"] = benchmark_figures(model, tok, cfg, device, fits)
+    if r["benchmarks"] and cfg.report:
+        write_json(Path(run_dir) / "benchmarks.json", tasks.results_file(
+            run_dir, r["benchmarks"], cfg.task_batch_size, cfg.contamination, cfg.fewshot_seed))
     text = tok.decode(val_tokens[:min(cfg.max_tokens, len(val_tokens) - 1) + 1].tolist())
     r["readiness"] = readiness_checks(r, model, tok, text, cfg)
     if cfg.report:
@@ -382,14 +551,20 @@ def format_table(results):
              for label, key in (("distinct-1", "distinct_1"), ("distinct-2", "distinct_2"),
                                 ("repetition (4-grams)", "repetition"), ("stopped", "stopped"),
                                 ("mean length", "mean_length"), ("chat format", "format"))]
+    for t, f in results[0]["benchmarks"].items():  # every run has the same tasks
+        rows += [(f"{t}: {k}", lambda r, t=t, k=k: f"{r['benchmarks'][t][k]:.3f}")
+                 for k in ("acc", "acc_norm", "centred")]
+        rows.append((f"{t}: chance, items", lambda r, t=t: "{chance:.3f}, {items}".format(
+            **r["benchmarks"][t])))
     rows += [("readiness", lambda r: "READY" if all(c["status"] == "PASS" for c in r["readiness"])
               else "FAIL: " + ",".join(SHORT[c["check"]] for c in r["readiness"]
                                        if c["status"] != "PASS"))]
     cells = [(label, [get(r) for r in results]) for label, get in rows]
     width = 2 + max(12, *(len(r["name"]) for r in results),
                     *(len(c) for _, cs in cells for c in cs))
-    lines = [f"{'':<22}" + "".join(f"{r['name']:>{width}}" for r in results)]
-    lines += [f"{label:<22}" + "".join(f"{c:>{width}}" for c in cs) for label, cs in cells]
+    left = max(22, *(len(label) + 2 for label, _ in cells))
+    lines = [f"{'':<{left}}" + "".join(f"{r['name']:>{width}}" for r in results)]
+    lines += [f"{label:<{left}}" + "".join(f"{c:>{width}}" for c in cs) for label, cs in cells]
     return "\n".join(lines)
 
 

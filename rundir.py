@@ -249,6 +249,27 @@ def write_json(path, obj):
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
 
+def read_jsonl(path, parse, what="conversations", hint="or use --data python-docs"):
+    """parse(obj, "FILE:LINE") for every non-blank line of a .jsonl file, as a list. Bad JSON,
+    or a parse that raises UserError, stops with `FILE:LINE: ...`. sft.py and dpo.py read their
+    data with it, eval.py's task files (tasks.py) theirs."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file ({hint})")
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})")
+                items.append(parse(obj, f"{path}:{lineno}"))
+    if not items:
+        raise UserError(f"{path}: no {what} in this file")
+    return items
+
+
 def write_folder(out, fill):
     """Fill a new folder through a temporary one, renamed into place at the end: an export that
     fails half-way leaves nothing at `out`, and an --overwrite replaces the old folder only then."""

@@ -20,7 +20,6 @@ resources.py (--dry-run), data.py, rundir.py (flags, errors).
 """
 import dataclasses
 import functools
-import json
 import random
 import re
 from dataclasses import dataclass
@@ -34,8 +33,8 @@ import lora
 import resources
 import train
 from rundir import (UserError, autocast, check_device, check_positive, load_run, load_tokenizer,
-                    option, parse_config, pick_dtype, read_saved_config, refuse_to_overwrite,
-                    run_cli)
+                    option, parse_config, pick_dtype, read_jsonl, read_saved_config,
+                    refuse_to_overwrite, run_cli)
 
 ROLES = ("system", "user", "assistant")
 
@@ -148,26 +147,6 @@ def check_messages(messages, where):
             raise UserError(f'{where}: message {i} has no "content" string')
     if not any(m["role"] == "assistant" for m in messages):
         raise UserError(f"{where}: no assistant turn, so nothing to learn")
-
-
-def read_jsonl(path, parse):
-    """parse(obj, "FILE:LINE") for every non-blank line of a .jsonl file, as a list. Bad JSON,
-    or a parse that raises UserError, stops with `FILE:LINE: ...`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file (or use --data python-docs)")
-    items = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})")
-                items.append(parse(obj, f"{path}:{lineno}"))
-    if not items:
-        raise UserError(f"{path}: no conversations in this file")
-    return items
 
 
 def parse_sft_line(obj, where):
