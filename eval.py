@@ -324,8 +324,10 @@ def continuation_logprobs(model, requests, device, batch_size=32, desc="score"):
             owner, b_idx, t_idx, target = [], [], [], []
             for b, r in enumerate(batch):
                 for i in readers[r]:
-                    cont, n = requests[i][1], len(inputs[r])
-                    # the row's last len(cont) positions predict the continuation's tokens
+                    n = len(inputs[r])
+                    # the row's last len(cont) positions predict the continuation's tokens (the
+                    # last n of them, for a continuation longer than the model's context)
+                    cont = requests[i][1][-n:]
                     owner += [i] * len(cont)
                     b_idx += [b] * len(cont)
                     t_idx += range(n - len(cont), n)

@@ -105,7 +105,7 @@ def test_eval_two_run_dirs_in_one_call(pretrained_run, corpus, tmp_path):
     quantize.main([str(run), "--out", str(tmp_path / "base-int8"), "--eval-batches", "0"])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, str(ROOT / "eval.py"), str(run), str(tmp_path / "base-int8"),
-                        "--data", str(corpus / "text.txt"), "--max-new-tokens", "12", "--json",
+                        "--data", str(corpus / "text.txt"), "--max-new-tokens", "12", "--limit", "100", "--json",
                         str(tmp_path / "figures.json")], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     header = r.stdout.splitlines()[0].split()
@@ -134,7 +134,7 @@ def test_chat_run_gets_the_format_check(pretrained_run, corpus, tmp_path):
     payload["stage"] = "sft"
     torch.save(payload, run / "model.pt")
     results = evaluation.main([str(run), "--data", str(corpus / "text.txt"), "--max-tokens", "256",
-                               "--max-new-tokens", "8"])
+                               "--max-new-tokens", "8", "--limit", "100"])
     r = results[0]
     assert r["chat"] and "format" in r["generation"]
     assert [c["check"] for c in r["readiness"]][-1] == "chat format adherence"

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import data
 import eval as evaluation
 import gpt
+import rundir
 import minimind
 import sft
 import tasks
@@ -34,6 +35,7 @@ def slow_logprob(model, ctx, cont):
     """The definition, one request at a time: the whole sequence (cut on the left to the model's
     context), full logits, log-softmax, and the continuation's tokens read one by one."""
     seq = (list(ctx) + list(cont))[-(model.context_length + 1):]
+    cont = cont[-(len(seq) - 1):]  # what of the continuation the context can still predict
     with torch.no_grad():
         logits = model(torch.tensor(seq[:-1])[None])[0][0].double()
     lp = F.log_softmax(logits, dim=-1)
@@ -55,6 +57,7 @@ def test_batched_scoring_equals_one_request_at_a_time(arch):
     requests = [(rng.integers(0, 50, rng.integers(1, 20)).tolist(),
                  rng.integers(0, 50, rng.integers(1, 6)).tolist()) for _ in range(30)]
     requests.append((list(range(40)), [1, 2, 3]))  # longer than the context: cut on the left
+    requests.append(([5], list(range(30))))  # a continuation longer than the context
     ctx = requests[0][0]
     requests += [(ctx, [7]), (ctx, [9]), (ctx + [7], [8])]  # rows shared between requests
     head = model.lm_head
@@ -310,6 +313,10 @@ def test_cli_bad_task_file_is_one_error_line(tmp_path, pretrained_run, corpus):
 # The reference: lm-evaluation-harness's `hf` model on the same local file
 # ---------------------------------------------------------------------------------------------
 def test_acc_and_acc_norm_equal_the_harnesses_hf_model(pretrained_run, corpus, tmp_path):
+    """A generic file (a task config of our own) and an ARC file (the harness's own arc_easy
+    config, pointed at the local file), both scored by the harness's `hf` model on our run
+    exported to transformers and by eval.py: the same log-likelihood for every choice, the same
+    acc and acc_norm."""
     lm_eval = pytest.importorskip("lm_eval")
     pytest.importorskip("transformers")
     import convert
@@ -317,28 +324,51 @@ def test_acc_and_acc_norm_equal_the_harnesses_hf_model(pretrained_run, corpus, t
     convert.main([str(pretrained_run), str(tmp_path / "hf"), "--to", "hf"])
     text = (corpus / "text.txt").read_text()
     rng = np.random.default_rng(0)
-    lines = []
-    for i in range(24):  # cloze items cut from the corpus: a context and four endings
+    cloze, arc = [], []
+    for i in range(24):  # items cut from the corpus: a context and four endings
         starts = rng.integers(0, len(text) - 200, 5)
-        lines.append({"context": text[starts[0]:starts[0] + 60],
-                      "choices": [text[s:s + rng.integers(5, 40)] for s in starts[1:]],
+        endings = [text[s:s + rng.integers(5, 40)] for s in starts[1:]]
+        cloze.append({"context": text[starts[0]:starts[0] + 60], "choices": endings,
                       "label": int(rng.integers(0, 4))})
-    path = tmp_path / "cloze.jsonl"
-    path.write_text("\n".join(map(json.dumps, lines)) + "\n")
-    (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "cloze.yaml").write_text(
-        f"task: slm_cloze\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
-        f"    test: {path}\ntest_split: test\noutput_type: multiple_choice\n"
+        arc.append({"id": str(i), "question": text[starts[0]:starts[0] + 50].strip(),
+                    "choices": {"text": endings, "label": list("ABCD")},
+                    "answerKey": "ABCD"[i % 4]})
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    data_files = {}
+    for name, lines in (("cloze", cloze), ("arc_easy", arc)):
+        data_files[name] = tmp_path / f"{name}.jsonl"
+        data_files[name].write_text("\n".join(map(json.dumps, lines)) + "\n")
+    local = "dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {}\ntest_split: test\n"
+    (folder / "cloze.yaml").write_text(
+        "task: slm_cloze\n" + local.format(data_files["cloze"]) + "output_type: multiple_choice\n"
         "doc_to_text: '{{context}}'\ndoc_to_choice: '{{choices}}'\ndoc_to_target: '{{label}}'\n"
         "metric_list:\n  - metric: acc\n  - metric: acc_norm\n")
+    arc_yaml = Path(lm_eval.__file__).parent / "tasks" / "arc" / "arc_easy.yaml"
+    (folder / "arc.yaml").write_text(
+        f"include: {arc_yaml}\ntask: slm_arc\ntag: []\ndataset_name: null\n"
+        "training_split: null\nvalidation_split: null\n" + local.format(data_files["arc_easy"]))
     theirs = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={tmp_path / 'hf'},dtype=float32", tasks=["slm_cloze"],
-        task_manager=TaskManager(include_path=str(tmp_path / "tasks")), batch_size=4,
-        device="cpu", log_samples=True)
+        model="hf", model_args=f"pretrained={tmp_path / 'hf'},dtype=float32",
+        tasks=["slm_cloze", "slm_arc"], task_manager=TaskManager(include_path=str(folder)),
+        batch_size=4, device="cpu", log_samples=True)
+    model, tok, _ = rundir.load_run(pretrained_run)
+    for ours_name, layout, name in (("cloze", "generic", "slm_cloze"),
+                                    ("arc_easy", "arc_easy", "slm_arc")):
+        items = tasks.read_task(layout, data_files[ours_name])
+        per_item = evaluation.prompts(items, "cloze")
+        requests = [evaluation.encode_pair(tok, c, a) for ch in per_item for c, a, _ in ch]
+        lls = evaluation.continuation_logprobs(model, requests, "cpu").reshape(len(items), 4)
+        samples = sorted(theirs["samples"][name], key=lambda x: x["doc_id"])
+        their_lls = np.array([[r[0] for r in s["filtered_resps"]] for s in samples], dtype=float)
+        assert lls == pytest.approx(their_lls, abs=2e-3)
+        mine = evaluation.choice_figures(items, list(lls), [[len(c) for c in it["choices"]]
+                                                            for it in items], "acc_norm")
+        res = theirs["results"][name]
+        assert mine["acc"] == pytest.approx(res["acc,none"])
+        assert mine["acc_norm"] == pytest.approx(res["acc_norm,none"])
     ours = evaluation.main([str(pretrained_run), "--data", str(corpus / "text.txt"),
                             "--max-tokens", "128", "--max-new-tokens", "2", "--no-report",
-                            "--tasks", f"generic={path}", "--contamination", "none"])[0]
-    mine, res = ours["benchmarks"]["cloze"], theirs["results"]["slm_cloze"]
-    assert mine["acc"] == pytest.approx(res["acc,none"])
-    assert mine["acc_norm"] == pytest.approx(res["acc_norm,none"])
-    assert 0 < mine["acc_norm"] < 1 or 0 < mine["acc"] < 1  # not a degenerate all-or-nothing
+                            "--tasks", f"generic={data_files['cloze']}",
+                            "--contamination", "none"])[0]["benchmarks"]["cloze"]
+    assert ours["acc_norm"] == pytest.approx(theirs["results"]["slm_cloze"]["acc_norm,none"])
