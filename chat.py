@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+import decode
 import minimind
 from rundir import (UserError, check_device, is_chat, load_run, option, parse_config,
                     pick_inference_dtype, run_cli)
@@ -123,12 +124,12 @@ class Engine:
 
     def set_dtype(self, device, name):
         """Arrange the weights for generating in the chosen precision; returns its name. MiniMind
-        keeps its weights and prepares a decoding copy (minimind.prepare_decoding: an INT8 run's
+        keeps its weights and prepares a decoding copy (decode.prepare_decoding: an INT8 run's
         int8 layers stay int8, its float parts take the dtype). GPT has no decoding path: only an
         explicit --dtype casts it."""
         dtype = pick_inference_dtype(device, name)
-        if hasattr(self.model, "prepare_decoding"):
-            self.model.prepare_decoding(dtype)
+        if isinstance(self.model, minimind.MiniMind):
+            decode.prepare_decoding(self.model, dtype)
         elif name != "auto":
             self.model.to(dtype)
         else:
@@ -155,12 +156,13 @@ class Engine:
                                             allowed_special="none")
 
     def tokens(self, ids, max_new_tokens, generator, temperature, top_k, top_p, repetition_penalty):
-        """A generator of new token ids, from the model's streaming generate (MiniMind's prefills
-        the prompt once, then runs one cached step per token)."""
-        return self.model.generate(ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                                   top_k=top_k or None, top_p=top_p,
-                                   repetition_penalty=repetition_penalty,
-                                   stop_tokens=self.stop_ids, generator=generator)
+        """A generator of new token ids from the model's generate (MiniMind's: decode.py's)."""
+        sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature,
+                        top_k=top_k or None, top_p=top_p, repetition_penalty=repetition_penalty,
+                        stop_tokens=self.stop_ids, generator=generator)
+        if isinstance(self.model, minimind.MiniMind):
+            return decode.generate(self.model, ids, **sampling)
+        return self.model.generate(ids, **sampling)
 
 
 def make_generator(engine, seed):
@@ -492,7 +494,7 @@ class Batcher:
     others for that long); one that finishes, or whose reader left, frees its row at once. At most
     max_batch rows; at most max_queue requests wait for one, and another is refused (503).
 
-    MiniMind decodes all its rows in one step (minimind.Decoder): the weights, which decoding one
+    MiniMind decodes all its rows in one step (decode.Decoder): the weights, which decoding one
     token at a time spends its time reading, are read once for every row, so eight clients get
     several times one client's tokens/s. Each row samples with its own settings and generator, as
     MiniMind.generate does. gpt.GPT has no KV cache: its rows are its own generate() streams,
@@ -501,8 +503,8 @@ class Batcher:
     def __init__(self, engine, max_batch, max_queue, metrics):
         self.engine, self.metrics = engine, metrics
         self.max_batch, self.max_queue = max_batch, max_queue
-        batched = hasattr(engine.model, "decoding_weights")  # MiniMind; GPT has no KV cache
-        self.decoder = minimind.Decoder(engine.model, max_batch) if batched else None
+        batched = isinstance(engine.model, minimind.MiniMind)  # GPT has no KV cache
+        self.decoder = decode.Decoder(engine.model, max_batch) if batched else None
         # Row i's tokens so far (prompt and answer), for the repetition penalty: rows move as the
         # decoder's do, so the penalty is one set of tensor ops for the whole batch.
         self.seen = torch.zeros(max_batch, engine.tok.vocab_size, dtype=torch.bool,
@@ -584,8 +586,9 @@ class Batcher:
         else:
             window = self.engine.context
             for row, job in enumerate(self.active):  # a full window: crop it, as generate() does
-                if len(job.history) - job.start > window:
-                    job.start = len(job.history) - max(1, window // 2)
+                start = minimind.crop_start(len(job.history), job.start, window)
+                if start != job.start:
+                    job.start = start
                     self.decoder.refill(row, job.history[job.start:-1])
             logits = self.decoder.step([job.history[-1] for job in self.active])  # [rows, V]
             self.sample(self.active, logits, 0)

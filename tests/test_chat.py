@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import chat
+import decode
 import gpt
 import rundir
 import train
@@ -68,10 +69,10 @@ def test_p_mode_is_reproducible_and_matches_generate(pretrained_run):
     # The same continuation computed directly: text mode = <|endoftext|> + the prompt, defaults
     # temperature 0.7, top-k 50, top-p 0.9, repetition penalty 1.1, stop at <|endoftext|>.
     model, tok, _ = train.load_run(pretrained_run)
-    model.prepare_decoding(rundir.pick_inference_dtype("cpu"))  # what chat.py generates with
+    decode.prepare_decoding(model, rundir.pick_inference_dtype("cpu"))  # what chat.py generates with
     eot = tok.special_tokens["<|endoftext|>"]
-    ids = list(model.generate([eot] + tok.encode("The object"), 12, temperature=0.7, top_k=50, top_p=0.9,
-                              repetition_penalty=1.1, stop_tokens=[eot], seed=3))
+    ids = list(decode.generate(model, [eot] + tok.encode("The object"), 12, temperature=0.7, top_k=50, top_p=0.9,
+                               repetition_penalty=1.1, stop_tokens=[eot], seed=3))
     assert first.stdout == tok.decode([i for i in ids if i != eot]) + "\n"
 
 
@@ -80,11 +81,11 @@ def test_prompt_from_stdin_in_chat_mode(sft_run):
                    "--system", "Be brief.", stdin="What does len do?\n")
     assert done.returncode == 0, done.stderr
     model, tok, _ = train.load_run(sft_run)
-    model.prepare_decoding(rundir.pick_inference_dtype("cpu"))
+    decode.prepare_decoding(model, rundir.pick_inference_dtype("cpu"))
     ids, _ = render_chat(tok, [{"role": "system", "content": "Be brief."},
                                {"role": "user", "content": "What does len do?"}], add_generation_prompt=True)
     stops = {tok.special_tokens[n] for n in ("<|endoftext|>", "<|im_end|>", "<|im_start|>")}
-    out = list(model.generate(ids, 10, temperature=0, repetition_penalty=1.1, stop_tokens=stops))
+    out = list(decode.generate(model, ids, 10, temperature=0, repetition_penalty=1.1, stop_tokens=stops))
     assert done.stdout == tok.decode([i for i in out if i not in stops]) + "\n"
 
 
@@ -494,11 +495,10 @@ def in_threads(calls):
 
 
 def test_the_engine_generates_in_the_fastest_accurate_dtype(sft_run):
-    import minimind
     engine = chat.Engine(sft_run)
-    assert engine.dtype.startswith("fp16" if minimind.HAS_FBGEMM_FP16 else "fp32") and "auto" in engine.dtype
-    assert engine.model.decoding_weights().dtype == (torch.float16 if minimind.HAS_FBGEMM_FP16 else torch.float32)
-    assert "generating in fp16" in engine.describe() or not minimind.HAS_FBGEMM_FP16
+    assert engine.dtype.startswith("fp16" if decode.HAS_FBGEMM_FP16 else "fp32") and "auto" in engine.dtype
+    assert decode.decoding_weights(engine.model).dtype == (torch.float16 if decode.HAS_FBGEMM_FP16 else torch.float32)
+    assert "generating in fp16" in engine.describe() or not decode.HAS_FBGEMM_FP16
     assert chat.Engine(sft_run, dtype="fp32").dtype == "fp32"
     with pytest.raises(train.UserError, match="--dtype"):
         chat.Engine(sft_run, dtype="fp8")
