@@ -6,11 +6,12 @@
     python serve.py out/dpo --host 0.0.0.0 --api-key SECRET --max-batch 16   # on the network
 
 Reading order: the flags -> checking a request (OpenAI's JSON objects and error object) -> the
-batch that decodes many requests at once -> what a deployment needs (API keys, Prometheus
-metrics, a request log) -> the routes (JSON answers, server-sent events) -> main. Only the
-standard library serves HTTP: no web framework, nothing to install.
+batch that decodes many requests at once -> what a deployment needs (API keys, a request log;
+the Prometheus metrics are metrics.py's) -> the routes (JSON answers, server-sent events) ->
+main. Only the standard library serves HTTP: no web framework, nothing to install.
 
-It is run, not imported: only tests and benchmarks import it. Imports: chat.py (Engine, Answer,
+It is run, not imported: nothing imports it but its tests (tests/test_serve.py; the server
+benchmark starts it as a subprocess). Imports: chat.py (Engine, Answer,
 make_generator and the flags both commands share; the chat template comes through the Engine,
 from sft.py), minimind.py (the batched decoder and the sampling step), metrics.py (what
 GET /metrics reports) and rundir.py (flags, errors, the device).
@@ -622,6 +623,7 @@ def make_server(engine, cfg, quiet=False):
 
 
 def serve(engine, cfg):
+    """Listen, say where, and answer requests until Ctrl-C."""
     try:
         server = make_server(engine, cfg)
     except OSError as e:
