@@ -459,6 +459,9 @@ def test_metrics_and_request_log(engine, tmp_path):
         replies = [complete(port, messages=HELLO, max_tokens=5, seed=i) for i in range(3)]
         chunks, _ = events(port, messages=HELLO, max_tokens=5, stream_options={"include_usage": True})
         request(port, "POST", "/v1/chat/completions", {"messages": "nope"})
+        # A request is counted just after its answer is sent: wait until the last one has been.
+        refused = 'slm_requests_total{path="/v1/chat/completions",status="400"}'
+        wait_until(lambda: refused in parse_metrics(request(port, "GET", "/metrics")[1]))
         m = parse_metrics(request(port, "GET", "/metrics")[1])
     finally:
         stop(srv)
