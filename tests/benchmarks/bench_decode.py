@@ -19,7 +19,7 @@ accuracy: each fast path's greedy tokens against the fp32 reference path (forwar
   on a trained run (--run); on random weights it only shows that nothing is broken.
 kernels: a whole model's worth of matrix-vector products per kernel (the choices quantize.py and
   decode.FastLinear explain): x @ w.T vs x @ w_t, fp16 and bf16, the int8 kernels.
-server: chat.py --serve in a subprocess (one thread), 1, 4 and 8 concurrent streaming clients:
+server: serve.py in a subprocess (one thread), 1, 4 and 8 concurrent streaming clients:
   aggregate tokens/s, time to first token, and whether every greedy answer equals the lone one.
   Target: 8 clients >= 3x one client's aggregate tokens/s.
 
@@ -307,12 +307,12 @@ def bench_kernels(run, args):
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. server: concurrent streaming clients against chat.py --serve
+# 4. server: concurrent streaming clients against serve.py
 # ---------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def server(run, threads, max_batch):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads or os.cpu_count()))
-    command = [sys.executable, str(ROOT / "chat.py"), str(run), "--serve", "--port", "0",
+    command = [sys.executable, str(ROOT / "serve.py"), str(run), "--port", "0",
                "--max-batch", str(max_batch), "--request-log", ""]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env=env, cwd=ROOT)
@@ -322,7 +322,7 @@ def server(run, threads, max_batch):
                 yield int(line.split()[2].rsplit(":", 1)[1].split("/")[0])
                 break
         else:
-            raise RuntimeError("chat.py --serve did not start")
+            raise RuntimeError("serve.py did not start")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -354,7 +354,7 @@ def stream_once(port, prompt, max_tokens):
 def bench_server(run, args):
     prompts = [f"Question {i}: what does function number {i} return?"
                for i in range(max(args.clients))]
-    print(f"\nserver: chat.py --serve, {args.threads[0] or os.cpu_count()} thread(s), --max-batch "
+    print(f"\nserver: serve.py, {args.threads[0] or os.cpu_count()} thread(s), --max-batch "
           f"{max(args.clients)}, streaming greedy requests of {args.server_tokens} tokens")
     with server(run, args.threads[0], max(args.clients)) as port:
         stream_once(port, "warm up", 8)
