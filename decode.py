@@ -256,7 +256,7 @@ class Decoder:
                                               # next position -> [rows, V]
         dec.remove(2)                         # row 2 leaves; the last row moves into its place
 
-    generate() below uses one row; chat.py's server keeps a batch of rows. Rows are always
+    generate() below uses one row; serve.py's server keeps a batch of rows. Rows are always
     0..rows-1, so a step works on a prefix of the cache (views, no copies)."""
 
     def __init__(self, model, max_batch=1):
