@@ -10,6 +10,8 @@ and transformers load; GGUF's tokenizer section (token strings, token types, mer
     tok.save("out/qwen/tokenizer.json")       # our format: Tokenizer.load reads it back as is
     json.dump(hf_tokenizer.to_hf(tok), f)     # tokenizer.json again
     hf_tokenizer.gguf_vocab(tok)              # {"tokens", "token_type", "merges"} for GGUF
+    hf_tokenizer.gguf_tokenizer(tok, chat)    # GGUF's whole tokenizer section, key by key
+    hf_tokenizer.chat_template_of(folder)     # a release's chat template (Jinja), or None
 
 Functions rather than a subclass: a released tokenizer, once read, is a plain bpe.Tokenizer
 (its normalizer, split patterns and added tokens are all bpe.py knows), saved into a run
@@ -24,9 +26,9 @@ import collections
 import json
 import re
 
-from bpe import (BYTE_TO_CHAR, FORMAT_NAME, GPT2_SPLIT_PATTERN, Tokenizer, UserError,
-                 all_characters, compile_split, from_byte_level, read_json, to_byte_level,
-                 to_ranges)
+from bpe import (BYTE_TO_CHAR, FORMAT_NAME, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN,
+                 V1_SPLIT_PATTERN, Tokenizer, UserError, all_characters, compile_split,
+                 from_byte_level, read_json, to_byte_level, to_ranges)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,3 +444,83 @@ def onig_regex(pattern):
         i = end
     return "".join(out)
 
+
+# ---------------------------------------------------------------------------------------------
+# 4. Chat templates, and GGUF's tokenizer section
+# ---------------------------------------------------------------------------------------------
+# A release says how it wants chats written in tokenizer_config.json's "chat_template", a Jinja
+# program; ours is ChatML, what sft.render_chat writes, given to transformers and llama.cpp as:
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+    "+ '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% endif %}")
+
+
+def chat_template_of(folder):
+    """The release's chat template (Jinja text), or None: tokenizer_config.json's "chat_template"
+    (a string, or a list of named ones of which "default" is used), else chat_template.jinja."""
+    config = folder / "tokenizer_config.json"
+    settings = read_json(config) if config.exists() else {}
+    if not isinstance(settings, dict):
+        raise UserError(f"{config}: not a JSON object")
+    template = settings.get("chat_template")
+    if isinstance(template, list):
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    if template is None and (folder / "chat_template.jinja").exists():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    return template if isinstance(template, str) else None
+
+
+def is_chatml(template):
+    return template is not None and "<|im_start|>" in template and "<|im_end|>" in template
+
+
+# tokenizer.ggml.pre: llama.cpp does not read a split regex from the file; it knows pre-tokenizers
+# by name, each with its regexes (llama-vocab.cpp) and whether it takes a whole chunk that is in
+# the vocabulary as one token ("ignore_merges", Llama 3's shortcut). Ours must be one of them, or
+# llama.cpp would cut text into other chunks. GPT-4's pattern, which bpe.py trains with, is
+# llama.cpp's "dbrx" (the Llama 3 regex without the shortcut: bpe.py always applies merges).
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+GGUF_PRE = [  # (llama.cpp's name, the tokenizer's split patterns, ignore_merges)
+    ("dbrx", [GPT4_SPLIT_PATTERN], False), ("dbrx", [LLAMA3_SPLIT], False),
+    ("llama-bpe", [GPT4_SPLIT_PATTERN], True), ("llama-bpe", [LLAMA3_SPLIT], True),
+    ("qwen2", [QWEN2_SPLIT], False), ("gpt-2", [GPT2_SPLIT_PATTERN], False),
+    ("smollm", [r"\p{N}", GPT2_SPLIT_PATTERN], False)]
+
+
+def gguf_pre(tok):
+    """The name llama.cpp knows this tokenizer's split by, or a UserError saying why none fits."""
+    pre = next((name for name, patterns, ignore in GGUF_PRE
+                if tok.split_patterns == patterns and tok.ignore_merges == ignore), None)
+    if pre is None:
+        raise UserError(f"this tokenizer's split ({tok.split_patterns}) is none that llama.cpp "
+                        f"knows by name ({', '.join(sorted({p for p, _, _ in GGUF_PRE}))}): "
+                        f"it would cut text differently"
+                        + ("; it is the pattern of version-1 tokenizer files, which an older "
+                           "bpe.py trained: train the model again with a new tokenizer"
+                           if tok.split_patterns == [V1_SPLIT_PATTERN] else ""))
+    return pre
+
+
+def gguf_tokenizer(tok, chat):
+    """The tokenizer section of a GGUF file as (key, value, GGUF type) triples: llama.cpp's "gpt2"
+    model (byte-level BPE) with our tokens, merges and special ids, and the ChatML template."""
+    pre = gguf_pre(tok)
+    # Qwen2's NFC normalizer: llama.cpp (and its own converter) leave it out; text already in NFC,
+    # which is nearly all text, tokenizes the same.
+    vocab = gguf_vocab(tok)
+    s = tok.special_tokens
+    return [("tokenizer.ggml.model", "gpt2", None), ("tokenizer.ggml.pre", pre, None),
+            ("tokenizer.ggml.tokens", vocab["tokens"], "string"),
+            ("tokenizer.ggml.token_type", vocab["token_type"], "int32"),
+            ("tokenizer.ggml.merges", vocab["merges"], "string"),
+            ("tokenizer.ggml.bos_token_id", s["<|endoftext|>"], "uint32"),
+            ("tokenizer.ggml.eos_token_id", s["<|im_end|>" if chat else "<|endoftext|>"],
+             "uint32"),
+            ("tokenizer.ggml.padding_token_id", s["<|endoftext|>"], "uint32"),
+            ("tokenizer.ggml.add_bos_token", False, None),  # our models never saw a BOS token
+            ("tokenizer.ggml.add_eos_token", False, None),
+            ("tokenizer.chat_template", CHATML_TEMPLATE, None)]

@@ -26,6 +26,7 @@ import inspect
 import json
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -246,6 +247,25 @@ def atomic_write(path, write):
 
 def write_json(path, obj):
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+
+
+def write_folder(out, fill):
+    """Fill a new folder through a temporary one, renamed into place at the end: an export that
+    fails half-way leaves nothing at `out`, and an --overwrite replaces the old folder only then."""
+    out = Path(out)
+    tmp, old = out.with_name(out.name + ".partial"), out.with_name(out.name + ".old")
+    for folder in (tmp, old):
+        shutil.rmtree(folder, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        fill(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_model(run_dir, model, tokenizer, extra=None, weights=None):
