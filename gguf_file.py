@@ -407,7 +407,9 @@ GGUF_BLOCK = {  # our name inside layers.N / transformer.h.N -> llama.cpp's insi
     "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
     "ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
-    "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+    "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down",
+    "mlp.gate": "ffn_gate_inp"}  # a mixture of experts' router (Qwen3-MoE, read only)
+GPT2_BLOCK = {"ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"}
 GGUF_TOP = {"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output",
             "transformer.wte": "token_embd", "transformer.wpe": "position_embd",
             "transformer.ln_f": "output_norm"}
@@ -422,6 +424,21 @@ def gguf_name(ours):
     return f"{GGUF_TOP[stem]}.{kind}"
 
 
+def our_name(theirs, gpt2=False):
+    """llama.cpp's tensor name -> ours, the inverse of gguf_name, for GPT-2 or the Llama family
+    (which share some of llama.cpp's names); None for a name neither has."""
+    stem, _, kind = theirs.rpartition(".")
+    match = re.fullmatch(r"blk\.(\d+)\.(.+)", stem)
+    if match:
+        ours = [o for o, t in GGUF_BLOCK.items() if t == match[2] and (o in GPT2_BLOCK) == gpt2]
+        prefix = f"transformer.h.{match[1]}." if gpt2 else f"layers.{match[1]}."
+    else:
+        ours = [o for o, t in GGUF_TOP.items() if t == stem
+                and (o.startswith("transformer.") == gpt2 or o == "lm_head")]
+        prefix = ""
+    return f"{prefix}{ours[0]}.{kind}" if ours else None
+
+
 def rotary_pairs_adjacent(w, n_heads):
     """Permute the rows of q_proj / k_proj (or their biases) for llama.cpp's "llama" RoPE. Within a
     head of d rows, ours pairs row i with row i + d/2; llama.cpp pairs rows 2i and 2i+1. Row
@@ -429,3 +446,9 @@ def rotary_pairs_adjacent(w, n_heads):
     rotated by the same angle as before and the attention scores do not change."""
     d = w.shape[0] // n_heads
     return w.reshape(n_heads, 2, d // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def rotary_pairs_halved(w, n_heads):
+    """The inverse, for reading a "llama" file: [a0 b0 a1 b1 ..] -> [a0 a1 .. | b0 b1 ..]."""
+    d = w.shape[0] // n_heads
+    return w.reshape(n_heads, d // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
