@@ -276,6 +276,7 @@ class GGUFFile:
 
         g = GGUFFile("model.gguf")
         g.metadata["llama.block_count"]    # 30: every key, its value in Python (arrays as lists)
+        g.value_types["llama.block_count"] # "uint32" (an array's: its elements' type)
         g.tensors["token_embd.weight"]     # TensorInfo(name, shape, kind, offset, nbytes)
         g.tensor("token_embd.weight")      # float32 torch tensor of the torch shape, dequantized
 
@@ -299,10 +300,12 @@ class GGUFFile:
                              + ("; this looks like a big-endian file)" if self.version >= 1 << 16
                                 else ")"))
         n_tensors, n_keys = self.unpack("<QQ")
-        self.metadata = {}
+        self.metadata, self.value_types = {}, {}  # key -> value; key -> GGUFWriter.add's kind
         for _ in range(n_keys):
             key = self.string()
-            self.metadata[key] = self.value(self.unpack("<I")[0])
+            (number,) = self.unpack("<I")
+            self.metadata[key] = self.value(number)
+            self.value_types[key] = self.last_kind
         self.alignment = self.metadata.get("general.alignment", GGUF_ALIGNMENT)
         if type(self.alignment) is not int or self.alignment <= 0 \
                 or self.alignment & (self.alignment - 1):
@@ -359,11 +362,13 @@ class GGUFFile:
         kind = VALUE_TYPE_NAMES.get(number)
         if kind is None:
             raise self.error(f"damaged: unknown metadata value type {number} at byte {self.pos}")
+        self.last_kind = kind  # for an array: its elements' kind, the last one read
         if kind == "string":
             return self.string()
         if kind != "array":
             return self.unpack(GGUF_VALUE_TYPES[kind][1])[0]
         element, count = self.unpack("<IQ")
+        self.last_kind = VALUE_TYPE_NAMES.get(element)
         fmt = GGUF_VALUE_TYPES.get(VALUE_TYPE_NAMES.get(element), (None, None))[1]
         if fmt is None:  # strings or arrays: one at a time
             return [self.value(element) for _ in range(self.check_count(count, 8))]
