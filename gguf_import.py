@@ -158,8 +158,8 @@ def hf_tensors(g, arch, config):
         heads = 0
         if arch == "llama" and re.search(r"\.attn_[qk]\.", name):
             heads = config["num_attention_heads" if ".attn_q." in name else "num_key_value_heads"]
-        transpose = gpt2 and name.endswith(".weight") and re.search(r"attn_qkv|attn_output|ffn_",
-                                                                    name) is not None
+        transpose = gpt2 and re.search(r"\.(attn_qkv|attn_output|ffn_up|ffn_down)\.weight$",
+                                       name) is not None
         theirs = ours if gpt2 or ours.startswith("lm_head") else "model." + ours
         out[theirs] = functools.partial(read_tensor, g, name, heads, transpose)
     return out
