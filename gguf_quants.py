@@ -230,8 +230,9 @@ DECODERS = {"f32": decode_f32, "f16": decode_f16, "bf16": decode_bf16, "q8_0": d
 
 def dequantize(data, kind, shape, chunk=1 << 14):
     """The bytes of a tensor in ggml type kind (bytes, a uint8 torch tensor, or a uint8 numpy
-    array such as a slice of a memory-mapped file) -> a float32 torch tensor of the torch shape `shape`. Decoded `chunk`
-    blocks at a time into the result, so the temporaries stay small whatever the tensor."""
+    array such as a slice of a memory-mapped file) -> a float32 torch tensor of the torch shape
+    `shape`. Decoded about 32 * chunk values at a time into the result, so the temporaries stay
+    small whatever the tensor."""
     _, per_block, block_bytes = GGML_TYPES[kind]
     if isinstance(data, torch.Tensor):  # what quantize_q8_0 returns
         data = data.numpy()
