@@ -2,6 +2,7 @@
 
     python convert.py hf:HuggingFaceTB/SmolLM2-135M-Instruct out/smollm  # a model on the hub
     python convert.py path/to/transformers-dir out/name                   # a transformers directory
+    python convert.py SmolLM2-135M-Instruct.Q4_1.gguf out/smollm2         # a GGUF file, dequantized
     python convert.py out/dpo out/dpo-hf --to hf                          # a run -> transformers
     python convert.py out/dpo out/dpo.gguf --to gguf --type q8_0          # a run -> llama.cpp,
                                                                           # Ollama
@@ -16,7 +17,8 @@ Imports: rundir.py (run directories, flags, errors), hf_tokenizer.py (released t
 templates, GGUF's tokenizer section), minimind.py (its config's derived sizes), and the file
 formats, each written by hand from its specification in a companion file: safetensors_file.py
 (how the hub stores weights), download.py (the hub: which files make a model, fetched over plain
-HTTP) and gguf_file.py (GGUF v3 and Q8_0, for llama.cpp and Ollama).
+HTTP), gguf_file.py (GGUF v3, for llama.cpp and Ollama) and gguf_import.py (a GGUF file read
+as the files of a release).
 Runtime: numpy, torch, tqdm and the standard library.
 """
 import json
@@ -28,6 +30,7 @@ import torch
 
 import download
 import gguf_file
+import gguf_import
 import hf_tokenizer
 import minimind
 import rundir
@@ -224,14 +227,13 @@ def tensor_names(arch, config):
 # our scripts write ChatML all the same.
 # ---------------------------------------------------------------------------------------------
 PROJECT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-def import_tokenizer(folder, rows):
-    """tokenizer.json of a release -> (tokenizer, names of the special tokens added). Its ids are
+def import_tokenizer(tok, where, rows):
+    """A release's tokenizer -> (tokenizer, names of the special tokens added). Its ids are
     then as many as the model's embedding rows (`rows`), or more when tokens were added: releases
     often have spare rows (Qwen2.5: 151,936 rows for 151,665 tokens), which stay ids for nothing."""
-    tok = hf_tokenizer.from_hf(folder / "tokenizer.json")
     added = [name for name in PROJECT_SPECIALS if name not in tok.special_tokens]
     if any(name in tok.added_tokens for name in added):
-        raise UserError(f"{folder / 'tokenizer.json'}: {added} are ordinary added tokens here, "
+        raise UserError(f"{where}: {added} are ordinary added tokens here, "
                         f"not special")
     if tok.vocab_size < rows:
         tok.reserve(rows)  # the spare rows: ids that stand for nothing, so the sizes agree
@@ -294,19 +296,24 @@ def grow_vocabulary(state, arch, config, rows):
 
 
 def import_model(source, out_dir, max_seq_len=2048, stage=""):
-    """A released model (hub id or transformers directory) -> a run directory.
+    """A released model (hub id, transformers directory or GGUF file) -> a run directory.
     Returns its payload."""
-    folder = download.release_folder(source)
-    config_json = safetensors_file.read_json(folder / "config.json", "config.json")
+    if Path(source).suffix == ".gguf":  # llama.cpp's one file, read as a release's files
+        config_json, tok, weights, template = gguf_import.read_release(source)
+    else:
+        folder = download.release_folder(source)
+        config_json = safetensors_file.read_json(folder / "config.json", "config.json")
+        tok = hf_tokenizer.from_hf(folder / "tokenizer.json")
+        weights, template = (safetensors_file.read_weights(folder),
+                             hf_tokenizer.chat_template_of(folder))
     family, arch, config = import_config(config_json, f"{source}: config.json", max_seq_len)
-    tok, added = import_tokenizer(folder, config["vocab_size"])
-    state = import_weights(safetensors_file.read_weights(folder), arch, config, source)
+    tok, added = import_tokenizer(tok, source, config["vocab_size"])
+    state = import_weights(weights, arch, config, source)
     if tok.vocab_size > config["vocab_size"]:
         grow_vocabulary(state, arch, config, tok.vocab_size)
     if arch == "gpt" and not any(state[k].any() for k in state if k.endswith(".bias")):
         config["bias"] = False  # an exported bias-free GPT (all biases exactly 0) comes back as one
         state = {k: v for k, v in state.items() if not k.endswith(".bias")}
-    template = hf_tokenizer.chat_template_of(folder)
     chatml = hf_tokenizer.is_chatml(template)
     stage = stage or ("sft" if chatml else "pretrain")
     source_info = {"from": source, "architecture": next(iter(config_json.get("architectures", []))),
@@ -568,8 +575,8 @@ def modelfile(gguf_path, chat):
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class ConvertConfig:
-    source: str = option("", "hf:OWNER/NAME[@REVISION] or a transformers directory (import), or a "
-                             "run directory (with --to)", positional="?")
+    source: str = option("", "hf:OWNER/NAME[@REVISION], a transformers directory or a .gguf file "
+                             "(import), or a run directory (with --to)", positional="?")
     dest: str = option("", "the run directory an import writes, or the export's path",
                        positional="?")
     to: str = option("", "export the run directory SOURCE: hf | gguf (empty: import a released "

@@ -11,6 +11,7 @@ and transformers load; GGUF's tokenizer section (token strings, token types, mer
     json.dump(hf_tokenizer.to_hf(tok), f)     # tokenizer.json again
     hf_tokenizer.gguf_vocab(tok)              # {"tokens", "token_type", "merges"} for GGUF
     hf_tokenizer.gguf_tokenizer(tok, chat)    # GGUF's whole tokenizer section, key by key
+    hf_tokenizer.from_gguf(metadata, "m.gguf")  # and read back: a GGUF file's tokenizer.ggml.*
     hf_tokenizer.chat_template_of(folder)     # a release's chat template (Jinja), or None
 
 Functions rather than a subclass: a released tokenizer, once read, is a plain bpe.Tokenizer
@@ -19,14 +20,15 @@ directory and loaded back by bpe.Tokenizer.load like any other; and every Tokeni
 imported, can be exported. So there is no second kind of tokenizer to keep through a save.
 
 Imports bpe.py (the Tokenizer, its byte-level alphabet and split patterns, UserError), nothing
-else from the project. Imported by convert.py (release in, run directory out) and data.py (token
-strings and types, for the token cache and bits per byte).
+else from the project. Imported by convert.py (release in, run directory out), gguf_import.py
+(a GGUF file's tokenizer) and data.py (token strings and types, for the token cache and bits per
+byte).
 """
 import collections
 import json
 import re
 
-from bpe import (BYTE_TO_CHAR, FORMAT_NAME, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN,
+from bpe import (FORMAT_NAME, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN,
                  V1_SPLIT_PATTERN, Tokenizer, UserError, all_characters, compile_split,
                  from_byte_level, read_json, to_byte_level, to_ranges)
 
@@ -227,12 +229,7 @@ def hf_vocab(strings, added_names, bad):
         if not data:
             raise bad(f"model.vocab token {text!r} (id {id}) is not in the byte-level alphabet")
         vocab[id] = data
-    have = set(vocab.values())
-    missing = [b for b in range(256) if bytes([b]) not in have]
-    if missing:
-        raise bad(f"model.vocab has no token for the byte {missing[0]:#04x} "
-                  f"(byte-level {BYTE_TO_CHAR[missing[0]]!r})")
-    return vocab
+    return vocab  # it need not hold every byte: see bpe.Tokenizer
 
 
 def hf_read_merges(merges, strings, vocab, bad):
@@ -374,17 +371,13 @@ def to_hf(tok):
                             f"id {given}, not {id} (ids must follow the vocabulary without gaps)")
     patterns = tok.split_patterns if tok.syntax == "tokenizers" else \
         [onig_regex(p) for p in tok.split_patterns]
-    pre = [{"type": "Split", "pattern": {"Regex": p}, "behavior": "Isolated", "invert": False}
-           for p in patterns]
-    pre.append({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-                "use_regex": False})
     return {
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": [{"id": id, "content": name, "single_word": False, "lstrip": False,
                           "rstrip": False, "normalized": normalized, "special": special}
                          for id, name, special, normalized in added],
         "normalizer": {"type": tok.normalizer} if tok.normalizer else None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": pre},
+        "pre_tokenizer": split_pre_tokenizer(patterns),
         "post_processor": hf_template(tok),
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
                     "use_regex": True},
@@ -393,6 +386,15 @@ def to_hf(tok):
                   "fuse_unk": False, "byte_fallback": False, "ignore_merges": tok.ignore_merges,
                   "vocab": strings, "merges": hf_merges(tok)},
     }
+
+
+def split_pre_tokenizer(patterns):
+    """Split patterns (tokenizer.json's regex syntax) as a "pre_tokenizer": one Split each, then
+    ByteLevel(use_regex: false), the form Llama 3's tokenizer.json has."""
+    steps = [{"type": "Split", "pattern": {"Regex": p}, "behavior": "Isolated", "invert": False}
+             for p in patterns]
+    return {"type": "Sequence", "pretokenizers": steps + [
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
 
 
 def hf_template(tok):
@@ -524,3 +526,46 @@ def gguf_tokenizer(tok, chat):
             ("tokenizer.ggml.add_bos_token", False, None),  # our models never saw a BOS token
             ("tokenizer.ggml.add_eos_token", False, None),
             ("tokenizer.chat_template", CHATML_TEMPLATE, None)]
+
+
+# Reading GGUF's tokenizer section goes through the same reader as tokenizer.json: its tokens
+# (one string per id, in the byte-level alphabet), token types and merges are the vocabulary,
+# added tokens and merges of a tokenizer.json, and `pre` names a split of GGUF_PRE: the table the
+# exporter writes by, read backwards (the first split listed under a name is the one taken; the
+# others under it cut text the same way). llama.cpp leaves Qwen2's NFC normalizer out, so do we.
+TOKEN_UNKNOWN = 2  # GGUF's <unk>, a special token of its own
+
+
+def from_gguf(metadata, where):
+    """A GGUF file's metadata (gguf_file.GGUFFile.metadata) -> the bpe.Tokenizer its
+    tokenizer.ggml.* keys describe, through hf_arguments; UserError("<where>: ...") for what a
+    byte-level BPE cannot be: a SentencePiece vocabulary ("llama"), a `pre` no one here knows."""
+    def get(key, default=None):
+        value = metadata.get(f"tokenizer.ggml.{key}", default)
+        if value is None:
+            raise UserError(f"{where}: no tokenizer.ggml.{key}")
+        return value
+    if get("model") != "gpt2":
+        raise UserError(f"{where}: tokenizer.ggml.model {get('model')!r} is not supported (byte-"
+                        f"level BPE, 'gpt2', only; 'llama' is a SentencePiece vocabulary)")
+    pre = get("pre", "default")
+    split = next(((patterns, ignore) for name, patterns, ignore in GGUF_PRE if name == pre), None)
+    if split is None:
+        raise UserError(f"{where}: tokenizer.ggml.pre {pre!r} is not supported (known: "
+                        f"{', '.join(sorted({name for name, _, _ in GGUF_PRE}))})")
+    tokens = get("tokens")
+    types = get("token_type", [TOKEN_NORMAL] * len(tokens))
+    if len(types) != len(tokens) or len(set(tokens)) != len(tokens):
+        raise UserError(f"{where}: tokenizer.ggml.token_type does not give one type per token, or "
+                        f"a token is listed twice")
+    special = {TOKEN_CONTROL, TOKEN_UNKNOWN}
+    data = {"model": {"type": "BPE", "ignore_merges": split[1], "merges": get("merges", []),
+                      "vocab": {t: i for i, t in enumerate(tokens) if types[i] != TOKEN_UNUSED}},
+            "added_tokens": [{"id": i, "content": t, "special": types[i] in special,
+                              "normalized": False} for i, t in enumerate(tokens)
+                             if types[i] in special | {TOKEN_USER_DEFINED}],
+            "pre_tokenizer": split_pre_tokenizer(split[0]), "decoder": {"type": "ByteLevel"}}
+    # llama.cpp puts BOS in front of every text for Llama 3's split unless the file says otherwise
+    return Tokenizer(**hf_arguments(data, where) | dict(
+        bos_added=[get("bos_token_id")] if get("add_bos_token", pre == "llama-bpe") else [],
+        eos_added=[get("eos_token_id")] if get("add_eos_token", False) else []))

@@ -16,8 +16,9 @@ This file holds what reads and writes those files, and the conventions every scr
 reading order: 1. errors -> 2. flags -> 3. device and precision -> 4. the models by name and
 model.pt -> 5. checkpoints for an exact resume -> 6. the log and its picture.
 
-Imports: bpe.py (the tokenizer, and UserError), gpt.py and minimind.py (the models by name), and
-int8.py (the int8 layers an INT8 run directory, written by quantize.py, is opened with).
+Imports: bpe.py (the tokenizer, and UserError), gpt.py and minimind.py (the models by name),
+int8.py (the int8 layers an INT8 run directory, written by quantize.py, is opened with), and
+decode.py (whether torch has the fp16 kernel its fast path uses).
 """
 import argparse
 import contextlib
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+import decode
 import gpt
 import int8
 import minimind
@@ -185,10 +187,10 @@ def pick_dtype(device, name="auto"):
 
 def pick_inference_dtype(device, name="auto"):
     """The precision of the weights when generating text (chat.py's --dtype): by default the
-    fastest one that keeps the model's greedy picks (tests/test_minimind.py checks >= 99% agree).
+    fastest one that keeps the model's greedy picks (tests/test_decode.py checks >= 99% agree).
 
     CPU: fp16 where torch has fbgemm's fp16 kernel (x86 builds): half the bytes of fp32 to read
-    per token, the activations still fp32 (minimind.FastLinear); 1.2-1.5x fp32's tokens/s on
+    per token, the activations still fp32 (decode.FastLinear); 1.2-1.5x fp32's tokens/s on
     minimind2-small. bf16 has no such kernel on CPUs without bf16 instructions and runs slower than
     fp32 there. Elsewhere fp32. GPU: bf16 where it has it, else fp16. Apple's mps: fp16."""
     if name != "auto":
@@ -197,7 +199,7 @@ def pick_inference_dtype(device, name="auto"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device == "mps":
         return torch.float16
-    return torch.float16 if minimind.HAS_FBGEMM_FP16 else torch.float32
+    return torch.float16 if decode.HAS_FBGEMM_FP16 else torch.float32
 
 
 def autocast(device, dtype):

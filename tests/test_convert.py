@@ -20,6 +20,7 @@ import convert
 import dpo
 import eval as evaluation
 import gguf_file
+import gguf_quants
 import gpt
 import hf_tokenizer
 import minimind
@@ -393,7 +394,7 @@ def gguf_of(tmp_path, tok, kind="f32", arch="minimind", **kw):
     g = read_gguf(tmp_path / "m.gguf")
     for t in g["tensors"].values():
         raw = bytearray(t["data"])
-        t["data"] = (gguf_file.dequantize_q8_0(raw, t["shape"]) if t["type"] == "q8_0" else
+        t["data"] = (gguf_quants.dequantize(raw, "q8_0", t["shape"]) if t["type"] == "q8_0" else
                      torch.frombuffer(raw, dtype=torch.float16 if t["type"] == "f16" else torch.float32)
                      .float().reshape(t["shape"]))
     g["types"] = {k: v[0] for k, v in g["metadata"].items()}
