@@ -14,8 +14,7 @@ It is run, not imported: nothing imports it but its tests (tests/test_serve.py; 
 benchmark starts it as a subprocess). Imports: chat.py (Engine, Answer, make_generator and the
 flags both commands share; the chat template comes through the Engine, from sft.py), decode.py
 (the batched decoder), minimind.py (the sampling step and the window crop), metrics.py (what
-GET /metrics reports) and rundir.py (flags, errors, the device).
-"""
+GET /metrics reports), completions.py (POST /v1/completions) and rundir.py (flags, errors)."""
 import collections
 import datetime
 import hmac
@@ -33,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
 
+import completions
 import decode
 import minimind
 from chat import Answer, Engine, EngineConfig, check_sampling, make_generator
@@ -98,9 +98,10 @@ def number(body, key, default, lo, hi, integer=False):
     return value
 
 
-def parse_request(body, cfg):
+def parse_request(body, cfg, min_tokens=1):
     """Check a chat completion request; returns the messages and the sampling settings. Fields
-    OpenAI defines that a small local model ignores (presence_penalty, user, ...) are accepted."""
+    OpenAI defines that a small local model ignores (presence_penalty, user, ...) are accepted.
+    min_tokens: the least max_tokens (0 for /v1/completions, which may only score a prompt)."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", None, "invalid_type")
     messages = body.get("messages")
@@ -143,8 +144,8 @@ def parse_request(body, cfg):
     return dict(
         messages=clean, stop=stop, stream=stream,
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
-        max_tokens=number({"max_tokens": max_tokens}, "max_tokens", cfg.max_new_tokens, 1, 10**6,
-                          integer=True),
+        max_tokens=number({"max_tokens": max_tokens}, "max_tokens", cfg.max_new_tokens,
+                          min_tokens, 10**6, integer=True),
         seed=number(body, "seed", None, -2**63, 2**64 - 1, integer=True),
         # top_p 0 would keep no token at all; OpenAI treats it as "only the most likely one"
         sampling=dict(temperature=0 if top_p == 0 else temperature, top_p=top_p or 1.0,
@@ -394,7 +395,7 @@ class RequestLog:
 # The HTTP server: its routes, and the objects its request threads share
 # ---------------------------------------------------------------------------------------------
 # metrics label others "other"
-ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions")
+ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -505,14 +506,17 @@ class Handler(BaseHTTPRequestHandler):
         error = None
         try:
             path = self.begin()
-            if path != "/v1/chat/completions":
+            if path not in ROUTES[3:]:
                 raise ApiError(404, f"no route POST {path}", None, "not_found")
             try:
                 body = json.loads(self.read_raw().decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise ApiError(400, f"the request body is not valid JSON: {e}", None,
                                "invalid_json")
-            self.complete(parse_request(body, self.server.app.cfg))
+            if path == "/v1/completions":
+                self.text_complete(body)
+            else:
+                self.complete(parse_request(body, self.server.app.cfg))
         except ApiError as e:
             self.refuse(e)
         except OSError:  # the client went away (BrokenPipe, ConnectionReset, a timeout)
@@ -553,6 +557,44 @@ class Handler(BaseHTTPRequestHandler):
             ttft = job.first_token_at and round(job.first_token_at - job.submitted, 4)
             self.entry.update(completion_tokens=answer.n_tokens, finish_reason=answer.finish_reason,
                               ttft_s=ttft, answer=answer.text)
+
+    def text_complete(self, body):
+        """POST /v1/completions (completions.py): each prompt (a batch of them: one choice each)
+        joins the batch as a chat request does, max_tokens 0 generating nothing; with logprobs,
+        one forward pass then scores prompt and answer, one request at a time."""
+        app, engine = self.server.app, self.server.app.engine
+        try:  # the checks chat completions share (stop, temperature, seed ...) read the same fields
+            req = parse_request({"messages": [{"role": "user", "content": ""}], **body}
+                                if isinstance(body, dict) else body, app.cfg, min_tokens=0)
+            prompts, (echo, top) = completions.prompts_of(body, engine.tok), completions.check(body)
+        except completions.BadRequest as e:
+            raise ApiError(400, str(e), e.param, "invalid_value")
+        if req["stream"]:
+            raise ApiError(400, "'stream' is not supported on /v1/completions", "stream")
+        choices, self.entry["prompt_tokens"], self.entry["completion_tokens"] = [], 0, 0
+        for index, ids in enumerate(prompts):
+            if req["max_tokens"] and len(ids) >= engine.context:
+                raise ApiError(400, f"the prompt is {len(ids)} tokens; this model's context is "
+                                    f"{engine.context}", "prompt", "context_length_exceeded")
+            text, new, finish = "", [], "length"
+            if req["max_tokens"]:
+                job = app.batcher.submit(ids, req["max_tokens"],
+                                         make_generator(engine, req["seed"]), req["sampling"])
+                answer = Answer(engine, ids, req["max_tokens"], stop=req["stop"],
+                                tokens=job.tokens())
+                try:
+                    text, finish = "".join(answer.stream()), answer.finish_reason
+                finally:
+                    job.cancelled = True
+                new = completions.answer_ids(engine, job.history[len(ids):], text)
+                self.entry["completion_tokens"] += answer.n_tokens
+            choices.append(completions.choice(engine, index, ids, new, text, finish, echo, top,
+                                              app.scoring))
+            self.entry["prompt_tokens"] += len(ids)
+        self.entry.update(finish_reason=finish, answer=[c["text"] for c in choices])
+        n, m = self.entry["prompt_tokens"], self.entry["completion_tokens"]
+        self.send_json(200, dict(self.head("text_completion"), choices=choices, usage={
+            "prompt_tokens": n, "completion_tokens": m, "total_tokens": n + m}))
 
     def head(self, kind):
         return {"id": "chatcmpl-" + uuid.uuid4().hex, "object": kind, "created": int(time.time()),
@@ -595,6 +637,7 @@ class App:
         self.engine, self.cfg, self.started = engine, cfg, int(time.time())
         self.metrics = Metrics()
         self.batcher = Batcher(engine, cfg.max_batch, cfg.max_queue, self.metrics)
+        self.scoring = threading.Lock()  # /v1/completions' logprobs: one forward pass at a time
         where = "" if quiet and cfg.request_log == "-" else cfg.request_log
         self.log = RequestLog(where, cfg.log_content)
 

@@ -513,3 +513,139 @@ def test_a_request_whose_prefill_fails_leaves_the_batch_serving(engine):
         assert batcher.thread.is_alive()
     finally:
         batcher.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# POST /v1/completions: OpenAI's legacy text completions, with echo and logprobs
+# ---------------------------------------------------------------------------------------------
+def text_complete(port, **body):
+    status, text = request(port, "POST", "/v1/completions", body)
+    assert status == 200, text
+    return json.loads(text)
+
+
+def test_completions_echo_logprobs_are_the_models_own(server):
+    import torch
+    import torch.nn.functional as F
+    engine, port = server["engine"], server["port"]
+    prompt = "Return the number of items in a container."
+    ids = engine.tok.encode(prompt, allowed_special="none")
+    reply = text_complete(port, prompt=prompt, max_tokens=0, echo=True, logprobs=3)
+    c = reply["choices"][0]
+    assert reply["object"] == "text_completion" and c["text"] == prompt
+    lp = c["logprobs"]
+    assert "".join(lp["tokens"]) == prompt and lp["token_logprobs"][0] is None
+    assert lp["text_offset"] == [len("".join(lp["tokens"][:i])) for i in range(len(ids))]
+    with torch.no_grad():  # by hand: one forward pass, log-softmax, the next token's entry
+        want = F.log_softmax(engine.model(torch.tensor([ids]))[0][0].float(), -1)
+    assert lp["token_logprobs"][1:] == pytest.approx(
+        [want[i - 1, t].item() for i, t in enumerate(ids) if i], abs=1e-4)
+    for i, top in enumerate(lp["top_logprobs"][1:], 1):
+        assert lp["tokens"][i] in top and 3 <= len(top) <= 4  # the token itself is always there
+        assert max(top.values()) == pytest.approx(want[i - 1].max().item(), abs=1e-4)
+    assert reply["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 0,
+                              "total_tokens": len(ids)}
+    # the same prompt as token ids, in a batch of two prompts: one choice each, in order
+    two = text_complete(port, prompt=[ids, ids[:3]], max_tokens=0, echo=True, logprobs=1)
+    assert [ch["index"] for ch in two["choices"]] == [0, 1]
+    assert two["choices"][0]["logprobs"]["token_logprobs"] == pytest.approx(lp["token_logprobs"])
+    assert len(two["choices"][1]["logprobs"]["tokens"]) == 3
+
+
+def test_completions_generate_with_logprobs_and_stop(server):
+    engine, port = server["engine"], server["port"]
+    prompt = "The function returns"
+    n = len(engine.tok.encode(prompt, allowed_special="none"))
+    reply = text_complete(port, prompt=prompt, max_tokens=6, temperature=0, logprobs=2,
+                          repetition_penalty=1.0, seed=1)
+    c = reply["choices"][0]
+    assert c["finish_reason"] in ("length", "stop") and not c["text"].startswith(prompt)
+    lp = c["logprobs"]  # the answer's tokens only (no echo), each the greedy choice
+    assert "".join(lp["tokens"]) == c["text"] and lp["text_offset"][0] == 0
+    for token, value, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
+        assert value == pytest.approx(max(top.values()), abs=1e-4) and token in top
+    echoed = text_complete(port, prompt=prompt, max_tokens=6, temperature=0, logprobs=0,
+                           echo=True, repetition_penalty=1.0)["choices"][0]
+    assert echoed["text"] == prompt + c["text"]
+    assert len(echoed["logprobs"]["tokens"]) == n + len(lp["tokens"])
+    if c["text"].strip():
+        cut = c["text"].strip()[-1]
+        stopped = text_complete(port, prompt=prompt, max_tokens=6, temperature=0, stop=[cut],
+                                repetition_penalty=1.0)["choices"][0]
+        assert cut not in stopped["text"] and stopped["finish_reason"] == "stop"
+        assert stopped["logprobs"] is None
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": 3}, "prompt"), ({"prompt": []}, "prompt"), ({"prompt": [1, "a"]}, "prompt"),
+    ({"prompt": [10**9]}, "prompt"), ({"prompt": "hi", "logprobs": 9}, "logprobs"),
+    ({"prompt": "hi", "echo": "yes"}, "echo"), ({"prompt": "hi", "max_tokens": -1}, "max_tokens"),
+    ({"prompt": "hi", "stream": True}, "stream"), ({"prompt": "hi", "temperature": 5}, "temperature"),
+    ({"prompt": "word " * 300, "max_tokens": 2}, "prompt")])
+def test_completions_refuse_bad_requests_with_an_openai_error(server, body, param):
+    status, text = request(server["port"], "POST", "/v1/completions", body)
+    error = json.loads(text)["error"]
+    assert status == 400 and error["param"] == param and error["type"] == "invalid_request_error"
+
+
+def test_completions_share_auth_metrics_and_the_log(engine, tmp_path):
+    log = tmp_path / "requests.jsonl"
+    srv = start(engine, api_key="k", request_log=str(log))
+    port, good = srv.server_port, {"Content-Type": "application/json", "Authorization": "Bearer k"}
+    try:
+        assert request(port, "POST", "/v1/completions", {"prompt": "hi"})[0] == 401
+        status, text = request(port, "POST", "/v1/completions",
+                               {"prompt": "hi there", "max_tokens": 2, "logprobs": 1}, good)
+        assert status == 200
+        usage = json.loads(text)["usage"]
+        done = 'slm_requests_total{path="/v1/completions",status="200"}'
+        wait_until(lambda: done in parse_metrics(request(port, "GET", "/metrics", None, good)[1]))
+        m = parse_metrics(request(port, "GET", "/metrics", None, good)[1])
+    finally:
+        stop(srv)
+    assert m[done] == 1 and m['slm_requests_total{path="/v1/completions",status="401"}'] == 1
+    assert m["slm_prompt_tokens_total"] == usage["prompt_tokens"]
+    entry = [e for e in map(json.loads, log.read_text().splitlines()) if e["status"] == 200
+             and e["method"] == "POST"][-1]
+    assert entry["path"] == "/v1/completions" and entry["prompt_tokens"] == usage["prompt_tokens"]
+    assert entry["completion_tokens"] == usage["completion_tokens"] and "answer" not in entry
+
+
+def test_the_harnesses_local_completions_scores_like_eval(sft_run, engine, corpus, tmp_path):
+    """lm-evaluation-harness's local-completions model against this server, and eval.py on the
+    run itself: the same acc and acc_norm on the same local task file."""
+    lm_eval = pytest.importorskip("lm_eval")
+    pytest.importorskip("transformers")
+    pytest.importorskip("tenacity")  # lm_eval[api]: what its API models need
+    import convert
+    import eval as evaluation
+    from lm_eval.tasks import TaskManager
+    convert.main([str(sft_run), str(tmp_path / "hf"), "--to", "hf"])
+    text = (corpus / "text.txt").read_text()
+    lines = [{"context": text[200 * i:200 * i + 50], "choices": [
+        text[200 * i + 50 + 7 * k:200 * i + 60 + 9 * k] for k in range(4)], "label": i % 4}
+        for i in range(12)]
+    path = tmp_path / "cloze.jsonl"
+    path.write_text("\n".join(map(json.dumps, lines)) + "\n")
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "cloze.yaml").write_text(
+        f"task: slm_cloze\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {path}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{context}}'\n"
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{label}}'\n"
+        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n")
+    srv = start(engine, max_new_tokens=8)
+    try:
+        theirs = lm_eval.simple_evaluate(
+            model="local-completions", model_args=(
+                f"model=sft,base_url=http://127.0.0.1:{srv.server_port}/v1/completions,"
+                f"tokenizer_backend=huggingface,tokenizer={tmp_path / 'hf'},num_concurrent=1,"
+                "max_retries=1"), tasks=["slm_cloze"],
+            task_manager=TaskManager(include_path=str(tmp_path / "tasks")))
+    finally:
+        stop(srv)
+    ours = evaluation.main([str(sft_run), "--data", str(corpus / "text.txt"), "--max-tokens",
+                            "128", "--max-new-tokens", "2", "--no-report", "--tasks",
+                            f"generic={path}", "--contamination", "none"])[0]["benchmarks"]["cloze"]
+    res = theirs["results"]["slm_cloze"]
+    assert ours["acc"] == pytest.approx(res["acc,none"])
+    assert ours["acc_norm"] == pytest.approx(res["acc_norm,none"])
