@@ -49,7 +49,9 @@ def prompts_of(body, tok):
 
 def check(body):
     """echo, and logprobs (how many alternatives per token, OpenAI allows 0 to 5; None: no
-    logprobs object at all)."""
+    logprobs object at all). Streaming is for chat completions only."""
+    if body.get("stream"):
+        raise BadRequest("'stream' is not supported on /v1/completions", "stream")
     echo, logprobs = body.get("echo", False), body.get("logprobs")
     if not isinstance(echo, bool):
         raise BadRequest("'echo' must be true or false", "echo")

@@ -559,9 +559,8 @@ class Handler(BaseHTTPRequestHandler):
                               ttft_s=ttft, answer=answer.text)
 
     def text_complete(self, body):
-        """POST /v1/completions (completions.py): each prompt (a batch of them: one choice each)
-        joins the batch as a chat request does, max_tokens 0 generating nothing; with logprobs,
-        one forward pass then scores prompt and answer, one request at a time."""
+        """POST /v1/completions (completions.py): each prompt (one choice each) joins the batch as
+        a chat request does (max_tokens 0: nothing); with logprobs, one pass scores it."""
         app, engine = self.server.app, self.server.app.engine
         try:  # the checks chat completions share (stop, temperature, seed ...) read the same fields
             req = parse_request({"messages": [{"role": "user", "content": ""}], **body}
@@ -569,8 +568,6 @@ class Handler(BaseHTTPRequestHandler):
             prompts, (echo, top) = completions.prompts_of(body, engine.tok), completions.check(body)
         except completions.BadRequest as e:
             raise ApiError(400, str(e), e.param, "invalid_value")
-        if req["stream"]:
-            raise ApiError(400, "'stream' is not supported on /v1/completions", "stream")
         choices, self.entry["prompt_tokens"], self.entry["completion_tokens"] = [], 0, 0
         for index, ids in enumerate(prompts):
             if req["max_tokens"] and len(ids) >= engine.context:
@@ -591,8 +588,8 @@ class Handler(BaseHTTPRequestHandler):
             choices.append(completions.choice(engine, index, ids, new, text, finish, echo, top,
                                               app.scoring))
             self.entry["prompt_tokens"] += len(ids)
-        self.entry.update(finish_reason=finish, answer=[c["text"] for c in choices])
         n, m = self.entry["prompt_tokens"], self.entry["completion_tokens"]
+        self.entry.update(finish_reason=finish, answer=[c["text"] for c in choices])
         self.send_json(200, dict(self.head("text_completion"), choices=choices, usage={
             "prompt_tokens": n, "completion_tokens": m, "total_tokens": n + m}))
 
