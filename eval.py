@@ -13,7 +13,8 @@ different tokens, so their losses per token are not comparable; bits per byte is
 is reported. A chat model (stage sft or dpo) is also measured on held-out conversations
 (--chat-data, the assistant's tokens only), and judged on those: a model fine-tuned to answer
 questions is not made to continue documentation. Each run directory gets a readiness.md: checks
-with PASS/FAIL and the reason, and which text each figure was measured on.
+with PASS/FAIL and the reason, and which text each figure was measured on; and benchmarks.json,
+the --tasks figures (the built-in pydoc task by default) in lm-evaluation-harness's layout.
 
 Reading order: the figures on text (perplexity and bits per byte, built on data.evaluate) ->
 the baselines any model must beat (uniform, unigram, bigram) -> the same figures on held-out chats
