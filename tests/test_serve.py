@@ -165,7 +165,7 @@ def test_malformed_requests_get_an_openai_error(server, case):
 
 
 def test_wrong_routes_and_missing_length(server):
-    for method, path in (("GET", "/nope"), ("POST", "/v1/completions")):
+    for method, path in (("GET", "/nope"), ("POST", "/v1/embeddings")):
         status, text = request(server["port"], method, path, {"messages": HELLO} if method == "POST" else None)
         assert status == 404 and "error" in json.loads(text)
     with socket.create_connection(("127.0.0.1", server["port"]), timeout=30) as s:
