@@ -1,0 +1,772 @@
+"""prepare.py: dataset preparation, from a folder of messy files to text worth training on
+(book chapter 4, "Dataset Preparation").
+
+    python prepare.py reports/ notes.jsonl --out data/clean      # -> data/clean/clean.jsonl
+    python train.py --data data/clean                            # trains on what it kept
+    python prepare.py scans/ --preset tabular --workers 4 --eval-files bench.jsonl --out data/geo
+
+Real collections (hazard reports, court documents, archaic texts) come with repeated headers and
+footers, copies and near-copies, OCR debris, tables, and people's e-mail addresses. Each step
+below removes one kind of problem and counts what it removed, and the data card
+(OUT/datacard.md, with OUT/lengths.svg) says so to the person who will train on the result.
+
+Reading order: the flags and presets -> 1. sources -> 2. cleaning -> 3. boilerplate (lines that
+repeat across documents, counted in a fixed-size sketch) -> 4. exact duplicates, then near
+duplicates with MinHash and LSH written with numpy, and the S-curve that sets the bands -> 5.
+quality rules in the style of Gopher and C4, each named, each threshold a flag -> 6. private data
+-> 7. decontamination against evaluation files -> 8. the passes that stream it all through
+worker processes, and the report.
+
+Imports: sources.py (reading .txt .md .jsonl .csv .html in any encoding), spool.py (the worker
+pool that keeps order, the scratch files, atomic writes), datacard.py (the markdown and SVG
+report), bpe.py (token counts with a chosen tokenizer) and rundir.py (flags and errors).
+"""
+import hashlib
+import os
+import re
+import shutil
+import unicodedata
+import zlib
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import bpe
+import datacard
+import sources
+import spool
+from rundir import UserError, option, parse_config, run_cli
+
+
+@dataclass
+class PrepareConfig:
+    sources: list = option([], "files or folders to read (.txt .md .jsonl .csv .html)",
+                           positional="*")
+    out: str = option("data/clean", "output folder: clean.jsonl (train.py --data takes the "
+                                    "folder), datacard.md, lengths.svg")
+    preset: str = option("", "rules for a kind of text: prose (the default), code, tabular")
+    field: str = option("text", "the field of a .jsonl line to read")
+    column: str = option("text", "the column of a .csv file to read")
+    workers: int = option(1, "worker processes (the output is the same for any number)")
+    boilerplate_docs: int = option(10, "a line found in this many documents or more is "
+                                       "boilerplate and removed (0: off)")
+    boilerplate_words: int = option(3, "... if it has at least this many words (so 'Note:' and "
+                                       "'True' stay)")
+    dedup_threshold: float = option(0.8, "Jaccard similarity from which two documents are near "
+                                         "duplicates (above 1: off)")
+    num_perm: int = option(128, "MinHash signature length (permutations)")
+    shingle_words: int = option(5, "words per shingle for MinHash")
+    # Quality rules: a negative number turns a rule off. Names and defaults follow Gopher (Rae et
+    # al. 2021, table A1) and C4 (Raffel et al. 2020) as datatrove implements them.
+    min_doc_words: int = option(50, "gopher_short_doc: fewer words than this")
+    max_doc_words: int = option(100_000, "gopher_long_doc: more words than this")
+    min_avg_word_length: float = option(3.0, "gopher_below_avg_threshold: mean word length")
+    max_avg_word_length: float = option(10.0, "gopher_above_avg_threshold: mean word length")
+    max_symbol_word_ratio: float = option(0.1, "gopher_too_many_hashes / _ellipsis: '#' or "
+                                               "'...' per word")
+    max_bullet_lines_ratio: float = option(0.9, "gopher_too_many_bullets: share of lines that "
+                                                "start with a bullet")
+    max_ellipsis_lines_ratio: float = option(0.3, "gopher_too_many_end_ellipsis: share of lines "
+                                                  "that end in an ellipsis")
+    min_alpha_words_ratio: float = option(0.8, "gopher_below_alpha_threshold: share of words "
+                                               "with a letter")
+    min_stop_words: int = option(2, "gopher_enough_stop_words: distinct English stop words")
+    dup_line_frac: float = option(0.3, "dup_line_frac: share of lines that repeat")
+    dup_para_frac: float = option(0.3, "dup_para_frac: share of paragraphs that repeat")
+    dup_line_char_frac: float = option(0.2, "dup_line_char_frac: characters in repeated lines")
+    dup_para_char_frac: float = option(0.2, "dup_para_char_frac: characters in repeated "
+                                            "paragraphs")
+    top_n_grams: str = option("2:0.2,3:0.18,4:0.16", "top_N_gram: characters in the most "
+                                                     "frequent N-gram, N:share,...")
+    dup_n_grams: str = option("5:0.15,6:0.14,7:0.13,8:0.12,9:0.11,10:0.1",
+                              "duplicated_N_n_grams: characters in repeated N-grams")
+    c4_lines: bool = option(True, "C4's line rules: drop lines without terminal punctuation, "
+                                  "with a word over 1000 characters, or naming javascript or "
+                                  "cookie policies")
+    c4_min_words_per_line: int = option(3, "C4: drop lines with fewer words")
+    c4_min_sentences: int = option(5, "too_few_sentences: fewer sentences after the line rules")
+    c4_lorem_ipsum: bool = option(True, "lorem_ipsum: drop documents with placeholder text")
+    c4_curly_bracket: bool = option(True, "curly_bracket: drop documents with a '{' (code)")
+    private: str = option("email,phone,ip,card,key", "kinds of private data to replace "
+                                                     "('': none)")
+    eval_files: list = option([], "evaluation or benchmark files; documents sharing a long "
+                                  "n-gram with them are removed (repeat the flag)")
+    contamination_ngram: int = option(13, "words in an n-gram that counts as contamination")
+    tokenizer: str = option("", "a tokenizer.json (bpe.py) to count the output's tokens with")
+    examples: int = option(3, "examples per rule in the data card")
+
+
+# The rules for web prose throw away a geologist's tables and a programmer's code; these relax
+# what each kind of text legitimately does (braces and '#' in code, numbers and short lines in
+# tables) and keep the rules that catch junk in any text (repetition, lorem ipsum, length).
+PRESETS = {
+    "prose": ("web-like prose: Gopher and C4 as published", {}),
+    "code": ("source code and technical documentation with code in it",
+             dict(min_doc_words=10, max_avg_word_length=20.0, max_symbol_word_ratio=-1, min_alpha_words_ratio=0.5,
+                  min_stop_words=0, dup_line_frac=-1, dup_line_char_frac=-1, c4_lines=False,
+                  c4_min_words_per_line=0, c4_min_sentences=-1, c4_curly_bracket=False)),
+    "tabular": ("tables, measurements, forms: numbers and short lines",
+                dict(min_doc_words=20, min_avg_word_length=1.0, max_avg_word_length=20.0,
+                     max_bullet_lines_ratio=-1, min_alpha_words_ratio=0.2, min_stop_words=0,
+                     dup_line_frac=-1, dup_line_char_frac=-1, top_n_grams="", c4_lines=False,
+                     c4_min_words_per_line=0, c4_min_sentences=-1, c4_curly_bracket=False)),
+}
+
+
+def tokens(text):
+    """Words, and runs of punctuation, as separate tokens, close to what spaCy's English
+    tokenizer (which datatrove's Gopher filters use) gives: `"Don't stop..."` -> ["Don't",
+    "stop", "..."]. The quality rules count these."""
+    return re.findall(r"\w+(?:['’.]\w+)*|[^\w\s]+", text)
+
+
+def words_of(text):
+    """Lower-cased words, punctuation dropped: `"It's 3.5 km!"` -> ["it", "s", "3", "5", "km"].
+    Shingles, n-gram hashes and decontamination all see text through this one function."""
+    return re.findall(r"\w+", text.lower())
+
+
+def stable_hash(s):
+    """A 64-bit hash that is the same in every process and every run (Python's hash() of a str
+    is salted per process, which would make workers disagree)."""
+    return int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little")
+
+
+def word_hashes(words):
+    """Each word's 64-bit hash: CRC32 and Adler-32 side by side (fast, in C, the same in every
+    process)."""
+    return np.fromiter(((zlib.crc32(b) << 32) | zlib.adler32(b) for b in map(str.encode, words)),
+                       np.uint64, len(words))
+
+
+def ngram_hashes(h, n):
+    """uint64 hashes of the n-word windows of word hashes h, with numpy: the window's polynomial
+    sum h[i]*M**(n-1) + ... + h[i+n-1] (wrapping mod 2**64). A text shorter than n words gives
+    one window, the whole text."""
+    if not len(h):
+        return np.zeros(0, np.uint64)
+    n = min(n, len(h))
+    out = np.zeros(len(h) - n + 1, np.uint64)
+    for i in range(n):
+        out = out * np.uint64(0x100000001B3) + h[i:len(h) - n + 1 + i]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Cleaning: one canonical form for the same text
+# ---------------------------------------------------------------------------------------------
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u200b\ufeff]")
+_SPACES = re.compile(r"[\u00a0\u2000-\u200a\u202f\u205f\u3000]")
+_HYPHEN = re.compile(r"([^\W\d_])-\n[ \t]*([a-zß-ÿ])")
+
+
+def clean(text):
+    """NFC, line ends, control characters, odd spaces, line-end hyphenation, blank runs.
+
+    NFC first: "é" typed as e + combining accent and as one code point become the same string,
+    so hashes and counts agree. Control characters (and soft hyphens, zero-width spaces, stray
+    byte-order marks) carry no text. A word broken across a line ("infor-\\nmation", as OCR and
+    justified PDFs leave it) is rejoined only when a lower-case letter follows, so "well-\\nKnown"
+    and code stay as they are. Indentation is kept: code and aligned tables need it."""
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = _SPACES.sub(" ", _CONTROL.sub("", text))
+    text = _HYPHEN.sub(r"\1\2", text)
+    text = "\n".join(line.rstrip() for line in text.split("\n"))
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Boilerplate: lines that repeat across many documents
+# ---------------------------------------------------------------------------------------------
+# A header, a footer, a page number or a disclaimer is a line that many documents share. Digits
+# are folded to 0 so "Page 3 of 10" and "Page 4 of 10" count as one line. Counting every
+# distinct line exactly would need memory that grows with the corpus; a count-min sketch uses a
+# fixed table instead: each line adds 1 to one cell in each of D rows (a different hash per row),
+# and its count is the smallest of its D cells. Collisions only add, so the estimate is never
+# below the truth, and with 2**20 cells per row a line is over-counted only if thousands of
+# frequent lines fall into all of its cells at once.
+SKETCH_ROWS, SKETCH_WIDTH = 4, 1 << 20
+
+
+def line_key(line):
+    return re.sub(r"\s+", " ", re.sub(r"\d", "0", line.strip().lower()))
+
+
+def sketch_cells(keys):
+    """[D, len(keys)] cell indices of distinct line keys: one 64-bit hash, split into D parts."""
+    h = np.array([stable_hash(k) for k in keys], np.uint64)
+    return np.stack([(h >> np.uint64(16 * d)) % np.uint64(SKETCH_WIDTH) for d in
+                     range(SKETCH_ROWS)]).astype(np.int64)
+
+
+def boilerplate_keys(lines, min_words):
+    """[(line number, key)] of the lines that may be boilerplate: those of min_words or more."""
+    return [(i, line_key(line)) for i, line in enumerate(lines) if len(line.split()) >= min_words]
+
+
+def remove_boilerplate(text, sketch, min_docs, min_words):
+    """The text without its lines counted in at least min_docs documents; and those lines."""
+    lines = text.split("\n")
+    keyed = boilerplate_keys(lines, min_words)
+    if not keyed or min_docs <= 0:
+        return text, []
+    cells = sketch_cells([k for _, k in keyed])
+    counts = sketch[np.arange(SKETCH_ROWS)[:, None], cells].min(axis=0)
+    drop = {i for (i, _), c in zip(keyed, counts) if c >= min_docs}
+    kept = "\n".join(line for i, line in enumerate(lines) if i not in drop)
+    return re.sub(r"\n{3,}", "\n\n", kept).strip(), [lines[i].strip() for i in sorted(drop)]
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Duplicates: exact by hash, near by MinHash and LSH
+# ---------------------------------------------------------------------------------------------
+def exact_key(text):
+    """Documents equal up to case and spacing hash to the same key."""
+    return stable_hash(" ".join(text.lower().split()))
+
+
+MERSENNE = np.uint64((1 << 61) - 1)
+
+
+def permutations(num_perm, seed=1):
+    """The hash family h_k(x) = (a_k x + b_k) mod p, p = 2**61 - 1, one (a, b) per permutation.
+    x < 2**32 and a < 2**32 keep a*x + b below 2**64, so numpy's uint64 never overflows."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(1, 1 << 32, num_perm, dtype=np.uint64),
+            rng.integers(0, 1 << 31, num_perm, dtype=np.uint64))
+
+
+def minhash(text, perms, shingle_words):
+    """The MinHash signature (uint32 [num_perm]) of a text's set of word shingles.
+
+    For a random permutation of all possible shingles, the chance that two sets have the same
+    smallest element is exactly |A & B| / |A | B|, their Jaccard similarity J. So the fraction of
+    the num_perm positions where two signatures agree estimates J, with standard error
+    sqrt(J (1 - J) / num_perm): about 0.035 at J = 0.5 with 128 permutations."""
+    a, b = perms
+    shingles = np.unique(ngram_hashes(word_hashes(words_of(text)), shingle_words))
+    x = (shingles ^ (shingles >> np.uint64(32))) & np.uint64(0xFFFFFFFF)   # fold to 32 bits
+    sig = np.full(len(a), np.iinfo(np.uint64).max, np.uint64)
+    for start in range(0, len(x), 2048):   # blocks keep [num_perm, block] small for long texts
+        block = x[start:start + 2048]
+        sig = np.minimum(sig, ((a[:, None] * block[None, :] + b[:, None]) % MERSENNE).min(1))
+    return (sig & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+
+def candidate_probability(s, bands, rows):
+    """The S-curve: the chance that two documents of Jaccard similarity s share a bucket.
+
+    The signature is cut into `bands` bands of `rows` positions; two documents become
+    candidates when all rows of at least one band agree. One band agrees with probability s**r,
+    so none does with (1 - s**r)**b, and
+
+        P(candidate | s) = 1 - (1 - s**r)**b.
+
+    Plotted against s that is an S: near 0 for dissimilar pairs, near 1 for similar ones, and
+    steepest around s* = (1/b)**(1/r). More rows push s* up and sharpen the step; more bands pull
+    it down. With b=16, r=8: P(0.5) = 0.06, P(0.7) = 0.65, P(0.8) = 0.99, P(0.9) = 1.00."""
+    return 1 - (1 - np.asarray(s, dtype=float) ** rows) ** bands
+
+
+def choose_bands(threshold, num_perm):
+    """(bands, rows) with bands * rows <= num_perm that best puts the S-curve's step at the
+    threshold: the least area of false positives (the curve below the threshold) plus false
+    negatives (1 - the curve above it)."""
+    s = np.linspace(0, 1, 1001)
+    best = None
+    for rows in range(1, num_perm + 1):
+        bands = num_perm // rows
+        p = candidate_probability(s, bands, rows)
+        cost = np.trapezoid(np.where(s < threshold, p, 1 - p), s)
+        if best is None or cost < best[0]:
+            best = (cost, bands, rows)
+    return best[1], best[2]
+
+
+def near_duplicate_clusters(signatures, alive, threshold):
+    """{kept index: [removed indices]} among the documents with alive[i] True.
+
+    LSH: each band's rows are hashed to one key per document, and documents with equal keys in
+    any band are candidates. Sorting the keys puts each bucket's members together, so no dict of
+    buckets is held. Each candidate is then checked against its bucket's first (earliest) member
+    with the signatures' estimate of J, which removes most of the S-curve's false positives, and
+    joined to it in a union-find whose root is always the earliest document: that one is kept."""
+    n, num_perm = signatures.shape
+    bands, rows = choose_bands(threshold, num_perm)
+    parent = np.arange(n)
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    index = np.flatnonzero(alive)
+    for band in range(bands):
+        cols = signatures[index, band * rows:(band + 1) * rows].astype(np.uint64)
+        key = np.zeros(len(index), np.uint64)
+        for c in range(rows):
+            key = key * np.uint64(0x100000001B3) + cols[:, c]
+        order = np.argsort(key, kind="stable")   # stable: a bucket lists its members in order
+        key = key[order]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        for lo, hi in zip(starts, np.r_[starts[1:], len(key)]):
+            if hi - lo < 2:
+                continue
+            first = index[order[lo]]
+            for j in index[order[lo + 1:hi]]:
+                if np.mean(signatures[first] == signatures[j]) >= threshold:
+                    a, b = root(first), root(j)
+                    parent[max(a, b)] = min(a, b)
+    clusters = {}
+    for i in index:
+        if root(i) != i:
+            clusters.setdefault(int(root(i)), []).append(int(i))
+    return clusters
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Quality rules, in the style of Gopher and C4
+# ---------------------------------------------------------------------------------------------
+STOP_WORDS = {"the", "be", "to", "of", "and", "that", "have", "with"}
+PUNCTUATION = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~…–—“”‘’«»•·")
+_LETTER = re.compile(r"[^\W\d_]")
+_CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
+POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
+          "use cookies")
+
+
+def parse_fractions(spec):
+    """"2:0.2,3:0.18" -> [(2, 0.2), (3, 0.18)]."""
+    try:
+        return [(int(n), float(f)) for n, f in (p.split(":") for p in spec.split(",") if p)]
+    except ValueError:
+        raise UserError(f"{spec!r}: expected N:FRACTION,N:FRACTION,...") from None
+
+
+def repeated(items):
+    """(how many items repeat an earlier one, their characters): [a, b, a, a] -> (2, 2 len(a))."""
+    seen, count, chars = set(), 0, 0
+    for x in items:
+        if x in seen:
+            count, chars = count + 1, chars + len(x)
+        seen.add(x)
+    return count, chars
+
+
+def repeated_ngram_chars(words, h, n):
+    """Characters covered by n-grams that repeat an earlier one, stepping over each repeat
+    (Gopher's "duplicate n-gram character fraction"). The n-grams are compared by hash
+    (ngram_hashes), and a text in which no hash occurs twice is answered without the walk."""
+    if len(words) < n:
+        return 0
+    grams = ngram_hashes(h, n).tolist()
+    if len(set(grams)) == len(grams):
+        return 0
+    lengths = np.cumsum([0] + [len(w) for w in words])
+    seen, chars, i = set(), 0, 0
+    while i < len(grams):
+        if grams[i] in seen:
+            chars, i = chars + int(lengths[i + n] - lengths[i]), i + n
+        else:
+            seen.add(grams[i])
+            i += 1
+    return chars
+
+
+def top_ngram_chars(words, h, n):
+    """Characters of the most frequent n-gram (joined by spaces) times its count; among equally
+    frequent ones the first to occur, as collections.Counter.most_common would choose."""
+    if len(words) < n:
+        return 0
+    grams = ngram_hashes(h, n)
+    _, first, counts = np.unique(grams, return_index=True, return_counts=True)
+    top = first[counts == counts.max()].min()
+    return (sum(len(w) for w in words[top:top + n]) + n - 1) * int(counts.max())
+
+
+def gopher_repetition(text, cfg):
+    """The first of Gopher's repetition rules the text breaks, or None. Web junk repeats itself:
+    menus, link farms, keyword stuffing, a generated page that loops."""
+    paragraphs = re.split(r"\n{2,}", text)
+    lines = [line for line in text.split("\n") if line]
+    total = max(len(text), 1)
+    for name, parts, frac, char_frac in (("para", paragraphs, cfg.dup_para_frac,
+                                          cfg.dup_para_char_frac),
+                                         ("line", lines, cfg.dup_line_frac,
+                                          cfg.dup_line_char_frac)):
+        count, chars = repeated(parts)
+        if frac >= 0 and count / max(len(parts), 1) > frac:
+            return f"dup_{name}_frac"
+        if char_frac >= 0 and chars / total > char_frac:
+            return f"dup_{name}_char_frac"
+    words = tokens(text)
+    h = word_hashes(words)
+    for size, frac in parse_fractions(cfg.top_n_grams):
+        if top_ngram_chars(words, h, size) / total > frac:
+            return f"top_{size}_gram"
+    for size, frac in parse_fractions(cfg.dup_n_grams):
+        if repeated_ngram_chars(words, h, size) / total > frac:
+            return f"duplicated_{size}_n_grams"
+    return None
+
+
+def gopher_quality(text, cfg):
+    """The first of Gopher's quality rules the text breaks, or None. Junk that does not repeat
+    itself is too short, made of symbols or numbers, a list of bullets or of truncated teasers
+    ("Read more..."), or has none of the little words ("the", "of") that every English sentence
+    uses. Punctuation marks are tokens of their own, so they count in the word total."""
+    words = tokens(text)
+    real = [w for w in words if not PUNCTUATION.issuperset(w)]   # not just symbols
+    lines = text.split("\n")
+    mean = np.mean([len(w) for w in real]) if real else 0.0
+    n = max(len(words), 1)
+    bullets = sum(line.lstrip().startswith(("•", "-")) for line in lines)
+    ellipsis_lines = sum(line.rstrip().endswith(("...", "…")) for line in lines)
+    checks = [
+        ("gopher_short_doc", cfg.min_doc_words, len(real) < cfg.min_doc_words),
+        ("gopher_long_doc", cfg.max_doc_words, len(real) > cfg.max_doc_words),
+        ("gopher_below_avg_threshold", cfg.min_avg_word_length, mean < cfg.min_avg_word_length),
+        ("gopher_above_avg_threshold", cfg.max_avg_word_length, mean > cfg.max_avg_word_length),
+        ("gopher_too_many_hashes", cfg.max_symbol_word_ratio,
+         text.count("#") / n > cfg.max_symbol_word_ratio),
+        ("gopher_too_many_ellipsis", cfg.max_symbol_word_ratio,
+         (text.count("...") + text.count("…")) / n > cfg.max_symbol_word_ratio),
+        ("gopher_too_many_bullets", cfg.max_bullet_lines_ratio,
+         bullets / len(lines) > cfg.max_bullet_lines_ratio),
+        ("gopher_too_many_end_ellipsis", cfg.max_ellipsis_lines_ratio,
+         ellipsis_lines / len(lines) > cfg.max_ellipsis_lines_ratio),
+        ("gopher_below_alpha_threshold", cfg.min_alpha_words_ratio,
+         sum(bool(_LETTER.search(w)) for w in words) / n < cfg.min_alpha_words_ratio),
+        ("gopher_enough_stop_words", cfg.min_stop_words,
+         len(STOP_WORDS & {w.lower() for w in words}) < cfg.min_stop_words),
+    ]
+    return next((name for name, threshold, broken in checks if threshold >= 0 and broken), None)
+
+
+def c4_rules(text, cfg):
+    """(text with C4's line rules applied, the rule that removes the whole document or None).
+
+    C4 keeps only lines that end in terminal punctuation and hold at least 3 words (after
+    Wikipedia-style citation marks like [1] are taken out), drops lines naming javascript or
+    cookie and terms-of-use notices, and drops the page if a kept line holds "lorem ipsum" or a
+    curly bracket, or if fewer than 5 sentences are left. The checks run in the order of C4's
+    own code, which decides what a line with two of them becomes."""
+    line_rules = cfg.c4_lines or cfg.c4_min_words_per_line > 0
+    kept, sentences = [], 0
+    for line in text.split("\n"):
+        line = line.strip()
+        words = line.split()
+        if cfg.c4_lines:
+            if any(len(w) > 1000 for w in words):
+                continue
+            line = _CITATION.sub("", line)
+            if not line.endswith((".", "?", "!", '"', "'")) or line.endswith("..."):
+                continue
+        if len(words) < cfg.c4_min_words_per_line:
+            continue
+        low = line.lower()
+        if cfg.c4_lorem_ipsum and "lorem ipsum" in low:
+            return text, "lorem_ipsum"
+        if cfg.c4_lines and "javascript" in low:
+            continue
+        if cfg.c4_curly_bracket and "{" in line:
+            return text, "curly_bracket"
+        if cfg.c4_lines and any(p in low for p in POLICY):
+            continue
+        # a sentence ends at . ? or ! followed by a space or the line's end
+        sentences += max(1, len(re.findall(r"[.?!]+(?:\s|$)", line)))
+        kept.append(line)
+    if cfg.c4_min_sentences >= 0 and sentences < cfg.c4_min_sentences:
+        return text, "too_few_sentences"
+    return ("\n".join(kept) if line_rules else text), None
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Private data: replaced by a placeholder, counted per kind
+# ---------------------------------------------------------------------------------------------
+PRIVATE = {  # kind: (pattern, placeholder); applied in this order (a key may hold digits)
+    "key": (r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
+            r"|\b(?:AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36}|sk-[A-Za-z0-9_-]{20,}"
+            r"|xox[baprs]-[A-Za-z0-9-]{10,})\b", "<KEY>"),
+    "email": (r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b", "<EMAIL>"),
+    "card": (r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])", "<CARD>"),
+    "ip": (r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])"
+           r"|\b(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\b", "<IP_ADDRESS>"),
+    "phone": (r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}[ .-]\d{3,4}[ .-]?\d{3,4}"
+              r"(?![\w-])", "<PHONE>"),
+}
+# an assignment's value is replaced, not its name: password = "hunter2hunter2"
+_SECRET_VALUE = re.compile(r"((?:api[_-]?key|secret|token|password)\s*[:=]\s*['\"]?)"
+                           r"[A-Za-z0-9/+_\-]{12,}", re.IGNORECASE)
+
+
+def luhn_ok(digits):
+    """The check digit every payment card carries: from the right, double every second digit
+    (subtracting 9 above 9), and the sum is a multiple of 10. 4111 1111 1111 1111 passes; a
+    random 16-digit number passes one time in ten, so most order and part numbers are kept."""
+    total = 0
+    for i, d in enumerate(int(c) for c in reversed(digits)):
+        total += (d * 2 - 9 if d > 4 else d * 2) if i % 2 else d
+    return total % 10 == 0
+
+
+def keep_address(ip):
+    """Loopback, unspecified and broadcast addresses belong to no one: documentation is full of
+    127.0.0.1 and 0.0.0.0, and replacing them would teach nothing private."""
+    return ip.startswith("127.") or ip in ("0.0.0.0", "255.255.255.255")
+
+
+def redact(text, kinds):
+    """(text with private data replaced, {kind: count})."""
+    counts = Counter()
+
+    def replace(kind, placeholder):
+        def sub(m):
+            s = m.group(0)
+            digits = re.sub(r"\D", "", s)
+            if ((kind == "card" and not luhn_ok(digits)) or (kind == "ip" and keep_address(s))
+                    or (kind == "phone" and not 9 <= len(digits) <= 15)):
+                return s
+            counts[kind] += 1
+            return placeholder
+        return sub
+
+    for kind in (k for k in PRIVATE if k in kinds):
+        pattern, placeholder = PRIVATE[kind]
+        if kind == "key":
+            text, n = _SECRET_VALUE.subn(r"\1<KEY>", text)
+            counts[kind] += n
+        text = re.sub(pattern, replace(kind, placeholder), text)
+    return text, {k: v for k, v in counts.items() if v}
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Decontamination: nothing the model will be evaluated on may be in its training text
+# ---------------------------------------------------------------------------------------------
+def contamination_index(files, n, field, column):
+    """(sorted n-gram hashes of the evaluation files, the file each came from, short documents
+    that had no n-gram to check). 13 words (as GPT-3's paper used) is long enough that sharing
+    one by chance is rare, short enough that a copied question is caught."""
+    hashes, owner, short = [], [], 0
+    for i, path in enumerate(files):
+        for doc in sources.read_sources([path], field, column):
+            words = words_of(clean(doc.text))
+            if len(words) < n:
+                short += 1
+                continue
+            hashes.append(np.unique(ngram_hashes(word_hashes(words), n)))
+            owner.append(np.full(len(hashes[-1]), i))
+    if not hashes:
+        return np.zeros(0, np.uint64), np.zeros(0, int), short
+    h, o = np.concatenate(hashes), np.concatenate(owner)
+    order = np.argsort(h, kind="stable")
+    return h[order], o[order], short
+
+
+def contaminated_by(text, index, n):
+    """The index of the evaluation file this text shares an n-gram with, or -1."""
+    table, owner, _ = index
+    words = words_of(text) if len(table) else []
+    if len(words) < n:
+        return -1
+    grams = ngram_hashes(word_hashes(words), n)
+    at = np.clip(np.searchsorted(table, grams), 0, len(table) - 1)
+    hit = np.flatnonzero(table[at] == grams)
+    return int(owner[at[hit[0]]]) if len(hit) else -1
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. The passes: stream, count, decide, write; and the report
+# ---------------------------------------------------------------------------------------------
+STEPS = ["read", "cleaning", "boilerplate", "exact duplicates", "near duplicates", "quality",
+         "private data", "decontamination"]
+_STATE = {}   # what every worker shares: config, sketch, permutations, the evaluation n-grams
+
+
+def setup_worker(state):
+    _STATE.clear()
+    _STATE.update(state)
+    if state.get("tokenizer"):
+        _STATE["tok"] = bpe.Tokenizer.load(state["tokenizer"])
+
+
+def size(text):
+    return len(text.encode("utf-8"))
+
+
+def first_pass(chunk):
+    """Clean each document and list its distinct line keys' sketch cells (boilerplate counts)."""
+    out = []
+    for text, source, line in chunk:
+        cleaned = clean(text)
+        keys = sorted({k for _, k in boilerplate_keys(cleaned.split("\n"),
+                                                     _STATE["cfg"].boilerplate_words)})
+        out.append((cleaned, source, line, size(text), size(cleaned),
+                    sketch_cells(keys) if keys else None))
+    return out
+
+
+def second_pass(chunk):
+    """Everything that looks at one document alone: boilerplate lines out, the exact key and the
+    signature, the quality verdict, private data, contamination, tokens. The text as it will be
+    written goes back too; the decisions that need all documents are made after this pass."""
+    cfg = _STATE["cfg"]
+    out = []
+    for text, source, line in chunk:
+        text, dropped = remove_boilerplate(text, _STATE["sketch"], cfg.boilerplate_docs,
+                                            cfg.boilerplate_words)
+        rule = gopher_repetition(text, cfg) or gopher_quality(text, cfg)
+        c4_text, c4_rule = c4_rules(text, cfg)
+        final, private = redact(c4_text, cfg.private.split(","))
+        out.append(dict(
+            source=source, line=line, dropped=dropped, sizes=(size(text), size(c4_text),
+                                                              size(final)),
+            exact=exact_key(text), sig=minhash(text, _STATE["perms"], cfg.shingle_words),
+            rule=rule or c4_rule, private=private, text=final, snippet=text[:120],
+            contaminated=contaminated_by(final, _STATE["eval"], cfg.contamination_ngram),
+            tokens=len(_STATE["tok"].encode(final, allowed_special="none"))
+            if "tok" in _STATE else 0))
+    return out
+
+
+def prepare(cfg):
+    """Run every step over cfg.sources into cfg.out; returns the data card."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / ".prepare-work"            # scratch: removed at the start and at the end, so
+    shutil.rmtree(work, ignore_errors=True)  # nothing a killed run left is ever read again
+    work.mkdir()
+    try:
+        card = run_passes(cfg, out, work)
+        # every output is complete in the scratch folder before any is moved into place, and
+        # clean.jsonl last: a run cut off here leaves the old set or (almost always) the new
+        for name in ("datacard.md", "lengths.svg", "clean.jsonl"):
+            (work / name).replace(out / name)
+        return card
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_passes(cfg, out, work):
+    """Pass 1 reads and cleans (and counts lines), pass 2 judges each document alone, the
+    duplicate decisions take all documents' keys, pass 3 applies the decisions in the chapter's
+    order and writes what is kept. Text only ever streams through scratch files (named .spool,
+    which train.py does not read); what is held in memory is a few numbers per document."""
+    problems, card = [], datacard.Card(STEPS, cfg.examples)
+    state = dict(cfg=cfg, perms=permutations(cfg.num_perm), tokenizer=cfg.tokenizer,
+                 eval=contamination_index(cfg.eval_files, cfg.contamination_ngram,
+                                          cfg.field, cfg.column))
+    docs = ((d.text, d.source, d.line) for d in sources.read_sources(
+        cfg.sources, cfg.field, cfg.column, problems, skip=out))
+    sketch = np.zeros((SKETCH_ROWS, SKETCH_WIDTH), np.uint32)
+    with spool.Spool(work / "cleaned.spool") as s:
+        bar = tqdm(desc="1/3 read, clean", unit="doc")
+        for result in spool.ordered_map(first_pass, spool.chunks(docs, 256), cfg.workers,
+                                        setup_worker, (state,)):
+            for cleaned, source, line, raw_size, clean_size, cells in result:
+                card.count("read", raw_size)
+                if not cleaned:
+                    card.remove("cleaning", "empty after cleaning", f"{source}:{line}", "")
+                    continue
+                if cells is not None:
+                    np.add.at(sketch, (np.arange(SKETCH_ROWS)[:, None], cells), 1)
+                card.count("cleaning", clean_size)
+                s.write([cleaned, source, line])
+            bar.update(len(result))
+        bar.close()
+    card.problems = problems
+    if not card.docs["read"]:
+        raise UserError(f"{', '.join(map(str, cfg.sources))}: no document could be read "
+                        f"({len(problems)} file(s) skipped: {'; '.join(problems[:3])})")
+    state["sketch"] = sketch
+    records = []
+    with spool.Spool(work / "judged.spool") as s, open(work / "signatures.u32", "wb") as sig:
+        feed = spool.chunks(spool.read_spool(work / "cleaned.spool"), 256)
+        bar = tqdm(total=card.docs["cleaning"], desc="2/3 rules, signatures", unit="doc")
+        for result in spool.ordered_map(second_pass, feed, cfg.workers, setup_worker, (state,)):
+            for r in result:
+                card.boilerplate(r.pop("dropped"))
+                sig.write(r.pop("sig").tobytes())
+                s.write([r.pop("text"), r.pop("snippet") if r["rule"] else ""])
+                records.append(r)
+            bar.update(len(result))
+        bar.close()
+    fate = duplicates(cfg, records, work / "signatures.u32", card)
+    eval_names = list(map(str, cfg.eval_files))
+    with open(work / "clean.jsonl", "w", encoding="utf-8") as f:
+        judged = spool.read_spool(work / "judged.spool")
+        for i, (r, (text, snippet)) in enumerate(tqdm(zip(records, judged), total=len(records),
+                                                      desc="3/3 write", unit="doc")):
+            contaminated = (r["contaminated"] >= 0 and f"shares a {cfg.contamination_ngram}-gram"
+                            f" with {eval_names[r['contaminated']]}")
+            boiler, quality, private = r["sizes"]
+            for step, after, reason in (
+                    ("boilerplate", boiler, fate.get(i, {}).get("boilerplate")),
+                    ("exact duplicates", boiler, fate.get(i, {}).get("exact duplicates")),
+                    ("near duplicates", boiler, fate.get(i, {}).get("near duplicates")),
+                    ("quality", quality, r["rule"]), ("private data", private, None),
+                    ("decontamination", private, contaminated)):
+                if reason:
+                    card.remove(step, reason, f"{r['source']}:{r['line']}", snippet or text)
+                    break
+                card.count(step, after)
+                if step == "private data":
+                    card.private.update(r["private"])
+            else:
+                f.write(datacard.json_line(text=text, source=r["source"], line=r["line"]))
+                card.kept(size(text), r["tokens"])
+        f.flush()
+        os.fsync(f.fileno())   # on disk before it is renamed into place
+    datacard.write(work, card, cfg, bands_rows=choose_bands(cfg.dedup_threshold, cfg.num_perm),
+                   eval_short=state["eval"][2])
+    return card
+
+
+def duplicates(cfg, records, signature_file, card):
+    """{document: {step: reason}} for the documents that boilerplate emptied and the duplicates;
+    the earliest of each exact group is kept, then of each near-duplicate cluster."""
+    fate = {i: {"boilerplate": "empty once its boilerplate is gone"}
+            for i, r in enumerate(records) if r["sizes"][0] == 0}
+    keys = np.array([r["exact"] for r in records], np.uint64)
+    _, first = np.unique(keys, return_index=True)
+    alive = np.zeros(len(records), bool)
+    alive[first] = True
+    for i in np.flatnonzero(~alive):
+        fate.setdefault(int(i), {"exact duplicates": "an exact copy of an earlier document"})
+    alive[list(fate)] = False
+    if cfg.dedup_threshold > 1 or not len(records):
+        return fate
+    signatures = np.memmap(signature_file, np.uint32, "r").reshape(len(records), cfg.num_perm)
+    clusters = near_duplicate_clusters(signatures, alive, cfg.dedup_threshold)
+    where = [f"{r['source']}:{r['line']}" for r in records]
+    for kept, removed in clusters.items():
+        for i in removed:
+            fate[i] = {"near duplicates": f"Jaccard >= {cfg.dedup_threshold} with an earlier one"}
+        card.clusters.append([where[kept]] + [where[i] for i in removed])
+    card.clusters.sort(key=lambda c: -len(c))
+    return fate
+
+
+def main(argv=None, **overrides):
+    """Prepare the sources into --out; returns the data card's figures."""
+    cfg = parse_config(PrepareConfig, argv, PRESETS, overrides)
+    if not cfg.sources:
+        raise UserError("give at least one file or folder to read (see --help)")
+    if cfg.workers < 1 or cfg.num_perm < 1 or cfg.shingle_words < 1:
+        raise UserError("--workers, --num-perm and --shingle-words must be at least 1")
+    unknown = set(filter(None, cfg.private.split(","))) - set(PRIVATE)
+    if unknown:
+        raise UserError(f"--private {cfg.private}: unknown kind(s) {', '.join(sorted(unknown))}; "
+                        f"choose from {','.join(PRIVATE)}")
+    parse_fractions(cfg.top_n_grams), parse_fractions(cfg.dup_n_grams)
+    card = prepare(cfg)
+    print(card.summary())
+    return card
+
+
+if __name__ == "__main__":
+    run_cli(main)
