@@ -15,16 +15,11 @@ flags give the same card.
 Imported by prepare.py. Imports nothing from the project.
 """
 import dataclasses
-import json
 import math
 from collections import Counter
 
 BINS = 24   # document sizes in powers of two: 1 byte ... 8 MB and more
 MAX_LINES = 10_000   # distinct boilerplate lines remembered for the card
-
-
-def json_line(**fields):
-    return json.dumps(fields, ensure_ascii=False) + "\n"
 
 
 def short(text, n=100):
@@ -135,7 +130,7 @@ def markdown(card, cfg, bands_rows, eval_short):
     out += ["## Decontamination", ""]
     if cfg.eval_files:
         n = sum(card.removed["decontamination"].values())
-        out += [f"Against {', '.join(map(str, cfg.eval_files))}: {n} document(s) sharing a "
+        out += [f"Against {cfg.eval_files.replace(',', ', ')}: {n} document(s) sharing a "
                 f"{cfg.contamination_ngram}-word sequence with them removed"
                 + (f"; {eval_short} evaluation document(s) were shorter than that and could "
                    f"not be checked" if eval_short else "") + "."]

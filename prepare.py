@@ -13,22 +13,18 @@ below removes one kind of problem and counts what it removed, and the data card
 Reading order: the flags and presets -> 1. sources -> 2. cleaning -> 3. boilerplate (lines that
 repeat across documents, counted in a fixed-size sketch) -> 4. exact duplicates, then near
 duplicates with MinHash and LSH written with numpy, and the S-curve that sets the bands -> 5.
-quality rules in the style of Gopher and C4, each named, each threshold a flag -> 6. private data
--> 7. decontamination against evaluation files -> 8. the passes that stream it all through
+quality rules in the style of Gopher and C4, each named, each threshold a flag -> 6. private
+data -> 7. decontamination against evaluation files -> 8. the passes that stream it all through
 worker processes, and the report.
 
-Imports: sources.py (reading .txt .md .jsonl .csv .html in any encoding), spool.py (the worker
-pool that keeps order, the scratch files, atomic writes), datacard.py (the markdown and SVG
-report), bpe.py (token counts with a chosen tokenizer) and rundir.py (flags and errors).
+Imports: sources.py (reading .txt .md .jsonl .csv .html in any encoding), ngrams.py (hashed
+n-grams, repetition counts), pii.py (the private-data patterns), spool.py (the order-keeping
+worker pool, scratch files, atomic output), datacard.py (the markdown and SVG report), bpe.py
+(token counts) and rundir.py (flags and errors).
 """
-import hashlib
-import os
 import re
-import shutil
 import unicodedata
-import zlib
-from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +32,8 @@ from tqdm import tqdm
 
 import bpe
 import datacard
+import ngrams
+import pii
 import sources
 import spool
 from rundir import UserError, option, parse_config, run_cli
@@ -45,57 +43,43 @@ from rundir import UserError, option, parse_config, run_cli
 class PrepareConfig:
     sources: list = option([], "files or folders to read (.txt .md .jsonl .csv .html)",
                            positional="*")
-    out: str = option("data/clean", "output folder: clean.jsonl (train.py --data takes the "
-                                    "folder), datacard.md, lengths.svg")
+    out: str = option("data/clean", "output folder: clean.jsonl, datacard.md, lengths.svg")
     preset: str = option("", "rules for a kind of text: prose (the default), code, tabular")
     field: str = option("text", "the field of a .jsonl line to read")
     column: str = option("text", "the column of a .csv file to read")
     workers: int = option(1, "worker processes (the output is the same for any number)")
-    boilerplate_docs: int = option(10, "a line found in this many documents or more is "
-                                       "boilerplate and removed (0: off)")
-    boilerplate_words: int = option(3, "... if it has at least this many words (so 'Note:' and "
-                                       "'True' stay)")
-    dedup_threshold: float = option(0.8, "Jaccard similarity from which two documents are near "
-                                         "duplicates (above 1: off)")
+    boilerplate_docs: int = option(10, "lines in this many documents are boilerplate (0: off)")
+    boilerplate_words: int = option(3, "... if they have at least this many words")
+    dedup_threshold: float = option(0.8, "Jaccard similarity of near duplicates (above 1: off)")
     num_perm: int = option(128, "MinHash signature length (permutations)")
-    shingle_words: int = option(5, "words per shingle for MinHash")
-    # Quality rules: a negative number turns a rule off. Names and defaults follow Gopher (Rae et
-    # al. 2021, table A1) and C4 (Raffel et al. 2020) as datatrove implements them.
-    min_doc_words: int = option(50, "gopher_short_doc: fewer words than this")
-    max_doc_words: int = option(100_000, "gopher_long_doc: more words than this")
+    shingle_words: int = option(5, "words per MinHash shingle")
+    # The quality rules, named as datatrove names them, with Gopher's (Rae et al. 2021, table A1)
+    # and C4's (Raffel et al. 2020) thresholds. A negative threshold turns a rule off.
+    min_doc_words: int = option(50, "gopher_short_doc: fewer words")
+    max_doc_words: int = option(100_000, "gopher_long_doc: more words")
     min_avg_word_length: float = option(3.0, "gopher_below_avg_threshold: mean word length")
     max_avg_word_length: float = option(10.0, "gopher_above_avg_threshold: mean word length")
-    max_symbol_word_ratio: float = option(0.1, "gopher_too_many_hashes / _ellipsis: '#' or "
-                                               "'...' per word")
-    max_bullet_lines_ratio: float = option(0.9, "gopher_too_many_bullets: share of lines that "
-                                                "start with a bullet")
-    max_ellipsis_lines_ratio: float = option(0.3, "gopher_too_many_end_ellipsis: share of lines "
-                                                  "that end in an ellipsis")
-    min_alpha_words_ratio: float = option(0.8, "gopher_below_alpha_threshold: share of words "
-                                               "with a letter")
-    min_stop_words: int = option(2, "gopher_enough_stop_words: distinct English stop words")
-    dup_line_frac: float = option(0.3, "dup_line_frac: share of lines that repeat")
-    dup_para_frac: float = option(0.3, "dup_para_frac: share of paragraphs that repeat")
+    max_symbol_word_ratio: float = option(0.1, "gopher_too_many_hashes/_ellipsis: per word")
+    max_bullet_lines_ratio: float = option(0.9, "gopher_too_many_bullets: share of lines")
+    max_ellipsis_lines_ratio: float = option(0.3, "gopher_too_many_end_ellipsis: share of lines")
+    min_alpha_words_ratio: float = option(0.8, "gopher_below_alpha_threshold: words with a letter")
+    min_stop_words: int = option(2, "gopher_enough_stop_words: distinct stop words")
+    dup_line_frac: float = option(0.3, "dup_line_frac: share of lines repeated")
+    dup_para_frac: float = option(0.3, "dup_para_frac: share of paragraphs repeated")
     dup_line_char_frac: float = option(0.2, "dup_line_char_frac: characters in repeated lines")
-    dup_para_char_frac: float = option(0.2, "dup_para_char_frac: characters in repeated "
-                                            "paragraphs")
-    top_n_grams: str = option("2:0.2,3:0.18,4:0.16", "top_N_gram: characters in the most "
-                                                     "frequent N-gram, N:share,...")
+    dup_para_char_frac: float = option(0.2, "dup_para_char_frac: ... in repeated paragraphs")
+    top_n_grams: str = option("2:0.2,3:0.18,4:0.16", "top_N_gram: characters in the top N-gram")
     dup_n_grams: str = option("5:0.15,6:0.14,7:0.13,8:0.12,9:0.11,10:0.1",
                               "duplicated_N_n_grams: characters in repeated N-grams")
-    c4_lines: bool = option(True, "C4's line rules: drop lines without terminal punctuation, "
-                                  "with a word over 1000 characters, or naming javascript or "
-                                  "cookie policies")
-    c4_min_words_per_line: int = option(3, "C4: drop lines with fewer words")
-    c4_min_sentences: int = option(5, "too_few_sentences: fewer sentences after the line rules")
-    c4_lorem_ipsum: bool = option(True, "lorem_ipsum: drop documents with placeholder text")
-    c4_curly_bracket: bool = option(True, "curly_bracket: drop documents with a '{' (code)")
-    private: str = option("email,phone,ip,card,key", "kinds of private data to replace "
-                                                     "('': none)")
-    eval_files: list = option([], "evaluation or benchmark files; documents sharing a long "
-                                  "n-gram with them are removed (repeat the flag)")
-    contamination_ngram: int = option(13, "words in an n-gram that counts as contamination")
-    tokenizer: str = option("", "a tokenizer.json (bpe.py) to count the output's tokens with")
+    c4_lines: bool = option(True, "C4's line rules (terminal punctuation, javascript, cookies)")
+    c4_min_words_per_line: int = option(3, "C4: lines with fewer words are dropped")
+    c4_min_sentences: int = option(5, "too_few_sentences: after the line rules")
+    c4_lorem_ipsum: bool = option(True, "lorem_ipsum: placeholder text")
+    c4_curly_bracket: bool = option(True, "curly_bracket: a '{' (code)")
+    private: str = option("email,phone,ip,card,key", "kinds of private data to replace")
+    eval_files: str = option("", "evaluation files to decontaminate against, FILE,FILE,...")
+    contamination_ngram: int = option(13, "words in an n-gram shared with them")
+    tokenizer: str = option("", "a tokenizer.json to count the output's tokens with")
     examples: int = option(3, "examples per rule in the data card")
 
 
@@ -105,8 +89,8 @@ class PrepareConfig:
 PRESETS = {
     "prose": ("web-like prose: Gopher and C4 as published", {}),
     "code": ("source code and technical documentation with code in it",
-             dict(min_doc_words=10, max_avg_word_length=20.0, max_symbol_word_ratio=-1, min_alpha_words_ratio=0.5,
-                  min_stop_words=0, dup_line_frac=-1, dup_line_char_frac=-1, c4_lines=False,
+             dict(min_doc_words=10, max_avg_word_length=20.0, max_symbol_word_ratio=-1,
+                  min_alpha_words_ratio=0.5, min_stop_words=0, dup_line_frac=-1, dup_line_char_frac=-1, c4_lines=False,
                   c4_min_words_per_line=0, c4_min_sentences=-1, c4_curly_bracket=False)),
     "tabular": ("tables, measurements, forms: numbers and short lines",
                 dict(min_doc_words=20, min_avg_word_length=1.0, max_avg_word_length=20.0,
@@ -127,32 +111,6 @@ def words_of(text):
     """Lower-cased words, punctuation dropped: `"It's 3.5 km!"` -> ["it", "s", "3", "5", "km"].
     Shingles, n-gram hashes and decontamination all see text through this one function."""
     return re.findall(r"\w+", text.lower())
-
-
-def stable_hash(s):
-    """A 64-bit hash that is the same in every process and every run (Python's hash() of a str
-    is salted per process, which would make workers disagree)."""
-    return int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little")
-
-
-def word_hashes(words):
-    """Each word's 64-bit hash: CRC32 and Adler-32 side by side (fast, in C, the same in every
-    process)."""
-    return np.fromiter(((zlib.crc32(b) << 32) | zlib.adler32(b) for b in map(str.encode, words)),
-                       np.uint64, len(words))
-
-
-def ngram_hashes(h, n):
-    """uint64 hashes of the n-word windows of word hashes h, with numpy: the window's polynomial
-    sum h[i]*M**(n-1) + ... + h[i+n-1] (wrapping mod 2**64). A text shorter than n words gives
-    one window, the whole text."""
-    if not len(h):
-        return np.zeros(0, np.uint64)
-    n = min(n, len(h))
-    out = np.zeros(len(h) - n + 1, np.uint64)
-    for i in range(n):
-        out = out * np.uint64(0x100000001B3) + h[i:len(h) - n + 1 + i]
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +155,7 @@ def line_key(line):
 
 def sketch_cells(keys):
     """[D, len(keys)] cell indices of distinct line keys: one 64-bit hash, split into D parts."""
-    h = np.array([stable_hash(k) for k in keys], np.uint64)
+    h = np.array([ngrams.stable_hash(k) for k in keys], np.uint64)
     return np.stack([(h >> np.uint64(16 * d)) % np.uint64(SKETCH_WIDTH) for d in
                      range(SKETCH_ROWS)]).astype(np.int64)
 
@@ -225,7 +183,7 @@ def remove_boilerplate(text, sketch, min_docs, min_words):
 # ---------------------------------------------------------------------------------------------
 def exact_key(text):
     """Documents equal up to case and spacing hash to the same key."""
-    return stable_hash(" ".join(text.lower().split()))
+    return ngrams.stable_hash(" ".join(text.lower().split()))
 
 
 MERSENNE = np.uint64((1 << 61) - 1)
@@ -247,7 +205,7 @@ def minhash(text, perms, shingle_words):
     the num_perm positions where two signatures agree estimates J, with standard error
     sqrt(J (1 - J) / num_perm): about 0.035 at J = 0.5 with 128 permutations."""
     a, b = perms
-    shingles = np.unique(ngram_hashes(word_hashes(words_of(text)), shingle_words))
+    shingles = np.unique(ngrams.ngram_hashes(ngrams.word_hashes(words_of(text)), shingle_words))
     x = (shingles ^ (shingles >> np.uint64(32))) & np.uint64(0xFFFFFFFF)   # fold to 32 bits
     sig = np.full(len(a), np.iinfo(np.uint64).max, np.uint64)
     for start in range(0, len(x), 2048):   # blocks keep [num_perm, block] small for long texts
@@ -267,23 +225,21 @@ def candidate_probability(s, bands, rows):
 
     Plotted against s that is an S: near 0 for dissimilar pairs, near 1 for similar ones, and
     steepest around s* = (1/b)**(1/r). More rows push s* up and sharpen the step; more bands pull
-    it down. With b=16, r=8: P(0.5) = 0.06, P(0.7) = 0.65, P(0.8) = 0.99, P(0.9) = 1.00."""
+    it down. With b=12, r=10: P(0.6) = 0.07, P(0.7) = 0.29, P(0.8) = 0.74, P(0.9) = 0.99."""
     return 1 - (1 - np.asarray(s, dtype=float) ** rows) ** bands
 
 
 def choose_bands(threshold, num_perm):
     """(bands, rows) with bands * rows <= num_perm that best puts the S-curve's step at the
-    threshold: the least area of false positives (the curve below the threshold) plus false
-    negatives (1 - the curve above it)."""
+    threshold: the least mean false-positive rate (the curve below the threshold) plus mean
+    false-negative rate (1 - the curve above it), each side weighed alike however wide.
+    0.8 with 128 permutations -> 12 bands of 10 rows."""
     s = np.linspace(0, 1, 1001)
-    best = None
-    for rows in range(1, num_perm + 1):
-        bands = num_perm // rows
-        p = candidate_probability(s, bands, rows)
-        cost = np.trapezoid(np.where(s < threshold, p, 1 - p), s)
-        if best is None or cost < best[0]:
-            best = (cost, bands, rows)
-    return best[1], best[2]
+    below = s < threshold
+    costs = [(np.mean(p[below]) + np.mean(1 - p[~below]), num_perm // rows, rows)
+             for rows in range(1, num_perm + 1)
+             for p in [candidate_probability(s, num_perm // rows, rows)]]
+    return min(costs)[1:]
 
 
 def near_duplicate_clusters(signatures, alive, threshold):
@@ -347,47 +303,6 @@ def parse_fractions(spec):
         raise UserError(f"{spec!r}: expected N:FRACTION,N:FRACTION,...") from None
 
 
-def repeated(items):
-    """(how many items repeat an earlier one, their characters): [a, b, a, a] -> (2, 2 len(a))."""
-    seen, count, chars = set(), 0, 0
-    for x in items:
-        if x in seen:
-            count, chars = count + 1, chars + len(x)
-        seen.add(x)
-    return count, chars
-
-
-def repeated_ngram_chars(words, h, n):
-    """Characters covered by n-grams that repeat an earlier one, stepping over each repeat
-    (Gopher's "duplicate n-gram character fraction"). The n-grams are compared by hash
-    (ngram_hashes), and a text in which no hash occurs twice is answered without the walk."""
-    if len(words) < n:
-        return 0
-    grams = ngram_hashes(h, n).tolist()
-    if len(set(grams)) == len(grams):
-        return 0
-    lengths = np.cumsum([0] + [len(w) for w in words])
-    seen, chars, i = set(), 0, 0
-    while i < len(grams):
-        if grams[i] in seen:
-            chars, i = chars + int(lengths[i + n] - lengths[i]), i + n
-        else:
-            seen.add(grams[i])
-            i += 1
-    return chars
-
-
-def top_ngram_chars(words, h, n):
-    """Characters of the most frequent n-gram (joined by spaces) times its count; among equally
-    frequent ones the first to occur, as collections.Counter.most_common would choose."""
-    if len(words) < n:
-        return 0
-    grams = ngram_hashes(h, n)
-    _, first, counts = np.unique(grams, return_index=True, return_counts=True)
-    top = first[counts == counts.max()].min()
-    return (sum(len(w) for w in words[top:top + n]) + n - 1) * int(counts.max())
-
-
 def gopher_repetition(text, cfg):
     """The first of Gopher's repetition rules the text breaks, or None. Web junk repeats itself:
     menus, link farms, keyword stuffing, a generated page that loops."""
@@ -398,18 +313,18 @@ def gopher_repetition(text, cfg):
                                           cfg.dup_para_char_frac),
                                          ("line", lines, cfg.dup_line_frac,
                                           cfg.dup_line_char_frac)):
-        count, chars = repeated(parts)
+        count, chars = ngrams.repeated(parts)
         if frac >= 0 and count / max(len(parts), 1) > frac:
             return f"dup_{name}_frac"
         if char_frac >= 0 and chars / total > char_frac:
             return f"dup_{name}_char_frac"
     words = tokens(text)
-    h = word_hashes(words)
+    h = ngrams.word_hashes(words)
     for size, frac in parse_fractions(cfg.top_n_grams):
-        if top_ngram_chars(words, h, size) / total > frac:
+        if ngrams.top_ngram_chars(words, h, size) / total > frac:
             return f"top_{size}_gram"
     for size, frac in parse_fractions(cfg.dup_n_grams):
-        if repeated_ngram_chars(words, h, size) / total > frac:
+        if ngrams.repeated_ngram_chars(words, h, size) / total > frac:
             return f"duplicated_{size}_n_grams"
     return None
 
@@ -488,60 +403,13 @@ def c4_rules(text, cfg):
 # ---------------------------------------------------------------------------------------------
 # 6. Private data: replaced by a placeholder, counted per kind
 # ---------------------------------------------------------------------------------------------
-PRIVATE = {  # kind: (pattern, placeholder); applied in this order (a key may hold digits)
-    "key": (r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
-            r"|\b(?:AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36}|sk-[A-Za-z0-9_-]{20,}"
-            r"|xox[baprs]-[A-Za-z0-9-]{10,})\b", "<KEY>"),
-    "email": (r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b", "<EMAIL>"),
-    "card": (r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])", "<CARD>"),
-    "ip": (r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])"
-           r"|\b(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\b", "<IP_ADDRESS>"),
-    "phone": (r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}[ .-]\d{3,4}[ .-]?\d{3,4}"
-              r"(?![\w-])", "<PHONE>"),
-}
-# an assignment's value is replaced, not its name: password = "hunter2hunter2"
-_SECRET_VALUE = re.compile(r"((?:api[_-]?key|secret|token|password)\s*[:=]\s*['\"]?)"
-                           r"[A-Za-z0-9/+_\-]{12,}", re.IGNORECASE)
-
-
-def luhn_ok(digits):
-    """The check digit every payment card carries: from the right, double every second digit
-    (subtracting 9 above 9), and the sum is a multiple of 10. 4111 1111 1111 1111 passes; a
-    random 16-digit number passes one time in ten, so most order and part numbers are kept."""
-    total = 0
-    for i, d in enumerate(int(c) for c in reversed(digits)):
-        total += (d * 2 - 9 if d > 4 else d * 2) if i % 2 else d
-    return total % 10 == 0
-
-
-def keep_address(ip):
-    """Loopback, unspecified and broadcast addresses belong to no one: documentation is full of
-    127.0.0.1 and 0.0.0.0, and replacing them would teach nothing private."""
-    return ip.startswith("127.") or ip in ("0.0.0.0", "255.255.255.255")
-
-
-def redact(text, kinds):
-    """(text with private data replaced, {kind: count})."""
-    counts = Counter()
-
-    def replace(kind, placeholder):
-        def sub(m):
-            s = m.group(0)
-            digits = re.sub(r"\D", "", s)
-            if ((kind == "card" and not luhn_ok(digits)) or (kind == "ip" and keep_address(s))
-                    or (kind == "phone" and not 9 <= len(digits) <= 15)):
-                return s
-            counts[kind] += 1
-            return placeholder
-        return sub
-
-    for kind in (k for k in PRIVATE if k in kinds):
-        pattern, placeholder = PRIVATE[kind]
-        if kind == "key":
-            text, n = _SECRET_VALUE.subn(r"\1<KEY>", text)
-            counts[kind] += n
-        text = re.sub(pattern, replace(kind, placeholder), text)
-    return text, {k: v for k, v in counts.items() if v}
+# E-mail addresses, phone numbers, IP addresses, payment cards and secret keys are found by
+# pattern and replaced by a placeholder (<EMAIL>, <PHONE>, <IP_ADDRESS>, <CARD>, <KEY>), so the
+# model learns that an address goes here, never whose. Patterns alone over-match, so each kind
+# has a check: a card number must pass the Luhn checksum (a random 16-digit number passes one
+# time in ten), a phone number must have 9 to 15 digits, loopback and broadcast addresses are
+# nobody's, and of `password = "..."` only the value goes. The catalogue is in pii.py.
+redact = pii.redact
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,7 +426,7 @@ def contamination_index(files, n, field, column):
             if len(words) < n:
                 short += 1
                 continue
-            hashes.append(np.unique(ngram_hashes(word_hashes(words), n)))
+            hashes.append(np.unique(ngrams.ngram_hashes(ngrams.word_hashes(words), n)))
             owner.append(np.full(len(hashes[-1]), i))
     if not hashes:
         return np.zeros(0, np.uint64), np.zeros(0, int), short
@@ -573,7 +441,7 @@ def contaminated_by(text, index, n):
     words = words_of(text) if len(table) else []
     if len(words) < n:
         return -1
-    grams = ngram_hashes(word_hashes(words), n)
+    grams = ngrams.ngram_hashes(ngrams.word_hashes(words), n)
     at = np.clip(np.searchsorted(table, grams), 0, len(table) - 1)
     hit = np.flatnonzero(table[at] == grams)
     return int(owner[at[hit[0]]]) if len(hit) else -1
@@ -634,40 +502,21 @@ def second_pass(chunk):
 
 
 def prepare(cfg):
-    """Run every step over cfg.sources into cfg.out; returns the data card."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    work = out / ".prepare-work"            # scratch: removed at the start and at the end, so
-    shutil.rmtree(work, ignore_errors=True)  # nothing a killed run left is ever read again
-    work.mkdir()
-    try:
-        card = run_passes(cfg, out, work)
-        # every output is complete in the scratch folder before any is moved into place, and
-        # clean.jsonl last: a run cut off here leaves the old set or (almost always) the new
-        for name in ("datacard.md", "lengths.svg", "clean.jsonl"):
-            (work / name).replace(out / name)
-        return card
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def run_passes(cfg, out, work):
-    """Pass 1 reads and cleans (and counts lines), pass 2 judges each document alone, the
-    duplicate decisions take all documents' keys, pass 3 applies the decisions in the chapter's
-    order and writes what is kept. Text only ever streams through scratch files (named .spool,
-    which train.py does not read); what is held in memory is a few numbers per document."""
-    problems, card = [], datacard.Card(STEPS, cfg.examples)
+    """Every step over cfg.sources into cfg.out; returns the data card. Pass 1 reads and cleans
+    (and counts lines), pass 2 judges each document alone, the duplicates need all documents'
+    keys, pass 3 applies the decisions in the chapter's order and writes what is kept. Text
+    streams through scratch files (spool.scratch); memory holds a few numbers per document."""
+    card, out = datacard.Card(STEPS, cfg.examples), Path(cfg.out)
+    evals = [p for p in cfg.eval_files.split(",") if p]
     state = dict(cfg=cfg, perms=permutations(cfg.num_perm), tokenizer=cfg.tokenizer,
-                 eval=contamination_index(cfg.eval_files, cfg.contamination_ngram,
-                                          cfg.field, cfg.column))
+                 eval=contamination_index(evals, cfg.contamination_ngram, cfg.field, cfg.column))
     docs = ((d.text, d.source, d.line) for d in sources.read_sources(
-        cfg.sources, cfg.field, cfg.column, problems, skip=out))
+        cfg.sources, cfg.field, cfg.column, card.problems, skip=out))
     sketch = np.zeros((SKETCH_ROWS, SKETCH_WIDTH), np.uint32)
-    with spool.Spool(work / "cleaned.spool") as s:
-        bar = tqdm(desc="1/3 read, clean", unit="doc")
-        for result in spool.ordered_map(first_pass, spool.chunks(docs, 256), cfg.workers,
-                                        setup_worker, (state,)):
-            for cleaned, source, line, raw_size, clean_size, cells in result:
+    with spool.scratch(out, ["datacard.md", "lengths.svg", "clean.jsonl"]) as work:
+        with spool.Spool(work / "cleaned.spool") as s:
+            for cleaned, source, line, raw_size, clean_size, cells in spool.stream(
+                    first_pass, docs, cfg.workers, setup_worker, state, "1/3 read, clean"):
                 card.count("read", raw_size)
                 if not cleaned:
                     card.remove("cleaning", "empty after cleaning", f"{source}:{line}", "")
@@ -676,76 +525,61 @@ def run_passes(cfg, out, work):
                     np.add.at(sketch, (np.arange(SKETCH_ROWS)[:, None], cells), 1)
                 card.count("cleaning", clean_size)
                 s.write([cleaned, source, line])
-            bar.update(len(result))
-        bar.close()
-    card.problems = problems
-    if not card.docs["read"]:
-        raise UserError(f"{', '.join(map(str, cfg.sources))}: no document could be read "
-                        f"({len(problems)} file(s) skipped: {'; '.join(problems[:3])})")
-    state["sketch"] = sketch
-    records = []
-    with spool.Spool(work / "judged.spool") as s, open(work / "signatures.u32", "wb") as sig:
-        feed = spool.chunks(spool.read_spool(work / "cleaned.spool"), 256)
-        bar = tqdm(total=card.docs["cleaning"], desc="2/3 rules, signatures", unit="doc")
-        for result in spool.ordered_map(second_pass, feed, cfg.workers, setup_worker, (state,)):
-            for r in result:
+        if not card.docs["read"]:
+            raise UserError(f"{', '.join(map(str, cfg.sources))}: no document could be read "
+                            f"({'; '.join(card.problems[:3])})")
+        state["sketch"], records = sketch, []
+        with spool.Spool(work / "judged.spool") as s, open(work / "sig.u32", "wb") as sig:
+            for r in spool.stream(second_pass, spool.read_spool(work / "cleaned.spool"),
+                                  cfg.workers, setup_worker, state, "2/3 rules, signatures",
+                                  card.docs["cleaning"]):
                 card.boilerplate(r.pop("dropped"))
                 sig.write(r.pop("sig").tobytes())
                 s.write([r.pop("text"), r.pop("snippet") if r["rule"] else ""])
                 records.append(r)
-            bar.update(len(result))
-        bar.close()
-    fate = duplicates(cfg, records, work / "signatures.u32", card)
-    eval_names = list(map(str, cfg.eval_files))
-    with open(work / "clean.jsonl", "w", encoding="utf-8") as f:
-        judged = spool.read_spool(work / "judged.spool")
-        for i, (r, (text, snippet)) in enumerate(tqdm(zip(records, judged), total=len(records),
-                                                      desc="3/3 write", unit="doc")):
-            contaminated = (r["contaminated"] >= 0 and f"shares a {cfg.contamination_ngram}-gram"
-                            f" with {eval_names[r['contaminated']]}")
-            boiler, quality, private = r["sizes"]
-            for step, after, reason in (
-                    ("boilerplate", boiler, fate.get(i, {}).get("boilerplate")),
-                    ("exact duplicates", boiler, fate.get(i, {}).get("exact duplicates")),
-                    ("near duplicates", boiler, fate.get(i, {}).get("near duplicates")),
-                    ("quality", quality, r["rule"]), ("private data", private, None),
-                    ("decontamination", private, contaminated)):
-                if reason:
-                    card.remove(step, reason, f"{r['source']}:{r['line']}", snippet or text)
-                    break
-                card.count(step, after)
-                if step == "private data":
-                    card.private.update(r["private"])
-            else:
-                f.write(datacard.json_line(text=text, source=r["source"], line=r["line"]))
-                card.kept(size(text), r["tokens"])
-        f.flush()
-        os.fsync(f.fileno())   # on disk before it is renamed into place
-    datacard.write(work, card, cfg, bands_rows=choose_bands(cfg.dedup_threshold, cfg.num_perm),
-                   eval_short=state["eval"][2])
+        fate = duplicates(cfg, records, work / "sig.u32", card)
+        with spool.Spool(work / "clean.jsonl") as f:
+            judged = spool.read_spool(work / "judged.spool")
+            for i, (r, (text, snippet)) in enumerate(tqdm(zip(records, judged), "3/3 write",
+                                                          len(records), unit="doc")):
+                (boiler, quality, private), (gone_at, why) = r["sizes"], fate.get(i, ("", ""))
+                for step, after, reason in [(name, boiler, why if gone_at == name else None) for
+                                            name in ("boilerplate", "exact duplicates",
+                                                     "near duplicates")] + [
+                        ("quality", quality, r["rule"]), ("private data", private, None),
+                        ("decontamination", private, r["contaminated"] >= 0 and
+                         f"a {cfg.contamination_ngram}-gram of {evals[r['contaminated']]}")]:
+                    if reason:
+                        card.remove(step, reason, f"{r['source']}:{r['line']}", snippet or text)
+                        break
+                    card.count(step, after)
+                    card.private.update(r["private"] if step == "private data" else {})
+                else:
+                    f.write(dict(text=text, source=r["source"], line=r["line"]))
+                    card.kept(size(text), r["tokens"])
+        datacard.write(work, card, cfg, choose_bands(cfg.dedup_threshold, cfg.num_perm),
+                       state["eval"][2])
     return card
 
 
 def duplicates(cfg, records, signature_file, card):
-    """{document: {step: reason}} for the documents that boilerplate emptied and the duplicates;
-    the earliest of each exact group is kept, then of each near-duplicate cluster."""
-    fate = {i: {"boilerplate": "empty once its boilerplate is gone"}
+    """{document: (step, reason)} for the documents that boilerplate emptied and the duplicates:
+    the earliest of each exact group is kept, then the earliest of each near-duplicate cluster."""
+    fate = {i: ("boilerplate", "empty without its boilerplate")
             for i, r in enumerate(records) if r["sizes"][0] == 0}
-    keys = np.array([r["exact"] for r in records], np.uint64)
-    _, first = np.unique(keys, return_index=True)
+    _, first = np.unique(np.array([r["exact"] for r in records], np.uint64), return_index=True)
     alive = np.zeros(len(records), bool)
     alive[first] = True
     for i in np.flatnonzero(~alive):
-        fate.setdefault(int(i), {"exact duplicates": "an exact copy of an earlier document"})
+        fate.setdefault(int(i), ("exact duplicates", "an exact copy of an earlier document"))
     alive[list(fate)] = False
-    if cfg.dedup_threshold > 1 or not len(records):
+    if cfg.dedup_threshold > 1 or not records:
         return fate
     signatures = np.memmap(signature_file, np.uint32, "r").reshape(len(records), cfg.num_perm)
-    clusters = near_duplicate_clusters(signatures, alive, cfg.dedup_threshold)
     where = [f"{r['source']}:{r['line']}" for r in records]
-    for kept, removed in clusters.items():
-        for i in removed:
-            fate[i] = {"near duplicates": f"Jaccard >= {cfg.dedup_threshold} with an earlier one"}
+    for kept, removed in near_duplicate_clusters(signatures, alive, cfg.dedup_threshold).items():
+        fate.update({i: ("near duplicates", f"Jaccard >= {cfg.dedup_threshold} with an earlier "
+                                            f"document") for i in removed})
         card.clusters.append([where[kept]] + [where[i] for i in removed])
     card.clusters.sort(key=lambda c: -len(c))
     return fate
@@ -754,15 +588,12 @@ def duplicates(cfg, records, signature_file, card):
 def main(argv=None, **overrides):
     """Prepare the sources into --out; returns the data card's figures."""
     cfg = parse_config(PrepareConfig, argv, PRESETS, overrides)
-    if not cfg.sources:
-        raise UserError("give at least one file or folder to read (see --help)")
-    if cfg.workers < 1 or cfg.num_perm < 1 or cfg.shingle_words < 1:
-        raise UserError("--workers, --num-perm and --shingle-words must be at least 1")
-    unknown = set(filter(None, cfg.private.split(","))) - set(PRIVATE)
-    if unknown:
-        raise UserError(f"--private {cfg.private}: unknown kind(s) {', '.join(sorted(unknown))}; "
-                        f"choose from {','.join(PRIVATE)}")
-    parse_fractions(cfg.top_n_grams), parse_fractions(cfg.dup_n_grams)
+    if not cfg.sources or min(cfg.workers, cfg.num_perm, cfg.shingle_words) < 1:
+        raise UserError("give a file or folder to read; --workers, --num-perm, --shingle-words "
+                        "must be at least 1")
+    if set(filter(None, cfg.private.split(","))) - set(pii.PATTERNS):
+        raise UserError(f"--private {cfg.private}: choose from {','.join(pii.PATTERNS)}")
+    parse_fractions(cfg.top_n_grams), parse_fractions(cfg.dup_n_grams)   # an error now, not later
     card = prepare(cfg)
     print(card.summary())
     return card
