@@ -86,17 +86,16 @@ class PrepareConfig:
 # The rules for web prose throw away a geologist's tables and a programmer's code; these relax
 # what each kind of text legitimately does (braces and '#' in code, numbers and short lines in
 # tables) and keep the rules that catch junk in any text (repetition, lorem ipsum, length).
+_NOT_WEB = dict(c4_lines=False, c4_min_words_per_line=0, c4_min_sentences=-1,
+                c4_curly_bracket=False, min_stop_words=0, dup_line_frac=-1, dup_line_char_frac=-1)
 PRESETS = {
     "prose": ("web-like prose: Gopher and C4 as published", {}),
-    "code": ("source code and technical documentation with code in it",
-             dict(min_doc_words=10, max_avg_word_length=20.0, max_symbol_word_ratio=-1,
-                  min_alpha_words_ratio=0.5, min_stop_words=0, dup_line_frac=-1, dup_line_char_frac=-1, c4_lines=False,
-                  c4_min_words_per_line=0, c4_min_sentences=-1, c4_curly_bracket=False)),
+    "code": ("source code, and technical documentation with code in it",
+             dict(_NOT_WEB, min_doc_words=10, max_avg_word_length=20.0, max_symbol_word_ratio=-1,
+                  min_alpha_words_ratio=0.5)),
     "tabular": ("tables, measurements, forms: numbers and short lines",
-                dict(min_doc_words=20, min_avg_word_length=1.0, max_avg_word_length=20.0,
-                     max_bullet_lines_ratio=-1, min_alpha_words_ratio=0.2, min_stop_words=0,
-                     dup_line_frac=-1, dup_line_char_frac=-1, top_n_grams="", c4_lines=False,
-                     c4_min_words_per_line=0, c4_min_sentences=-1, c4_curly_bracket=False)),
+                dict(_NOT_WEB, min_doc_words=20, min_avg_word_length=1.0, max_avg_word_length=20.0,
+                     max_bullet_lines_ratio=-1, min_alpha_words_ratio=0.2, top_n_grams="")),
 }
 
 
@@ -403,13 +402,11 @@ def c4_rules(text, cfg):
 # ---------------------------------------------------------------------------------------------
 # 6. Private data: replaced by a placeholder, counted per kind
 # ---------------------------------------------------------------------------------------------
-# E-mail addresses, phone numbers, IP addresses, payment cards and secret keys are found by
-# pattern and replaced by a placeholder (<EMAIL>, <PHONE>, <IP_ADDRESS>, <CARD>, <KEY>), so the
-# model learns that an address goes here, never whose. Patterns alone over-match, so each kind
-# has a check: a card number must pass the Luhn checksum (a random 16-digit number passes one
-# time in ten), a phone number must have 9 to 15 digits, loopback and broadcast addresses are
-# nobody's, and of `password = "..."` only the value goes. The catalogue is in pii.py.
-redact = pii.redact
+# E-mail addresses, phone numbers, IP addresses, card numbers and keys are found by pattern
+# (pii.py) and replaced by <EMAIL>, <PHONE>, <IP_ADDRESS>, <CARD>, <KEY>: the model learns that
+# an address goes here, never whose. Patterns over-match, so each kind has a check: a card must
+# pass the Luhn checksum (a random number passes one time in ten), a phone number has 9 to 15
+# digits, loopback addresses are nobody's, and of `password = "..."` only the value goes.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,14 +452,14 @@ STEPS = ["read", "cleaning", "boilerplate", "exact duplicates", "near duplicates
 _STATE = {}   # what every worker shares: config, sketch, permutations, the evaluation n-grams
 
 
-def setup_worker(state):
+def setup_worker(state):   # runs once in each worker process
     _STATE.clear()
     _STATE.update(state)
     if state.get("tokenizer"):
         _STATE["tok"] = bpe.Tokenizer.load(state["tokenizer"])
 
 
-def size(text):
+def size(text):   # UTF-8 bytes, what the data card counts
     return len(text.encode("utf-8"))
 
 
@@ -489,7 +486,7 @@ def second_pass(chunk):
                                             cfg.boilerplate_words)
         rule = gopher_repetition(text, cfg) or gopher_quality(text, cfg)
         c4_text, c4_rule = c4_rules(text, cfg)
-        final, private = redact(c4_text, cfg.private.split(","))
+        final, private = pii.redact(c4_text, cfg.private.split(","))
         out.append(dict(
             source=source, line=line, dropped=dropped, sizes=(size(text), size(c4_text),
                                                               size(final)),
