@@ -81,14 +81,24 @@ def table(header, rows):
     return "\n".join(lines)
 
 
+def command(cfg):
+    """The command line that reproduces the run: the sources and every flag that differs from
+    its default (--workers left out: it changes nothing in the output)."""
+    words = ["python prepare.py", *map(str, cfg.sources)]
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in ("sources", "workers") or value == f.default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        words.append((flag if value else "--no-" + flag[2:]) if isinstance(value, bool)
+                     else f"{flag} {value}")
+    return " ".join(words)
+
+
 def markdown(card, cfg, bands_rows, eval_short):
     """The data card's text: sources, each step, what each rule removed, duplicates, private
     data, decontamination, lengths, and the settings that reproduce it."""
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in dataclasses.asdict(cfg).items()
-                     if k not in ("sources", "eval_files", "preset") and v not in ("", []))
-    out = [f"# Data card: {cfg.out}", "",
-           f"Made by `python prepare.py {' '.join(map(str, cfg.sources))}"
-           f"{' --preset ' + cfg.preset if cfg.preset else ''}` (settings at the end).", "",
+    out = [f"# Data card: {cfg.out}", "", f"Made by `{command(cfg)}`.", "",
            f"**{card.out_docs:,} documents, {card.out_bytes:,} bytes kept** "
            f"of {card.docs[card.steps[0]]:,} documents, {card.bytes[card.steps[0]]:,} bytes read"
            + (f"; {card.tokens:,} tokens with {cfg.tokenizer}" if cfg.tokenizer else "") + ".",
@@ -136,8 +146,7 @@ def markdown(card, cfg, bands_rows, eval_short):
                    f"not be checked" if eval_short else "") + "."]
     else:
         out += ["No evaluation files given (--eval-files)."]
-    out += ["", "## Lengths", "", "![document lengths](lengths.svg)", "", "## Settings", "",
-            f"`{flags}`", ""]
+    out += ["", "## Lengths", "", "![document lengths](lengths.svg)", ""]
     return "\n".join(out)
 
 

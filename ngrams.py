@@ -34,15 +34,25 @@ def word_hashes(words):
 
 def ngram_hashes(h, n):
     """uint64 hashes of the n-word windows of word hashes h, with numpy: the window's polynomial
-    sum h[i]*M**(n-1) + ... + h[i+n-1] (wrapping mod 2**64). A text shorter than n words gives
-    one window, the whole text."""
+    sum h[i]*M**(n-1) + ... + h[i+n-1] (wrapping mod 2**64), then mixed. A text shorter than n
+    words gives one window, the whole text."""
     if not len(h):
         return np.zeros(0, np.uint64)
     n = min(n, len(h))
     out = np.zeros(len(h) - n + 1, np.uint64)
     for i in range(n):
         out = out * np.uint64(0x100000001B3) + h[i:len(h) - n + 1 + i]
-    return out
+    return mix(out)
+
+
+def mix(x):
+    """SplitMix64's finaliser: every output bit depends on every input bit, so windows of
+    similar words ("x10", "x11": close CRC and Adler sums) get unrelated hashes, and any 32 bits
+    of one serve as a shingle id."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def repeated(items):

@@ -25,8 +25,8 @@ PATTERNS = {  # kind: (pattern, placeholder); applied in this order (a key may h
     "card": (r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])", "<CARD>"),
     "ip": (r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)"
            r"(?![\d.])|\b(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\b", "<IP_ADDRESS>"),
-    "phone": (r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}[ .-]\d{3,4}"
-              r"[ .-]?\d{3,4}(?![\w-])", "<PHONE>"),
+    "phone": (r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}"
+              r"(?:[ .-]\d{2,4}){1,3}(?![\w-])", "<PHONE>"),
 }
 # an assignment's value is replaced, not its name: password = "hunter2hunter2"
 _SECRET_VALUE = re.compile(r"((?:api[_-]?key|secret|token|password)\s*[:=]\s*['\"]?)"

@@ -95,7 +95,7 @@ PRESETS = {
                   min_alpha_words_ratio=0.5)),
     "tabular": ("tables, measurements, forms: numbers and short lines",
                 dict(_NOT_WEB, min_doc_words=20, min_avg_word_length=1.0, max_avg_word_length=20.0,
-                     max_bullet_lines_ratio=-1, min_alpha_words_ratio=0.2, top_n_grams="")),
+                     max_bullet_lines_ratio=-1, min_alpha_words_ratio=-1, top_n_grams="")),
 }
 
 
@@ -139,7 +139,7 @@ def clean(text):
 # 3. Boilerplate: lines that repeat across many documents
 # ---------------------------------------------------------------------------------------------
 # A header, a footer, a page number or a disclaimer is a line that many documents share. Digits
-# are folded to 0 so "Page 3 of 10" and "Page 4 of 10" count as one line. Counting every
+# are folded to 0 so "Page 3 of 10" and "Page 12 of 10" count as one line. Counting every
 # distinct line exactly would need memory that grows with the corpus; a count-min sketch uses a
 # fixed table instead: each line adds 1 to one cell in each of D rows (a different hash per row),
 # and its count is the smallest of its D cells. Collisions only add, so the estimate is never
@@ -149,7 +149,7 @@ SKETCH_ROWS, SKETCH_WIDTH = 4, 1 << 20
 
 
 def line_key(line):
-    return re.sub(r"\s+", " ", re.sub(r"\d", "0", line.strip().lower()))
+    return re.sub(r"\s+", " ", re.sub(r"\d+", "0", line.strip().lower()))
 
 
 def sketch_cells(keys):
@@ -185,15 +185,15 @@ def exact_key(text):
     return ngrams.stable_hash(" ".join(text.lower().split()))
 
 
-MERSENNE = np.uint64((1 << 61) - 1)
-
-
 def permutations(num_perm, seed=1):
-    """The hash family h_k(x) = (a_k x + b_k) mod p, p = 2**61 - 1, one (a, b) per permutation.
-    x < 2**32 and a < 2**32 keep a*x + b below 2**64, so numpy's uint64 never overflows."""
+    """One random (a, b) pair of 64-bit numbers per permutation, for the multiply-shift family
+    h(x) = ((a x + b) mod 2**64) >> 32 (Dietzfelbinger 1996): 2-universal on 32-bit x, and
+    numpy's wrapping uint64 arithmetic does the mod. (The textbook (a x + b) mod p needs a < p
+    and so overflows 64 bits; with small a it hardly permutes at all: every h would be smallest
+    at nearly the same x, and 128 estimates would move together.)"""
     rng = np.random.default_rng(seed)
-    return (rng.integers(1, 1 << 32, num_perm, dtype=np.uint64),
-            rng.integers(0, 1 << 31, num_perm, dtype=np.uint64))
+    a = rng.integers(0, 1 << 64, num_perm, dtype=np.uint64) | np.uint64(1)   # odd
+    return a, rng.integers(0, 1 << 64, num_perm, dtype=np.uint64)
 
 
 def minhash(text, perms, shingle_words):
@@ -202,15 +202,15 @@ def minhash(text, perms, shingle_words):
     For a random permutation of all possible shingles, the chance that two sets have the same
     smallest element is exactly |A & B| / |A | B|, their Jaccard similarity J. So the fraction of
     the num_perm positions where two signatures agree estimates J, with standard error
-    sqrt(J (1 - J) / num_perm): about 0.035 at J = 0.5 with 128 permutations."""
+    sqrt(J (1 - J) / num_perm): about 0.044 at J = 0.5 with 128 permutations."""
     a, b = perms
     shingles = np.unique(ngrams.ngram_hashes(ngrams.word_hashes(words_of(text)), shingle_words))
-    x = (shingles ^ (shingles >> np.uint64(32))) & np.uint64(0xFFFFFFFF)   # fold to 32 bits
+    x = shingles >> np.uint64(32)                   # 32-bit shingle ids
     sig = np.full(len(a), np.iinfo(np.uint64).max, np.uint64)
     for start in range(0, len(x), 2048):   # blocks keep [num_perm, block] small for long texts
         block = x[start:start + 2048]
-        sig = np.minimum(sig, ((a[:, None] * block[None, :] + b[:, None]) % MERSENNE).min(1))
-    return (sig & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        sig = np.minimum(sig, (a[:, None] * block[None, :] + b[:, None]).min(1))
+    return (sig >> np.uint64(32)).astype(np.uint32)
 
 
 def candidate_probability(s, bands, rows):

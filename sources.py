@@ -124,8 +124,9 @@ def html_text(markup):
 # ---------------------------------------------------------------------------------------------
 # Files to documents
 # ---------------------------------------------------------------------------------------------
-def _jsonl_documents(path, text, field):
-    for lineno, line in enumerate(io.StringIO(text), 1):
+def _jsonl_documents(path, lines, field):
+    """Documents from (line number, line) pairs of a .jsonl file."""
+    for lineno, line in lines:
         if not line.strip():
             continue
         try:
@@ -167,10 +168,7 @@ def _is_utf8(path):
 def _jsonl_lines(path, field):
     """A UTF-8 .jsonl read one line at a time, so a file larger than memory streams."""
     with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                yield from (Document(d.text, d.source, lineno)
-                            for d in _jsonl_documents(path, line, field))
+        yield from _jsonl_documents(path, enumerate(f, 1), field)
 
 
 def file_documents(path, field="text", column="text"):
@@ -185,7 +183,7 @@ def file_documents(path, field="text", column="text"):
     with open(path, "rb") as f:
         text, note = decode(f.read())
     if suffix == ".jsonl":
-        return _jsonl_documents(path, text, field), note
+        return _jsonl_documents(path, enumerate(io.StringIO(text), 1), field), note
     if suffix == ".csv":
         return _csv_documents(path, text, column), note
     if suffix in (".html", ".htm"):
