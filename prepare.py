@@ -92,18 +92,22 @@ PRESETS = {
     "prose": ("web-like prose: Gopher and C4 as published", {}),
     "code": ("source code, and technical documentation with code in it",
              dict(_NOT_WEB, min_doc_words=10, max_avg_word_length=20.0, max_symbol_word_ratio=-1,
-                  min_alpha_words_ratio=0.5)),
+                  min_alpha_words_ratio=0.3)),
     "tabular": ("tables, measurements, forms: numbers and short lines",
                 dict(_NOT_WEB, min_doc_words=20, min_avg_word_length=1.0, max_avg_word_length=20.0,
                      max_bullet_lines_ratio=-1, min_alpha_words_ratio=-1, top_n_grams="")),
 }
 
 
+_TOKEN = re.compile(r"\w+(?:['’.]\w+)*|\.\.\.|([^\w\s])\1*")
+
+
 def tokens(text):
-    """Words, and runs of punctuation, as separate tokens, close to what spaCy's English
-    tokenizer (which datatrove's Gopher filters use) gives: `"Don't stop..."` -> ["Don't",
-    "stop", "..."]. The quality rules count these."""
-    return re.findall(r"\w+(?:['’.]\w+)*|[^\w\s]+", text)
+    """Words and punctuation marks as tokens, close to what spaCy's English tokenizer (which
+    datatrove's Gopher filters use) gives: `"Don't stop...")` -> ['"', "Don't", "stop", "...",
+    '"', ")"]. A run of one mark ("*****", a reST underline) is one token, where spaCy makes one
+    per character. The quality rules count these."""
+    return [m.group(0) for m in _TOKEN.finditer(text)]
 
 
 def words_of(text):
