@@ -5,7 +5,7 @@
     card.count("read", nbytes)                 # a document survived this step, with its size
     card.remove("quality", "gopher_short_doc", "notes.jsonl:12", text)   # ... or was removed
     card.kept(nbytes, tokens)                  # a document written to the output
-    datacard.write(folder, card, cfg, bands_rows=(16, 8), eval_short=0)
+    datacard.write(folder, card, cfg, bands_rows=(12, 10), eval_short=0, preset={})
     # -> folder/datacard.md (what a person reads) and folder/lengths.svg (the length histogram)
 
 The card holds counts, a few short examples per reason and a histogram, never the corpus, so it
@@ -81,13 +81,13 @@ def table(header, rows):
     return "\n".join(lines)
 
 
-def command(cfg):
+def command(cfg, preset):
     """The command line that reproduces the run: the sources and every flag that differs from
-    its default (--workers left out: it changes nothing in the output)."""
+    its default or the preset's value (--workers left out: it changes nothing in the output)."""
     words = ["python prepare.py", *map(str, cfg.sources)]
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if f.name in ("sources", "workers") or value == f.default:
+        if f.name in ("sources", "workers") or value == preset.get(f.name, f.default):
             continue
         flag = "--" + f.name.replace("_", "-")
         words.append((flag if value else "--no-" + flag[2:]) if isinstance(value, bool)
@@ -95,10 +95,10 @@ def command(cfg):
     return " ".join(words)
 
 
-def markdown(card, cfg, bands_rows, eval_short):
+def markdown(card, cfg, bands_rows, eval_short, preset):
     """The data card's text: sources, each step, what each rule removed, duplicates, private
     data, decontamination, lengths, and the settings that reproduce it."""
-    out = [f"# Data card: {cfg.out}", "", f"Made by `{command(cfg)}`.", "",
+    out = [f"# Data card: {cfg.out}", "", f"Made by `{command(cfg, preset)}`.", "",
            f"**{card.out_docs:,} documents, {card.out_bytes:,} bytes kept** "
            f"of {card.docs[card.steps[0]]:,} documents, {card.bytes[card.steps[0]]:,} bytes read"
            + (f"; {card.tokens:,} tokens with {cfg.tokenizer}" if cfg.tokenizer else "") + ".",
@@ -112,8 +112,7 @@ def markdown(card, cfg, bands_rows, eval_short):
                      f"{gone:,}" if gone else ""))
         before = card.bytes[step]
     out += [table(("step", "documents", "bytes", "bytes change", "documents removed"), rows), ""]
-    out += ["## Sources", "", f"{len(card.problems)} file(s) with a note or skipped."
-            + ("" if not card.problems else ""), ""]
+    out += ["## Sources", "", f"{len(card.problems)} file(s) with a note or skipped.", ""]
     out += [f"- {p}" for p in card.problems[:50]]
     out += ["", "## What each rule removed", ""]
     rows = [(step, reason, n, "<br>".join(f"`{w}`: {t}" for w, t in card.examples[step, reason]))
@@ -177,8 +176,9 @@ def svg(card):
     return "\n".join(parts + ["</svg>"]) + "\n"
 
 
-def write(folder, card, cfg, bands_rows, eval_short=0):
-    """folder/datacard.md and folder/lengths.svg."""
-    (folder / "datacard.md").write_text(markdown(card, cfg, bands_rows, eval_short),
+def write(folder, card, cfg, bands_rows, eval_short=0, preset=None):
+    """folder/datacard.md and folder/lengths.svg; `preset` holds the values the run's preset
+    gave, so the command in the card lists only the flags given on top of it."""
+    (folder / "datacard.md").write_text(markdown(card, cfg, bands_rows, eval_short, preset or {}),
                                         encoding="utf-8")
     (folder / "lengths.svg").write_text(svg(card), encoding="utf-8")

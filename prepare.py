@@ -103,10 +103,9 @@ _TOKEN = re.compile(r"\w+(?:['’.]\w+)*|\.\.\.|([^\w\s])\1*")
 
 
 def tokens(text):
-    """Words and punctuation marks as tokens, close to what spaCy's English tokenizer (which
-    datatrove's Gopher filters use) gives: `"Don't stop...")` -> ['"', "Don't", "stop", "...",
-    '"', ")"]. A run of one mark ("*****", a reST underline) is one token, where spaCy makes one
-    per character. The quality rules count these."""
+    """Words and marks, the tokens the quality rules count, close to the spaCy tokens datatrove's
+    use: `"Don't stop...")` -> ['"', "Don't", "stop", "...", '"', ")"]. A run of one mark
+    ("*****", a reST underline) is one token, where spaCy makes one per character."""
     return [m.group(0) for m in _TOKEN.finditer(text)]
 
 
@@ -174,8 +173,7 @@ def remove_boilerplate(text, sketch, min_docs, min_words):
     keyed = boilerplate_keys(lines, min_words)
     if not keyed or min_docs <= 0:
         return text, []
-    cells = sketch_cells([k for _, k in keyed])
-    counts = sketch[np.arange(SKETCH_ROWS)[:, None], cells].min(axis=0)
+    counts = sketch[np.arange(SKETCH_ROWS)[:, None], sketch_cells([k for _, k in keyed])].min(0)
     drop = {i for (i, _), c in zip(keyed, counts) if c >= min_docs}
     kept = "\n".join(line for i, line in enumerate(lines) if i not in drop)
     return re.sub(r"\n{3,}", "\n\n", kept).strip(), [lines[i].strip() for i in sorted(drop)]
@@ -463,8 +461,8 @@ def setup_worker(state):   # runs once in each worker process
         _STATE["tok"] = bpe.Tokenizer.load(state["tokenizer"])
 
 
-def size(text):   # UTF-8 bytes, what the data card counts
-    return len(text.encode("utf-8"))
+def size(text):
+    return len(text.encode("utf-8"))   # UTF-8 bytes, what the data card counts
 
 
 def first_pass(chunk):
@@ -480,13 +478,12 @@ def first_pass(chunk):
 
 
 def second_pass(chunk):
-    """Everything that looks at one document alone: boilerplate lines out, the exact key and the
-    signature, the quality verdict, private data, contamination, tokens. The text as it will be
-    written goes back too; the decisions that need all documents are made after this pass."""
+    """All that looks at one document alone: boilerplate out, the exact key and signature, the
+    quality verdict, private data, contamination, tokens; and the text as it will be written."""
     cfg = _STATE["cfg"]
     out = []
-    for text, source, line in chunk:
-        text, dropped = remove_boilerplate(text, _STATE["sketch"], cfg.boilerplate_docs,
+    for cleaned, source, line in chunk:
+        text, dropped = remove_boilerplate(cleaned, _STATE["sketch"], cfg.boilerplate_docs,
                                             cfg.boilerplate_words)
         rule = gopher_repetition(text, cfg) or gopher_quality(text, cfg)
         c4_text, c4_rule = c4_rules(text, cfg)
@@ -495,7 +492,7 @@ def second_pass(chunk):
             source=source, line=line, dropped=dropped, sizes=(size(text), size(c4_text),
                                                               size(final)),
             exact=exact_key(text), sig=minhash(text, _STATE["perms"], cfg.shingle_words),
-            rule=rule or c4_rule, private=private, text=final, snippet=text[:120],
+            rule=rule or c4_rule, private=private, text=final, snippet=(text or cleaned)[:120],
             contaminated=contaminated_by(final, _STATE["eval"], cfg.contamination_ngram),
             tokens=len(_STATE["tok"].encode(final, allowed_special="none"))
             if "tok" in _STATE else 0))
@@ -559,7 +556,7 @@ def prepare(cfg):
                     f.write(dict(text=text, source=r["source"], line=r["line"]))
                     card.kept(size(text), r["tokens"])
         datacard.write(work, card, cfg, choose_bands(cfg.dedup_threshold, cfg.num_perm),
-                       state["eval"][2])
+                       state["eval"][2], PRESETS.get(cfg.preset, ("", {}))[1])
     return card
 
 
@@ -569,8 +566,7 @@ def duplicates(cfg, records, signature_file, card):
     fate = {i: ("boilerplate", "empty without its boilerplate")
             for i, r in enumerate(records) if r["sizes"][0] == 0}
     _, first = np.unique(np.array([r["exact"] for r in records], np.uint64), return_index=True)
-    alive = np.zeros(len(records), bool)
-    alive[first] = True
+    alive = np.isin(np.arange(len(records)), first)
     for i in np.flatnonzero(~alive):
         fate.setdefault(int(i), ("exact duplicates", "an exact copy of an earlier document"))
     alive[list(fate)] = False

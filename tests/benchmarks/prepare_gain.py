@@ -78,7 +78,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", default="/tmp/prepare-gain")
     p.add_argument("--scale", type=int, default=1, help="copies of the corpus (with noise)")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=150)
     p.add_argument("--only-corpus", action="store_true")
     args = p.parse_args()
     work = Path(args.work)
