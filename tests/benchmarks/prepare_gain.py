@@ -102,10 +102,10 @@ def main():
     for name, source in (("noisy", work / "noisy.jsonl"), ("clean", work / "clean")):
         seconds = run(["train.py", "--preset", "cpu", "--data", source, "--tokenizer",
                        work / "tok.json", "--max-steps", args.steps, "--eval-every",
-                       args.steps, "--save-every", args.steps, "--out-dir", work / name,
+                       args.steps, "--save-every", args.steps, "--out-dir", work / f"run-{name}",
                        "--overwrite", "--sample-tokens", 0])
         print(f"train.py on {name}: {seconds:.0f} s")
-    run(["eval.py", work / "noisy", work / "clean", "--data", work / "heldout.jsonl",
+    run(["eval.py", work / "run-noisy", work / "run-clean", "--data", work / "heldout.jsonl",
          "--val-fraction", "0.5", "--json", work / "figures.json", "--no-report"])
 
 
