@@ -356,3 +356,17 @@ def test_ngram_helpers_on_a_small_example():
     # letters count and the walk jumps past it, to the end
     assert ngrams.repeated_ngram_chars(words, h, 3) == len("aroseis")
     assert ngrams.top_ngram_chars(words[:3], h[:3], 2) == 0     # nothing occurs twice
+
+
+def test_token_counts_with_a_chosen_tokenizer_and_a_picture_that_parses(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    import bpe
+    docs = [prose(i) for i in range(6)]
+    tok = bpe.Tokenizer.train("\n".join(docs), vocab_size=300)
+    tok.save(tmp_path / "tok.json")
+    card, rows = run(write_jsonl(tmp_path / "t.jsonl", docs), tmp_path / "out",
+                     "--tokenizer", str(tmp_path / "tok.json"))
+    assert card.tokens == sum(len(tok.encode(r["text"])) for r in rows) > 0
+    assert f"{card.tokens:,} tokens" in (tmp_path / "out" / "datacard.md").read_text()
+    assert ET.parse(tmp_path / "out" / "lengths.svg").getroot().tag.endswith("svg")
