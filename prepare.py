@@ -586,8 +586,8 @@ def main(argv=None, **overrides):
     """Prepare the sources into --out; returns the data card's figures."""
     cfg = parse_config(PrepareConfig, argv, PRESETS, overrides)
     if not cfg.sources or min(cfg.workers, cfg.num_perm, cfg.shingle_words) < 1:
-        raise UserError("give a file or folder to read; --workers, --num-perm, --shingle-words "
-                        "must be at least 1")
+        raise UserError("--workers, --num-perm and --shingle-words must be at least 1"
+                        if cfg.sources else "give a file or folder to read (see --help)")
     if set(filter(None, cfg.private.split(","))) - set(pii.PATTERNS):
         raise UserError(f"--private {cfg.private}: choose from {','.join(pii.PATTERNS)}")
     parse_fractions(cfg.top_n_grams), parse_fractions(cfg.dup_n_grams)   # an error now, not later
