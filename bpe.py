@@ -399,10 +399,9 @@ class Tokenizer:
         self._ordinary = {}         # bytes -> id (if two ids share bytes, the lower one)
         for id in sorted(self.vocab):
             self._ordinary.setdefault(self.vocab[id], id)
-        missing = [b for b in range(256) if bytes([b]) not in self._ordinary]
-        if missing:
-            raise ValueError(f"the vocabulary has no token for the byte {missing[0]:#04x}")
-        self._byte_ids = [self._ordinary[bytes([b])] for b in range(256)]
+        # A byte without a token (SmolLM2 has none for 21 bytes text hardly holds, 0xff, 0x04 ...)
+        # is dropped where it occurs, as by `tokenizers` (without an unk token) and llama.cpp.
+        self._byte_ids = [self._ordinary.get(bytes([b])) for b in range(256)]
         # merges[r] = (a, b) joins token a and token b into token merged[r]. The rank r is the
         # priority at encode time: earlier merges are applied first. A pair listed twice keeps
         # its later rank, as in `tokenizers`.
@@ -542,8 +541,8 @@ class Tokenizer:
         data = chunk.encode("utf-8")
         if self.ignore_merges and data in self._ordinary:
             return [self._ordinary[data]]
-        byte_ids = self._byte_ids
-        return apply_merges([byte_ids[b] for b in data], self._ranks)
+        ids = [self._byte_ids[b] for b in data]
+        return apply_merges([i for i in ids if i is not None] if None in ids else ids, self._ranks)
 
     def split_text(self, text):
         """The chunks BPE works on: `text` cut by each split pattern in turn (no normalizer, no

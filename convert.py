@@ -2,6 +2,7 @@
 
     python convert.py hf:HuggingFaceTB/SmolLM2-135M-Instruct out/smollm  # a model on the hub
     python convert.py path/to/transformers-dir out/name                   # a transformers directory
+    python convert.py SmolLM2-135M-Instruct.Q4_1.gguf out/smollm2         # a GGUF file, dequantized
     python convert.py out/dpo out/dpo-hf --to hf                          # a run -> transformers
     python convert.py out/dpo out/dpo.gguf --to gguf --type q8_0          # a run -> llama.cpp,
                                                                           # Ollama
@@ -12,25 +13,24 @@ files other tools read. In order: 1. the architectures (config.json <-> our conf
 of tensor names serving both directions) -> 2. tokenizers and chat templates -> 3. import ->
 4. export to transformers -> 5. export to GGUF, with an Ollama Modelfile -> 6. the command line.
 
-Imports: rundir.py (run directories, flags, errors), bpe.py and hf_tokenizer.py (tokenizers),
-minimind.py (its config's derived sizes), and the file formats, each written by hand from its
-specification in a companion file: safetensors_file.py (how the hub stores weights), download.py
-(the hub: which files make a model, fetched over plain HTTP) and gguf_file.py (GGUF v3 and Q8_0,
-for llama.cpp and Ollama).
+Imports: rundir.py (run directories, flags, errors), hf_tokenizer.py (released tokenizers, chat
+templates, GGUF's tokenizer section), minimind.py (its config's derived sizes), and the file
+formats, each written by hand from its specification in a companion file: safetensors_file.py
+(how the hub stores weights), download.py (the hub: which files make a model, fetched over plain
+HTTP), gguf_file.py (GGUF v3, for llama.cpp and Ollama) and gguf_import.py (a GGUF file read
+as the files of a release).
 Runtime: numpy, torch, tqdm and the standard library.
 """
 import json
-import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-import bpe
 import download
 import gguf_file
+import gguf_import
 import hf_tokenizer
 import minimind
 import rundir
@@ -220,45 +220,20 @@ def tensor_names(arch, config):
 # the end, and the model new embedding rows for them: the mean of the others, a neutral start.
 #
 # A release says how it wants chats written in tokenizer_config.json's "chat_template", a Jinja
-# program. When that is ChatML (SmolLM2, Qwen) the model is a chat model (stage "sft"), which
+# program (hf_tokenizer.chat_template_of finds it, and holds our ChatML one, CHATML_TEMPLATE).
+# When that is ChatML (SmolLM2, Qwen) the model is a chat model (stage "sft"), which
 # chat.py, eval.py and dpo.py treat as one; without a template (GPT-2, base models) it is a
 # "pretrain" run; any other template is kept in the run directory as chat_template.jinja, and
 # our scripts write ChatML all the same.
 # ---------------------------------------------------------------------------------------------
 PROJECT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-# what sft.render_chat writes, as a Jinja template for transformers and llama.cpp
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
-    "+ '<|im_end|>' + '\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
-    "{% endif %}")
-
-
-def chat_template_of(folder):
-    """The release's chat template (Jinja text), or None: tokenizer_config.json's "chat_template"
-    (a string, or a list of named ones of which "default" is used), else chat_template.jinja."""
-    config = folder / "tokenizer_config.json"
-    template = (safetensors_file.read_json(config, "tokenizer_config.json").get("chat_template")
-                if config.exists() else None)
-    if isinstance(template, list):
-        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
-    if template is None and (folder / "chat_template.jinja").exists():
-        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
-    return template if isinstance(template, str) else None
-
-
-def is_chatml(template):
-    return template is not None and "<|im_start|>" in template and "<|im_end|>" in template
-
-
-def import_tokenizer(folder, rows):
-    """tokenizer.json of a release -> (tokenizer, names of the special tokens added). Its ids are
+def import_tokenizer(tok, where, rows):
+    """A release's tokenizer -> (tokenizer, names of the special tokens added). Its ids are
     then as many as the model's embedding rows (`rows`), or more when tokens were added: releases
     often have spare rows (Qwen2.5: 151,936 rows for 151,665 tokens), which stay ids for nothing."""
-    tok = hf_tokenizer.from_hf(folder / "tokenizer.json")
     added = [name for name in PROJECT_SPECIALS if name not in tok.special_tokens]
     if any(name in tok.added_tokens for name in added):
-        raise UserError(f"{folder / 'tokenizer.json'}: {added} are ordinary added tokens here, "
+        raise UserError(f"{where}: {added} are ordinary added tokens here, "
                         f"not special")
     if tok.vocab_size < rows:
         tok.reserve(rows)  # the spare rows: ids that stand for nothing, so the sizes agree
@@ -321,27 +296,33 @@ def grow_vocabulary(state, arch, config, rows):
 
 
 def import_model(source, out_dir, max_seq_len=2048, stage=""):
-    """A released model (hub id or transformers directory) -> a run directory.
+    """A released model (hub id, transformers directory or GGUF file) -> a run directory.
     Returns its payload."""
-    folder = download.release_folder(source)
-    config_json = safetensors_file.read_json(folder / "config.json", "config.json")
+    if Path(source).suffix == ".gguf":  # llama.cpp's one file, read as a release's files
+        config_json, tok, weights, template = gguf_import.read_release(source)
+    else:
+        folder = download.release_folder(source)
+        config_json = safetensors_file.read_json(folder / "config.json", "config.json")
+        tok = hf_tokenizer.from_hf(folder / "tokenizer.json")
+        weights, template = (safetensors_file.read_weights(folder),
+                             hf_tokenizer.chat_template_of(folder))
     family, arch, config = import_config(config_json, f"{source}: config.json", max_seq_len)
-    tok, added = import_tokenizer(folder, config["vocab_size"])
-    state = import_weights(safetensors_file.read_weights(folder), arch, config, source)
+    tok, added = import_tokenizer(tok, source, config["vocab_size"])
+    state = import_weights(weights, arch, config, source)
     if tok.vocab_size > config["vocab_size"]:
         grow_vocabulary(state, arch, config, tok.vocab_size)
     if arch == "gpt" and not any(state[k].any() for k in state if k.endswith(".bias")):
         config["bias"] = False  # an exported bias-free GPT (all biases exactly 0) comes back as one
         state = {k: v for k, v in state.items() if not k.endswith(".bias")}
-    template = chat_template_of(folder)
-    stage = stage or ("sft" if is_chatml(template) else "pretrain")
+    chatml = hf_tokenizer.is_chatml(template)
+    stage = stage or ("sft" if chatml else "pretrain")
     source_info = {"from": source, "architecture": next(iter(config_json.get("architectures", []))),
-                   "family": family, "chat_template": "chatml" if is_chatml(template) else
+                   "family": family, "chat_template": "chatml" if chatml else
                    ("other" if template else "none"), "added_tokens": added}
     out = Path(out_dir)
     rundir.write_model_file(out, arch, config, state, tok,
                             {"stage": stage, "step": 0, "source": source_info})
-    if template and not is_chatml(template):
+    if template and not chatml:
         rundir.atomic_write(out / "chat_template.jinja",
                             lambda f: f.write(template.encode("utf-8")))
     return {"arch": arch, "config": config, "stage": stage, "source": source_info, "added": added,
@@ -462,8 +443,9 @@ def write_hf(run_dir, out):
     hf_tok = hf_tokenizer.to_hf(tok)
     name, config = export_config(payload["arch"], payload["config"], tok)
     chat = rundir.is_chat(payload)
-    tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHATML_TEMPLATE,
-                  "bos_token": None, "eos_token": "<|im_end|>" if chat else "<|endoftext|>",
+    tok_config = {"tokenizer_class": "PreTrainedTokenizerFast",
+                  "chat_template": hf_tokenizer.CHATML_TEMPLATE, "bos_token": None,
+                  "eos_token": "<|im_end|>" if chat else "<|endoftext|>",
                   "pad_token": "<|endoftext|>", "unk_token": None, "model_max_length":
                   config.get("max_position_embeddings", config.get("n_positions")),
                   "clean_up_tokenization_spaces": False, "add_bos_token": False,
@@ -484,7 +466,7 @@ def write_hf(run_dir, out):
             rundir.write_json(folder / file, value)
         card = model_card(run_dir, payload, name)
         rundir.atomic_write(folder / "README.md", lambda f: f.write(card.encode("utf-8")))
-    write_folder(out, fill)
+    rundir.write_folder(out, fill)
     return name
 
 
@@ -498,25 +480,6 @@ def export_payload(run_dir, target):
     return payload
 
 
-def write_folder(out, fill):
-    """Fill a new folder through a temporary one, renamed into place at the end: an export that
-    fails half-way leaves nothing at `out`, and an --overwrite replaces the old folder only then."""
-    out = Path(out)
-    tmp, old = out.with_name(out.name + ".partial"), out.with_name(out.name + ".old")
-    for folder in (tmp, old):
-        shutil.rmtree(folder, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        fill(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # 5. Export to GGUF (llama.cpp, Ollama) and an Ollama Modelfile
 #
@@ -525,7 +488,8 @@ def write_folder(out, fill):
 # or "qwen2" (q/k/v biases) or "qwen3" (QK-norm). One difference matters: llama.cpp's "llama"
 # rotates ADJACENT channel pairs (0,1), (2,3), ... where we (and Hugging Face) rotate channel i
 # with i + head_dim/2, so the rows of q and k are permuted for it, head by head
-# (gguf_file.rotary_pairs_adjacent); its qwen2/qwen3 rotate as we do.
+# (gguf_file.rotary_pairs_adjacent); its qwen2/qwen3 rotate as we do. The tokenizer section, and
+# the llama.cpp pre-tokenizer names, are hf_tokenizer.gguf_tokenizer's.
 # A linear weight is nn.Linear's [out, in] in both worlds (GPT-2's Conv1D is transposed only in
 # transformers' files), and GGUF writes the dims fastest-first, so the tensors go as they are.
 # ---------------------------------------------------------------------------------------------
@@ -565,50 +529,6 @@ def gguf_metadata(w, arch, config, name):
     return a
 
 
-# tokenizer.ggml.pre: llama.cpp does not read a split regex from the file; it knows pre-tokenizers
-# by name, each with its regexes (llama-vocab.cpp) and whether it takes a whole chunk that is in
-# the vocabulary as one token ("ignore_merges", Llama 3's shortcut). Ours must be one of them, or
-# llama.cpp would cut text into other chunks. GPT-4's pattern, which bpe.py trains with, is
-# llama.cpp's "dbrx" (the Llama 3 regex without the shortcut: bpe.py always applies merges).
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
-GGUF_PRE = [  # (llama.cpp's name, the tokenizer's split patterns, ignore_merges)
-    ("dbrx", [bpe.GPT4_SPLIT_PATTERN], False), ("dbrx", [LLAMA3_SPLIT], False),
-    ("llama-bpe", [bpe.GPT4_SPLIT_PATTERN], True), ("llama-bpe", [LLAMA3_SPLIT], True),
-    ("qwen2", [QWEN2_SPLIT], False), ("gpt-2", [bpe.GPT2_SPLIT_PATTERN], False),
-    ("smollm", [r"\p{N}", bpe.GPT2_SPLIT_PATTERN], False)]
-
-
-def gguf_tokenizer(w, tok, chat):
-    """The tokenizer section: llama.cpp's "gpt2" model (byte-level BPE) with our tokens, merges and
-    special ids, and the ChatML template."""
-    pre = next((name for name, patterns, ignore in GGUF_PRE
-                if tok.split_patterns == patterns and tok.ignore_merges == ignore), None)
-    if pre is None:
-        raise UserError(f"this tokenizer's split ({tok.split_patterns}) is none that llama.cpp "
-                        f"knows by name ({', '.join(sorted({p for p, _, _ in GGUF_PRE}))}): "
-                        f"it would cut text differently"
-                        + ("; it is the pattern of version-1 tokenizer files, which an older "
-                           "bpe.py trained: train the model again with a new tokenizer"
-                           if tok.split_patterns == [bpe.V1_SPLIT_PATTERN] else ""))
-    # Qwen2's NFC normalizer: llama.cpp (and its own converter) leave it out; text already in NFC,
-    # which is nearly all text, tokenizes the same.
-    vocab = hf_tokenizer.gguf_vocab(tok)
-    s = tok.special_tokens
-    w.add("tokenizer.ggml.model", "gpt2")
-    w.add("tokenizer.ggml.pre", pre)
-    w.add("tokenizer.ggml.tokens", vocab["tokens"], "string")
-    w.add("tokenizer.ggml.token_type", vocab["token_type"], "int32")
-    w.add("tokenizer.ggml.merges", vocab["merges"], "string")
-    w.add("tokenizer.ggml.bos_token_id", s["<|endoftext|>"], "uint32")
-    w.add("tokenizer.ggml.eos_token_id", s["<|im_end|>" if chat else "<|endoftext|>"], "uint32")
-    w.add("tokenizer.ggml.padding_token_id", s["<|endoftext|>"], "uint32")
-    w.add("tokenizer.ggml.add_bos_token", False)  # our models never saw a BOS token
-    w.add("tokenizer.ggml.add_eos_token", False)
-    w.add("tokenizer.chat_template", CHATML_TEMPLATE)
-
-
 def write_gguf(run_dir, out, kind="f16"):
     """Export a run directory to one GGUF file (f32, f16 or q8_0 matrices; norms stay f32)."""
     if kind not in gguf_file.GGUF_FILE_TYPES:
@@ -620,7 +540,8 @@ def write_gguf(run_dir, out, kind="f16"):
     a = gguf_metadata(w, arch, config, Path(run_dir).resolve().name)
     w.add("general.file_type", gguf_file.GGUF_FILE_TYPES[kind], "uint32")
     w.add("general.quantization_version", 2, "uint32")
-    gguf_tokenizer(w, tok, rundir.is_chat(payload))
+    for key, value, value_type in hf_tokenizer.gguf_tokenizer(tok, rundir.is_chat(payload)):
+        w.add(key, value, value_type)
     tied = arch == "gpt" or config.get("tie_embeddings", True)
     for ours, tensor in our_tensors(payload).items():
         if ours == "lm_head.weight" and tied:
@@ -654,8 +575,8 @@ def modelfile(gguf_path, chat):
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class ConvertConfig:
-    source: str = option("", "hf:OWNER/NAME[@REVISION] or a transformers directory (import), or a "
-                             "run directory (with --to)", positional="?")
+    source: str = option("", "hf:OWNER/NAME[@REVISION], a transformers directory or a .gguf file "
+                             "(import), or a run directory (with --to)", positional="?")
     dest: str = option("", "the run directory an import writes, or the export's path",
                        positional="?")
     to: str = option("", "export the run directory SOURCE: hf | gguf (empty: import a released "

@@ -1,29 +1,36 @@
-"""gguf_file.py: GGUF v3, the one-file format of llama.cpp and Ollama, written by hand (a
-companion file).
+"""gguf_file.py: GGUF v3, the one-file format of llama.cpp and Ollama, written and read by hand
+(a companion file).
 
-    from gguf_file import GGUFWriter
+    from gguf_file import GGUFFile, GGUFWriter
     w = GGUFWriter()
     w.add("general.architecture", "llama")                   # key-value metadata
     w.add_tensor("token_embd.weight", embedding, "q8_0")      # torch tensors, f32 | f16 | q8_0
     with open("model.gguf", "wb") as f:                       # rundir.atomic_write(path, w.write)
         w.write(f)
+    g = GGUFFile("model.gguf")                                # the header; the data memory-mapped
+    g.metadata["general.architecture"], g.tensor("token_embd.weight")    # "llama", float32
 
-What is here is the format itself, the same for every model: the file's layout and its tables of
-value types and ggml tensor types (shared by a reader and a writer), Q8_0 (llama.cpp's 8-bit blocks,
-quantize and dequantize, bit for bit as llama.cpp writes them), the writer, and the facts of
+What is here is the format itself, the same for every model: the file's layout and its table of
+value types (shared by the reader and the writer), the writer, the reader, and the facts of
 llama.cpp a file must follow: its tensor names and the order of the rows its "llama" RoPE expects.
-Which architecture, which keys and which tensors go into a file are convert.py's decisions.
+The tensor types (F16, Q8_0, Q4_K, ...) and how each is decoded are gguf_quants.py's. Which
+architecture, which keys and which tensors go into a file are convert.py's decisions, and what a
+file read back means as a model is gguf_import.py's.
 
-Imported by convert.py (--to gguf). Imports nothing from the project: torch, tqdm and the standard
-library.
+Imported by convert.py (--to gguf) and gguf_import.py. Imports gguf_quants.py (the tensor types)
+and bpe.py (UserError): numpy, torch, tqdm and the standard library.
 """
-import math
+import collections
 import numbers
 import re
 import struct
 
+import numpy as np
 import torch
 from tqdm import tqdm
+
+from bpe import UserError
+from gguf_quants import GGML_TYPE_NAMES, GGML_TYPES, dequantize, ggml_nbytes, quantize_q8_0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,76 +68,14 @@ GGUF_VALUE_TYPES = {  # name: (the type's number in the file, struct format of o
     "float64": (12, "<d"),
 }
 
-# ggml tensor types: name -> (number in the file, values per block, bytes per block)
-GGML_TYPES = {"f32": (0, 1, 4), "f16": (1, 1, 2), "q8_0": (8, 32, 34)}
 GGML_MAX_DIMS = 4
 GGML_MAX_NAME = 63  # bytes; llama.cpp keeps names in char[64] with a terminating zero
 GGUF_FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # general.file_type: all f32, mostly f16, q8_0
 
 
-def ggml_nbytes(shape, kind):
-    """Bytes a tensor of this (torch) shape takes in ggml type kind."""
-    _, per_block, block_bytes = GGML_TYPES[kind]
-    return math.prod(shape) // per_block * block_bytes
-
-
 def padding(n, alignment):
     """Zero bytes that take n up to the next multiple of alignment."""
     return bytes(-n % alignment)
-
-
-# ---------------------------------------------------------------------------------------------
-# Q8_0: 8-bit blocks
-#
-# Q8_0 cuts each row into blocks of 32 consecutive values and stores each block as 34 bytes:
-#
-#     d         fp16, the block's scale              2 bytes
-#     q[0..31]  int8, the values divided by d       32 bytes        x[i] ~ d * q[i]
-#
-# The scale maps the largest magnitude in the block to 127: d = max|x| / 127, so every x / d lies
-# in [-127, 127] and rounds to an int8. Rounding to the nearest integer moves x by at most d / 2:
-#
-#     |x - d * q| = d * |x / d - round(x / d)| <= d / 2
-#
-# and storing d in fp16 (11 significant bits) adds |q| * |d - fp16(d)| <= 127 * d * 2^-11 more.
-# A row whose length is not a multiple of 32 cannot be cut into blocks: ggml_type_for keeps such
-# tensors in f16, as llama.cpp's converter does.
-#
-# To be bit-for-bit what llama.cpp writes, we follow its reference quantizer (ggml-quants.c,
-# quantize_row_q8_0_ref) step by step: d is computed in fp32, then its inverse id = 1 / d (0 for
-# an all-zero block), each x * id in fp32, rounded half away from zero (C's roundf: 2.5 -> 3,
-# -2.5 -> -3; torch.round would give 2, rounding half to even), and d is stored rounded to fp16.
-# ---------------------------------------------------------------------------------------------
-def round_half_away(x):
-    """C's roundf on a float tensor: halves go away from zero. (floor(|x| + 0.5) would be wrong:
-    in fp32, 0.49999997 + 0.5 rounds up to 1.0.) |x| - trunc(|x|) is exact, so this is too."""
-    a = x.abs()
-    whole = a.trunc()
-    return torch.copysign(whole + (a - whole >= 0.5).to(x.dtype), x)
-
-
-def quantize_q8_0(x):
-    """A float tensor whose last dim is a multiple of 32 -> uint8 tensor [x.numel() / 32, 34]:
-    for each block of 32 values, the fp16 scale d (2 bytes) then 32 int8 values."""
-    if x.shape[-1] % 32:
-        raise ValueError(f"Q8_0 needs rows of a multiple of 32 values, not {x.shape[-1]}")
-    blocks = x.detach().to(torch.float32).reshape(-1, 32)         # [n_blocks, 32]
-    d = blocks.abs().amax(dim=1, keepdim=True) / 127              # [n_blocks, 1]
-    inverse = torch.where(d == 0, torch.zeros_like(d), 1 / d)     # an all-zero block: q = 0
-    q = round_half_away(blocks * inverse).to(torch.int8)          # [n_blocks, 32], in [-127, 127]
-    scale = d.to(torch.float16).view(torch.uint8)                 # [n_blocks, 2]
-    return torch.cat([scale, q.view(torch.uint8)], dim=1)         # [n_blocks, 34]
-
-
-def dequantize_q8_0(data, shape):
-    """The inverse, for tests and for reading back: Q8_0 blocks (a uint8 tensor, or bytes read
-    from a file) -> float32 tensor of shape (the torch shape, last dim a multiple of 32)."""
-    if not isinstance(data, torch.Tensor):
-        data = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    blocks = data.reshape(-1, 34)                                         # [n_blocks, 34]
-    d = blocks[:, :2].contiguous().view(torch.float16).to(torch.float32)  # [n_blocks, 1]
-    q = blocks[:, 2:].contiguous().view(torch.int8).to(torch.float32)     # [n_blocks, 32]
-    return (d * q).reshape(shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +140,7 @@ def ggml_type_for(shape, wanted):
     """The ggml type a tensor is written as, given the type wanted for the model's matrices
     ('f32', 'f16' or 'q8_0'). As llama.cpp's converter does: a vector (norm weights, biases)
     stays f32, and Q8_0 falls back to f16 for rows that are not a multiple of 32 values."""
-    if wanted not in GGML_TYPES:
+    if wanted not in GGUF_FILE_TYPES:
         raise ValueError(f"unknown ggml type {wanted!r} (f32, f16 or q8_0)")
     if len(shape) <= 1:
         return "f32"
@@ -208,6 +153,9 @@ def ggml_chunks(tensor, kind, chunk=1 << 22):
     """A tensor's data in ggml type kind, as numpy uint8 chunks of at most `chunk` values each, so
     converting a big (memory-mapped) tensor never holds a second full copy of it. chunk is a
     multiple of 32 and a Q8_0 row a multiple of 32, so no block straddles two chunks."""
+    if isinstance(tensor, Blocks):
+        yield tensor.data
+        return
     flat = tensor.detach().reshape(-1)
     for start in range(0, flat.numel(), chunk):
         part = flat[start:start + chunk].to(torch.float32)
@@ -216,6 +164,16 @@ def ggml_chunks(tensor, kind, chunk=1 << 22):
         elif kind == "q8_0":
             part = quantize_q8_0(part)
         yield part.contiguous().view(torch.uint8).numpy()
+
+
+class Blocks:
+    """Tensor data already in a ggml type (the bytes of its blocks), written as it is."""
+
+    def __init__(self, data, shape, kind):
+        self.data, self.shape = np.frombuffer(bytes(data), dtype=np.uint8), tuple(shape)
+        if kind not in GGML_TYPES or shape[-1] % GGML_TYPES[kind][1] \
+                or self.data.size != ggml_nbytes(shape, kind):
+            raise ValueError(f"{self.data.size} bytes are no {kind} tensor of shape {shape}")
 
 
 class GGUFWriter:
@@ -256,6 +214,13 @@ class GGUFWriter:
         self.tensors[name] = (tensor, ggml_type_for(tuple(tensor.shape), kind))
         return self.tensors[name][1]
 
+    def add_blocks(self, name, data, shape, kind):
+        """One tensor given as the bytes of its blocks in ggml type kind (any type gguf_quants.py
+        reads), torch shape `shape`: for files of the types this writer does not quantize."""
+        if name in self.tensors or not 1 <= len(shape) <= GGML_MAX_DIMS:
+            raise ValueError(f"tensor name {name!r} is taken, or {shape} has no 1 to 4 dims")
+        self.tensors[name] = (Blocks(data, shape, kind), kind)
+
     def header(self):
         """Everything before the data: magic, counts, metadata, tensor infos (unpadded)."""
         parts = [b"GGUF", struct.pack("<IQQ", GGUF_VERSION, len(self.tensors), len(self.metadata))]
@@ -291,6 +256,147 @@ class GGUFWriter:
 
 
 # ---------------------------------------------------------------------------------------------
+# Reading: the header parsed, the data memory-mapped
+#
+# The reader walks the same layout. It reads versions 2 and 3 (the same layout; version 1 had
+# 32-bit counts), every value type, arrays of arrays, and checks what a damaged file can get
+# wrong: a count or a length past the end of the file, a value type or tensor type it does not
+# know, tensor data outside the file. The data is a numpy.memmap: a tensor is read from disk when
+# it is decoded, so opening a file costs its header only and an import builds the float model one
+# tensor at a time.
+# ---------------------------------------------------------------------------------------------
+GGUF_READ_VERSIONS = (2, 3)
+VALUE_TYPE_NAMES = {number: name for name, (number, _) in GGUF_VALUE_TYPES.items()}
+TensorInfo = collections.namedtuple("TensorInfo", "name shape kind offset nbytes")  # torch shape;
+# kind a key of gguf_quants.GGML_TYPES; offset of the first byte from the start of the file
+
+
+class GGUFFile:
+    """A GGUF file opened for reading:
+
+        g = GGUFFile("model.gguf")
+        g.metadata["llama.block_count"]    # 30: every key, its value in Python (arrays as lists)
+        g.value_types["llama.block_count"] # "uint32" (an array's: its elements' type)
+        g.tensors["token_embd.weight"]     # TensorInfo(name, shape, kind, offset, nbytes)
+        g.tensor("token_embd.weight")      # float32 torch tensor of the torch shape, dequantized
+
+    Anything wrong with the file is one UserError naming it."""
+
+    def __init__(self, path):
+        self.path, self.pos = str(path), 0
+        try:
+            self.data = np.memmap(path, dtype=np.uint8, mode="r")
+        except ValueError:  # numpy cannot map an empty file
+            raise self.error("truncated: the file is empty") from None
+        except OSError as e:
+            raise self.error(f"cannot read it: {e.strerror or e}") from None
+        self.view = memoryview(self.data)
+        magic = bytes(self.take(4))
+        if magic != b"GGUF":
+            raise self.error(f"not a GGUF file: it starts with {magic!r}, not b'GGUF'")
+        (self.version,) = self.unpack("<I")
+        if self.version not in GGUF_READ_VERSIONS:
+            raise self.error(f"GGUF version {self.version} is not supported (2 and 3 are"
+                             + ("; this looks like a big-endian file)" if self.version >= 1 << 16
+                                else ")"))
+        n_tensors, n_keys = self.unpack("<QQ")
+        self.metadata, self.value_types = {}, {}  # key -> value; key -> GGUFWriter.add's kind
+        for _ in range(n_keys):
+            key = self.string()
+            (number,) = self.unpack("<I")
+            self.metadata[key] = self.value(number)
+            self.value_types[key] = self.last_kind
+        self.alignment = self.metadata.get("general.alignment", GGUF_ALIGNMENT)
+        if type(self.alignment) is not int or self.alignment <= 0 \
+                or self.alignment & (self.alignment - 1):
+            raise self.error(f"general.alignment {self.alignment!r} is not a power of two")
+        infos = [self.tensor_info() for _ in range(self.check_count(n_tensors, 24))]
+        start = self.pos + len(padding(self.pos, self.alignment))  # the data
+        self.tensors = {}
+        for name, dims, number, offset in infos:
+            kind = GGML_TYPE_NAMES.get(number, f"number {number}")
+            if kind not in GGML_TYPES:
+                raise self.error(f"tensor {name}: ggml type {kind} is not one this reader "
+                                 f"decodes ({', '.join(GGML_TYPES)})")
+            if dims[0] % GGML_TYPES[kind][1] or name in self.tensors:
+                raise self.error(f"damaged: tensor {name} is listed twice or its rows of "
+                                 f"{dims[0]} values cannot be {kind} blocks")
+            shape = tuple(reversed(dims))
+            info = TensorInfo(name, shape, kind, start + offset, ggml_nbytes(shape, kind))
+            if offset % self.alignment or info.offset + info.nbytes > len(self.data):
+                raise self.error(f"truncated or damaged: tensor {name} ({info.nbytes} bytes at "
+                                 f"{info.offset}) lies outside the file's {len(self.data)} bytes")
+            self.tensors[name] = info
+
+    def error(self, why):
+        return UserError(f"{self.path}: {why}")
+
+    def take(self, n):
+        """The next n bytes of the header (a memoryview), or the error a cut-off file earns."""
+        if n > len(self.view) - self.pos:
+            raise self.error(f"truncated or damaged: {n} bytes wanted at byte {self.pos} of "
+                             f"{len(self.view)}")
+        self.pos += n
+        return self.view[self.pos - n:self.pos]
+
+    def unpack(self, fmt):
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
+
+    def check_count(self, count, least):
+        """A count read from the file, each item taking at least `least` bytes: more than the
+        rest of the file holds means a damaged file, caught before looping over it."""
+        if count * least > len(self.view) - self.pos:
+            raise self.error(f"truncated or damaged: {count} items at byte {self.pos} do not fit")
+        return count
+
+    def string(self):
+        data = self.take(self.unpack("<Q")[0])
+        try:
+            return str(data, "utf-8")
+        except UnicodeDecodeError:
+            raise self.error(f"damaged: the string at byte {self.pos - len(data)} is not "
+                             f"UTF-8") from None
+
+    def value(self, number):
+        """One metadata value of value type `number`: a number, bool, string or list."""
+        kind = VALUE_TYPE_NAMES.get(number)
+        if kind is None:
+            raise self.error(f"damaged: unknown metadata value type {number} at byte {self.pos}")
+        self.last_kind = kind  # for an array: its elements' kind, the last one read
+        if kind == "string":
+            return self.string()
+        if kind != "array":
+            return self.unpack(GGUF_VALUE_TYPES[kind][1])[0]
+        element, count = self.unpack("<IQ")
+        self.last_kind = VALUE_TYPE_NAMES.get(element)
+        fmt = GGUF_VALUE_TYPES.get(VALUE_TYPE_NAMES.get(element), (None, None))[1]
+        if fmt is None:  # strings or arrays: one at a time
+            return [self.value(element) for _ in range(self.check_count(count, 8))]
+        size = struct.calcsize(fmt)  # numbers: all at once (49,152 token types, say)
+        return np.frombuffer(self.take(self.check_count(count, size) * size),
+                             dtype=np.dtype(fmt)).tolist()
+
+    def tensor_info(self):
+        name = self.string()
+        (n_dims,) = self.unpack("<I")
+        if not 1 <= n_dims <= GGML_MAX_DIMS:
+            raise self.error(f"damaged: tensor {name} has {n_dims} dims")
+        dims = self.unpack(f"<{n_dims}Q")
+        number, offset = self.unpack("<IQ")
+        return name, dims, number, offset
+
+    def raw(self, name):
+        """A tensor's bytes, as a uint8 view of the mapped file."""
+        info = self.tensors[name]
+        return self.data[info.offset:info.offset + info.nbytes]
+
+    def tensor(self, name):
+        """A tensor as float32, in torch's shape, decoded from whatever type the file holds."""
+        info = self.tensors[name]
+        return dequantize(self.raw(name), info.kind, info.shape)
+
+
+# ---------------------------------------------------------------------------------------------
 # llama.cpp's names and layouts
 #
 # llama.cpp knows a tensor by its own name (blk.N.attn_q.weight), not transformers' (as gguf-py's
@@ -306,7 +412,9 @@ GGUF_BLOCK = {  # our name inside layers.N / transformer.h.N -> llama.cpp's insi
     "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
     "ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
-    "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+    "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down",
+    "mlp.gate": "ffn_gate_inp"}  # a mixture of experts' router (Qwen3-MoE, read only)
+GPT2_BLOCK = {"ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"}
 GGUF_TOP = {"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output",
             "transformer.wte": "token_embd", "transformer.wpe": "position_embd",
             "transformer.ln_f": "output_norm"}
@@ -321,6 +429,21 @@ def gguf_name(ours):
     return f"{GGUF_TOP[stem]}.{kind}"
 
 
+def our_name(theirs, gpt2=False):
+    """llama.cpp's tensor name -> ours, the inverse of gguf_name, for GPT-2 or the Llama family
+    (which share some of llama.cpp's names); None for a name neither has."""
+    stem, _, kind = theirs.rpartition(".")
+    match = re.fullmatch(r"blk\.(\d+)\.(.+)", stem)
+    if match:
+        ours = [o for o, t in GGUF_BLOCK.items() if t == match[2] and (o in GPT2_BLOCK) == gpt2]
+        prefix = f"transformer.h.{match[1]}." if gpt2 else f"layers.{match[1]}."
+    else:
+        ours = [o for o, t in GGUF_TOP.items() if t == stem
+                and (o.startswith("transformer.") == gpt2 or o == "lm_head")]
+        prefix = ""
+    return f"{prefix}{ours[0]}.{kind}" if ours else None
+
+
 def rotary_pairs_adjacent(w, n_heads):
     """Permute the rows of q_proj / k_proj (or their biases) for llama.cpp's "llama" RoPE. Within a
     head of d rows, ours pairs row i with row i + d/2; llama.cpp pairs rows 2i and 2i+1. Row
@@ -328,3 +451,9 @@ def rotary_pairs_adjacent(w, n_heads):
     rotated by the same angle as before and the attention scores do not change."""
     d = w.shape[0] // n_heads
     return w.reshape(n_heads, 2, d // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def rotary_pairs_halved(w, n_heads):
+    """The inverse, for reading a "llama" file: [a0 b0 a1 b1 ..] -> [a0 a1 .. | b0 b1 ..]."""
+    d = w.shape[0] // n_heads
+    return w.reshape(n_heads, d // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)

@@ -10,6 +10,9 @@ and transformers load; GGUF's tokenizer section (token strings, token types, mer
     tok.save("out/qwen/tokenizer.json")       # our format: Tokenizer.load reads it back as is
     json.dump(hf_tokenizer.to_hf(tok), f)     # tokenizer.json again
     hf_tokenizer.gguf_vocab(tok)              # {"tokens", "token_type", "merges"} for GGUF
+    hf_tokenizer.gguf_tokenizer(tok, chat)    # GGUF's whole tokenizer section, key by key
+    hf_tokenizer.from_gguf(metadata, "m.gguf")  # and read back: a GGUF file's tokenizer.ggml.*
+    hf_tokenizer.chat_template_of(folder)     # a release's chat template (Jinja), or None
 
 Functions rather than a subclass: a released tokenizer, once read, is a plain bpe.Tokenizer
 (its normalizer, split patterns and added tokens are all bpe.py knows), saved into a run
@@ -17,16 +20,17 @@ directory and loaded back by bpe.Tokenizer.load like any other; and every Tokeni
 imported, can be exported. So there is no second kind of tokenizer to keep through a save.
 
 Imports bpe.py (the Tokenizer, its byte-level alphabet and split patterns, UserError), nothing
-else from the project. Imported by convert.py (release in, run directory out) and data.py (token
-strings and types, for the token cache and bits per byte).
+else from the project. Imported by convert.py (release in, run directory out), gguf_import.py
+(a GGUF file's tokenizer) and data.py (token strings and types, for the token cache and bits per
+byte).
 """
 import collections
 import json
 import re
 
-from bpe import (BYTE_TO_CHAR, FORMAT_NAME, GPT2_SPLIT_PATTERN, Tokenizer, UserError,
-                 all_characters, compile_split, from_byte_level, read_json, to_byte_level,
-                 to_ranges)
+from bpe import (FORMAT_NAME, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN,
+                 V1_SPLIT_PATTERN, Tokenizer, UserError, all_characters, compile_split,
+                 from_byte_level, read_json, to_byte_level, to_ranges)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,12 +229,7 @@ def hf_vocab(strings, added_names, bad):
         if not data:
             raise bad(f"model.vocab token {text!r} (id {id}) is not in the byte-level alphabet")
         vocab[id] = data
-    have = set(vocab.values())
-    missing = [b for b in range(256) if bytes([b]) not in have]
-    if missing:
-        raise bad(f"model.vocab has no token for the byte {missing[0]:#04x} "
-                  f"(byte-level {BYTE_TO_CHAR[missing[0]]!r})")
-    return vocab
+    return vocab  # it need not hold every byte: see bpe.Tokenizer
 
 
 def hf_read_merges(merges, strings, vocab, bad):
@@ -372,17 +371,13 @@ def to_hf(tok):
                             f"id {given}, not {id} (ids must follow the vocabulary without gaps)")
     patterns = tok.split_patterns if tok.syntax == "tokenizers" else \
         [onig_regex(p) for p in tok.split_patterns]
-    pre = [{"type": "Split", "pattern": {"Regex": p}, "behavior": "Isolated", "invert": False}
-           for p in patterns]
-    pre.append({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-                "use_regex": False})
     return {
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": [{"id": id, "content": name, "single_word": False, "lstrip": False,
                           "rstrip": False, "normalized": normalized, "special": special}
                          for id, name, special, normalized in added],
         "normalizer": {"type": tok.normalizer} if tok.normalizer else None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": pre},
+        "pre_tokenizer": split_pre_tokenizer(patterns),
         "post_processor": hf_template(tok),
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
                     "use_regex": True},
@@ -391,6 +386,15 @@ def to_hf(tok):
                   "fuse_unk": False, "byte_fallback": False, "ignore_merges": tok.ignore_merges,
                   "vocab": strings, "merges": hf_merges(tok)},
     }
+
+
+def split_pre_tokenizer(patterns):
+    """Split patterns (tokenizer.json's regex syntax) as a "pre_tokenizer": one Split each, then
+    ByteLevel(use_regex: false), the form Llama 3's tokenizer.json has."""
+    steps = [{"type": "Split", "pattern": {"Regex": p}, "behavior": "Isolated", "invert": False}
+             for p in patterns]
+    return {"type": "Sequence", "pretokenizers": steps + [
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
 
 
 def hf_template(tok):
@@ -442,3 +446,126 @@ def onig_regex(pattern):
         i = end
     return "".join(out)
 
+
+# ---------------------------------------------------------------------------------------------
+# 4. Chat templates, and GGUF's tokenizer section
+# ---------------------------------------------------------------------------------------------
+# A release says how it wants chats written in tokenizer_config.json's "chat_template", a Jinja
+# program; ours is ChatML, what sft.render_chat writes, given to transformers and llama.cpp as:
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+    "+ '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% endif %}")
+
+
+def chat_template_of(folder):
+    """The release's chat template (Jinja text), or None: tokenizer_config.json's "chat_template"
+    (a string, or a list of named ones of which "default" is used), else chat_template.jinja."""
+    config = folder / "tokenizer_config.json"
+    settings = read_json(config) if config.exists() else {}
+    if not isinstance(settings, dict):
+        raise UserError(f"{config}: not a JSON object")
+    template = settings.get("chat_template")
+    if isinstance(template, list):
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    if template is None and (folder / "chat_template.jinja").exists():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    return template if isinstance(template, str) else None
+
+
+def is_chatml(template):
+    return template is not None and "<|im_start|>" in template and "<|im_end|>" in template
+
+
+# tokenizer.ggml.pre: llama.cpp does not read a split regex from the file; it knows pre-tokenizers
+# by name, each with its regexes (llama-vocab.cpp) and whether it takes a whole chunk that is in
+# the vocabulary as one token ("ignore_merges", Llama 3's shortcut). Ours must be one of them, or
+# llama.cpp would cut text into other chunks. GPT-4's pattern, which bpe.py trains with, is
+# llama.cpp's "dbrx" (the Llama 3 regex without the shortcut: bpe.py always applies merges).
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+GGUF_PRE = [  # (llama.cpp's name, the tokenizer's split patterns, ignore_merges)
+    ("dbrx", [GPT4_SPLIT_PATTERN], False), ("dbrx", [LLAMA3_SPLIT], False),
+    ("llama-bpe", [GPT4_SPLIT_PATTERN], True), ("llama-bpe", [LLAMA3_SPLIT], True),
+    ("qwen2", [QWEN2_SPLIT], False), ("gpt-2", [GPT2_SPLIT_PATTERN], False),
+    ("smollm", [r"\p{N}", GPT2_SPLIT_PATTERN], False)]
+
+
+def gguf_pre(tok):
+    """The name llama.cpp knows this tokenizer's split by, or a UserError saying why none fits."""
+    pre = next((name for name, patterns, ignore in GGUF_PRE
+                if tok.split_patterns == patterns and tok.ignore_merges == ignore), None)
+    if pre is None:
+        raise UserError(f"this tokenizer's split ({tok.split_patterns}) is none that llama.cpp "
+                        f"knows by name ({', '.join(sorted({p for p, _, _ in GGUF_PRE}))}): "
+                        f"it would cut text differently"
+                        + ("; it is the pattern of version-1 tokenizer files, which an older "
+                           "bpe.py trained: train the model again with a new tokenizer"
+                           if tok.split_patterns == [V1_SPLIT_PATTERN] else ""))
+    return pre
+
+
+def gguf_tokenizer(tok, chat):
+    """The tokenizer section of a GGUF file as (key, value, GGUF type) triples: llama.cpp's "gpt2"
+    model (byte-level BPE) with our tokens, merges and special ids, and the ChatML template."""
+    pre = gguf_pre(tok)
+    # Qwen2's NFC normalizer: llama.cpp (and its own converter) leave it out; text already in NFC,
+    # which is nearly all text, tokenizes the same.
+    vocab = gguf_vocab(tok)
+    s = tok.special_tokens
+    return [("tokenizer.ggml.model", "gpt2", None), ("tokenizer.ggml.pre", pre, None),
+            ("tokenizer.ggml.tokens", vocab["tokens"], "string"),
+            ("tokenizer.ggml.token_type", vocab["token_type"], "int32"),
+            ("tokenizer.ggml.merges", vocab["merges"], "string"),
+            ("tokenizer.ggml.bos_token_id", s["<|endoftext|>"], "uint32"),
+            ("tokenizer.ggml.eos_token_id", s["<|im_end|>" if chat else "<|endoftext|>"],
+             "uint32"),
+            ("tokenizer.ggml.padding_token_id", s["<|endoftext|>"], "uint32"),
+            ("tokenizer.ggml.add_bos_token", False, None),  # our models never saw a BOS token
+            ("tokenizer.ggml.add_eos_token", False, None),
+            ("tokenizer.chat_template", CHATML_TEMPLATE, None)]
+
+
+# Reading GGUF's tokenizer section goes through the same reader as tokenizer.json: its tokens
+# (one string per id, in the byte-level alphabet), token types and merges are the vocabulary,
+# added tokens and merges of a tokenizer.json, and `pre` names a split of GGUF_PRE: the table the
+# exporter writes by, read backwards (the first split listed under a name is the one taken; the
+# others under it cut text the same way). llama.cpp leaves Qwen2's NFC normalizer out, so do we.
+TOKEN_UNKNOWN = 2  # GGUF's <unk>, a special token of its own
+
+
+def from_gguf(metadata, where):
+    """A GGUF file's metadata (gguf_file.GGUFFile.metadata) -> the bpe.Tokenizer its
+    tokenizer.ggml.* keys describe, through hf_arguments; UserError("<where>: ...") for what a
+    byte-level BPE cannot be: a SentencePiece vocabulary ("llama"), a `pre` no one here knows."""
+    def get(key, default=None):
+        value = metadata.get(f"tokenizer.ggml.{key}", default)
+        if value is None:
+            raise UserError(f"{where}: no tokenizer.ggml.{key}")
+        return value
+    if get("model") != "gpt2":
+        raise UserError(f"{where}: tokenizer.ggml.model {get('model')!r} is not supported (byte-"
+                        f"level BPE, 'gpt2', only; 'llama' is a SentencePiece vocabulary)")
+    pre = get("pre", "default")
+    split = next(((patterns, ignore) for name, patterns, ignore in GGUF_PRE if name == pre), None)
+    if split is None:
+        raise UserError(f"{where}: tokenizer.ggml.pre {pre!r} is not supported (known: "
+                        f"{', '.join(sorted({name for name, _, _ in GGUF_PRE}))})")
+    tokens = get("tokens")
+    types = get("token_type", [TOKEN_NORMAL] * len(tokens))
+    if len(types) != len(tokens) or len(set(tokens)) != len(tokens):
+        raise UserError(f"{where}: tokenizer.ggml.token_type does not give one type per token, or "
+                        f"a token is listed twice")
+    special = {TOKEN_CONTROL, TOKEN_UNKNOWN}
+    data = {"model": {"type": "BPE", "ignore_merges": split[1], "merges": get("merges", []),
+                      "vocab": {t: i for i, t in enumerate(tokens) if types[i] != TOKEN_UNUSED}},
+            "added_tokens": [{"id": i, "content": t, "special": types[i] in special,
+                              "normalized": False} for i, t in enumerate(tokens)
+                             if types[i] in special | {TOKEN_USER_DEFINED}],
+            "pre_tokenizer": split_pre_tokenizer(split[0]), "decoder": {"type": "ByteLevel"}}
+    # llama.cpp puts BOS in front of every text for Llama 3's split unless the file says otherwise
+    return Tokenizer(**hf_arguments(data, where) | dict(
+        bos_added=[get("bos_token_id")] if get("add_bos_token", pre == "llama-bpe") else [],
+        eos_added=[get("eos_token_id")] if get("add_eos_token", False) else []))

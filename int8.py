@@ -4,7 +4,7 @@
 
 Chapter 11's quantize.py turns float weights into int8 numbers q and scales s (w ~ q * s, row by
 row); this file holds what runs from them: a linear layer with a readable reference path and a
-fast CPU kernel, an int8 embedding table that a tied output head shares, the fused form minimind's
+fast CPU kernel, an int8 embedding table that a tied output head shares, the fused form decode.py's
 decoding path asks for, and the swap of a model's layers for these, which both quantize.py (when
 it writes an INT8 run) and rundir.load_run (when it opens one) perform.
 
@@ -12,7 +12,7 @@ Reading order: dequantize -> the kernel -> int8_linear -> QuantizedLinear (and i
 -> QuantizedEmbedding and TiedQuantizedHead -> swapping a model's layers -> the demo.
 
 Imports: torch only (a leaf; it runs pasted whole into a notebook cell). Imported by quantize.py,
-rundir.py (to open an INT8 run directory), and minimind's decoding path reaches it through the
+rundir.py (to open an INT8 run directory), and decode.py's decoding path reaches it through the
 layers' for_decoding methods.
 """
 import functools
@@ -62,7 +62,7 @@ def int8_kernel(x2, q, scale, bias=None):
     The kernel runs with bf16 activations and unit scales; the float32 scales are applied to its
     output: x @ (q * s)^T = (x @ q^T) * s, since s is one number per output column. Scaling
     afterwards in fp32 keeps the scales exact (a bf16 scale would be off by up to 0.4%, the same
-    way for a whole channel). int8_linear and minimind's decoding path (Int8ForDecoding) both
+    way for a whole channel). int8_linear and decode.py's decoding path (Int8ForDecoding) both
     call this, so a change of kernel is made in one place."""
     x2 = x2.to(torch.bfloat16).contiguous()                                    # [M, K]
     y = torch._weight_int8pack_mm(x2, q, unit_scales(q.size(0))) * scale        # [M, N], fp32
@@ -87,10 +87,10 @@ def int8_linear(x, q, scale, bias=None, fast=True):
 
 
 class Int8ForDecoding:
-    """minimind's decoding path fuses the layers that read one input (q, k, v; gate, up): their
+    """decode.py's decoding path fuses the layers that read one input (q, k, v; gate, up): their
     int8 rows stacked into one matrix, one kernel call. Its input is always fp32 [N, K], so the
     fast path is int8_kernel without int8_linear's reshapes and checks, which matters at 33
-    matmuls a token. The float `dtype` minimind asks for does not apply: these weights stay
+    matmuls a token. The float `dtype` decode.py asks for does not apply: these weights stay
     int8."""
 
     def __init__(self, layers, q, scale, bias):
@@ -134,7 +134,7 @@ class QuantizedLinear(nn.Module):
 
     @staticmethod
     def for_decoding(layers, dtype):
-        """The fused form minimind.fuse_linears asks for (see Int8ForDecoding)."""
+        """The fused form decode.fuse_linears asks for (see Int8ForDecoding)."""
         bias = [layer.bias for layer in layers]
         bias = None if bias[0] is None else torch.cat(bias).detach()
         return Int8ForDecoding(layers, torch.cat([layer.weight_int8 for layer in layers]),

@@ -1,5 +1,5 @@
 """minimind.py: the MiniMind decoder, a small modern Llama-style language model
-(book chapters 5 and 8; fast decoding, chapter 11).
+(book chapters 5 and 8).
 
 Chapter 2's GPT learned positions and used LayerNorm and a GELU MLP. MiniMind (and Llama, Qwen,
 Mistral) changes five things, each built by hand below, smallest first:
@@ -10,10 +10,9 @@ Mistral) changes five things, each built by hand below, smallest first:
     SwiGLU           a gated MLP: down(silu(gate(x)) * up(x))
     MoE (optional)   several SwiGLU "experts", a router picks top_k of them per token
 
-then the block, the model, a KV cache and `generate`, which streams token ids one at a time.
-Sections 1-7 are that model (chapters 5 and 8). Section 8 (chapter 11) arranges the same
-arithmetic for fast decoding, one new token at a time: a first reading can skip it, since
-`generate(..., use_cache=False)` runs the model of sections 1-7 alone. Section 9: what a size costs.
+then the block, the model, a KV cache and `generate`, which streams token ids one at a time
+(sections 1-7); section 8: what a size costs. decode.py arranges the same arithmetic for fast
+decoding (chapter 11), the path chat.py and its server run.
 
 Run `python minimind.py` for the table of named sizes (parameters, memory, FLOPs, KV cache).
 Use it from Python:
@@ -27,7 +26,6 @@ Use it from Python:
 Imports torch and the standard library only; nothing from the rest of the project.
 """
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -85,15 +83,13 @@ class MiniMindConfig:
             return self.ffn_hidden
         if self.ffn_rule == "pi":
             return 64 * math.ceil(math.pi * self.dim / 64)
-        # MiniMind's integer form of 64*ceil(8d/3/64)
-        return 64 * ((int(8 * self.dim / 3) + 63) // 64)
+        return 64 * ((int(8 * self.dim / 3) + 63) // 64)  # MiniMind's 64*ceil(8d/3/64)
 
 
 # Named sizes: keyword arguments for MiniMindConfig (the trainer sets vocab_size and max_seq_len).
 # The first four are MiniMind's published models; their parameter counts are checked in the tests.
 SIZES = {
-    # 1.6M at vocab 6400: tests, CPU preset
-    "nano": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2),
+    "nano": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2),  # 1.6M: tests, CPU preset
     "tiny": dict(dim=256, n_layers=6, n_heads=4, n_kv_heads=2),  # 6.1M: minutes on two CPU cores
     "minimind2-small": dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=2),  # 25.83M
     "minimind2": dict(dim=768, n_layers=16, n_heads=8, n_kv_heads=2),  # 104.03M
@@ -246,11 +242,10 @@ class Attention(nn.Module):
         cache: None, or this layer's (k, v) buffers from a KVCache, which receive this call's keys
         and values and supply the earlier ones."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
-        # [B, H_kv, T, hd]
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        # [B, H_kv, T, hd]
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        H, H_kv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        q = self.q_proj(x).view(B, T, H, hd).transpose(1, 2)  # [B, H, T, hd]
+        k = self.k_proj(x).view(B, T, H_kv, hd).transpose(1, 2)  # [B, H_kv, T, hd]
+        v = self.v_proj(x).view(B, T, H_kv, hd).transpose(1, 2)  # [B, H_kv, T, hd]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -262,8 +257,7 @@ class Attention(nn.Module):
             k, v = k_buf[:, :, :start_pos + T], v_buf[:, :, :start_pos + T]  # [B, H_kv, L, hd]
             k, v = k.to(q.dtype), v.to(q.dtype)  # no-op unless the cache dtype differs (autocast)
         L = k.size(2)
-        n_rep = self.n_heads // self.n_kv_heads
-        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # [B, H, L, hd]
+        k, v = repeat_kv(k, H // H_kv), repeat_kv(v, H // H_kv)  # [B, H, L, hd]
 
         p = self.dropout if self.training else 0.0
         # Which keys each query may see: all of them for one new token; a lower-triangular mask
@@ -271,12 +265,11 @@ class Attention(nn.Module):
         mask = None if T == 1 else causal_mask(T, L, start_pos, x.device)  # [T, L]
         if not self.use_sdpa:
             y = attention_by_hand(q, k, v, mask, p)
-        elif mask is not None and start_pos == 0 and L == T:
-            # fused causal kernel
+        elif mask is not None and start_pos == 0 and L == T:  # the fused causal kernel
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # [B, T, H*hd]
+        y = y.transpose(1, 2).reshape(B, T, H * hd)  # [B, T, H*hd]
         return self.resid_dropout(self.o_proj(y))  # [B, T, dim]
 
 
@@ -297,7 +290,6 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
-        # [.., dim]
         return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
 
 
@@ -334,8 +326,7 @@ class MoE(nn.Module):
             weight = weight / weight.sum(dim=-1, keepdim=True)
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
-            # the tokens routed to expert e, and in which slot
-            token, slot = torch.where(chosen == e)
+            token, slot = torch.where(chosen == e)  # the tokens sent to expert e, which slot
             # An expert with no tokens still runs (on 0 rows), so all parameters get a gradient,
             # which distributed training (DDP) expects.
             y = expert(x[token]) * weight[token, slot, None]  # [n_e, D]
@@ -383,8 +374,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = logits.sort(descending=True)
         probs = F.softmax(sorted_logits, dim=-1)
-        before = probs.cumsum(-1) - probs  # probability mass of the tokens ranked above each one
-        # the top one stays
+        before = probs.cumsum(-1) - probs  # the mass ranked above each; 0 for the top one
         sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(0, order, sorted_logits)
     probs = F.softmax(logits, dim=-1)
@@ -394,11 +384,18 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
 def penalise_repeats(logits, seen, penalty):
     """CTRL's repetition penalty on logits [V]: where seen [V] is True, a positive logit is divided
     by penalty and a negative one multiplied, so penalty > 1 makes those tokens less likely.
-    (Also for rows at once: logits and seen [B, V], penalty a [B, 1] tensor, as chat.py's batch
-    uses it.)"""
+    Also for rows at once (logits, seen [B, V], penalty [B, 1]: chat.py's batch)."""
     if not torch.is_tensor(penalty) and penalty == 1.0:
         return logits
     return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def crop_start(length, start, window):
+    """Where the context starts, given `length` tokens so far of which tokens[start:] were the
+    context: the same start while they fit the window; when they overflow it, the most recent
+    window // 2 (at least 1). Dropping half at once, not one token a step, means the cache is
+    filled again once every window // 2 tokens, not every token.  crop_start(9, 0, 8) == 5."""
+    return length - max(1, window // 2) if length - start > window else start
 
 
 class MiniMind(nn.Module):
@@ -489,48 +486,29 @@ class MiniMind(nn.Module):
             loss = loss + self.aux_loss
         return logits, loss
 
-    def prepare_decoding(self, dtype=None):
-        """Build the weights' decoding layout (section 8) in `dtype` (default: the weights' own;
-        chat.py passes its --dtype) and keep it: generate() then starts without copying weights.
-        It is rebuilt when a weight changes in place (an optimizer step, load_state_dict)."""
-        self.decode_weights = DecodeWeights(self, dtype)
-        return self.decode_weights
-
-    def decoding_weights(self):
-        """What generate() decodes with: the prepared weights while they are current; otherwise
-        a fresh copy, kept only when the caller had asked for one with prepare_decoding (so a
-        training run that samples now and then holds no second copy of its weights)."""
-        kept = self.__dict__.get("decode_weights")
-        if kept is not None and kept.version == weights_version(self):
-            return kept
-        fresh = DecodeWeights(self, kept.dtype if kept is not None else None)
-        if kept is not None:
-            self.decode_weights = fresh
-        return fresh
-
     # on a generator function torch turns grad off only while it runs, not between yields
     @torch.no_grad()
     def generate(self, idx, max_new_tokens=256, temperature=1.0, top_k=None, top_p=None,
-                 repetition_penalty=1.0, stop_tokens=(), seed=None, generator=None, use_cache=True):
+                 repetition_penalty=1.0, stop_tokens=(), seed=None, generator=None, use_cache=True,
+                 next_logits=None):
         """Yield new token ids (ints) one at a time, for one sequence, so a chat can print as
         it goes.
 
         idx: the prompt, a list of ids, a 1-D tensor or a [1, T] tensor.
         temperature, top_k, top_p: see sample_next (temperature 0 = greedy).
-        repetition_penalty > 1 makes every token already in the prompt or the output less likely
-        (a positive logit is divided by it, a negative one multiplied, as in CTRL / Hugging Face).
+        repetition_penalty > 1 makes the tokens seen (prompt, output) less likely: penalise_repeats.
         stop_tokens: ids that end generation; the stop token is yielded, then the generator returns,
         so a caller can tell "stopped" from "ran out of max_new_tokens".
         seed or generator: make sampling reproducible (a seed makes a fresh torch.Generator).
-        use_cache=False runs the whole window through forward() for every token: the slow
-        reference that the fast path must match, and the baseline of the benchmark.
 
-        use_cache=True decodes with section 8's Decoder: the prompt is run once (prefill), filling
-        the KV cache; then each step runs only the newest token. The context window is max_seq_len
-        tokens: when it is full, the oldest tokens are dropped, the most recent max_seq_len // 2
-        kept, and the cache is refilled from them (RoPE positions change, so old keys cannot be
-        reused). Both paths crop identically, so greedy output is the same token for token. The
-        model is in eval mode meanwhile, then restored."""
+        use_cache=True runs the prompt once (prefill), filling a KVCache (section 4); then each
+        step runs only the newest token. use_cache=False runs the whole window through forward()
+        for every token: the slow reference, and the baseline of the benchmark. When the window
+        is full, crop_start drops the oldest tokens and the cache is filled again from the rest
+        (RoPE positions change, so old keys cannot be reused); greedy output is the same either
+        way. next_logits(context, fresh) -> [V]: forward()'s logits after the window's tokens
+        computed another way (decode.py's fast path passes its own); fresh: the prompt, or the
+        window after a crop. The model is in eval mode meanwhile."""
         if torch.is_tensor(idx) and idx.dim() == 2 and idx.size(0) != 1:
             raise ValueError("generate takes one sequence: a list, a 1-D tensor or a [1, T] tensor")
         tokens = idx.reshape(-1).tolist() if torch.is_tensor(idx) else [int(t) for t in idx]
@@ -538,27 +516,26 @@ class MiniMind(nn.Module):
         if not tokens:
             raise ValueError("generate needs a prompt of at least one token")
         device, window = self.rope_cos.device, self.config.max_seq_len
-        keep = max(1, window // 2)
         if seed is not None:
             generator = torch.Generator(device=device).manual_seed(seed)
         seen = torch.zeros(self.config.vocab_size, dtype=torch.bool, device=device)
         seen[torch.tensor(tokens, device=device)] = True
+        cache = self.new_kv_cache() if use_cache and next_logits is None else None
+
+        def forward_logits(context, fresh):  # the cache holds all but the newest unless fresh
+            new = context if cache is None or fresh else context[-1:]
+            x = torch.tensor([new], device=device)  # [1, len(new)] at their positions in context
+            return self(x, kv_cache=cache, start_pos=len(context) - len(new))[0][0, -1]  # [V]
+
+        next_logits = next_logits or forward_logits
         start = max(0, len(tokens) - window)  # index in tokens of the first token in the window
-        decoder = Decoder(self) if use_cache else None
         was_training = self.training
         self.eval()
         try:
             for i in range(max_new_tokens):
-                if len(tokens) - start > window:  # window full: keep the most recent `keep` tokens
-                    start = len(tokens) - keep
-                    if use_cache:  # refill all but the newest, which the step below adds
-                        decoder.refill(0, tokens[start:-1])
-                if not use_cache:
-                    logits = self(torch.tensor([tokens[start:]], device=device))[0][0, -1]
-                elif i == 0:  # prefill: the prompt in one pass
-                    logits = decoder.add(tokens[start:])
-                else:  # one cached step for the newest token
-                    logits = decoder.step([tokens[-1]])[0]
+                cropped = crop_start(len(tokens), start, window)
+                fresh, start = i == 0 or cropped != start, cropped
+                logits = next_logits(tokens[start:], fresh)
                 logits = penalise_repeats(logits.float(), seen, repetition_penalty)  # [V]
                 token = sample_next(logits, temperature, top_k, top_p, generator)
                 yield token
@@ -571,330 +548,7 @@ class MiniMind(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# 8. Fast decoding: the same arithmetic, arranged for one new token at a time
-#
-# Generating runs the model on one new token per step, so every weight matrix does a single
-# matrix-vector product: 2 FLOPs per weight read. The CPU's arithmetic then waits on memory, and a
-# step costs (bytes of weights) / (memory bandwidth) plus (number of small tensor ops) x (a few
-# microseconds each). The plain forward above is written to be read; the decoding path below
-# computes the same function with the choices that measured fastest on a CPU
-# (tests/benchmarks/bench_decode.py; minimind2-small, one thread: 1.5x forward() with its cache):
-#
-#   * weights transposed to [in, out]: x @ w_t reads each row of w_t once, in order; with torch's
-#     CPU matmul (MKL) that is ~1.15x nn.Linear's x @ w.T for one row of x
-#   * fused matrices: q, k and v are one matmul, gate and up another (7 matmuls a block become 4,
-#     each reading a longer run of memory)
-#   * 16-bit weights where the device has a kernel for them (FastLinear): half the bytes to read
-#   * 40% of forward()'s tensor calls (225 a token against 579): no nn.Module calls, one RoPE for
-#     q, k and v, one cache write, tables (RoPE, masks, cache slots) made once a step, not a block
-#   * a KV cache with one row per sequence and a position per row, so one step can advance
-#     several sequences at once: the HTTP server's batch (chat.py)
-#
-# The plain path stays the reference: generate(use_cache=False) runs forward() on the whole window
-# with hand-written attention available; the tests check that both paths pick the same tokens.
-
-
-def fbgemm_fp16_ok():
-    """Does this torch have fbgemm's fp16-weight matmul (x86 builds do; ARM ones do not)?"""
-    try:
-        w = torch.zeros(16, 16)
-        torch.ops.quantized.linear_dynamic_fp16(torch.zeros(1, 16),
-                                                torch.ops.quantized.linear_prepack_fp16(w, None))
-        return True
-    except (AttributeError, RuntimeError):
-        return False
-
-
-HAS_FBGEMM_FP16 = fbgemm_fp16_ok()
-
-
-# fbgemm's fp16 kernel has two doors in torch. torch.ops.quantized.linear_dynamic_fp16 takes its
-# packed weight as a TorchScript object, and handing one over from Python costs ~17 µs a call
-# before the kernel starts (measured, torch 2.13: 20 µs for a 16-row matrix against 3 µs). The
-# older door, torch.fbgemm_linear_fp16_weight_fp32_activation, takes the same packed matrix held
-# in a plain tensor and runs the same kernel (identical outputs, tested) in ~3 µs. At 33 matmuls
-# a token that is ~0.55 ms of the ~7 ms a token minimind2-small takes. torch marks the older door
-# deprecated (it warns once per process, silenced below); where it is gone, the newer one is used.
-def legacy_fp16_door():
-    if not HAS_FBGEMM_FP16 or not hasattr(torch, "fbgemm_linear_fp16_weight_fp32_activation"):
-        return None
-    try:
-        with warnings.catch_warnings():  # the once-per-process deprecation warnings, spent here
-            warnings.simplefilter("ignore")
-            packed = torch.fbgemm_pack_gemm_matrix_fp16(torch.ones(16, 16))
-            y = torch.fbgemm_linear_fp16_weight_fp32_activation(torch.ones(1, 16), packed, None)
-        return (torch.fbgemm_pack_gemm_matrix_fp16 if torch.equal(y, torch.full((1, 16), 16.0))
-                else None)
-    except (AttributeError, RuntimeError):
-        return None
-
-
-FBGEMM_FP16_PACK = legacy_fp16_door()
-
-
-class FastLinear:
-    """y = x @ w.T + b for float32 activations x [N, in] -> [N, out], with w kept the way the
-    device reads it fastest for a few rows of x at a time:
-
-      float32  w transposed to [in, out], contiguous (see the list above)
-      float16  on a CPU, fbgemm's kernel (through its cheaper door, above): fp16 weights,
-               converted to fp32 inside the kernel, fp32 activations and sums. Half the bytes of
-               fp32 and nothing lost on the activations. Elsewhere: x cast to fp16, torch's matmul.
-      bfloat16 x cast to bf16, torch's matmul (fast on GPUs and on CPUs with bf16 instructions;
-               on AVX2-only CPUs slower than fp32, which is why it is not the CPU default)"""
-
-    def __init__(self, weight, bias=None, dtype=torch.float32):
-        weight = weight.detach()
-        self.bias = None if bias is None else bias.detach().float()
-        self.packed = self.w_t = self.w = None
-        self.legacy = False
-        if dtype == torch.float16 and weight.device.type == "cpu" and FBGEMM_FP16_PACK is not None:
-            # the fast door (see above). Its packed matrix is a C++ object behind a tensor: a
-            # deepcopy of it cannot be used, but a copied model rebuilds its decoding weights
-            # anyway (its tensors have new addresses: weights_version)
-            self.packed, self.legacy = FBGEMM_FP16_PACK(weight.float()), True
-        elif dtype == torch.float16 and weight.device.type == "cpu" and HAS_FBGEMM_FP16:
-            self.packed = torch.ops.quantized.linear_prepack_fp16(weight.float(), self.bias)
-        elif dtype == torch.float32:
-            self.w_t = weight.float().t().contiguous()  # [in, out]
-        else:
-            self.w = weight.to(dtype).contiguous()  # [out, in]
-
-    def __call__(self, x):
-        if self.legacy:
-            return torch.fbgemm_linear_fp16_weight_fp32_activation(x, self.packed, self.bias)
-        if self.packed is not None:
-            return torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
-        if self.w_t is not None:
-            return x @ self.w_t if self.bias is None else torch.addmm(self.bias, x, self.w_t)
-        y = F.linear(x.to(self.w.dtype), self.w).float()
-        return y if self.bias is None else y + self.bias
-
-
-class Concat:
-    """Layers of some other kind (a LoRA wrapper, say) that know no fused form: each is called as
-    it is, and their outputs are put side by side as a fused matmul's would be."""
-
-    def __init__(self, layers):
-        self.layers = layers
-
-    def __call__(self, x):
-        return torch.cat([layer(x).float() for layer in self.layers], dim=-1)
-
-
-def fuse_linears(layers, dtype):
-    """One matmul for several layers that read the same input (q, k, v; gate, up), their outputs
-    side by side. nn.Linear layers are concatenated here; another layer class can bring its own
-    fused form as a `for_decoding(layers, dtype)` method (quantize.py's int8 layers do)."""
-    if all(type(layer) is nn.Linear for layer in layers):
-        bias = [layer.bias for layer in layers]
-        bias = None if bias[0] is None else torch.cat(bias)
-        return FastLinear(torch.cat([layer.weight for layer in layers]), bias, dtype)
-    if hasattr(layers[0], "for_decoding") and all(type(x) is type(layers[0]) for x in layers):
-        return layers[0].for_decoding(layers, dtype)
-    return Concat(layers)
-
-
-def weights_version(model):
-    """Changes whenever a weight does: every tensor counts its in-place changes (an optimizer step,
-    load_state_dict) in ._version, and replacing one (model.to, model.half) moves its data_ptr."""
-    tensors = list(model.parameters()) + list(model.buffers())
-    return tuple((t.data_ptr(), t._version) for t in tensors)
-
-
-class DecodeWeights:
-    """A MiniMind's weights rearranged for decoding (see the list at the top of this section):
-    fused and laid out by fuse_linears in `dtype`; norms, RoPE tables and activations in fp32."""
-
-    def __init__(self, model, dtype=None):
-        cfg = model.config
-        self.dtype = dtype or model.norm.weight.dtype  # (the embedding may be an int8 table)
-        self.version = weights_version(model)
-        self.embed, self.norm = model.embed_tokens, model.norm.weight.detach().float()
-        self.head = fuse_linears([model.lm_head], self.dtype)
-        # RoPE tables for q, k and v at once, [max_seq_len, H + 2 H_kv, hd]: v's heads get angle 0
-        # (cos 1, sin 0), which leaves them exactly as they are, so one rotation covers the fused
-        # qkv output. rotate_half(x) * sin is x.roll(hd/2) * (sin with its first half negated):
-        # [-x2, x1] is [x2, x1] with a sign on the first half; one roll instead of chunk+neg+cat.
-        H, H_kv, half = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim // 2
-        sin = torch.cat([-model.rope_sin[:, :half], model.rope_sin[:, half:]], dim=-1)  # [L, hd]
-        rotated = lambda table, rest: torch.cat([table[:, None].expand(-1, H + H_kv, -1),
-                                                 rest[:, None].expand(-1, H_kv, -1)], dim=1)
-        self.cos = rotated(model.rope_cos, torch.ones_like(sin))
-        self.sin = rotated(sin, torch.zeros_like(sin))
-        self.layers = [self.block(b, cfg) for b in model.layers]
-
-    def block(self, b, cfg):
-        a, qk_norm = b.self_attn, None
-        if cfg.qk_norm:  # one [H + H_kv, 1, hd] table: q's heads, then k's, normalised in one go
-            qk_norm = torch.cat([
-                a.q_norm.weight.detach().float().expand(cfg.n_heads, -1),
-                a.k_norm.weight.detach().float().expand(cfg.n_kv_heads, -1)])[:, None]
-        dense = isinstance(b.mlp, FeedForward)
-        mlp = b.mlp
-        return dict(norm1=b.input_layernorm.weight.detach().float(), qk_norm=qk_norm,
-                    qkv=fuse_linears([a.q_proj, a.k_proj, a.v_proj], self.dtype),
-                    o=fuse_linears([a.o_proj], self.dtype),
-                    norm2=b.post_attention_layernorm.weight.detach().float(),
-                    gate_up=(fuse_linears([mlp.gate_proj, mlp.up_proj], self.dtype) if dense
-                             else None),
-                    down=fuse_linears([mlp.down_proj], self.dtype) if dense else None,
-                    moe=None if dense else mlp)  # MoE routing runs as its module does
-
-
-def rms_norm(x, weight, eps):
-    """RMSNorm's formula (section 2) on fp32 activations x [N, dim] (weight [dim]), or on qk-norm's
-    heads (weight a [heads, 1, hd] table).
-
-    For the rows of x, the mean of squares is each row's dot product with itself: one batched
-    matmul, [N, 1, dim] @ [N, dim, 1], whose add-on term carries eps (baddbmm: eps + x.x / dim).
-    Then rsqrt and two multiplications: four tensor operations, where torch's F.rms_norm runs
-    about eight on a CPU (pow, sum, div, add, rsqrt, two muls, a copy); 17 norms a token.
-    Measured ~0.1 ms a token of ~5 (minimind2-small, fp16). The numbers equal the formula's to
-    fp32 rounding."""
-    if weight.dim() == 1:
-        eps_t = EPS_TENSORS.get((eps, x.device))
-        if eps_t is None:  # the add-on term of baddbmm must be a tensor: made once per eps
-            eps_t = EPS_TENSORS[eps, x.device] = torch.full((1, 1, 1), eps, device=x.device)
-        mean_sq = torch.baddbmm(eps_t, x.unsqueeze(-2), x.unsqueeze(-1), alpha=1.0 / x.size(-1))
-        return torch.mul(x, weight).mul_(mean_sq.view(-1, 1).rsqrt_())
-    return F.rms_norm(x, weight.shape[-1:], None, eps) * weight
-
-
-EPS_TENSORS = {}  # (eps, device) -> eps as a [1, 1, 1] tensor
-
-
-class Decoder:
-    """Runs a MiniMind on up to max_batch sequences, each in its own row of one fp32 KV cache.
-
-        dec = Decoder(model, max_batch=4)
-        logits = dec.add(prompt_ids)          # a new row: the prompt run at positions 0..T-1 -> [V]
-        logits = dec.step([t0, t1, ...])      # one new token for every row, each at its own
-                                              # next position -> [rows, V]
-        dec.remove(2)                         # row 2 leaves; the last row moves into its place
-
-    generate() uses one row; chat.py's server keeps a batch of rows. Rows are always 0..rows-1,
-    so a step works on a prefix of the cache (views, no copies)."""
-
-    def __init__(self, model, max_batch=1, weights=None):
-        cfg = self.cfg = model.config
-        self.w, self.device = weights or model.decoding_weights(), model.rope_cos.device
-        # The cache, one tensor a layer: [max_batch, 2 H_kv, max_seq_len, hd], keys in heads
-        # 0..H_kv-1 and values after them, as the fused qkv output has them: one write a step.
-        self.kv = [torch.zeros(max_batch, 2 * cfg.n_kv_heads, cfg.max_seq_len, cfg.head_dim,
-                               device=self.device) for _ in range(cfg.n_layers)]
-        self.kv_rows = [kv.view(-1, cfg.head_dim) for kv in self.kv]  # the same, [entries, hd]
-        self.max_batch, self.lengths = max_batch, []  # tokens in the cache, per row
-        n = max(cfg.max_seq_len, 2 * cfg.n_kv_heads * max_batch)
-        self.arange = torch.arange(n, device=self.device)  # positions, rows: sliced, never rebuilt
-
-    @property
-    def rows(self):
-        return len(self.lengths)
-
-    def add(self, ids):
-        if self.rows == self.max_batch:
-            raise ValueError(f"all {self.max_batch} rows are in use")
-        self.lengths.append(0)
-        return self.refill(self.rows - 1, ids)
-
-    # refill and step run in inference mode rather than no_grad: besides skipping gradients, torch
-    # then skips the bookkeeping (version counters, view tracking) on every tensor it makes, which
-    # is ~10% of a small operation's cost; measured ~0.3 ms a token of ~5 (minimind2-small, fp16).
-    # The logits they return are inference tensors: fine to read, sample from and compute with
-    # anywhere, but not to change in place outside inference mode (nothing here does).
-    @torch.inference_mode()
-    def refill(self, row, ids):
-        """Start `row` again with ids at positions 0..T-1 (a new prompt, or the window after a
-        crop); returns the logits for the token that follows them, [V] (None for no ids)."""
-        T = len(ids)
-        if T > self.cfg.max_seq_len:
-            raise ValueError(f"{T} tokens; a row holds at most {self.cfg.max_seq_len}")
-        self.lengths[row] = 0
-        if T == 0:
-            return None
-        idx = torch.tensor(ids, device=self.device)  # [T]
-        cos, sin = self.w.cos[:T].transpose(0, 1), self.w.sin[:T].transpose(0, 1)  # [heads, T, hd]
-        logits = self.run(idx, cos, sin, row=row)
-        self.lengths[row] = T
-        return logits[0]
-
-    @torch.inference_mode()
-    def step(self, tokens):
-        """One token for each row (row i's goes at position lengths[i]) -> logits [rows, V]."""
-        B, cfg = self.rows, self.cfg
-        if len(tokens) != B:
-            raise ValueError(f"{len(tokens)} tokens for {B} rows")
-        if max(self.lengths) >= cfg.max_seq_len:
-            raise ValueError("a row is full; refill it with a shorter window first")
-        pos = torch.tensor(self.lengths, device=self.device)  # [B]
-        # Where each row's new keys and values go in a layer's cache seen as [rows*2H_kv*L, hd]:
-        # row b, head j, position p is entry (b * 2H_kv + j) * L + p. Worked out once a step.
-        slots = (self.arange[:B * 2 * cfg.n_kv_heads] * cfg.max_seq_len).view(B, -1) + pos[:, None]
-        cos, sin = self.w.cos[pos, :, None], self.w.sin[pos, :, None]  # [B, heads, 1, hd]
-        idx = torch.tensor(tokens, device=self.device)  # [B]
-        logits = self.run(idx, cos, sin, pos=pos, slots=slots.view(-1))
-        self.lengths = [n + 1 for n in self.lengths]
-        return logits
-
-    def remove(self, row):
-        """Drop `row`: the last row's cache moves into its place (one copy), so the rows in use
-        stay 0..rows-1."""
-        last = self.rows - 1
-        if row != last:
-            n = self.lengths[last]
-            for buf in self.kv:
-                buf[row, :, :n] = buf[last, :, :n]
-            self.lengths[row] = n
-        self.lengths.pop()
-
-    def run(self, idx, cos, sin, row=None, pos=None, slots=None):
-        """The model on new tokens: a prompt of T tokens for one row (row=, at positions 0..T-1),
-        or one token for each of B rows (pos=, their positions; slots=, where their keys go).
-        Returns the logits after the last token of each row, [1 or B, V]."""
-        cfg, w = self.cfg, self.w
-        H, H_kv, hd, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.norm_eps
-        B, T = (1, idx.numel()) if row is not None else (idx.numel(), 1)
-        if row is None:  # row b sees its own keys, positions 0..pos[b]; one row sees them all
-            n_keys = max(self.lengths) + 1
-            mask = (self.arange[:n_keys] <= pos[:, None])[:, None, None, :] if B > 1 else None
-        x = w.embed(idx).float().view(B * T, cfg.dim)  # [N, dim], N = B*T
-        for layer, kv_buf, kv_rows in zip(w.layers, self.kv, self.kv_rows):
-            qkv = layer["qkv"](rms_norm(x, layer["norm1"], eps))  # [N, (H + 2 H_kv) hd]
-            if T == 1:  # one token a row: [B, heads, 1, hd] is the memory of [B, 1, heads, hd]
-                qkv = qkv.view(B, H + 2 * H_kv, 1, hd)
-            else:
-                qkv = qkv.view(B, T, H + 2 * H_kv, hd).transpose(1, 2)  # [B, heads, T, hd]
-            if layer["qk_norm"] is not None:
-                qkv[:, :H + H_kv] = rms_norm(qkv[:, :H + H_kv], layer["qk_norm"], eps)
-            qkv = torch.addcmul(qkv * cos, qkv.roll(hd // 2, -1), sin)  # RoPE on q and k; v as is
-            q, kv = qkv[:, :H], qkv[:, H:]  # [B, H, T, hd], [B, 2 H_kv, T, hd]: keys, then values
-            if row is not None:  # a prompt: store its keys and values, attend causally among them
-                kv_buf[row, :, :T] = kv[0]
-                y = F.scaled_dot_product_attention(q, kv[:, :H_kv], kv[:, H_kv:], is_causal=T > 1,
-                                                   enable_gqa=H != H_kv)
-            else:  # one token per row: store it at the row's position, attend to the row's cache
-                kv_rows.index_copy_(0, slots, kv.reshape(-1, hd))
-                # [B,H_kv,L,hd]
-                keys, values = kv_buf[:B, :H_kv, :n_keys], kv_buf[:B, H_kv:, :n_keys]
-                y = F.scaled_dot_product_attention(q, keys, values, mask, enable_gqa=H != H_kv)
-            # [N, H*hd]
-            y = y.view(B, H * hd) if T == 1 else y.transpose(1, 2).reshape(B * T, H * hd)
-            x = x + layer["o"](y)  # [N, dim]
-            h = rms_norm(x, layer["norm2"], eps)
-            if layer["moe"] is not None:  # the model's own experts, in the model's dtype
-                moe = layer["moe"]
-                h = h.view(B, T, cfg.dim).to(next(moe.parameters()).dtype)
-                x = x + moe(h).view(B * T, cfg.dim).float()
-            else:
-                gate, up = layer["gate_up"](h).chunk(2, dim=-1)  # [N, hidden] each
-                x = x + layer["down"](F.silu(gate) * up)
-        last = x.view(B, T, cfg.dim)[:, -1]  # only the last position's logits are needed
-        return w.head(rms_norm(last, w.norm, eps))  # [B, V]
-
-
-# ----------------------------------------------------------------------------------------------
-# 9. Costs: FLOPs per token and the size table
+# 8. Costs: FLOPs per token and the size table
 
 
 def flops_per_token(config, seq_len=None):
@@ -917,8 +571,7 @@ def flops_per_token(config, seq_len=None):
 
 
 def kv_bytes_per_token(config, bytes_per_value=2):
-    """KV-cache memory per token of context: keys and values, every layer, n_kv_heads heads
-    (bf16: 2 bytes)."""
+    """KV-cache bytes per token of context: keys and values, all layers and KV heads (bf16: 2)."""
     return 2 * config.n_layers * config.n_kv_heads * config.head_dim * bytes_per_value
 
 

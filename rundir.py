@@ -16,8 +16,9 @@ This file holds what reads and writes those files, and the conventions every scr
 reading order: 1. errors -> 2. flags -> 3. device and precision -> 4. the models by name and
 model.pt -> 5. checkpoints for an exact resume -> 6. the log and its picture.
 
-Imports: bpe.py (the tokenizer, and UserError), gpt.py and minimind.py (the models by name), and
-int8.py (the int8 layers an INT8 run directory, written by quantize.py, is opened with).
+Imports: bpe.py (the tokenizer, and UserError), gpt.py and minimind.py (the models by name),
+int8.py (the int8 layers an INT8 run directory, written by quantize.py, is opened with), and
+decode.py (whether torch has the fp16 kernel its fast path uses).
 """
 import argparse
 import contextlib
@@ -26,11 +27,13 @@ import inspect
 import json
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import torch
 
+import decode
 import gpt
 import int8
 import minimind
@@ -184,10 +187,10 @@ def pick_dtype(device, name="auto"):
 
 def pick_inference_dtype(device, name="auto"):
     """The precision of the weights when generating text (chat.py's --dtype): by default the
-    fastest one that keeps the model's greedy picks (tests/test_minimind.py checks >= 99% agree).
+    fastest one that keeps the model's greedy picks (tests/test_decode.py checks >= 99% agree).
 
     CPU: fp16 where torch has fbgemm's fp16 kernel (x86 builds): half the bytes of fp32 to read
-    per token, the activations still fp32 (minimind.FastLinear); 1.2-1.5x fp32's tokens/s on
+    per token, the activations still fp32 (decode.FastLinear); 1.2-1.5x fp32's tokens/s on
     minimind2-small. bf16 has no such kernel on CPUs without bf16 instructions and runs slower than
     fp32 there. Elsewhere fp32. GPU: bf16 where it has it, else fp16. Apple's mps: fp16."""
     if name != "auto":
@@ -196,7 +199,7 @@ def pick_inference_dtype(device, name="auto"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device == "mps":
         return torch.float16
-    return torch.float16 if minimind.HAS_FBGEMM_FP16 else torch.float32
+    return torch.float16 if decode.HAS_FBGEMM_FP16 else torch.float32
 
 
 def autocast(device, dtype):
@@ -246,6 +249,25 @@ def atomic_write(path, write):
 
 def write_json(path, obj):
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+
+
+def write_folder(out, fill):
+    """Fill a new folder through a temporary one, renamed into place at the end: an export that
+    fails half-way leaves nothing at `out`, and an --overwrite replaces the old folder only then."""
+    out = Path(out)
+    tmp, old = out.with_name(out.name + ".partial"), out.with_name(out.name + ".old")
+    for folder in (tmp, old):
+        shutil.rmtree(folder, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        fill(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_model(run_dir, model, tokenizer, extra=None, weights=None):

@@ -1,11 +1,13 @@
-"""Shared fixtures: a small text with its tokenizer, and a tiny pre-trained run directory that the
-tests of sft.py, dpo.py, eval.py, quantize.py and chat.py start from. Seconds, not minutes."""
+"""Shared fixtures: a small text with its tokenizer, a tiny pre-trained run directory that the
+tests of sft.py, dpo.py, eval.py, quantize.py, chat.py and serve.py start from, the same run
+relabelled as a chat model, and an untrained tiny GPT run. Seconds, not minutes."""
 import os
-
+import shutil
 
 import pytest
 import torch
 
+import rundir
 from bpe import Tokenizer
 
 # Tiny models gain nothing from a second thread, and on a busy 2-core machine threads that wait on
@@ -54,3 +56,27 @@ def hub(tmp_path, monkeypatch):
     yield fake
     fake.server.shutdown()
     fake.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def sft_run(pretrained_run, tmp_path_factory):
+    """The pre-trained fixture relabelled as a chat model (stage "sft"): chat mode, same weights."""
+    out = tmp_path_factory.mktemp("chat") / "sft"
+    shutil.copytree(pretrained_run, out)
+    payload = rundir.read_model_file(out)
+    payload["stage"] = "sft"
+    rundir.atomic_write(out / "model.pt", lambda f: torch.save(payload, f))
+    return out
+
+
+@pytest.fixture(scope="module")
+def gpt_run(corpus, tmp_path_factory):
+    """An untrained tiny GPT with the corpus tokenizer, saved as a run directory."""
+    import gpt
+    tok = Tokenizer.load(corpus / "tok.json")
+    config = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=tok.vocab_size, dropout=0.0)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("chat") / "gpt"
+    rundir.save_model(out, gpt.GPT(gpt.GPTConfig(**config)), tok, {"step": 0, "stage": "pretrain"})
+    return out
+

@@ -299,8 +299,6 @@ def test_adding_special_tokens(tok):
     ('{"format": "slm-bpe", "version": 2, "split": [], "vocab": {"0": "a b"}}', "vocab"),
     ('{"format": "slm-bpe", "version": 2, "split": [], "vocab": {"0": "a"}, "merges": []}',
      "added_tokens"),
-    ('{"format": "slm-bpe", "version": 2, "split": [], "vocab": {"0": "a"}, "merges": [], '
-     '"added_tokens": []}', "no token for the byte 0x00"),
     ('{"format": "slm-bpe", "version": 2, "split": [], "vocab": {"0": "a", "1": "b"}, '
      '"merges": [[0, 1, 1]]}', "merge 0"),
     ('{"format": "slm-bpe", "version": 2, "split": [], "vocab": {"0": "a"}, "merges": [], '

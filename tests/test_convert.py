@@ -20,6 +20,7 @@ import convert
 import dpo
 import eval as evaluation
 import gguf_file
+import gguf_quants
 import gpt
 import hf_tokenizer
 import minimind
@@ -91,10 +92,10 @@ def release_tensors(family, config, vocab, seed=0):
 
 STYLES = {  # the pre-tokenizer (and normalizer) each family's releases use
     "llama": {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": convert.LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
+        {"type": "Split", "pattern": {"Regex": hf_tokenizer.LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
     "qwen2": {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": convert.QWEN2_SPLIT}, "behavior": "Isolated", "invert": False},
+        {"type": "Split", "pattern": {"Regex": hf_tokenizer.QWEN2_SPLIT}, "behavior": "Isolated", "invert": False},
         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]},
     "smollm": {"type": "Sequence", "pretokenizers": [
         {"type": "Digits", "individual_digits": True},
@@ -113,7 +114,7 @@ def release_tokenizer(tok, style, specials):
     return d
 
 
-def write_release(folder, family, tok, style=None, template=convert.CHATML_TEMPLATE, specials=None,
+def write_release(folder, family, tok, style=None, template=hf_tokenizer.CHATML_TEMPLATE, specials=None,
                   config=None, shards=1, seed=0):
     """A transformers directory of a tiny model: config.json, tokenizer files, safetensors."""
     folder = Path(folder)
@@ -376,7 +377,7 @@ def test_hf_export_files_say_what_transformers_needs(tmp_path, tok):
     tensors, metadata = safetensors_file.read_safetensors(tmp_path / "hf" / "model.safetensors")
     assert metadata == {"format": "pt"} and "lm_head.weight" not in tensors  # tied: left out
     tok_config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
-    assert tok_config["chat_template"] == convert.CHATML_TEMPLATE and tok_config["eos_token"] == "<|im_end|>"
+    assert tok_config["chat_template"] == hf_tokenizer.CHATML_TEMPLATE and tok_config["eos_token"] == "<|im_end|>"
     assert tok_config["model_max_length"] == 64
     generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
     assert generation["eos_token_id"] == [tok.special_tokens["<|im_end|>"], tok.special_tokens["<|endoftext|>"]]
@@ -393,7 +394,7 @@ def gguf_of(tmp_path, tok, kind="f32", arch="minimind", **kw):
     g = read_gguf(tmp_path / "m.gguf")
     for t in g["tensors"].values():
         raw = bytearray(t["data"])
-        t["data"] = (gguf_file.dequantize_q8_0(raw, t["shape"]) if t["type"] == "q8_0" else
+        t["data"] = (gguf_quants.dequantize(raw, "q8_0", t["shape"]) if t["type"] == "q8_0" else
                      torch.frombuffer(raw, dtype=torch.float16 if t["type"] == "f16" else torch.float32)
                      .float().reshape(t["shape"]))
     g["types"] = {k: v[0] for k, v in g["metadata"].items()}
@@ -446,7 +447,7 @@ def test_gguf_refuses_a_split_llama_cpp_does_not_know_and_says_why(tmp_path):
         "special_tokens": {"<|endoftext|>": 258}, "merges": [[194, 178], [120, 256]]}))
     v1 = bpe.Tokenizer.load(tmp_path / "v1.json")
     with pytest.raises(bpe.UserError, match="none that llama.cpp knows by name.*version-1"):
-        convert.gguf_tokenizer(None, v1, chat=False)
+        hf_tokenizer.gguf_tokenizer(v1, chat=False)
 
 
 def test_gguf_q8_0_and_gpt2(tmp_path, tok):

@@ -14,6 +14,7 @@ import torch
 
 import download
 import gguf_file
+import gguf_quants
 import rundir
 import safetensors_file
 from fakehub import FakeHub
@@ -424,9 +425,9 @@ def test_gguf_tensors_dims_order_types_and_alignment(tmp_path, alignment):
                           tensors["a.weight"].numpy())
     assert np.array_equal(np.frombuffer(t["odd.weight"]["data"], "<f2").reshape(2, 40),
                           tensors["odd.weight"].half().numpy())
-    assert torch.equal(gguf_file.dequantize_q8_0(t["a.weight"]["data"], (3, 64)),
-                       gguf_file.dequantize_q8_0(gguf_file.quantize_q8_0(tensors["a.weight"]),
-                                                 (3, 64)))
+    assert torch.equal(gguf_quants.dequantize(t["a.weight"]["data"], "q8_0", (3, 64)),
+                       gguf_quants.dequantize(gguf_quants.quantize_q8_0(tensors["a.weight"]),
+                                              "q8_0", (3, 64)))
 
 
 def test_gguf_writer_refuses_what_llama_cpp_cannot_load():
@@ -449,7 +450,7 @@ def test_gguf_writer_refuses_what_llama_cpp_cannot_load():
 # ---- Q8_0 ---------------------------------------------------------------------------------------
 def test_round_half_away_from_zero_like_c_roundf():
     x = torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, 0.49999997, -0.49999997, 126.5, 3.2, -3.7, 0.0])
-    assert gguf_file.round_half_away(x).tolist() == [1, 2, 3, -1, -3, 0, 0, 127, 3, -4, 0]
+    assert gguf_quants.round_half_away(x).tolist() == [1, 2, 3, -1, -3, 0, 0, 127, 3, -4, 0]
 
 
 def q8_0_cases():
@@ -473,32 +474,33 @@ def test_q8_0_dequantizes_within_half_a_step():
     for name, x in q8_0_cases().items():
         if name in ("huge", "large", "small", "tiny"):
             continue  # fp16 cannot hold d there: see the reference test below for the bytes
-        blob = gguf_file.quantize_q8_0(x)
+        blob = gguf_quants.quantize_q8_0(x)
         assert blob.shape == (x.numel() // 32, 34)
         d = x.reshape(-1, 32).abs().amax(1, keepdim=True) / 127  # fp32, as the quantizer
         d16 = d.half().float()
         q = blob[:, 2:].contiguous().view(torch.int8).float()
         bound = d / 2 + q.abs() * (d - d16).abs() + 1e-6 * d
-        error = (x.reshape(-1, 32) - gguf_file.dequantize_q8_0(blob, x.shape).reshape(-1, 32)).abs()
+        back = gguf_quants.dequantize(blob, "q8_0", x.shape)
+        error = (x.reshape(-1, 32) - back.reshape(-1, 32)).abs()
         assert (error <= bound).all(), name
-    assert gguf_file.quantize_q8_0(torch.zeros(1, 32)).abs().sum() == 0
+    assert gguf_quants.quantize_q8_0(torch.zeros(1, 32)).abs().sum() == 0
 
 
 def test_q8_0_is_bit_exact_with_the_gguf_package():
     gguf = pytest.importorskip("gguf")
     for name, x in q8_0_cases().items():
-        ours = gguf_file.quantize_q8_0(x).numpy()
+        ours = gguf_quants.quantize_q8_0(x).numpy()
         with np.errstate(over="ignore"):  # "huge": d is inf in fp16, in both
             reference = gguf.quants.quantize(x.numpy(), gguf.GGMLQuantizationType.Q8_0)
         assert ours.tobytes() == reference.tobytes(), name
     with pytest.raises(ValueError):
-        gguf_file.quantize_q8_0(torch.zeros(2, 40))
+        gguf_quants.quantize_q8_0(torch.zeros(2, 40))
 
 
 def test_q8_0_in_chunks_is_the_same_as_in_one_piece():
     x = torch.randn(3, 96)
     chunked = b"".join(c.tobytes() for c in gguf_file.ggml_chunks(x, "q8_0", chunk=64))
-    assert chunked == gguf_file.quantize_q8_0(x).numpy().tobytes()
+    assert chunked == gguf_quants.quantize_q8_0(x).numpy().tobytes()
 
 
 # ---- GGUF against the reference reader ----------------------------------------------------------
@@ -532,6 +534,7 @@ def test_gguf_package_reads_our_file(tmp_path):
         assert t.tensor_type == types[ours[t.name]["type"]]
         assert t.data.tobytes() == ours[t.name]["data"]
     embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
-    ours_dequantized = gguf_file.dequantize_q8_0(ours["token_embd.weight"]["data"], (6, 64))
+    ours_dequantized = gguf_quants.dequantize(ours["token_embd.weight"]["data"], "q8_0",
+                                              (6, 64))
     assert np.array_equal(gguf.quants.dequantize(embd.data, embd.tensor_type),
                           ours_dequantized.numpy())

@@ -8,10 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import minimind
-from minimind import (SIZES, Decoder, FastLinear, KVCache, MiniMind, MiniMindConfig, MoE, RMSNorm, apply_rope,
-                      attention_by_hand, causal_mask, flops_per_token, kv_bytes_per_token, rope_tables,
-                      sample_next, size_table)
+from minimind import (SIZES, KVCache, MiniMind, MiniMindConfig, MoE, RMSNorm, apply_rope, attention_by_hand,
+                      causal_mask, crop_start, flops_per_token, kv_bytes_per_token, rope_tables, sample_next,
+                      size_table)
 
 VOCAB = 97
 
@@ -291,6 +290,32 @@ def test_greedy_generation_with_cache_is_identical_including_across_crops(kw):
     assert a == list(model.generate(long_prompt[0], max_new_tokens=12, temperature=0, use_cache=False))
 
 
+def test_generate_runs_the_readable_kv_cache_one_token_a_step():
+    """generate's default is section 4's KVCache through forward(): the prompt once, then one token
+    a step, the window run again after a crop; use_cache=False runs the whole window every time."""
+    model = small(seq_len=8)
+    shapes = {}
+    for use_cache in (True, False):
+        calls = shapes[use_cache] = []
+        forward = model.forward
+        model.forward = lambda idx, *a, **kw: calls.append((idx.size(1), kw.get("start_pos", 0))) or forward(idx, *a, **kw)
+        sampled = list(model.generate([1, 2, 3], max_new_tokens=8, temperature=1.0, top_k=20, seed=7,
+                                      use_cache=use_cache))
+        del model.forward
+        shapes[use_cache, "tokens"] = sampled
+    # 3 + 8 tokens through an 8-token window: the 9th token overflows it, 4 are kept and run again
+    assert shapes[True] == [(3, 0), (1, 3), (1, 4), (1, 5), (1, 6), (1, 7), (4, 0), (1, 4)]
+    assert shapes[False] == [(3, 0), (4, 0), (5, 0), (6, 0), (7, 0), (8, 0), (4, 0), (5, 0)]
+    assert shapes[True, "tokens"] == shapes[False, "tokens"]  # sampled, seed 7: the same tokens
+
+
+def test_crop_start_keeps_the_most_recent_half_window():
+    assert crop_start(8, 0, 8) == 0  # a full window is not cropped
+    assert crop_start(9, 0, 8) == 5  # one over: the last 4 stay
+    assert crop_start(13, 5, 8) == 5 and crop_start(14, 5, 8) == 10
+    assert crop_start(3, 1, 1) == 2  # a window of 1 keeps 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Sampling
 
@@ -371,125 +396,6 @@ def test_explicit_head_dim_and_qkv_biases():
     assert (model.context_length, model.n_layers, model.width) == (32, 2, 32)
 
 
-# ---------------------------------------------------------------------------------------------
-# Fast decoding (section 8): the same function as forward(), rows batched
-
-
-def teacher_forced(model, ids):
-    """The decoder's argmax after each of ids, fed one at a time (teacher forcing) -> [T]."""
-    decoder = Decoder(model)
-    out = [decoder.add(ids[:1])]
-    out += [decoder.step([t])[0] for t in ids[1:]]
-    return torch.stack(out)  # [T, V]
-
-
-def argmax_agreement(model, ids):
-    """Share of positions where the decoding path and the reference forward() pick the same token."""
-    with torch.no_grad():
-        reference = model(torch.tensor([ids]))[0][0]  # [T, V]
-    return (teacher_forced(model, ids).argmax(-1) == reference.argmax(-1)).float().mean().item()
-
-
-def test_fast_linear_equals_linear_in_every_dtype():
-    torch.manual_seed(0)
-    w, b, x = torch.randn(48, 32), torch.randn(48), torch.randn(3, 32)
-    exact = F.linear(x, w, b)
-    torch.testing.assert_close(FastLinear(w, b)(x), exact, atol=1e-5, rtol=1e-5)
-    for dtype in (torch.float16, torch.bfloat16):  # what rounding the weights to 16 bits costs
-        y = FastLinear(w, b, dtype)(x)
-        assert y.dtype == torch.float32
-        rounded = F.linear(x, w.to(dtype).float(), b)
-        assert (y - rounded).abs().max() <= (0.02 if dtype == torch.bfloat16 else 2e-3) * exact.abs().max()
-
-
-@pytest.mark.skipif(minimind.FBGEMM_FP16_PACK is None, reason="no fbgemm fp16 kernel in this torch")
-def test_both_doors_to_fbgemms_fp16_kernel_give_the_same_numbers():
-    torch.manual_seed(0)
-    w, b, x = torch.randn(48, 32), torch.randn(48), torch.randn(3, 32)
-    fast = FastLinear(w, b, torch.float16)
-    assert fast.legacy  # the door with ~3 µs of overhead a call, not ~20 (section 8)
-    packed = torch.ops.quantized.linear_prepack_fp16(w, b)
-    for rows in (x[:1], x):
-        assert torch.equal(fast(rows), torch.ops.quantized.linear_dynamic_fp16(rows, packed))
-
-
-@pytest.mark.parametrize("kw", [{}, MOE, dict(head_dim=12, qkv_bias=True, qk_norm=True, n_kv_heads=1)],
-                         ids=["dense", "moe", "bias-qknorm-mqa"])
-def test_decoder_logits_equal_the_forward_pass(kw):
-    model = small(**kw)
-    if kw.get("qkv_bias"):
-        with torch.no_grad():
-            model.layers[0].self_attn.v_proj.bias.normal_()
-    ids = torch.randint(0, VOCAB, (20,)).tolist()
-    with torch.no_grad():
-        full = model(torch.tensor([ids]))[0][0]
-    torch.testing.assert_close(teacher_forced(model, ids), full, atol=1e-4, rtol=1e-4)
-    decoder = Decoder(model)
-    torch.testing.assert_close(decoder.add(ids), full[-1], atol=1e-4, rtol=1e-4)  # a prompt in one pass
-
-
-def test_a_batch_of_rows_equals_each_row_alone():
-    """Rows of different lengths step together; rows leave (the last moves into the gap) and
-    are refilled; each row's logits stay those of its sequence decoded alone."""
-    model = small(seq_len=64)
-    torch.manual_seed(1)
-    seqs = [torch.randint(0, VOCAB, (n,)).tolist() for n in (3, 11, 7, 1)]
-    batch = Decoder(model, max_batch=4)
-    for s in seqs:
-        batch.add(s[:1] if len(s) == 1 else s[:-1])
-    with pytest.raises(ValueError):
-        batch.add([1])  # all four rows are in use
-    rows = [s if len(s) == 1 else s[:-1] for s in seqs]  # what each row holds
-    for step in range(6):
-        if step == 2:
-            batch.remove(1)  # row 1 leaves; row 3 moves into its place
-            rows[1] = rows.pop()
-        if step == 4:
-            batch.refill(0, rows[0][-2:])  # a crop: row 0 keeps its last two tokens
-            rows[0] = rows[0][-2:]
-        new = [(7 * step + i) % VOCAB for i in range(batch.rows)]
-        logits = batch.step(new)
-        for i, r in enumerate(rows):
-            r.append(new[i])
-            with torch.no_grad():
-                alone = model(torch.tensor([r]))[0][0, -1]
-            torch.testing.assert_close(logits[i], alone, atol=1e-4, rtol=1e-4)
-    assert batch.lengths == [len(r) for r in rows]
-
-
-def test_16_bit_weights_agree_with_fp32_on_a_trained_model(pretrained_run):
-    import rundir
-    from pydoc_data.topics import topics
-    model, tok, _ = rundir.load_run(pretrained_run)
-    text = topics[sorted(topics)[-1]]  # not among the training text's first topics
-    ids = tok.encode(text)[:model.context_length]
-    model.prepare_decoding(torch.float32)
-    assert argmax_agreement(model, ids) == 1.0
-    greedy = list(model.generate(ids[:8], 40, temperature=0))
-    assert greedy == list(model.generate(ids[:8], 40, temperature=0, use_cache=False))
-    for dtype in (torch.float16, torch.bfloat16):
-        model.prepare_decoding(dtype)
-        assert model.decoding_weights().dtype == dtype
-        assert argmax_agreement(model, ids) >= 0.99
-
-
-def test_prepared_weights_follow_changes_to_the_model():
-    model = small()
-    prompt = [5, 6, 7]
-    model.prepare_decoding()
-    kept = model.decoding_weights()
-    assert model.decoding_weights() is kept  # reused while nothing changed
-    before = list(model.generate(prompt, 8, temperature=0))
-    with torch.no_grad():
-        model.lm_head.weight.mul_(-1)  # an in-place change, as an optimizer step makes
-    after = list(model.generate(prompt, 8, temperature=0))
-    assert model.decoding_weights() is not kept and after != before
-    assert after == list(model.generate(prompt, 8, temperature=0, use_cache=False))
-    fresh = small()  # never prepared: generate builds a copy for the call and keeps nothing
-    list(fresh.generate(prompt, 2))
-    assert "decode_weights" not in fresh.__dict__ and "decode_weights" not in fresh.state_dict()
-
-
 def test_pasted_into_a_notebook_cell_prints_the_size_table():
     import os, subprocess, sys
     from pathlib import Path
@@ -501,14 +407,6 @@ def test_pasted_into_a_notebook_cell_prints_the_size_table():
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     assert "minimind2-small" in r.stdout and "25.83M" in r.stdout
-
-
-def test_a_half_precision_moe_model_decodes_on_the_fast_path():
-    torch.manual_seed(0)
-    model = small(**MOE).to(torch.bfloat16).eval()
-    fast = list(model.generate([1, 2, 3], max_new_tokens=6, temperature=0))
-    slow = list(model.generate([1, 2, 3], max_new_tokens=6, temperature=0, use_cache=False))
-    assert len(fast) == 6 and fast[:2] == slow[:2]  # bf16 rounding may part them later
 
 
 def test_gradient_checkpointing_still_fills_a_kv_cache():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import decode
 import gpt
 import int8
 import minimind
@@ -158,7 +159,7 @@ def test_moe_experts_that_get_no_tokens_still_run():
 
 
 def test_int8_decoding_path_agrees_with_the_reference_path(pretrained_run):
-    """minimind's decoding path fuses the int8 layers (for_decoding) and runs the fast kernel; on a
+    """decode.py's decoding path fuses the int8 layers (for_decoding) and runs the fast kernel; on a
     trained model its greedy picks match the int8 reference path (dequantize, fp32 matmul)."""
     from pydoc_data.topics import topics
     model, tok, _ = rundir.load_run(pretrained_run)
@@ -169,9 +170,9 @@ def test_int8_decoding_path_agrees_with_the_reference_path(pretrained_run):
         ids = tok.encode(topics[sorted(topics)[-1]])[:model.context_length]
         with torch.no_grad():
             expected = reference(torch.tensor([ids]))[0][0].argmax(-1)
-        decoder = minimind.Decoder(fast)
+        decoder = decode.Decoder(fast)
         picks = [decoder.add(ids[:1]).argmax()] + [decoder.step([t])[0].argmax() for t in ids[1:]]
         assert (torch.stack(picks) == expected).float().mean() >= 0.99
         prompt = ids[:8]
-        assert list(fast.generate(prompt, 30, temperature=0)) == \
+        assert list(decode.generate(fast, prompt, 30, temperature=0)) == \
             list(reference.generate(prompt, 30, temperature=0, use_cache=False))

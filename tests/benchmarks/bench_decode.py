@@ -7,8 +7,8 @@
     python tests/benchmarks/bench_decode.py --part server --clients 1,4,8
 
 decode: the same weights (minimind2-small's shape: dim 512, 8 layers, 8/2 heads, vocab 6400; random
-  unless --run) through our paths: forward() with a KV cache (the readable path generate used
-  before), the decoding path in fp32, fp16 and bf16, INT8 (quantize.py, with and without
+  unless --run) through our paths: minimind.generate (forward() with minimind.py's readable KV
+  cache), decode.py's path in fp32, fp16 and bf16, INT8 (quantize.py, with and without
   --include-embeddings), and chat.py's default; and, when llama-cpp-python is installed, through
   llama.cpp on GGUF exports of the same run directory (convert.py RUN OUT.gguf --to gguf --type
   f32|f16|q8_0; or --gguf F32,F16,Q8_0 files made elsewhere). Greedy, 256 new tokens after a
@@ -18,8 +18,8 @@ accuracy: each fast path's greedy tokens against the fp32 reference path (forwar
   window), and its teacher-forced argmax agreement over held-out text (target >= 99%). Meaningful
   on a trained run (--run); on random weights it only shows that nothing is broken.
 kernels: a whole model's worth of matrix-vector products per kernel (the choices quantize.py and
-  minimind.FastLinear explain): x @ w.T vs x @ w_t, fp16 and bf16, the int8 kernels.
-server: chat.py --serve in a subprocess (one thread), 1, 4 and 8 concurrent streaming clients:
+  decode.FastLinear explain): x @ w.T vs x @ w_t, fp16 and bf16, the int8 kernels.
+server: serve.py in a subprocess (one thread), 1, 4 and 8 concurrent streaming clients:
   aggregate tokens/s, time to first token, and whether every greedy answer equals the lone one.
   Target: 8 clients >= 3x one client's aggregate tokens/s.
 
@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import bpe  # noqa: E402
 import data  # noqa: E402
+import decode  # noqa: E402
 import minimind  # noqa: E402
 import quantize  # noqa: E402
 import rundir  # noqa: E402
@@ -72,16 +73,16 @@ def make_run(out):
 
 
 def our_paths(run):
-    """name -> a model whose generate() runs that path (each a copy of the same weights)."""
+    """name -> a model prepared for that path of decode.generate (copies of the same weights)."""
     model, _, _ = rundir.load_run(run)
     paths = {}
     for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
         paths[name] = copy.deepcopy(model)
-        paths[name].prepare_decoding(dtype)
+        decode.prepare_decoding(paths[name], dtype)
     for name, emb in (("int8", False), ("int8 + embeddings", True)):
         paths[name] = copy.deepcopy(model)
         quantize.quantize_model(paths[name], emb)
-        paths[name].prepare_decoding(rundir.pick_inference_dtype("cpu"))  # as chat.py runs it
+        decode.prepare_decoding(paths[name], rundir.pick_inference_dtype("cpu"))  # as chat.py does
     paths["int8, fbgemm dynamic kernel"] = with_dynamic_int8(paths["int8"])
     return model, paths
 
@@ -96,7 +97,7 @@ def with_dynamic_int8(int8_model):
     activations rounded to 7 bits on the fly) on the same int8 weights: the kernel quantize.py
     measured and did not choose."""
     model = copy.deepcopy(int8_model)
-    weights = model.prepare_decoding(int8_model.decoding_weights().dtype)
+    weights = decode.prepare_decoding(model, decode.decoding_weights(int8_model).dtype)
     zero = lambda n: torch.zeros(n, dtype=torch.long)
     for layer in weights.layers:
         for key in ("qkv", "o", "gate_up", "down"):
@@ -107,17 +108,6 @@ def with_dynamic_int8(int8_model):
             layer[key] = (lambda x, packed=packed:
                           torch.ops.quantized.linear_dynamic(x, packed, True))
     return model
-
-
-def forward_with_cache(model, prompt, n):
-    """Greedy decoding through forward() and its KV cache: the path generate() took before."""
-    cache, tokens, pos = model.new_kv_cache(1), list(prompt), 0
-    with torch.no_grad():
-        for _ in range(n):
-            logits, _ = model(torch.tensor([tokens[pos:]]), kv_cache=cache, start_pos=pos)
-            pos = len(tokens)
-            tokens.append(int(logits[0, -1].argmax()))
-    return tokens[len(prompt):]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,9 +179,10 @@ def bench_decode(run, args, files):
     for threads in args.threads:
         torch.set_num_threads(threads or os.cpu_count())
         n_threads = torch.get_num_threads()
-        runs = {"forward() + KV cache (before)": lambda n: forward_with_cache(reference, PROMPT, n)}
+        runs = {"minimind.generate (KV cache)":
+                lambda n: list(reference.generate(PROMPT, n, temperature=0))}
         for name, model in paths.items():
-            runs[name] = lambda n, m=model: list(m.generate(PROMPT, n, temperature=0))
+            runs[name] = lambda n, m=model: list(decode.generate(m, PROMPT, n, temperature=0))
         runs.update(llama_paths(files, n_threads))
         rate = timed_rounds(runs, args.tokens, args.rounds)
         print(f"\ndecode: minimind2-small shape, greedy, {args.tokens} new tokens after "
@@ -203,7 +194,7 @@ def bench_decode(run, args, files):
 
 def print_ratios(rate):
     default = chat_default()
-    rows = [("fp32 / forward() + KV cache", "fp32", "forward() + KV cache (before)", None),
+    rows = [("fp32 / minimind.generate (KV cache)", "fp32", "minimind.generate (KV cache)", None),
             ("fp32 / llama.cpp F32", "fp32", "llama.cpp F32", 0.7),
             ("fp16 / llama.cpp F16", "fp16", "llama.cpp F16", None),
             ("int8 + embeddings / llama.cpp Q8_0", "int8 + embeddings", "llama.cpp Q8_0", 0.5),
@@ -230,7 +221,7 @@ def agreement(reference, fast, ids, window):
         chunk = ids[s:s + window]
         with torch.no_grad():
             expected = reference(torch.tensor([chunk]))[0][0].argmax(-1)
-        decoder = minimind.Decoder(fast)
+        decoder = decode.Decoder(fast)
         picks = ([decoder.add(chunk[:1]).argmax()]
                  + [decoder.step([t])[0].argmax() for t in chunk[1:]])
         same += (torch.stack(picks) == expected).sum().item()
@@ -250,7 +241,7 @@ def bench_accuracy(run, args):
     print(f"\naccuracy against the fp32 reference path (forward over the window), {run}: "
           f"{len(ids) // window * window} held-out positions, 64 greedy tokens")
     for name, model in paths.items():
-        same = list(model.generate(ids[:16], 64, temperature=0)) == greedy
+        same = list(decode.generate(model, ids[:16], 64, temperature=0)) == greedy
         share = agreement(reference, model, ids, window)
         print(f"  {name:<24} greedy tokens equal: {str(same):<5}  teacher-forced agreement "
               f"{100 * share:6.2f}% (target >= 99%: {'met' if share >= 0.99 else 'NOT met'})")
@@ -316,12 +307,12 @@ def bench_kernels(run, args):
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. server: concurrent streaming clients against chat.py --serve
+# 4. server: concurrent streaming clients against serve.py
 # ---------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def server(run, threads, max_batch):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads or os.cpu_count()))
-    command = [sys.executable, str(ROOT / "chat.py"), str(run), "--serve", "--port", "0",
+    command = [sys.executable, str(ROOT / "serve.py"), str(run), "--port", "0",
                "--max-batch", str(max_batch), "--request-log", ""]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env=env, cwd=ROOT)
@@ -331,7 +322,7 @@ def server(run, threads, max_batch):
                 yield int(line.split()[2].rsplit(":", 1)[1].split("/")[0])
                 break
         else:
-            raise RuntimeError("chat.py --serve did not start")
+            raise RuntimeError("serve.py did not start")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -363,7 +354,7 @@ def stream_once(port, prompt, max_tokens):
 def bench_server(run, args):
     prompts = [f"Question {i}: what does function number {i} return?"
                for i in range(max(args.clients))]
-    print(f"\nserver: chat.py --serve, {args.threads[0] or os.cpu_count()} thread(s), --max-batch "
+    print(f"\nserver: serve.py, {args.threads[0] or os.cpu_count()} thread(s), --max-batch "
           f"{max(args.clients)}, streaming greedy requests of {args.server_tokens} tokens")
     with server(run, args.threads[0], max(args.clients)) as port:
         stream_once(port, "warm up", 8)
@@ -407,7 +398,7 @@ def main(argv=None):
     args.threads = [int(t) for t in args.threads.split(",")]
     args.clients = [int(c) for c in args.clients.split(",")]
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{os.cpu_count()} cores, fbgemm fp16 kernel: {minimind.HAS_FBGEMM_FP16}")
+          f"{os.cpu_count()} cores, fbgemm fp16 kernel: {decode.HAS_FBGEMM_FP16}")
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or make_run(Path(tmp) / "minimind2-small")
         parts = args.part.split(",")

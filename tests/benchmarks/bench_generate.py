@@ -3,8 +3,9 @@
     python tests/benchmarks/bench_generate.py            # both parts, about a minute on 2 CPU cores
     python tests/benchmarks/bench_generate.py --part decode --size tiny
 
-1. decode: greedy generation of 512 new tokens with the KV cache vs without it (the whole context
-   through the model for every token). Target: cached >= 5x faster. Both produce the same tokens.
+1. decode: greedy generation of 512 new tokens with minimind.py's readable KV cache (generate's
+   default) vs without it (the whole context through the model for every token). Target: cached
+   >= 5x faster. Both produce the same tokens. (decode.py's fast path: bench_decode.py.)
 2. train: one training step (forward, backward, AdamW) of MiniMind `tiny` vs the GPT of gpt.py
    with the same depth, width, heads, vocabulary and context. Target: within 20%.
 
