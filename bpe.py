@@ -846,27 +846,29 @@ def read_v2_added_tokens(items, vocab, bad):
 # Command line
 # ---------------------------------------------------------------------------------------------
 
+def jsonl_objects(path, lines):
+    """(lineno, value) of each non-blank (lineno, line) of a .jsonl file."""
+    for lineno, line in lines:
+        if line.strip():
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+
+
 def read_texts(paths):
-    """Yield documents from .txt files and .jsonl files (one {"text": ...} object per line,
-    read one line at a time). A .txt file is one document, or several separated by
-    <|endoftext|> (as TinyStories ships). A malformed line or a byte that is not UTF-8 raises
-    UserError naming the file (and line)."""
+    """Yield documents from .txt and .jsonl files (one {"text": ...} object a line, read a line at
+    a time). A .txt file is one document, or several separated by <|endoftext|> (as TinyStories
+    ships). A malformed line or a byte that is not UTF-8 raises UserError naming file and line."""
     for path in map(str, paths):
         if not os.path.isfile(path):
             raise UserError(f"{path}: no such file")
         try:
             if path.endswith(".jsonl"):
                 with open(path, encoding="utf-8") as f:
-                    for lineno, line in enumerate(f, 1):
-                        if not line.strip():
-                            continue
-                        try:
-                            obj = json.loads(line)
-                        except json.JSONDecodeError as e:
-                            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                    for lineno, obj in jsonl_objects(path, enumerate(f, 1)):
                         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                            raise UserError(
-                                f'{path}:{lineno}: expected an object with a "text" string')
+                            raise UserError(f'{path}:{lineno}: not an object with a "text" string')
                         yield obj["text"]
             else:
                 with open(path, encoding="utf-8") as f:

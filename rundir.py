@@ -37,7 +37,7 @@ import decode
 import gpt
 import int8
 import minimind
-from bpe import Tokenizer, UserError
+from bpe import Tokenizer, UserError, jsonl_objects
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,13 +260,8 @@ def read_jsonl(path, parse, what="conversations", hint="or use --data python-doc
         raise UserError(f"{path}: no such file ({hint})")
     items = []
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})")
-                items.append(parse(obj, f"{path}:{lineno}"))
+        for lineno, obj in jsonl_objects(path, enumerate(f, 1)):
+            items.append(parse(obj, f"{path}:{lineno}"))
     if not items:
         raise UserError(f"{path}: no {what} in this file")
     return items

@@ -20,12 +20,11 @@ import codecs
 import csv
 import html.parser
 import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpe import UserError
+from bpe import UserError, jsonl_objects
 
 SUFFIXES = (".txt", ".md", ".jsonl", ".csv", ".html", ".htm")
 
@@ -126,13 +125,7 @@ def html_text(markup):
 # ---------------------------------------------------------------------------------------------
 def _jsonl_documents(path, lines, field):
     """Documents from (line number, line) pairs of a .jsonl file."""
-    for lineno, line in lines:
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    for lineno, obj in jsonl_objects(path, lines):
         if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
             raise UserError(f'{path}:{lineno}: no "{field}" string in this line '
                             f"(--field names the field to read)")
