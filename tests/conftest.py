@@ -16,6 +16,20 @@ os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 
+def cli_in_process(main, args, capsys):
+    """Run a script's main as its command line does (rundir.run_cli: a UserError becomes one
+    `error:` line and status 2) without a subprocess, which costs seconds of torch import.
+    Returns (status, stdout, stderr). Each script keeps one real subprocess test as well."""
+    capsys.readouterr()
+    try:
+        rundir.run_cli(lambda: main([str(a) for a in args]))
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     """Downloads and token caches go to a fresh folder, never to the user's ~/.cache/slm."""

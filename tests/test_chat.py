@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import cli_in_process
 import chat
 import decode
 import rundir
@@ -67,19 +68,21 @@ def test_user_errors(tmp_path, pretrained_run):
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
 
 
-def test_serve_flag_names_the_server_command(tmp_path):
+def test_serve_flag_names_the_server_command(tmp_path, capsys):
     """chat.py --serve, wherever it stands, is answered before any flag is parsed (an unknown
     flag, a missing run directory) with the command to type instead: one line, exit status 2."""
-    for args in (["out/dpo", "--serve", "--port", "8001"], ["--serve", "out/dpo", "--port", "8001"],
-                 ["out/dpo", "--port", "8001", "--serve"]):
-        done = run_cli(*args)
-        assert done.returncode == 2 and done.stdout == ""
-        assert done.stderr == ("error: the server has its own command now: "
-                               "python serve.py out/dpo --port 8001\n")
-    done = run_cli(tmp_path / "no run", "--serve", "--api-key", "a b", "--bogus")
-    assert done.returncode == 2
+    done = run_cli("out/dpo", "--serve", "--port", "8001")  # the real command line, once
+    assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == ("error: the server has its own command now: "
-                           f"python serve.py '{tmp_path / 'no run'}' --api-key 'a b' --bogus\n")
+                           "python serve.py out/dpo --port 8001\n")
+    for args in (["--serve", "out/dpo", "--port", "8001"], ["out/dpo", "--port", "8001", "--serve"]):
+        assert cli_in_process(chat.main, args, capsys) == (
+            2, "", "error: the server has its own command now: python serve.py out/dpo --port 8001\n")
+    status, _, err = cli_in_process(chat.main, [tmp_path / "no run", "--serve", "--api-key", "a b", "--bogus"],
+                                    capsys)
+    assert status == 2
+    assert err == ("error: the server has its own command now: "
+                   f"python serve.py '{tmp_path / 'no run'}' --api-key 'a b' --bogus\n")
     with pytest.raises(train.UserError, match="^the server has its own command now: "
                                               "python serve.py x --host 0.0.0.0$"):
         chat.main(["x", "--host", "0.0.0.0", "--serve"])

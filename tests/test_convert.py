@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import cli_in_process
 import bpe
 import chat
 import convert
@@ -243,20 +244,19 @@ def test_what_we_do_not_model_is_refused_naming_the_field(tmp_path, tok, change,
     assert not (tmp_path / "run").exists()
 
 
-def test_command_line_errors_are_one_line_and_damage_nothing(tmp_path, tok, hub):
+def test_command_line_errors_are_one_line_and_damage_nothing(tmp_path, tok, hub, capsys):
     write_release(tmp_path / "rel", "llama", tok)
-    r = run_cli(tmp_path / "rel", tmp_path / "run")
-    assert r.returncode == 0, r.stderr
+    assert cli_in_process(convert.main, [tmp_path / "rel", tmp_path / "run"], capsys)[0] == 0
     before = (tmp_path / "run" / "model.pt").read_bytes()
-    for args, message in [((tmp_path / "rel", tmp_path / "run"), "already exists"),
-                          ((f"hf:nobody/nothing", tmp_path / "x"), "hf:nobody/nothing@main: config.json"),
+    env_run = run_cli(tmp_path / "rel", tmp_path / "run")  # the real command line, once
+    lines = env_run.stderr.strip().splitlines()
+    assert env_run.returncode == 2 and len(lines) == 1 and "already exists" in lines[0], env_run.stderr
+    for args, message in [((f"hf:nobody/nothing", tmp_path / "x"), "hf:nobody/nothing@main: config.json"),
                           ((tmp_path / "nowhere", tmp_path / "x"), "not a transformers directory"),
                           ((tmp_path / "run", tmp_path / "x", "--to", "onnx"), "--to must be")]:
-        env_run = subprocess.run([sys.executable, str(ROOT / "convert.py"), *map(str, args)], cwd=ROOT,
-                                 capture_output=True, text=True, timeout=300,
-                                 env={**os.environ, "HF_ENDPOINT": hub.url, "OMP_NUM_THREADS": "1"})
-        lines = env_run.stderr.strip().splitlines()
-        assert env_run.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), env_run.stderr
+        status, out, err = cli_in_process(convert.main, args, capsys)  # the same path, no torch import
+        lines = err.strip().splitlines()
+        assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
         assert message in lines[0]
     assert (tmp_path / "run" / "model.pt").read_bytes() == before
     metaspace = json.loads((tmp_path / "rel" / "tokenizer.json").read_text())

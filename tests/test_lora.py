@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import cli_in_process
 import dpo
 import gpt
 import lora
@@ -288,14 +289,15 @@ def test_calculator_counts_lora_as_a_real_model_does(pretrained_run):
     assert ckpt["flops_per_step"] > full["flops_per_step"]  # the recomputed forward passes
 
 
-def test_dry_run_of_sft_and_dpo_from_the_command_line(pretrained_run):
-    for script, extra, expect in (("sft.py", ["--preset", "t4-lora"], "trained (LoRA)"),
-                                  ("dpo.py", ["--lora-rank", "8"], "x 2 rows"),
-                                  ("dpo.py", [], "DPO reference (frozen copy")):
-        r = subprocess.run([sys.executable, script, "--init", str(pretrained_run), "--dry-run", *extra], cwd=ROOT,
-                           capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        assert expect in r.stdout and "T4" in r.stdout
+def test_dry_run_of_sft_and_dpo_from_the_command_line(pretrained_run, capsys):
+    r = subprocess.run([sys.executable, "sft.py", "--init", str(pretrained_run), "--dry-run", "--preset",
+                        "t4-lora"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "trained (LoRA)" in r.stdout and "T4" in r.stdout
+    for extra, expect in ((["--lora-rank", "8"], "x 2 rows"), ([], "DPO reference (frozen copy")):
+        status, out, err = cli_in_process(dpo.main, ["--init", pretrained_run, "--dry-run", *extra], capsys)
+        assert status == 0, err
+        assert expect in out and "T4" in out
 
 
 def test_dry_run_refuses_the_flags_a_run_would_refuse(pretrained_run):
