@@ -1,0 +1,394 @@
+"""chat_templates.py: the chat template families, rendered in plain Python (a companion of sft.py).
+
+A chat model was trained on conversations written one particular way, and it only answers well,
+and stops, when it is prompted the same way. A release says which way in its chat template (a
+Jinja program in tokenizer_config.json). slm does not run Jinja: it recognises the template's
+family by its markers and writes the same text with one small function per family:
+
+    family    a turn                                                       the turn ends with
+    chatml    <|im_start|>user\\nHi<|im_end|>\\n                             <|im_end|>
+    llama3    <|start_header_id|>user<|end_header_id|>\\n\\nHi<|eot_id|>      <|eot_id|>
+    llama2    <s>[INST] <<SYS>>\\n...\\n<</SYS>>\\n\\nHi [/INST] Hello </s>     </s>
+    mistral   <s>[INST] Hi[/INST] Hello</s>  (v0.3; v0.2: " [INST] Hi [/INST]")  </s>
+    gemma     <bos><start_of_turn>user\\nHi<end_of_turn>\\n<start_of_turn>model\\n   <end_of_turn>
+    phi3      <|user|>\\nHi<|end|>\\n<|assistant|>\\n                          <|end|>
+    zephyr    <|user|>\\nHi</s>\\n<|assistant|>\\n                             </s>
+
+    template = chat_templates.recognise(jinja_text, tok, "tokenizer_config.json")  # or choose()
+    ids, trained = chat_templates.render(tok, messages, add_generation_prompt=False)
+
+render() is the one entry point: sft.render_chat (the loss mask: the assistant's words and the
+token that ends its turn are trained, nothing else), dpo.py, eval.py, chat.py and serve.py all
+render through it. A run directory records its template in chat_template.json (family and Jinja
+text; none: ChatML, the template of a run trained here); exports carry that Jinja text unchanged
+and the family's stop tokens.
+
+Imports bpe.py (UserError) only. Imported by rundir.py (a run's template), sft.py (render_chat),
+chat.py (stop tokens), eval.py and convert.py (import, exports).
+"""
+import json
+import re
+import time
+from dataclasses import dataclass
+
+from bpe import UserError
+
+# Our own template, what a run trained here uses, as transformers and llama.cpp read it.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+    "+ '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% endif %}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. One function per family: messages -> segments (text, trained, markup)
+#
+# `markup` text is the template's own: the special-token names in it become their ids. The
+# rest (what users and the model wrote) is encoded as plain text, so a user who types
+# "<|eot_id|>" cannot end a turn. `trained` marks what the model must learn to write: an
+# assistant message's words and the token that ends its turn. `jinja` is the release's text,
+# where a family's variants differ (Llama 3.1/3.2's dated system block, Mistral v0.2 vs v0.3).
+# ---------------------------------------------------------------------------------------------
+def said(text, end, learn):
+    """A message's words and the end of its turn: [(text, learn, False), (end, learn, True)]."""
+    return [(text, learn, False), (end, learn, True)]
+
+
+def chatml(messages, gen, jinja):
+    out = []
+    for m in messages:
+        out += [(f"<|im_start|>{m['role']}\n", False, True)]
+        out += said(m["content"], "<|im_end|>", m["role"] == "assistant") + [("\n", False, True)]
+    return out + ([("<|im_start|>assistant\n", False, True)] if gen else [])
+
+
+def split_system(messages):
+    """(the system message's text or None, the other messages)."""
+    if messages and messages[0]["role"] == "system":
+        return messages[0]["content"], messages[1:]
+    return None, messages
+
+
+def llama3(messages, gen, jinja):
+    """Llama 3: every message trimmed. Llama 3.1/3.2 (their template says "Cutting Knowledge
+    Date") always open with a system block holding the dates, then the system message; the
+    other messages are not trimmed there."""
+    def header(role):
+        return (f"<|start_header_id|>{role}<|end_header_id|>\n\n", False, True)
+    out, trim = [("<|begin_of_text|>", False, True)], str.strip
+    if "Cutting Knowledge Date" in jinja:
+        system, messages = split_system(messages)
+        today = time.strftime("%d %b %Y") if "strftime_now" in jinja else "26 Jul 2024"
+        out += [header("system"), (f"Cutting Knowledge Date: December 2023\nToday Date: {today}"
+                                   "\n\n", False, True)]
+        out, trim = out + said((system or "").strip(), "<|eot_id|>", False), str
+    for m in messages:
+        learn = m["role"] == "assistant"
+        out += [header(m["role"])] + said(trim(m["content"]), "<|eot_id|>", learn)
+    return out + ([header("assistant")] if gen else [])
+
+
+def llama2(messages, gen, jinja):
+    """Llama 2: the system message goes inside the first [INST], between <<SYS>> markers; every
+    user turn opens with <s>, every answer ends " </s>". There is no generation prompt: a prompt
+    ends with [/INST] already."""
+    system, messages = split_system(messages)
+    out = []
+    for i, m in enumerate(messages):
+        text = m["content"]
+        if i == 0 and system is not None:
+            text = f"<<SYS>>\n{system}\n<</SYS>>\n\n{text}"
+        if m["role"] == "user":
+            out += [("<s>[INST] ", False, True), (text.strip(), False, False),
+                    (" [/INST]", False, True)]
+        else:
+            out += said(f" {text.strip()} ", "</s>", True)
+    return out
+
+
+def mistral(messages, gen, jinja):
+    """Mistral: one <s> at the start, no <<SYS>>. v0.3 (its template has `loop.last and
+    system_message`) puts the system message before the LAST user message, and only when the
+    conversation ends with it; v0.2 before the first, with spaces around [INST] and [/INST]."""
+    system, messages = split_system(messages)
+    v3 = "loop.last and system_message" in jinja
+    out = [("<s>", False, True)]
+    for i, m in enumerate(messages):
+        text = m["content"]
+        if system is not None and m["role"] == "user" and i == (len(messages) - 1 if v3 else 0):
+            text = f"{system}\n\n{text}"
+        if m["role"] == "user":
+            out += [("[INST] " if v3 else " [INST] ", False, True), (text, False, False),
+                    ("[/INST]" if v3 else " [/INST]", False, True)]
+        else:
+            out += said(" " + (text.strip() if v3 else text), "</s>", True)
+    return out
+
+
+def gemma(messages, gen, jinja):
+    """Gemma: roles user and model, trimmed messages, no system role: as Gemma 3's template does,
+    the system message opens the first user turn, followed by a blank line."""
+    system, messages = split_system(messages)
+    out = [("<bos>", False, True)]
+    for i, m in enumerate(messages):
+        role = "model" if m["role"] == "assistant" else m["role"]
+        prefix = f"{system}\n\n" if i == 0 and system is not None else ""
+        out += [(f"<start_of_turn>{role}\n", False, True)]
+        out += [(prefix, False, False)] if prefix else []
+        out += said(m["content"].strip(), "<end_of_turn>", role == "model")
+        out += [("\n", False, True)]
+    return out + ([("<start_of_turn>model\n", False, True)] if gen else [])
+
+
+def phi3(messages, gen, jinja):
+    """Phi-3: <|role|> on a line, the message, <|end|>; a conversation without the generation
+    prompt ends with the end-of-text token."""
+    out = []
+    for m in messages:
+        out += [(f"<|{m['role']}|>\n", False, True)]
+        out += said(m["content"], "<|end|>", m["role"] == "assistant") + [("\n", False, True)]
+    return out + [("<|assistant|>\n" if gen else "<|endoftext|>", False, True)]
+
+
+def zephyr(messages, gen, jinja):
+    """Zephyr (and TinyLlama's chat models): like Phi-3's, each message ending with </s>."""
+    out = []
+    for m in messages:
+        out += [(f"<|{m['role']}|>\n", False, True)]
+        out += said(m["content"], "</s>", m["role"] == "assistant") + [("\n", False, True)]
+    return out + ([("<|assistant|>\n", False, True)] if gen else [])
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The families: how each is recognised, what it needs, where it stops, its own Jinja text
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Family:
+    render: object   # one of the functions above
+    markers: tuple   # strings every template of the family contains
+    needs: tuple     # special tokens the tokenizer must have (the first ends a turn)
+    stops: tuple     # where generation stops: the end of a turn, the end of the text
+    jinja: str       # the family's template, for a run that chose it without a release's text
+    ollama: str      # the same in Ollama's Go template syntax, for the Modelfile
+
+
+LLAMA3_JINJA = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+    "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{% endif %}")
+LLAMA2_JINJA = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set "
+    "system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + "
+    "system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = "
+    "message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' "
+    "+ content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' ' + "
+    "content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
+MISTRAL_JINJA = (
+    "{% if messages[0]['role'] == 'system' %}{% set system_message = messages[0]['content'] %}"
+    "{% set loop_messages = messages[1:] %}{% else %}{% set loop_messages = messages %}{% endif %}"
+    "{{ bos_token }}{% for message in loop_messages %}{% if message['role'] == 'user' %}"
+    "{% if loop.last and system_message is defined %}{{ '[INST] ' + system_message + '\\n\\n' + "
+    "message['content'] + '[/INST]' }}{% else %}{{ '[INST] ' + message['content'] + '[/INST]' }}"
+    "{% endif %}{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] | trim + "
+    "eos_token }}{% endif %}{% endfor %}")
+GEMMA_JINJA = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = "
+    "messages[0]['content'] + '\\n\\n' %}{% set loop_messages = messages[1:] %}{% else %}"
+    "{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}{% if message['role'] == 'assistant' %}{% set role = "
+    "'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role "
+    "+ '\\n' + (first_user_prefix if loop.first else '') + message['content'] | trim + "
+    "'<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}"
+    "{% endif %}")
+PHI3_JINJA = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + "
+    "'<|end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}"
+    "{{ eos_token }}{% endif %}")
+ZEPHYR_JINJA = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + "
+    "eos_token + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}"
+    "{% endif %}")
+
+
+def go_template(system, turn, assistant):
+    """An Ollama TEMPLATE: the system message, then each message as `turn` (ROLE and CONTENT
+    stand for Ollama's {{ .Role }} and {{ .Content }}), then the assistant's header."""
+    def fill(text):
+        return text.replace("ROLE", "{{ .Role }}").replace("CONTENT", "{{ .Content }}")
+    return ("{{- if .System }}" + system.replace("CONTENT", "{{ .System }}") + "{{ end }}"
+            "{{- range .Messages }}" + fill(turn) + "{{ end }}" + assistant)
+
+
+FAMILIES = {
+    "chatml": Family(chatml, ("<|im_start|>", "<|im_end|>"), ("<|im_end|>", "<|im_start|>"),
+                     ("<|im_end|>", "<|im_start|>", "<|endoftext|>"), CHATML_TEMPLATE,
+                     go_template("<|im_start|>system\nCONTENT<|im_end|>\n",
+                                 "<|im_start|>ROLE\nCONTENT<|im_end|>\n",
+                                 "<|im_start|>assistant\n")),
+    "llama3": Family(llama3, ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+                     ("<|eot_id|>", "<|begin_of_text|>", "<|start_header_id|>",
+                      "<|end_header_id|>"), ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"),
+                     LLAMA3_JINJA,
+                     "<|begin_of_text|>" + go_template(
+                         "<|start_header_id|>system<|end_header_id|>\n\nCONTENT<|eot_id|>",
+                         "<|start_header_id|>ROLE<|end_header_id|>\n\nCONTENT<|eot_id|>",
+                         "<|start_header_id|>assistant<|end_header_id|>\n\n")),
+    "gemma": Family(gemma, ("<start_of_turn>", "<end_of_turn>"),
+                    ("<end_of_turn>", "<bos>", "<start_of_turn>"), ("<end_of_turn>", "<eos>"),
+                    GEMMA_JINJA,
+                    "<bos>{{- if .System }}<start_of_turn>user\n{{ .System }}\n\n{{ end }}"
+                    "{{- range $i, $m := .Messages }}{{- if eq $m.Role \"assistant\" }}"
+                    "<start_of_turn>model\n{{ $m.Content }}<end_of_turn>\n{{- else }}"
+                    "{{- if or (gt $i 0) (not $.System) }}<start_of_turn>user\n{{ end }}"
+                    "{{ $m.Content }}<end_of_turn>\n{{- end }}{{ end }}<start_of_turn>model\n"),
+    "llama2": Family(llama2, ("[INST]", "<<SYS>>"), ("</s>", "<s>"), ("</s>",), LLAMA2_JINJA,
+                     "{{- range $i, $m := .Messages }}{{- if eq $m.Role \"user\" }}<s>[INST] "
+                     "{{- if and (eq $i 0) $.System }}<<SYS>>\n{{ $.System }}\n<</SYS>>\n\n"
+                     "{{ end }}{{ $m.Content }} [/INST]{{- else }} {{ $m.Content }} </s>"
+                     "{{- end }}{{ end }}"),
+    "mistral": Family(mistral, ("[INST]",), ("</s>", "<s>"), ("</s>",), MISTRAL_JINJA,
+                      "<s>{{- range $i, $m := .Messages }}{{- if eq $m.Role \"user\" }}[INST] "
+                      "{{- if and $.System (eq (len (slice $.Messages $i)) 1) }}{{ $.System }}"
+                      "\n\n{{ end }}{{ $m.Content }}[/INST]{{- else }} {{ $m.Content }}</s>"
+                      "{{- end }}{{ end }}"),
+    "phi3": Family(phi3, ("<|user|>", "<|end|>", "<|assistant|>"),
+                   ("<|end|>", "<|user|>", "<|assistant|>"), ("<|end|>", "<|endoftext|>"),
+                   PHI3_JINJA, go_template("<|system|>\nCONTENT<|end|>\n",
+                                           "<|ROLE|>\nCONTENT<|end|>\n", "<|assistant|>\n")),
+    "zephyr": Family(zephyr, ("<|user|>", "<|assistant|>", "eos_token"), ("</s>",), ("</s>",),
+                     ZEPHYR_JINJA, go_template("<|system|>\nCONTENT</s>\n",
+                                               "<|ROLE|>\nCONTENT</s>\n", "<|assistant|>\n")),
+}
+CHOICES = "|".join(FAMILIES)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A run's chat template: its family's name and the Jinja text exports carry."""
+    family: str
+    jinja: str
+
+    @property
+    def spec(self):
+        return FAMILIES[self.family]
+
+
+CHATML = Template("chatml", CHATML_TEMPLATE)
+
+
+def check_tokens(template, tok, where):
+    """The template, once the tokenizer is known to have the special tokens it writes."""
+    missing = [n for n in template.spec.needs if n not in tok.special_tokens]
+    if missing:
+        raise UserError(f"{where}: the {template.family} chat template needs the special "
+                        f"tokens {missing}, which this tokenizer does not have")
+    return template
+
+
+def family_of(jinja):
+    """The family whose markers the Jinja text holds (in FAMILIES' order), or None."""
+    return next((name for name, f in FAMILIES.items() if all(m in jinja for m in f.markers)), None)
+
+
+def recognise(jinja, tok, where, choice=""):
+    """A release's template (Jinja text) -> its Template. `choice` (--chat-template) names the
+    family instead; the release's text is kept when it is of that family, else the family's own
+    text is what exports carry. A template no family fits is an error that says how to choose."""
+    found = family_of(jinja)
+    if choice:
+        if choice not in FAMILIES:
+            raise UserError(f"--chat-template must be one of {CHOICES}; got {choice!r}")
+        return check_tokens(Template(choice, jinja if found == choice else
+                                     FAMILIES[choice].jinja), tok, where)
+    if found is None:
+        raise UserError(f"{where}: its chat template is none that slm knows ({CHOICES}); "
+                        f"choose how to write chats with --chat-template {CHOICES}")
+    return check_tokens(Template(found, jinja), tok, where)
+
+
+def choose(name, tok, where):
+    """--chat-template NAME for a run that has no release's text: the family's own."""
+    if name not in FAMILIES:
+        raise UserError(f"--chat-template must be one of {CHOICES}; got {name!r}")
+    return check_tokens(Template(name, FAMILIES[name].jinja), tok, where)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The one entry point: a conversation -> ids and what is trained
+# ---------------------------------------------------------------------------------------------
+def of(tok):
+    """The tokenizer's chat template (rundir.load_tokenizer attaches a run's); ChatML if none."""
+    return getattr(tok, "chat_template", None) or CHATML
+
+
+def render(tok, messages, add_generation_prompt=False):
+    """Render messages in the tokenizer's template and say which tokens are trained.
+
+    Returns (ids, trained): trained[i] is True when ids[i] is a token the model must learn to
+    produce: the words of an assistant message and the token that ends its turn. Text between
+    two special tokens is encoded in one piece when its trained flag does not change, as
+    `tokenizers` encodes the whole rendered string (it, too, splits at special tokens first)."""
+    template = of(tok)
+    segments = template.spec.render(messages, add_generation_prompt, template.jinja)
+    names = sorted(tok.special_tokens, key=len, reverse=True)
+    split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
+    ids, trained, text, learn = [], [], "", False
+
+    def flush():
+        encoded = tok.encode(text, allowed_special="none") if text else []
+        ids.extend(encoded)
+        trained.extend([learn] * len(encoded))
+    for part, flag, markup in segments:
+        pieces = split.split(part) if markup and split else [part]
+        for k, piece in enumerate(pieces):
+            if k % 2:  # a special token of the template's
+                flush()
+                text = ""
+                ids.append(tok.special_tokens[piece])
+                trained.append(flag)
+            elif piece:
+                if flag != learn:
+                    flush()
+                    text = ""
+                text, learn = text + piece, flag
+    flush()
+    return ids, trained
+
+
+def stop_ids(tok):
+    """The ids generation stops at in a chat: the template's stop tokens the tokenizer has."""
+    return {tok.special_tokens[n] for n in of(tok).spec.stops if n in tok.special_tokens}
+
+
+def end_id(tok):
+    """The id of the token that ends an assistant's turn (the one SFT teaches)."""
+    return tok.special_tokens[of(tok).spec.needs[0]]
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. In a run directory: chat_template.json, {"family": ..., "template": ...}
+# ---------------------------------------------------------------------------------------------
+FILE = "chat_template.json"
+
+
+def as_json(template):
+    """The text of chat_template.json for this template, or None for ChatML (no file)."""
+    if template is None or template == CHATML:
+        return None
+    return json.dumps({"family": template.family, "template": template.jinja}, indent=1)
+
+
+def load(run_dir, tok):
+    """A run directory's template: chat_template.json's, or ChatML when there is none."""
+    path = run_dir / FILE
+    if not path.exists():
+        return CHATML
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return check_tokens(Template(data["family"], data["template"]), tok, path)
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a chat template file ({e})")
