@@ -171,6 +171,8 @@ class Family:
     stops: tuple     # where generation stops: the end of a turn, the end of the text
     jinja: str       # the family's template, for a run that chose it without a release's text
     ollama: str      # the same in Ollama's Go template syntax, for the Modelfile
+    bos: str = None  # what the Jinja text calls bos_token and eos_token (Phi-3's eos_token ends
+    eos: str = None  # the text, not a turn); eos None: the token that ends a turn
 
 
 LLAMA3_JINJA = (
@@ -236,7 +238,7 @@ FAMILIES = {
                      "<|begin_of_text|>" + go_template(
                          "<|start_header_id|>system<|end_header_id|>\n\nCONTENT<|eot_id|>",
                          "<|start_header_id|>ROLE<|end_header_id|>\n\nCONTENT<|eot_id|>",
-                         "<|start_header_id|>assistant<|end_header_id|>\n\n")),
+                         "<|start_header_id|>assistant<|end_header_id|>\n\n"), "<|begin_of_text|>"),
     "gemma": Family(gemma, ("<start_of_turn>", "<end_of_turn>"),
                     ("<end_of_turn>", "<bos>", "<start_of_turn>"), ("<end_of_turn>", "<eos>"),
                     GEMMA_JINJA,
@@ -244,21 +246,23 @@ FAMILIES = {
                     "{{- range $i, $m := .Messages }}{{- if eq $m.Role \"assistant\" }}"
                     "<start_of_turn>model\n{{ $m.Content }}<end_of_turn>\n{{- else }}"
                     "{{- if or (gt $i 0) (not $.System) }}<start_of_turn>user\n{{ end }}"
-                    "{{ $m.Content }}<end_of_turn>\n{{- end }}{{ end }}<start_of_turn>model\n"),
+                    "{{ $m.Content }}<end_of_turn>\n{{- end }}{{ end }}<start_of_turn>model\n",
+                    "<bos>"),
     "llama2": Family(llama2, ("[INST]", "<<SYS>>"), ("</s>", "<s>"), ("</s>",), LLAMA2_JINJA,
                      "{{- range $i, $m := .Messages }}{{- if eq $m.Role \"user\" }}<s>[INST] "
                      "{{- if and (eq $i 0) $.System }}<<SYS>>\n{{ $.System }}\n<</SYS>>\n\n"
                      "{{ end }}{{ $m.Content }} [/INST]{{- else }} {{ $m.Content }} </s>"
-                     "{{- end }}{{ end }}"),
+                     "{{- end }}{{ end }}", "<s>"),
     "mistral": Family(mistral, ("[INST]",), ("</s>", "<s>"), ("</s>",), MISTRAL_JINJA,
                       "<s>{{- range $i, $m := .Messages }}{{- if eq $m.Role \"user\" }}[INST] "
                       "{{- if and $.System (eq (len (slice $.Messages $i)) 1) }}{{ $.System }}"
                       "\n\n{{ end }}{{ $m.Content }}[/INST]{{- else }} {{ $m.Content }}</s>"
-                      "{{- end }}{{ end }}"),
+                      "{{- end }}{{ end }}", "<s>"),
     "phi3": Family(phi3, ("<|user|>", "<|end|>", "<|assistant|>"),
                    ("<|end|>", "<|user|>", "<|assistant|>"), ("<|end|>", "<|endoftext|>"),
                    PHI3_JINJA, go_template("<|system|>\nCONTENT<|end|>\n",
-                                           "<|ROLE|>\nCONTENT<|end|>\n", "<|assistant|>\n")),
+                                           "<|ROLE|>\nCONTENT<|end|>\n", "<|assistant|>\n"),
+                   eos="<|endoftext|>"),
     "zephyr": Family(zephyr, ("<|user|>", "<|assistant|>", "eos_token"), ("</s>",), ("</s>",),
                      ZEPHYR_JINJA, go_template("<|system|>\nCONTENT</s>\n",
                                                "<|ROLE|>\nCONTENT</s>\n", "<|assistant|>\n")),
@@ -359,9 +363,29 @@ def render(tok, messages, add_generation_prompt=False):
     return ids, trained
 
 
+def export_tokens(tok, chat):
+    """What an export writes about the run's template: its Jinja text, the names of the tokens
+    the text calls bos_token (None: it has none) and eos_token, and the token that ends a turn.
+    A pre-trained run ends its text with <|endoftext|> (its template stays ChatML's: fine-tuning
+    it writes ChatML). stop_ids(tok) adds the other tokens a chat stops at."""
+    template = of(tok)
+    if not chat:
+        return {"template": template.jinja, "bos": None, "eos": "<|endoftext|>",
+                "eot": "<|endoftext|>"}
+    return {"template": template.jinja, "bos": template.spec.bos,
+            "eos": template.spec.eos or template.spec.needs[0], "eot": template.spec.needs[0]}
+
+
+def stop_names(tok):
+    """The tokens a chat stops at, by name: the template's end of a turn first, then the others
+    it stops at (a new turn, the end of the text), <|endoftext|> last."""
+    names = [n for n in of(tok).spec.stops + ("<|endoftext|>",) if n in tok.special_tokens]
+    return list(dict.fromkeys(names))
+
+
 def stop_ids(tok):
-    """The ids generation stops at in a chat: the template's stop tokens the tokenizer has."""
-    return {tok.special_tokens[n] for n in of(tok).spec.stops if n in tok.special_tokens}
+    """The ids generation stops at in a chat (stop_names)."""
+    return {tok.special_tokens[n] for n in stop_names(tok)}
 
 
 def end_id(tok):
