@@ -206,14 +206,14 @@ GEMMA_JINJA = (
     "+ '\\n' + (first_user_prefix if loop.first else '') + message['content'] | trim + "
     "'<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}"
     "{% endif %}")
-PHI3_JINJA = (
-    "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + "
-    "'<|end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}"
-    "{{ eos_token }}{% endif %}")
-ZEPHYR_JINJA = (
-    "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + "
-    "eos_token + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}"
-    "{% endif %}")
+ROLE_TAGS = ("{% for message in messages %}{% if message['role'] == 'user' %}{% set tag = "
+             "'<|user|>' %}{% elif message['role'] == 'assistant' %}{% set tag = '<|assistant|>' %}"
+             "{% else %}{% set tag = '<|system|>' %}{% endif %}")
+PHI3_JINJA = (ROLE_TAGS + "{{ tag + '\\n' + message['content'] + '<|end|>\\n' }}{% endfor %}"
+              "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}"
+              "{% endif %}")
+ZEPHYR_JINJA = (ROLE_TAGS + "{{ tag + '\\n' + message['content'] + eos_token + '\\n' }}"
+                "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}")
 
 
 def go_template(system, turn, assistant):

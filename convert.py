@@ -555,13 +555,14 @@ def write_gguf(run_dir, out, kind="f16"):
     return a
 
 
-def modelfile(gguf_path, chat, template=chat_templates.CHATML):
+def modelfile(gguf_path, chat, tok):
     """An Ollama Modelfile beside the GGUF: the file, the run's chat template in Ollama's Go
     syntax and its stop tokens, the sampling settings chat.py uses."""
     lines = [f"FROM ./{Path(gguf_path).name}", ""]
     if chat:
-        lines += [f'TEMPLATE """{template.spec.ollama}"""']
-        lines += [f'PARAMETER stop "{n}"' for n in template.spec.stops if n != "<|endoftext|>"]
+        stops = [n for n in chat_templates.stop_names(tok) if n != "<|endoftext|>"]  # see below
+        lines += [f'TEMPLATE """{chat_templates.of(tok).spec.ollama}"""']
+        lines += [f'PARAMETER stop "{n}"' for n in stops]
     else:
         lines += ['TEMPLATE """{{ .Prompt }}"""']
     lines += ['PARAMETER stop "<|endoftext|>"', "PARAMETER temperature 0.7", "PARAMETER top_k 50",
@@ -628,7 +629,7 @@ def main(argv=None, **overrides):
     arch = write_gguf(cfg.source, cfg.dest, cfg.type)
     chat = rundir.is_chat(rundir.read_model_file(cfg.source, mmap=True))
     modelfile_path = Path(cfg.dest).with_name("Modelfile")
-    text = modelfile(cfg.dest, chat, chat_templates.of(rundir.load_tokenizer(cfg.source)))
+    text = modelfile(cfg.dest, chat, rundir.load_tokenizer(cfg.source))
     rundir.atomic_write(modelfile_path, lambda f: f.write(text.encode("utf-8")))
     print(f"wrote {cfg.dest} (GGUF, arch {arch}, {cfg.type}) and {modelfile_path}: "
           f"ollama create NAME -f {modelfile_path}")
