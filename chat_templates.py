@@ -14,8 +14,9 @@ family by its markers and writes the same text with one small function per famil
     phi3      <|user|>\\nHi<|end|>\\n<|assistant|>\\n                          <|end|>
     zephyr    <|user|>\\nHi</s>\\n<|assistant|>\\n                             </s>
 
-    template = chat_templates.recognise(jinja_text, tok, "tokenizer_config.json")  # or choose()
+    tok.chat_template = chat_templates.recognise(jinja_text, tok, "tokenizer_config.json")
     ids, trained = chat_templates.render(tok, messages, add_generation_prompt=False)
+    chat_templates.stop_ids(tok)     # where a chat answer ends: {<|eot_id|>, ...} for Llama 3
 
 render() is the one entry point: sft.render_chat (the loss mask: the assistant's words and the
 token that ends its turn are trained, nothing else), dpo.py, eval.py, chat.py and serve.py all
@@ -312,13 +313,6 @@ def recognise(jinja, tok, where, choice=""):
         raise UserError(f"{where}: its chat template is none that slm knows ({CHOICES}); "
                         f"choose how to write chats with --chat-template {CHOICES}")
     return check_tokens(Template(found, jinja), tok, where)
-
-
-def choose(name, tok, where):
-    """--chat-template NAME for a run that has no release's text: the family's own."""
-    if name not in FAMILIES:
-        raise UserError(f"--chat-template must be one of {CHOICES}; got {name!r}")
-    return check_tokens(Template(name, FAMILIES[name].jinja), tok, where)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -375,7 +375,7 @@ def load_run(run_dir, device="cpu"):
 
 
 def is_chat(payload):
-    """A model fine-tuned on ChatML conversations (or imported with a ChatML template)."""
+    """A model fine-tuned on chat conversations (or imported with a chat template)."""
     return payload.get("stage") in ("sft", "dpo")
 
 
