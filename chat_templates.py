@@ -56,11 +56,17 @@ def said(text, end, learn):
     return [(text, learn, False), (end, learn, True)]
 
 
-def chatml(messages, gen, jinja):
+def lines(messages, head, end):
+    """Each message as head(role), its words, `end` and a newline: ChatML, Phi-3 and Zephyr."""
     out = []
     for m in messages:
-        out += [(f"<|im_start|>{m['role']}\n", False, True)]
-        out += said(m["content"], "<|im_end|>", m["role"] == "assistant") + [("\n", False, True)]
+        out += [(head(m["role"]), False, True)] + said(m["content"], end, m["role"] == "assistant")
+        out += [("\n", False, True)]
+    return out
+
+
+def chatml(messages, gen, jinja):
+    out = lines(messages, lambda role: f"<|im_start|>{role}\n", "<|im_end|>")
     return out + ([("<|im_start|>assistant\n", False, True)] if gen else [])
 
 
@@ -145,19 +151,13 @@ def gemma(messages, gen, jinja):
 def phi3(messages, gen, jinja):
     """Phi-3: <|role|> on a line, the message, <|end|>; a conversation without the generation
     prompt ends with the end-of-text token."""
-    out = []
-    for m in messages:
-        out += [(f"<|{m['role']}|>\n", False, True)]
-        out += said(m["content"], "<|end|>", m["role"] == "assistant") + [("\n", False, True)]
+    out = lines(messages, lambda role: f"<|{role}|>\n", "<|end|>")
     return out + [("<|assistant|>\n" if gen else "<|endoftext|>", False, True)]
 
 
 def zephyr(messages, gen, jinja):
     """Zephyr (and TinyLlama's chat models): like Phi-3's, each message ending with </s>."""
-    out = []
-    for m in messages:
-        out += [(f"<|{m['role']}|>\n", False, True)]
-        out += said(m["content"], "</s>", m["role"] == "assistant") + [("\n", False, True)]
+    out = lines(messages, lambda role: f"<|{role}|>\n", "</s>")
     return out + ([("<|assistant|>\n", False, True)] if gen else [])
 
 
