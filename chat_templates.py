@@ -240,15 +240,6 @@ FAMILIES = {
                          "<|start_header_id|>system<|end_header_id|>\n\nCONTENT<|eot_id|>",
                          "<|start_header_id|>ROLE<|end_header_id|>\n\nCONTENT<|eot_id|>",
                          "<|start_header_id|>assistant<|end_header_id|>\n\n"), "<|begin_of_text|>"),
-    "gemma": Family(gemma, ("<start_of_turn>", "<end_of_turn>"),
-                    ("<end_of_turn>", "<bos>", "<start_of_turn>"), ("<end_of_turn>", "<eos>"),
-                    GEMMA_JINJA,
-                    "<bos>{{- if .System }}<start_of_turn>user\n{{ .System }}\n\n{{ end }}"
-                    "{{- range $i, $m := .Messages }}{{- if eq $m.Role \"assistant\" }}"
-                    "<start_of_turn>model\n{{ $m.Content }}<end_of_turn>\n{{- else }}"
-                    "{{- if or (gt $i 0) (not $.System) }}<start_of_turn>user\n{{ end }}"
-                    "{{ $m.Content }}<end_of_turn>\n{{- end }}{{ end }}<start_of_turn>model\n",
-                    "<bos>"),
     "llama2": Family(llama2, ("[INST]", "<<SYS>>"), ("</s>", "<s>"), ("</s>",), LLAMA2_JINJA,
                      "{{- range $i, $m := .Messages }}{{- if eq $m.Role \"user\" }}<s>[INST] "
                      "{{- if and (eq $i 0) $.System }}<<SYS>>\n{{ $.System }}\n<</SYS>>\n\n"
@@ -259,6 +250,15 @@ FAMILIES = {
                       "{{- if and $.System (eq (len (slice $.Messages $i)) 1) }}{{ $.System }}"
                       "\n\n{{ end }}{{ $m.Content }}[/INST]{{- else }} {{ $m.Content }}</s>"
                       "{{- end }}{{ end }}", "<s>"),
+    "gemma": Family(gemma, ("<start_of_turn>", "<end_of_turn>"),
+                    ("<end_of_turn>", "<bos>", "<start_of_turn>"), ("<end_of_turn>", "<eos>"),
+                    GEMMA_JINJA,
+                    "<bos>{{- if .System }}<start_of_turn>user\n{{ .System }}\n\n{{ end }}"
+                    "{{- range $i, $m := .Messages }}{{- if eq $m.Role \"assistant\" }}"
+                    "<start_of_turn>model\n{{ $m.Content }}<end_of_turn>\n{{- else }}"
+                    "{{- if or (gt $i 0) (not $.System) }}<start_of_turn>user\n{{ end }}"
+                    "{{ $m.Content }}<end_of_turn>\n{{- end }}{{ end }}<start_of_turn>model\n",
+                    "<bos>"),
     "phi3": Family(phi3, ("<|user|>", "<|end|>", "<|assistant|>"),
                    ("<|end|>", "<|user|>", "<|assistant|>"), ("<|end|>", "<|endoftext|>"),
                    PHI3_JINJA, go_template("<|system|>\nCONTENT<|end|>\n",

@@ -314,8 +314,7 @@ def import_model(source, out_dir, max_seq_len=2048, stage="", chat_template=""):
     if arch == "gpt" and not any(state[k].any() for k in state if k.endswith(".bias")):
         config["bias"] = False  # an exported bias-free GPT (all biases exactly 0) comes back as one
         state = {k: v for k, v in state.items() if not k.endswith(".bias")}
-    tok.chat_template = (chat_templates.recognise(template or "", tok, f"{source}: its chat "
-                                                  f"template", chat_template)
+    tok.chat_template = (chat_templates.recognise(template or "", tok, source, chat_template)
                          if template or chat_template else None)  # None: ChatML once fine-tuned
     stage = stage or ("sft" if tok.chat_template else "pretrain")
     source_info = {"from": source, "architecture": next(iter(config_json.get("architectures", []))),

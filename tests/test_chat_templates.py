@@ -20,7 +20,7 @@ import chat_templates as ct
 import convert
 import rundir
 import sft
-from test_convert import write_release
+from test_convert import run_cli, write_release
 
 FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
 RELEASES = {  # fixture -> (family, variant marker it must render by)
@@ -182,6 +182,18 @@ def test_an_unknown_template_is_one_error_line_that_says_how_to_choose(tok):
         ct.recognise(jinja("Meta-Llama-3-8B-Instruct"), bare, "x")
 
 
+def test_convert_py_refuses_an_unknown_template_in_one_line_and_writes_nothing(tmp_path, corpus):
+    write_release(tmp_path / "rel", "llama", bpe.Tokenizer.load(corpus / "tok.json"),
+                  template="{% for m in messages %}{{ m.content }}{% endfor %}")
+    r = run_cli(tmp_path / "rel", tmp_path / "run")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: ")
+    assert "rel: its chat template is none that slm knows" in r.stderr
+    assert "--chat-template chatml|llama3|llama2|mistral|gemma|phi3|zephyr" in r.stderr
+    assert not (tmp_path / "run").exists()
+    r = run_cli(tmp_path / "rel", tmp_path / "run", "--chat-template", "chatml")
+    assert r.returncode == 0 and "chat template: chatml" in r.stdout
+
+
 def test_a_run_directory_keeps_its_template_through_every_stage(tmp_path, tok, pretrained_run):
     model, _, payload = rundir.load_run(pretrained_run)
     t = with_template(tok, "llama3", "Llama-3.2-1B-Instruct")
@@ -327,3 +339,16 @@ def test_transformers_and_llama_cpp_answer_as_chat_py(llama3_sft):
         assert choice["finish_reason"] == "stop"
         assert choice["message"]["content"] == tok.decode(ours[:-1])
         assert reply["usage"]["completion_tokens"] in (len(ours) - 1, len(ours))
+
+
+def test_sft_chat_template_flag_chooses_the_family_or_says_what_is_missing(llama3_sft, pretrained_run,
+                                                                           capsys):
+    sft.main(["--init", str(llama3_sft / "imported"), "--show-example"])
+    assert "targets trained: the assistant's words and its <|eot_id|>" in capsys.readouterr().out
+    sft.main(["--init", str(llama3_sft / "imported"), "--show-example", "--chat-template", "chatml"])
+    assert "its <|im_end|>" in capsys.readouterr().out  # the import has ChatML's tokens too
+    with pytest.raises(bpe.UserError, match=f"--init {pretrained_run}: the llama3 chat template "
+                                            "needs the special tokens"):
+        sft.main(["--init", str(pretrained_run), "--show-example", "--chat-template", "llama3"])
+    with pytest.raises(bpe.UserError, match="--chat-template must be one of chatml\\|llama3"):
+        sft.main(["--init", str(pretrained_run), "--show-example", "--chat-template", "alpaca"])
