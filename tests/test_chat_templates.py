@@ -314,6 +314,17 @@ def test_sft_from_a_llama3_import_learns_to_end_its_turn_with_eot(llama3_sft):
     assert 'PARAMETER stop "<|eot_id|>"' in modelfile and "<|im_end|>" not in modelfile
 
 
+def test_eval_prompt_suite_stops_at_the_templates_end_of_turn(llama3_sft, monkeypatch):
+    import types
+    import eval as evaluation
+    monkeypatch.setattr(evaluation, "CHAT_PROMPTS", [q for q, _ in QA])
+    model, tok, payload = rundir.load_run(llama3_sft / "sft")
+    cfg = types.SimpleNamespace(max_new_tokens=24, temperature=0.0, top_k=0, seed=0)
+    figures, samples = evaluation.prompt_suite(model, tok, payload, cfg, "cpu")
+    assert figures["stopped"] == 1.0 and figures["format"] == 1.0
+    assert [s["output"] for s in samples] == [a + "<|eot_id|>" for _, a in QA]
+
+
 def test_transformers_and_llama_cpp_answer_as_chat_py(llama3_sft):
     transformers = pytest.importorskip("transformers")
     llama_cpp = pytest.importorskip("llama_cpp")
