@@ -65,7 +65,17 @@ def lines(messages, head, end):
     return out
 
 
+# A system message written out in full in a ChatML template: the default that SmolLM2's and
+# Qwen2.5's templates give a conversation without one.
+DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system(?:\\n|\n)([^'\"<{]+)<\|im_end\|>")
+
+
 def chatml(messages, gen, jinja):
+    """ChatML: <|im_start|>role, the message, <|im_end|>; the release's default system message
+    (SmolLM2, Qwen2.5) when the conversation has none."""
+    default = DEFAULT_SYSTEM.search(jinja)
+    if default and not (messages and messages[0]["role"] == "system"):
+        messages = [{"role": "system", "content": default.group(1)}] + messages
     out = lines(messages, lambda role: f"<|im_start|>{role}\n", "<|im_end|>")
     return out + ([("<|im_start|>assistant\n", False, True)] if gen else [])
 

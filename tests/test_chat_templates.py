@@ -1,6 +1,6 @@
 """chat_templates.py: each family's rendering against strings written from the release templates
 (tests/fixtures/chat_templates holds the real ones: Llama 3.2, Llama 3, Llama 2, Mistral v0.2 and
-v0.3, Gemma 2, Phi-3 mini, Zephyr, TinyLlama chat), the loss mask (the assistant's words and the
+v0.3, Gemma 2, Phi-3 mini, Zephyr, TinyLlama chat, SmolLM2, Qwen2.5), the loss mask (the assistant's words and the
 end of its turn, nothing else), recognition from the Jinja text, the run directory's record, and
 the one-line error for a template slm does not know. With transformers: apply_chat_template gives
 our text and ids for every family. End to end: an imported Llama-3-template model fine-tuned by
@@ -23,12 +23,13 @@ import sft
 from test_convert import run_cli, write_release
 
 FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
-RELEASES = {  # fixture -> (family, variant marker it must render by)
+RELEASES = {  # fixture -> the family it is
     "Llama-3.2-1B-Instruct": "llama3", "Meta-Llama-3-8B-Instruct": "llama3",
     "Llama-2-7b-chat-hf": "llama2", "Mistral-7B-Instruct-v0.2": "mistral",
     "Mistral-7B-Instruct-v0.3": "mistral", "gemma-2-2b-it": "gemma",
     "Phi-3-mini-4k-instruct": "phi3", "zephyr-7b-beta": "zephyr",
-    "TinyLlama-1.1B-Chat-v1.0": "zephyr"}
+    "TinyLlama-1.1B-Chat-v1.0": "zephyr", "SmolLM2-135M-Instruct": "chatml",
+    "Qwen2.5-0.5B-Instruct": "chatml"}
 SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
             "<|eot_id|>", "<|eom_id|>", "<s>", "</s>", "<bos>", "<eos>", "<start_of_turn>",
             "<end_of_turn>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -72,6 +73,11 @@ EXPECTED = [  # (family, the template's source, messages, generation prompt, the
     ("chatml", ct.CHATML_TEMPLATE, PLAIN, True,
      "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
      "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"),
+    ("chatml", "SmolLM2-135M-Instruct", PLAIN[:1], True,  # its default system message
+     "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+     "<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"),
+    ("chatml", "Qwen2.5-0.5B-Instruct", SYSTEM[:2], False,  # ... only without one of its own
+     "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"),
     ("llama3", "Meta-Llama-3-8B-Instruct", SYSTEM, True,
      "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
      "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant"
