@@ -70,12 +70,29 @@ def lines(messages, head, end):
 DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system(?:\\n|\n)([^'\"<{]+)<\|im_end\|>")
 
 
+def qwen3_answer(message, after_last_question, last):
+    """An answer as Qwen3's template writes it: the reasoning (<think>...</think>) is dropped
+    from answers before the last question; after it, the last answer (or one with reasoning)
+    is written with its reasoning block, an empty one when it has none."""
+    text, reasoning = message["content"], ""
+    if "</think>" in text:
+        reasoning = text.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
+        text = text.split("</think>")[-1].lstrip("\n")
+    if after_last_question and (last or reasoning):
+        text = f"<think>\n{reasoning.strip(chr(10))}\n</think>\n\n{text.lstrip(chr(10))}"
+    return {**message, "content": text}
+
+
 def chatml(messages, gen, jinja):
     """ChatML: <|im_start|>role, the message, <|im_end|>; the release's default system message
-    (SmolLM2, Qwen2.5) when the conversation has none."""
+    (SmolLM2, Qwen2.5) when the conversation has none; Qwen3's reasoning blocks."""
     default = DEFAULT_SYSTEM.search(jinja)
     if default and not (messages and messages[0]["role"] == "system"):
         messages = [{"role": "system", "content": default.group(1)}] + messages
+    if "reasoning_content" in jinja:  # Qwen3
+        question = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+        messages = [qwen3_answer(m, i > question, i == len(messages) - 1)
+                    if m["role"] == "assistant" else m for i, m in enumerate(messages)]
     out = lines(messages, lambda role: f"<|im_start|>{role}\n", "<|im_end|>")
     return out + ([("<|im_start|>assistant\n", False, True)] if gen else [])
 

@@ -1,6 +1,6 @@
 """chat_templates.py: each family's rendering against strings written from the release templates
 (tests/fixtures/chat_templates holds the real ones: Llama 3.2, Llama 3, Llama 2, Mistral v0.2 and
-v0.3, Gemma 2, Phi-3 mini, Zephyr, TinyLlama chat, SmolLM2, Qwen2.5), the loss mask (the assistant's words and the
+v0.3, Gemma 2, Phi-3 mini, Zephyr, TinyLlama chat, SmolLM2, Qwen2.5, Qwen3), the loss mask (the assistant's words and the
 end of its turn, nothing else), recognition from the Jinja text, the run directory's record, and
 the one-line error for a template slm does not know. With transformers: apply_chat_template gives
 our text and ids for every family. End to end: an imported Llama-3-template model fine-tuned by
@@ -29,7 +29,7 @@ RELEASES = {  # fixture -> the family it is
     "Mistral-7B-Instruct-v0.3": "mistral", "gemma-2-2b-it": "gemma",
     "Phi-3-mini-4k-instruct": "phi3", "zephyr-7b-beta": "zephyr",
     "TinyLlama-1.1B-Chat-v1.0": "zephyr", "SmolLM2-135M-Instruct": "chatml",
-    "Qwen2.5-0.5B-Instruct": "chatml"}
+    "Qwen2.5-0.5B-Instruct": "chatml", "Qwen3-8B": "chatml"}
 SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
             "<|eot_id|>", "<|eom_id|>", "<s>", "</s>", "<bos>", "<eos>", "<start_of_turn>",
             "<end_of_turn>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -78,6 +78,13 @@ EXPECTED = [  # (family, the template's source, messages, generation prompt, the
      "<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"),
     ("chatml", "Qwen2.5-0.5B-Instruct", SYSTEM[:2], False,  # ... only without one of its own
      "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"),
+    ("chatml", "Qwen3-8B", TRAIN[1:] + [{"role": "user", "content": "Why?"},
+                                        {"role": "assistant", "content": "<think>\nhm\n</think>Because."}], False,
+     "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n Hello there <|im_end|>\n"
+     "<|im_start|>user\nAgain?<|im_end|>\n<|im_start|>assistant\nYes.<|im_end|>\n<|im_start|>user\nWhy?"
+     "<|im_end|>\n<|im_start|>assistant\n<think>\nhm\n</think>\n\nBecause.<|im_end|>\n"),
+    ("chatml", "Qwen3-8B", SYSTEM[1:3], False,  # the last answer: an empty reasoning block
+     "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nHello<|im_end|>\n"),
     ("llama3", "Meta-Llama-3-8B-Instruct", SYSTEM, True,
      "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
      "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant"
