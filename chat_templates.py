@@ -198,7 +198,6 @@ class Family:
     needs: tuple     # special tokens the tokenizer must have (the first ends a turn)
     stops: tuple     # where generation stops: the end of a turn, the end of the text
     jinja: str       # the family's template, for a run that chose it without a release's text
-    ollama: str      # the same in Ollama's Go template syntax, for the Modelfile
     bos: str = None  # what the Jinja text calls bos_token and eos_token (Phi-3's eos_token ends
     eos: str = None  # the text, not a turn); eos None: the token that ends a turn
 
@@ -244,56 +243,52 @@ ZEPHYR_JINJA = (ROLE_TAGS + "{{ tag + '\\n' + message['content'] + eos_token + '
                 "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}")
 
 
-def go_template(system, turn, assistant):
-    """An Ollama TEMPLATE: the system message, then each message as `turn` (ROLE and CONTENT
-    stand for Ollama's {{ .Role }} and {{ .Content }}), then the assistant's header."""
-    def fill(text):
-        return text.replace("ROLE", "{{ .Role }}").replace("CONTENT", "{{ .Content }}")
-    return ("{{- if .System }}" + system.replace("CONTENT", "{{ .System }}") + "{{ end }}"
-            "{{- range .Messages }}" + fill(turn) + "{{ end }}" + assistant)
+# The same templates in Ollama's Go template syntax, for the Modelfile. Ollama's .Messages holds
+# the system message too; `$s` carries it to where the family writes it.
+OLLAMA = {
+    "chatml": "{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+              "<|im_start|>assistant\n",
+    "llama3": "<|begin_of_text|>{{ range .Messages }}<|start_header_id|>{{ .Role }}"
+              "<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}<|start_header_id|>assistant"
+              "<|end_header_id|>\n\n",
+    "llama2": "{{ $s := \"\" }}{{ range .Messages }}{{ if eq .Role \"system\" }}{{ $s = .Content }}"
+              "{{ else if eq .Role \"user\" }}<s>[INST] {{ if $s }}<<SYS>>\n{{ $s }}\n<</SYS>>\n\n"
+              "{{ $s = \"\" }}{{ end }}{{ .Content }} [/INST]{{ else }} {{ .Content }} </s>"
+              "{{ end }}{{ end }}",
+    "mistral": "<s>{{ $s := \"\" }}{{ range $i, $m := .Messages }}{{ if eq .Role \"system\" }}"
+               "{{ $s = .Content }}{{ else if eq .Role \"user\" }}[INST] {{ if and $s (eq (len "
+               "(slice $.Messages $i)) 1) }}{{ $s }}\n\n{{ end }}{{ .Content }}[/INST]{{ else }} "
+               "{{ .Content }}</s>{{ end }}{{ end }}",
+    "gemma": "<bos>{{ $s := false }}{{ range .Messages }}{{ if eq .Role \"system\" }}"
+             "<start_of_turn>user\n{{ .Content }}\n\n{{ $s = true }}{{ else if eq .Role "
+             "\"assistant\" }}<start_of_turn>model\n{{ .Content }}<end_of_turn>\n{{ else }}"
+             "{{ if not $s }}<start_of_turn>user\n{{ end }}{{ $s = false }}{{ .Content }}"
+             "<end_of_turn>\n{{ end }}{{ end }}<start_of_turn>model\n",
+    "phi3": "{{ range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n",
+    "zephyr": "{{ range .Messages }}<|{{ .Role }}|>\n{{ .Content }}</s>\n{{ end }}<|assistant|>\n",
+}
 
-
-FAMILIES = {
-    "chatml": Family(chatml, ("<|im_start|>", "<|im_end|>"), ("<|im_end|>", "<|im_start|>"),
-                     ("<|im_end|>", "<|im_start|>", "<|endoftext|>"), CHATML_TEMPLATE,
-                     go_template("<|im_start|>system\nCONTENT<|im_end|>\n",
-                                 "<|im_start|>ROLE\nCONTENT<|im_end|>\n",
-                                 "<|im_start|>assistant\n")),
-    "llama3": Family(llama3, ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
-                     ("<|eot_id|>", "<|begin_of_text|>", "<|start_header_id|>",
-                      "<|end_header_id|>"), ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"),
-                     LLAMA3_JINJA,
-                     "<|begin_of_text|>" + go_template(
-                         "<|start_header_id|>system<|end_header_id|>\n\nCONTENT<|eot_id|>",
-                         "<|start_header_id|>ROLE<|end_header_id|>\n\nCONTENT<|eot_id|>",
-                         "<|start_header_id|>assistant<|end_header_id|>\n\n"), "<|begin_of_text|>"),
-    "llama2": Family(llama2, ("[INST]", "<<SYS>>"), ("</s>", "<s>"), ("</s>",), LLAMA2_JINJA,
-                     "{{- range $i, $m := .Messages }}{{- if eq $m.Role \"user\" }}<s>[INST] "
-                     "{{- if and (eq $i 0) $.System }}<<SYS>>\n{{ $.System }}\n<</SYS>>\n\n"
-                     "{{ end }}{{ $m.Content }} [/INST]{{- else }} {{ $m.Content }} </s>"
-                     "{{- end }}{{ end }}", "<s>"),
-    "mistral": Family(mistral, ("[INST]",), ("</s>", "<s>"), ("</s>",), MISTRAL_JINJA,
-                      "<s>{{- range $i, $m := .Messages }}{{- if eq $m.Role \"user\" }}[INST] "
-                      "{{- if and $.System (eq (len (slice $.Messages $i)) 1) }}{{ $.System }}"
-                      "\n\n{{ end }}{{ $m.Content }}[/INST]{{- else }} {{ $m.Content }}</s>"
-                      "{{- end }}{{ end }}", "<s>"),
-    "gemma": Family(gemma, ("<start_of_turn>", "<end_of_turn>"),
-                    ("<end_of_turn>", "<bos>", "<start_of_turn>"), ("<end_of_turn>", "<eos>"),
-                    GEMMA_JINJA,
-                    "<bos>{{- if .System }}<start_of_turn>user\n{{ .System }}\n\n{{ end }}"
-                    "{{- range $i, $m := .Messages }}{{- if eq $m.Role \"assistant\" }}"
-                    "<start_of_turn>model\n{{ $m.Content }}<end_of_turn>\n{{- else }}"
-                    "{{- if or (gt $i 0) (not $.System) }}<start_of_turn>user\n{{ end }}"
-                    "{{ $m.Content }}<end_of_turn>\n{{- end }}{{ end }}<start_of_turn>model\n",
-                    "<bos>"),
-    "phi3": Family(phi3, ("<|user|>", "<|end|>", "<|assistant|>"),
-                   ("<|end|>", "<|user|>", "<|assistant|>"), ("<|end|>", "<|endoftext|>"),
-                   PHI3_JINJA, go_template("<|system|>\nCONTENT<|end|>\n",
-                                           "<|ROLE|>\nCONTENT<|end|>\n", "<|assistant|>\n"),
-                   eos="<|endoftext|>"),
-    "zephyr": Family(zephyr, ("<|user|>", "<|assistant|>", "eos_token"), ("</s>",), ("</s>",),
-                     ZEPHYR_JINJA, go_template("<|system|>\nCONTENT</s>\n",
-                                               "<|ROLE|>\nCONTENT</s>\n", "<|assistant|>\n")),
+FAMILIES = {  # in the order tried: Llama 2's markers before Mistral's, Phi-3's before Zephyr's
+    "chatml": Family(chatml, markers=("<|im_start|>", "<|im_end|>"),
+                     needs=("<|im_end|>", "<|im_start|>"),
+                     stops=("<|im_end|>", "<|im_start|>", "<|endoftext|>"), jinja=CHATML_TEMPLATE),
+    "llama3": Family(llama3, markers=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+                     needs=("<|eot_id|>", "<|begin_of_text|>", "<|start_header_id|>",
+                            "<|end_header_id|>"),
+                     stops=("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"), jinja=LLAMA3_JINJA,
+                     bos="<|begin_of_text|>"),
+    "llama2": Family(llama2, markers=("[INST]", "<<SYS>>"), needs=("</s>", "<s>"),
+                     stops=("</s>",), jinja=LLAMA2_JINJA, bos="<s>"),
+    "mistral": Family(mistral, markers=("[INST]",), needs=("</s>", "<s>"), stops=("</s>",),
+                      jinja=MISTRAL_JINJA, bos="<s>"),
+    "gemma": Family(gemma, markers=("<start_of_turn>", "<end_of_turn>"),
+                    needs=("<end_of_turn>", "<bos>", "<start_of_turn>"),
+                    stops=("<end_of_turn>", "<eos>"), jinja=GEMMA_JINJA, bos="<bos>"),
+    "phi3": Family(phi3, markers=("<|user|>", "<|end|>", "<|assistant|>"),
+                   needs=("<|end|>", "<|user|>", "<|assistant|>"),
+                   stops=("<|end|>", "<|endoftext|>"), jinja=PHI3_JINJA, eos="<|endoftext|>"),
+    "zephyr": Family(zephyr, markers=("<|user|>", "<|assistant|>", "eos_token"), needs=("</s>",),
+                     stops=("</s>",), jinja=ZEPHYR_JINJA),
 }
 CHOICES = "|".join(FAMILIES)
 

@@ -560,7 +560,7 @@ def modelfile(gguf_path, chat, tok):
     lines = [f"FROM ./{Path(gguf_path).name}", ""]
     if chat:
         stops = [n for n in chat_templates.stop_names(tok) if n != "<|endoftext|>"]  # see below
-        lines += [f'TEMPLATE """{chat_templates.of(tok).spec.ollama}"""']
+        lines += [f'TEMPLATE """{chat_templates.OLLAMA[chat_templates.of(tok).family]}"""']
         lines += [f'PARAMETER stop "{n}"' for n in stops]
     else:
         lines += ['TEMPLATE """{{ .Prompt }}"""']
