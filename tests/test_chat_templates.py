@@ -327,6 +327,15 @@ def test_sft_from_a_llama3_import_learns_to_end_its_turn_with_eot(llama3_sft):
     assert 'PARAMETER stop "<|eot_id|>"' in modelfile and "<|im_end|>" not in modelfile
 
 
+def test_an_int8_run_keeps_the_template_and_answers_the_same(llama3_sft, tmp_path):
+    import quantize
+    quantize.main([str(llama3_sft / "sft"), "--out", str(tmp_path / "int8"), "--eval-batches", "0"])
+    tok = rundir.load_tokenizer(tmp_path / "int8")
+    assert tok.chat_template == rundir.load_tokenizer(llama3_sft / "sft").chat_template
+    out, _ = chat_answer(tmp_path / "int8", QA[0][0])
+    assert out[-1] == tok.special_tokens["<|eot_id|>"]
+
+
 def test_eval_prompt_suite_stops_at_the_templates_end_of_turn(llama3_sft, monkeypatch):
     import types
     import eval as evaluation
