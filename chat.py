@@ -13,10 +13,12 @@ every model streams ids from the same `generate`) -> turning token ids into text
 (UTF-8 split across tokens, stop strings) -> the terminal chat (history, dropping old turns when
 the context is full, /commands, Ctrl-C) -> main.
 
-A model fine-tuned for chat (stage "sft" or "dpo") sees the conversation in the ChatML template of
-sft.render_chat and stops at <|im_end|>; a pre-trained model just continues the text it is given.
+A model fine-tuned for chat (stage "sft" or "dpo") sees the conversation in its run's chat template
+(sft.render_chat: ChatML for a run trained here, an imported release's own otherwise) and stops
+where the template ends a turn; a pre-trained model just continues the text it is given.
 
-Imports: rundir.py (opening a run directory, flags, errors) and sft.py (the chat template).
+Imports: rundir.py (opening a run directory, flags, errors), sft.py (render_chat) and
+chat_templates.py (the stop tokens of each template).
 serve.py, the HTTP server, imports the Engine, Answer and the shared flags from here.
 """
 import codecs
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+import chat_templates
 import decode
 import minimind
 from rundir import (UserError, check_device, is_chat, load_run, option, parse_config,
@@ -94,13 +97,13 @@ class Engine:
         self.dtype = self.set_dtype(device, dtype)
         self.device, self.arch = device, self.payload.get("arch", "minimind")
         self.stage = self.payload.get("stage", "pretrain")
-        self.chat = is_chat(self.payload)  # fine-tuned on ChatML conversations
+        self.chat = is_chat(self.payload)  # fine-tuned on (or imported with) chat conversations
         self.context = self.model.context_length
         special = self.tok.special_tokens
         self.eot = special["<|endoftext|>"]
-        # A chat answer ends at <|im_end|>; a model that opens a new turn has finished too.
-        names = ["<|endoftext|>"] + (["<|im_end|>", "<|im_start|>"] if self.chat else [])
-        self.stop_ids = {special[n] for n in names if n in special}
+        # A chat answer ends where its template ends a turn (<|im_end|> in ChatML); a model that
+        # opens a new turn has finished too (chat_templates names each family's stop tokens).
+        self.stop_ids = {self.eot} | (chat_templates.stop_ids(self.tok) if self.chat else set())
         self.name = Path(run_dir).resolve().name
         # An INT8 run keeps its quantized weights as int8 buffers, not parameters: count both.
         self.n_params = (sum(p.numel() for p in self.model.parameters())
@@ -124,7 +127,8 @@ class Engine:
         return label + (auto if name == "auto" else "")
 
     def describe(self):
-        mode = ("chat mode (ChatML template, multi-turn)" if self.chat
+        family = chat_templates.of(self.tok).family
+        mode = (f"chat mode ({family} template, multi-turn)" if self.chat
                 else "text mode: a pre-trained model continues your text "
                      "(no chat template, no history)")
         return (f"{self.name}: {self.arch}, stage {self.stage}, "
@@ -133,8 +137,9 @@ class Engine:
                 f"context {self.context} tokens, on {self.device}. {mode}")
 
     def prompt_ids(self, messages):
-        """Chat mode: the conversation in ChatML, ending with the assistant's header. Text mode: the
-        messages' text after <|endoftext|>, the token that starts every document in pre-training."""
+        """Chat mode: the conversation in the run's template, ending with the assistant's header.
+        Text mode: the messages' text after <|endoftext|>, the token that starts every document in
+        pre-training."""
         if self.chat:
             return render_chat(self.tok, messages, add_generation_prompt=True)[0]
         return [self.eot] + self.tok.encode("\n".join(m["content"] for m in messages),

@@ -13,12 +13,12 @@ files other tools read. In order: 1. the architectures (config.json <-> our conf
 of tensor names serving both directions) -> 2. tokenizers and chat templates -> 3. import ->
 4. export to transformers -> 5. export to GGUF, with an Ollama Modelfile -> 6. the command line.
 
-Imports: rundir.py (run directories, flags, errors), hf_tokenizer.py (released tokenizers, chat
-templates, GGUF's tokenizer section), minimind.py (its config's derived sizes), and the file
-formats, each written by hand from its specification in a companion file: safetensors_file.py
-(how the hub stores weights), download.py (the hub: which files make a model, fetched over plain
-HTTP), gguf_file.py (GGUF v3, for llama.cpp and Ollama) and gguf_import.py (a GGUF file read
-as the files of a release).
+Imports: rundir.py (run directories, flags, errors), hf_tokenizer.py and chat_templates.py
+(released tokenizers and chat templates, GGUF's tokenizer section), minimind.py (its config's
+derived sizes), and the file formats, each written by hand from its specification in a companion
+file: safetensors_file.py (how the hub stores weights), download.py (the hub: which files make a
+model, fetched over plain HTTP), gguf_file.py (GGUF v3, for llama.cpp and Ollama) and
+gguf_import.py (a GGUF file read as the files of a release).
 Runtime: numpy, torch, tqdm and the standard library.
 """
 import json
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+import chat_templates
 import download
 import gguf_file
 import gguf_import
@@ -220,11 +221,10 @@ def tensor_names(arch, config):
 # the end, and the model new embedding rows for them: the mean of the others, a neutral start.
 #
 # A release says how it wants chats written in tokenizer_config.json's "chat_template", a Jinja
-# program (hf_tokenizer.chat_template_of finds it, and holds our ChatML one, CHATML_TEMPLATE).
-# When that is ChatML (SmolLM2, Qwen) the model is a chat model (stage "sft"), which
-# chat.py, eval.py and dpo.py treat as one; without a template (GPT-2, base models) it is a
-# "pretrain" run; any other template is kept in the run directory as chat_template.jinja, and
-# our scripts write ChatML all the same.
+# program (hf_tokenizer.chat_template_of finds it). chat_templates.recognise names its family
+# (ChatML for SmolLM2 and Qwen, Llama 3, [INST], Gemma, Phi-3, Zephyr), which every script then
+# writes (--chat-template chooses one); the model is a chat model (stage "sft"). Without a
+# template (GPT-2, base models) it is a "pretrain" run, and fine-tuning it writes ChatML.
 # ---------------------------------------------------------------------------------------------
 PROJECT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 def import_tokenizer(tok, where, rows):
@@ -295,7 +295,7 @@ def grow_vocabulary(state, arch, config, rows):
     config["vocab_size"] = rows
 
 
-def import_model(source, out_dir, max_seq_len=2048, stage=""):
+def import_model(source, out_dir, max_seq_len=2048, stage="", chat_template=""):
     """A released model (hub id, transformers directory or GGUF file) -> a run directory.
     Returns its payload."""
     if Path(source).suffix == ".gguf":  # llama.cpp's one file, read as a release's files
@@ -314,17 +314,15 @@ def import_model(source, out_dir, max_seq_len=2048, stage=""):
     if arch == "gpt" and not any(state[k].any() for k in state if k.endswith(".bias")):
         config["bias"] = False  # an exported bias-free GPT (all biases exactly 0) comes back as one
         state = {k: v for k, v in state.items() if not k.endswith(".bias")}
-    chatml = hf_tokenizer.is_chatml(template)
-    stage = stage or ("sft" if chatml else "pretrain")
+    tok.chat_template = (chat_templates.recognise(template or "", tok, source, chat_template)
+                         if template or chat_template else None)  # None: ChatML once fine-tuned
+    stage = stage or ("sft" if tok.chat_template else "pretrain")
     source_info = {"from": source, "architecture": next(iter(config_json.get("architectures", []))),
-                   "family": family, "chat_template": "chatml" if chatml else
-                   ("other" if template else "none"), "added_tokens": added}
+                   "family": family, "added_tokens": added, "chat_template":
+                   tok.chat_template.family if tok.chat_template else "none"}
     out = Path(out_dir)
     rundir.write_model_file(out, arch, config, state, tok,
                             {"stage": stage, "step": 0, "source": source_info})
-    if template and not chatml:
-        rundir.atomic_write(out / "chat_template.jinja",
-                            lambda f: f.write(template.encode("utf-8")))
     return {"arch": arch, "config": config, "stage": stage, "source": source_info, "added": added,
             "template": template}
 
@@ -429,8 +427,8 @@ def model_card(run_dir, payload, name):
         f"step {payload.get('step')}"
         + (f", started from {source}" if source else "") + ").", "",
         f"Held-out figures at the end of training: {figures}." if figures else "", "",
-        "Chats use ChatML (`<|im_start|>role\\n...<|im_end|>`); `tokenizer_config.json` holds the "
-        "template.", "",
+        "Chats are written in the run's chat template, which `tokenizer_config.json` holds "
+        "(`chat_template`).", "",
         "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "tok = AutoTokenizer.from_pretrained(PATH)",
         "model = AutoModelForCausalLM.from_pretrained(PATH)", "```", ""])
@@ -443,15 +441,16 @@ def write_hf(run_dir, out):
     hf_tok = hf_tokenizer.to_hf(tok)
     name, config = export_config(payload["arch"], payload["config"], tok)
     chat = rundir.is_chat(payload)
+    ends = chat_templates.export_tokens(tok, chat)  # the run's template and its bos/eos tokens
     tok_config = {"tokenizer_class": "PreTrainedTokenizerFast",
-                  "chat_template": hf_tokenizer.CHATML_TEMPLATE, "bos_token": None,
-                  "eos_token": "<|im_end|>" if chat else "<|endoftext|>",
-                  "pad_token": "<|endoftext|>", "unk_token": None, "model_max_length":
+                  "chat_template": ends["template"], "bos_token": ends["bos"],
+                  "eos_token": ends["eos"], "pad_token": "<|endoftext|>", "unk_token": None,
+                  "model_max_length":
                   config.get("max_position_embeddings", config.get("n_positions")),
                   "clean_up_tokenization_spaces": False, "add_bos_token": False,
                   "add_eos_token": False}
-    eos = ([tok.special_tokens[n] for n in ("<|im_end|>", "<|endoftext|>")]
-           if chat else [tok.special_tokens["<|endoftext|>"]])
+    eos = [tok.special_tokens[n] for n in (chat_templates.stop_names(tok) if chat
+                                           else ["<|endoftext|>"])]
     generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": eos,
                   "pad_token_id": config["pad_token_id"], "do_sample": True, "temperature": 0.7,
                   "top_p": 0.9}
@@ -540,7 +539,8 @@ def write_gguf(run_dir, out, kind="f16"):
     a = gguf_metadata(w, arch, config, Path(run_dir).resolve().name)
     w.add("general.file_type", gguf_file.GGUF_FILE_TYPES[kind], "uint32")
     w.add("general.quantization_version", 2, "uint32")
-    for key, value, value_type in hf_tokenizer.gguf_tokenizer(tok, rundir.is_chat(payload)):
+    ends = chat_templates.export_tokens(tok, rundir.is_chat(payload))
+    for key, value, value_type in hf_tokenizer.gguf_tokenizer(tok, **ends):
         w.add(key, value, value_type)
     tied = arch == "gpt" or config.get("tie_embeddings", True)
     for ours, tensor in our_tensors(payload).items():
@@ -554,15 +554,14 @@ def write_gguf(run_dir, out, kind="f16"):
     return a
 
 
-def modelfile(gguf_path, chat):
-    """An Ollama Modelfile beside the GGUF: the file, the ChatML template, the stop tokens, the
-    sampling settings chat.py uses."""
+def modelfile(gguf_path, chat, tok):
+    """An Ollama Modelfile beside the GGUF: the file, the run's chat template in Ollama's Go
+    syntax and its stop tokens, the sampling settings chat.py uses."""
     lines = [f"FROM ./{Path(gguf_path).name}", ""]
     if chat:
-        lines += ['TEMPLATE """{{- if .System }}<|im_start|>system', '{{ .System }}<|im_end|>',
-                  '{{ end }}{{- range .Messages }}<|im_start|>{{ .Role }}',
-                  '{{ .Content }}<|im_end|>', '{{ end }}<|im_start|>assistant', '"""',
-                  'PARAMETER stop "<|im_end|>"', 'PARAMETER stop "<|im_start|>"']
+        stops = [n for n in chat_templates.stop_names(tok) if n != "<|endoftext|>"]  # see below
+        lines += [f'TEMPLATE """{chat_templates.OLLAMA[chat_templates.of(tok).family]}"""']
+        lines += [f'PARAMETER stop "{n}"' for n in stops]
     else:
         lines += ['TEMPLATE """{{ .Prompt }}"""']
     lines += ['PARAMETER stop "<|endoftext|>"', "PARAMETER temperature 0.7", "PARAMETER top_k 50",
@@ -584,8 +583,10 @@ class ConvertConfig:
     type: str = option("f16", "GGUF tensor type of the matrices: f32 | f16 | q8_0 (norms stay f32)")
     max_seq_len: int = option(2048, "longest context of an imported model (its RoPE tables and KV "
                                     "cache are this long; the release's own limit if smaller)")
-    stage: str = option("", "pretrain | sft: what the import is (default: sft when its chat "
-                            "template is ChatML, else pretrain)")
+    stage: str = option("", "pretrain | sft: what the import is (default: sft when it has a chat "
+                            "template, else pretrain)")
+    chat_template: str = option("", f"{chat_templates.CHOICES}: how chats are written (default: "
+                                    f"the release's template, recognised; none: ChatML)")
     overwrite: bool = option(False, "replace what is at DEST")
 
 
@@ -612,13 +613,11 @@ def main(argv=None, **overrides):
                         "--max-seq-len at least 1")
     check_dest(cfg)
     if not cfg.to:
-        out = import_model(cfg.source, cfg.dest, cfg.max_seq_len, cfg.stage)
+        out = import_model(cfg.source, cfg.dest, cfg.max_seq_len, cfg.stage, cfg.chat_template)
         print(f"imported {cfg.source} ({out['source']['architecture']}) -> {cfg.dest}: "
               f"{out['arch']}, vocab {out['config']['vocab_size']}, stage {out['stage']}"
               + (f"; added special tokens {out['added']}" if out["added"] else "")
-              + ("; its chat template is not ChatML: kept as chat_template.jinja, "
-                 "chat.py writes ChatML"
-                 if out["template"] and out["source"]["chat_template"] == "other" else ""))
+              + f"; chat template: {out['source']['chat_template']}")
         return out
     if not Path(cfg.source).is_dir():
         raise UserError(f"{cfg.source}: no such run directory")
@@ -629,7 +628,7 @@ def main(argv=None, **overrides):
     arch = write_gguf(cfg.source, cfg.dest, cfg.type)
     chat = rundir.is_chat(rundir.read_model_file(cfg.source, mmap=True))
     modelfile_path = Path(cfg.dest).with_name("Modelfile")
-    text = modelfile(cfg.dest, chat)
+    text = modelfile(cfg.dest, chat, rundir.load_tokenizer(cfg.source))
     rundir.atomic_write(modelfile_path, lambda f: f.write(text.encode("utf-8")))
     print(f"wrote {cfg.dest} (GGUF, arch {arch}, {cfg.type}) and {modelfile_path}: "
           f"ollama create NAME -f {modelfile_path}")

@@ -39,12 +39,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import chat_templates
 import data
 import sft
 import tasks
 from rundir import (UserError, atomic_write, check_device, check_positive, is_chat, load_run,
                     option, parse_config, run_cli, write_json)
-from sft import render_chat
 from data import byte_lengths  # noqa: F401  (UTF-8 bytes per token id; special tokens count 0)
 
 
@@ -223,8 +223,8 @@ def generation_figures(outputs, stop, end_id=None):
     """outputs: the new ids of each generation. distinct-n: distinct n-grams / all n-grams, pooled
     over the suite (low: the model says the same things). repetition: share of 4-grams that already
     occurred earlier in the same generation (high: it loops). stopped: share ending on a stop token.
-    format (chat, end_id = <|im_end|>): share that end on <|im_end|> with a non-empty answer and no
-    other special token inside (everything stops at <|im_start|> and <|endoftext|> too)."""
+    format (chat, end_id: the template's end of turn, <|im_end|> in ChatML): share that end on it
+    with a non-empty answer and no other stop token inside (<|endoftext|> always stops too)."""
     bodies = [o[:-1] if o and o[-1] in stop else o for o in outputs]
     figures = {}
     for n in (1, 2):
@@ -246,23 +246,22 @@ def generation_figures(outputs, stop, end_id=None):
 
 
 def prompt_suite(model, tok, payload, cfg, device):
-    """Run the suite: chat runs get CHAT_PROMPTS in the ChatML template (sft.render_chat) and stop
-    at <|im_end|>; pre-trained runs continue TEXT_PROMPTS after <|endoftext|> and stop at it."""
-    special = tok.special_tokens
-    chat = is_chat(payload)
-    stop = ({special["<|endoftext|>"]}
-            | ({special["<|im_end|>"], special["<|im_start|>"]} if chat else set()))
+    """Run the suite: chat runs get CHAT_PROMPTS in the run's template (sft.render_chat: ChatML,
+    or an imported release's) and stop where it ends a turn; pre-trained runs continue TEXT_PROMPTS
+    after <|endoftext|> and stop at it."""
+    special, chat = tok.special_tokens, is_chat(payload)
+    stop = {special["<|endoftext|>"]} | (chat_templates.stop_ids(tok) if chat else set())
     outputs, samples = [], []
     for i, text in enumerate(CHAT_PROMPTS if chat else TEXT_PROMPTS):
         if chat:
-            prompt = render_chat(tok, [{"role": "user", "content": text}],
-                                 add_generation_prompt=True)[0]
+            prompt = sft.render_chat(tok, [{"role": "user", "content": text}],
+                                     add_generation_prompt=True)[0]
         else:
             prompt = [special["<|endoftext|>"]] + tok.encode(text, allowed_special="none")
         out = generate_ids(model, prompt, stop, cfg, cfg.seed + i)
         outputs.append(out)
         samples.append({"prompt": text, "output": tok.decode(out)})
-    figures = generation_figures(outputs, stop, special["<|im_end|>"] if chat else None)
+    figures = generation_figures(outputs, stop, chat_templates.end_id(tok) if chat else None)
     return figures, samples
 
 
@@ -446,7 +445,7 @@ def readiness_checks(r, model, tok, text, cfg):
                        f"{g['stopped']:.0%} of answers stopped within {cfg.max_new_tokens} tokens "
                        f"(need {cfg.min_share:.0%})"))
         checks.append(("chat format adherence", g["format"] >= cfg.min_share,
-                       f"{g['format']:.0%} end with <|im_end|>, non-empty, nothing stray "
+                       f"{g['format']:.0%} end their turn, non-empty, nothing stray "
                        f"(need {cfg.min_share:.0%})"))
     else:
         # a pre-trained model continues text: it must end a document or run to the cap

@@ -10,7 +10,7 @@ and transformers load; GGUF's tokenizer section (token strings, token types, mer
     tok.save("out/qwen/tokenizer.json")       # our format: Tokenizer.load reads it back as is
     json.dump(hf_tokenizer.to_hf(tok), f)     # tokenizer.json again
     hf_tokenizer.gguf_vocab(tok)              # {"tokens", "token_type", "merges"} for GGUF
-    hf_tokenizer.gguf_tokenizer(tok, chat)    # GGUF's whole tokenizer section, key by key
+    hf_tokenizer.gguf_tokenizer(tok, **chat_templates.export_tokens(tok, chat))  # GGUF's tokenizer
     hf_tokenizer.from_gguf(metadata, "m.gguf")  # and read back: a GGUF file's tokenizer.ggml.*
     hf_tokenizer.chat_template_of(folder)     # a release's chat template (Jinja), or None
 
@@ -451,14 +451,7 @@ def onig_regex(pattern):
 # 4. Chat templates, and GGUF's tokenizer section
 # ---------------------------------------------------------------------------------------------
 # A release says how it wants chats written in tokenizer_config.json's "chat_template", a Jinja
-# program; ours is ChatML, what sft.render_chat writes, given to transformers and llama.cpp as:
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
-    "+ '<|im_end|>' + '\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
-    "{% endif %}")
-
-
+# program (chat_templates.py knows the families, and writes them in Python).
 def chat_template_of(folder):
     """The release's chat template (Jinja text), or None: tokenizer_config.json's "chat_template"
     (a string, or a list of named ones of which "default" is used), else chat_template.jinja."""
@@ -472,10 +465,6 @@ def chat_template_of(folder):
     if template is None and (folder / "chat_template.jinja").exists():
         template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
     return template if isinstance(template, str) else None
-
-
-def is_chatml(template):
-    return template is not None and "<|im_start|>" in template and "<|im_end|>" in template
 
 
 # tokenizer.ggml.pre: llama.cpp does not read a split regex from the file; it knows pre-tokenizers
@@ -507,9 +496,11 @@ def gguf_pre(tok):
     return pre
 
 
-def gguf_tokenizer(tok, chat):
+def gguf_tokenizer(tok, template, bos, eos, eot):
     """The tokenizer section of a GGUF file as (key, value, GGUF type) triples: llama.cpp's "gpt2"
-    model (byte-level BPE) with our tokens, merges and special ids, and the ChatML template."""
+    model (byte-level BPE) with our tokens and merges; the chat template (Jinja text) and the
+    names of the tokens it calls bos_token (None: <|endoftext|>) and eos_token, which llama.cpp
+    fills in when it renders the template, and of the token that ends a turn (eot)."""
     pre = gguf_pre(tok)
     # Qwen2's NFC normalizer: llama.cpp (and its own converter) leave it out; text already in NFC,
     # which is nearly all text, tokenizes the same.
@@ -519,13 +510,13 @@ def gguf_tokenizer(tok, chat):
             ("tokenizer.ggml.tokens", vocab["tokens"], "string"),
             ("tokenizer.ggml.token_type", vocab["token_type"], "int32"),
             ("tokenizer.ggml.merges", vocab["merges"], "string"),
-            ("tokenizer.ggml.bos_token_id", s["<|endoftext|>"], "uint32"),
-            ("tokenizer.ggml.eos_token_id", s["<|im_end|>" if chat else "<|endoftext|>"],
-             "uint32"),
+            ("tokenizer.ggml.bos_token_id", s[bos or "<|endoftext|>"], "uint32"),
+            ("tokenizer.ggml.eos_token_id", s[eos], "uint32"),
+            ("tokenizer.ggml.eot_token_id", s[eot], "uint32"),
             ("tokenizer.ggml.padding_token_id", s["<|endoftext|>"], "uint32"),
             ("tokenizer.ggml.add_bos_token", False, None),  # our models never saw a BOS token
             ("tokenizer.ggml.add_eos_token", False, None),
-            ("tokenizer.chat_template", CHATML_TEMPLATE, None)]
+            ("tokenizer.chat_template", template, None)]
 
 
 # Reading GGUF's tokenizer section goes through the same reader as tokenizer.json: its tokens

@@ -119,7 +119,7 @@ def write_int8_run(src_dir, out_dir, model, payload, include_embeddings):
     config, log and loss picture. train_state.pt is not copied: it holds the float optimizer's
     state, and an INT8 model is for inference, not for more training."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer.json", "config.json", "log.jsonl", "loss.svg"):
+    for name in ("tokenizer.json", "chat_template.json", "config.json", "log.jsonl", "loss.svg"):
         if (src_dir / name).exists():
             copy_atomic(src_dir / name, out_dir / name)
     new = {**payload, "model": model.state_dict(),

@@ -6,6 +6,7 @@ quantize.py, chat.py, convert.py, and the training scripts' --init) reads one:
     model.pt         architecture, model config, weights, the stage (pretrain, sft or dpo), the
                      step, and, for an imported model, where it came from
     tokenizer.json   the tokenizer the model was trained with: a run directory is self-contained
+    chat_template.json  the chat template's family and Jinja text (none: ChatML, as trained here)
     train_state.pt   optimizer, gradient scaler, RNG states, data position: what an exact
                      resume needs
     config.json      the script's config as it ran
@@ -16,9 +17,10 @@ This file holds what reads and writes those files, and the conventions every scr
 reading order: 1. errors -> 2. flags -> 3. device and precision -> 4. the models by name and
 model.pt -> 5. checkpoints for an exact resume -> 6. the log and its picture.
 
-Imports: bpe.py (the tokenizer, and UserError), gpt.py and minimind.py (the models by name),
-int8.py (the int8 layers an INT8 run directory, written by quantize.py, is opened with), and
-decode.py (whether torch has the fp16 kernel its fast path uses).
+Imports: bpe.py (the tokenizer, and UserError), chat_templates.py (a run's chat template), gpt.py
+and minimind.py (the models by name), int8.py (the int8 layers an INT8 run directory, written by
+quantize.py, is opened with), and decode.py (whether torch has the fp16 kernel its fast path
+uses).
 """
 import argparse
 import contextlib
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+import chat_templates
 import decode
 import gpt
 import int8
@@ -304,6 +307,12 @@ def write_model_file(run_dir, arch, config, state, tokenizer, extra=None):
                "model": state, **(extra or {})}
     atomic_write(run_dir / "model.pt", lambda f: torch.save(payload, f))
     tokenizer.save(run_dir / "tokenizer.json")  # bpe.py writes atomically too
+    # the chat template travels with the tokenizer (ChatML, a run trained here's, has no file)
+    text = chat_templates.as_json(getattr(tokenizer, "chat_template", None))
+    if text:
+        atomic_write(run_dir / chat_templates.FILE, lambda f: f.write(text.encode("utf-8")))
+    else:
+        (run_dir / chat_templates.FILE).unlink(missing_ok=True)
 
 
 def read_model_file(run_dir, mmap=False):
@@ -324,11 +333,14 @@ def read_model_file(run_dir, mmap=False):
 
 
 def load_tokenizer(run_dir):
+    """The run's tokenizer, with its chat template attached (tok.chat_template: chat_templates)."""
     path = Path(run_dir) / "tokenizer.json"
     try:
-        return Tokenizer.load(path)
+        tok = Tokenizer.load(path)
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: {e}")
+    tok.chat_template = chat_templates.load(Path(run_dir), tok)
+    return tok
 
 
 def load_run(run_dir, device="cpu"):
@@ -363,7 +375,7 @@ def load_run(run_dir, device="cpu"):
 
 
 def is_chat(payload):
-    """A model fine-tuned on ChatML conversations (or imported with a ChatML template)."""
+    """A model fine-tuned on chat conversations (or imported with a chat template)."""
     return payload.get("stage") in ("sft", "dpo")
 
 

@@ -15,8 +15,8 @@ SFT as a stage of train.py's training loop (its batches, its loss, its evaluatio
 presets and the start from an --init run that dpo.py shares -> main. The run directory it writes
 (stage "sft") is what dpo.py, eval.py and chat.py take as input.
 
-Imports: train.py (the training loop, the start from a run), lora.py (LoRA and --adapter),
-resources.py (--dry-run), data.py, rundir.py (flags, errors).
+Imports: chat_templates.py (the template families), train.py (the training loop, the start from
+a run), lora.py (LoRA and --adapter), resources.py (--dry-run), data.py, rundir.py (flags, errors).
 """
 import dataclasses
 import functools
@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import chat_templates
 import data
 import lora
 import resources
@@ -40,31 +41,20 @@ ROLES = ("system", "user", "assistant")
 
 
 def render_chat(tok, messages, add_generation_prompt=False):
-    """Render messages in ChatML and say which tokens are trained.
+    """Render messages in the run's chat template and say which tokens are trained.
 
-    Each message becomes  <|im_start|>{role}\\n{content}<|im_end|>\\n . The special tokens are
-    inserted as ids; role and content are encoded as ordinary text (allowed_special="none"), so a
-    user who types "<|im_end|>" cannot forge the end of a turn.
+    A run trained here writes ChatML, each message  <|im_start|>{role}\\n{content}<|im_end|>\\n ;
+    an imported run keeps its release's template (Llama 3, [INST], Gemma, Phi-3, Zephyr: one
+    small function each in chat_templates.py). The template's special tokens are inserted as
+    ids; role and content are encoded as ordinary text (allowed_special="none"), so a user who
+    types "<|im_end|>" cannot forge the end of a turn.
 
     Returns (ids, trained): trained[i] is True when ids[i] is a token the model must learn to
-    produce: the content of an assistant message and its closing <|im_end|>. Everything else
-    (system and user turns, the role headers, the newline after <|im_end|>) is context only.
-    With add_generation_prompt=True the ids end with "<|im_start|>assistant\\n", ready for the
-    model to write the answer."""
-    start, end = tok.special_tokens["<|im_start|>"], tok.special_tokens["<|im_end|>"]
-    newline = tok.encode("\n", allowed_special="none")
-    ids, trained = [], []
-    for m in messages:
-        head = [start] + tok.encode(m["role"] + "\n", allowed_special="none")
-        body = tok.encode(m["content"], allowed_special="none") + [end]
-        learn = m["role"] == "assistant"
-        ids += head + body + newline
-        trained += [False] * len(head) + [learn] * len(body) + [False] * len(newline)
-    if add_generation_prompt:
-        head = [start] + tok.encode("assistant\n", allowed_special="none")
-        ids += head
-        trained += [False] * len(head)
-    return ids, trained
+    produce: the content of an assistant message and the token that ends its turn (<|im_end|>).
+    Everything else (system and user turns, the role headers, the newline after <|im_end|>) is
+    context only. With add_generation_prompt=True the ids end with the assistant's header
+    ("<|im_start|>assistant\\n"), ready for the model to write the answer."""
+    return chat_templates.render(tok, messages, add_generation_prompt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,11 +271,12 @@ def heldout_loss(model, rows, pad_id, device, dtype, batch_size=32):
 
 @torch.no_grad()
 def greedy_reply(model, tok, messages, max_new_tokens=24):
-    """The model's answer to messages, greedy (temperature 0), stopping at <|im_end|>."""
-    end = tok.special_tokens["<|im_end|>"]
+    """The model's answer to messages, greedy (temperature 0), stopping where the template's turn
+    ends (<|im_end|> in ChatML)."""
+    stop = chat_templates.stop_ids(tok)
     ids, _ = render_chat(tok, messages, add_generation_prompt=True)
-    out = list(model.generate(ids, max_new_tokens=max_new_tokens, temperature=0, stop_tokens={end}))
-    return tok.decode([t for t in out if t != end]).strip()
+    out = list(model.generate(ids, max_new_tokens=max_new_tokens, temperature=0, stop_tokens=stop))
+    return tok.decode([t for t in out if t not in stop]).strip()
 
 
 def exact_match(model, tok, items, max_new_tokens=24):
@@ -345,6 +336,17 @@ class FineTuneConfig(train.LoopConfig):
     eval_heldout: int = option(0, "held-out conversations (dpo.py: pairs) evaluated (0: all)")
     max_new_tokens: int = option(24, "longest generated answer in exact match")
     dry_run: bool = option(False, "print the resource calculator for this run and exit")
+    chat_template: str = option("", f"{chat_templates.CHOICES}: the template to fine-tune in "
+                                    f"(default: the --init run's; ChatML for a run trained here)")
+
+
+def use_template(cfg, tok):
+    """--chat-template: the run's template becomes that family's (the release's text is kept when
+    it is of that family); saved with the tokenizer, so every later stage uses it too."""
+    if cfg.chat_template:
+        tok.chat_template = chat_templates.recognise(chat_templates.of(tok).jinja, tok,
+                                                     f"--init {cfg.init}", cfg.chat_template)
+    return tok
 
 
 def start(cfg, device):
@@ -352,6 +354,7 @@ def start(cfg, device):
     --grad-checkpoint: lora.adapt_model), and --seq-len 0 set to the model's context.
     Returns (cfg, model, tok, payload, extra); extra: what model.pt records about the start."""
     model, tok, payload = train.start_from(cfg.init, device, cfg.dropout)
+    tok = use_template(cfg, tok)
     window = model.context_length
     if cfg.seq_len > window:
         raise UserError(f"--seq-len {cfg.seq_len}: the model in {cfg.init} takes at most "
@@ -390,7 +393,7 @@ def dry_run(cfg, stage="sft", rows=1, reference=None, load_rows=None):
     model = resources.meta_model(cfg.init)
     seq_len = cfg.seq_len or model.context_length
     load_rows = load_rows or (lambda tok, n: load_sft_data(cfg.data, tok, n, quiet=True)[0])
-    examples = load_rows(load_tokenizer(cfg.init), seq_len)
+    examples = load_rows(use_template(cfg, load_tokenizer(cfg.init)), seq_len)
     mean_len = sum(len(ids) - 1 for ids, _ in examples) / len(examples)
     title = f"{stage} --init {cfg.init}, preset {cfg.preset or '(none)'}"
     return resources.resource_report(model, cfg, seq_len, title, rows, reference, mean_len)
@@ -446,13 +449,14 @@ def show_example(tok, messages):
     for t in range(len(ids) - 1):
         print(f"{t:>4}  {shown(ids[t]):<20}{shown(ids[t + 1]):<20}"
               f"{'yes' if trained[t + 1] else '-'}")
+    end = tok.decode_bytes([chat_templates.end_id(tok)]).decode("utf-8", "replace")
     print(f"{sum(trained[1:])} of {len(ids) - 1} targets trained: the assistant's words and its "
-          f"<|im_end|>")
+          f"{end}")
 
 
 def sft(cfg):
     if cfg.show_example:
-        _, tok, _ = load_run(cfg.init)
+        tok = use_template(cfg, load_run(cfg.init)[1])
         items = python_docs_conversations()[0]
         show_example(tok, [{"role": "system", "content": "You are a helpful assistant."},
                            *items[0]["messages"], *items[1]["messages"]])

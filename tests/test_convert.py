@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from conftest import cli_in_process
 import bpe
 import chat
+import chat_templates
 import convert
 import dpo
 import eval as evaluation
@@ -115,7 +116,7 @@ def release_tokenizer(tok, style, specials):
     return d
 
 
-def write_release(folder, family, tok, style=None, template=hf_tokenizer.CHATML_TEMPLATE, specials=None,
+def write_release(folder, family, tok, style=None, template=chat_templates.CHATML_TEMPLATE, specials=None,
                   config=None, shards=1, seed=0):
     """A transformers directory of a tiny model: config.json, tokenizer files, safetensors."""
     folder = Path(folder)
@@ -201,14 +202,19 @@ def test_gpt2_conv1d_weights_are_transposed_and_chat_tokens_added(tmp_path, tok)
     assert tok2.special_tokens["<|im_end|>"] == tok2.vocab_size - 1
 
 
-def test_other_template_is_kept_and_stage_can_be_forced(tmp_path, tok):
-    llama3_like = "{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>{% endfor %}"
-    write_release(tmp_path / "rel", "llama", tok, template=llama3_like)
-    out = convert.import_model(str(tmp_path / "rel"), tmp_path / "run")
-    assert out["stage"] == "pretrain" and out["source"]["chat_template"] == "other"
-    assert (tmp_path / "run" / "chat_template.jinja").read_text() == llama3_like
-    out = convert.import_model(str(tmp_path / "rel"), tmp_path / "run2", stage="sft")
-    assert rundir.read_model_file(tmp_path / "run2")["stage"] == "sft"
+def test_unknown_template_is_refused_until_chosen_and_stage_can_be_forced(tmp_path, tok):
+    unknown = "{% for m in messages %}### {{ m.role }}: {{ m.content }}\n{% endfor %}"
+    write_release(tmp_path / "rel", "llama", tok, template=unknown)
+    with pytest.raises(bpe.UserError, match="rel: its chat template.*none that slm knows.*"
+                                            "--chat-template chatml\\|llama3"):
+        convert.import_model(str(tmp_path / "rel"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    out = convert.import_model(str(tmp_path / "rel"), tmp_path / "run", chat_template="chatml")
+    assert out["stage"] == "sft" and out["source"]["chat_template"] == "chatml"
+    assert not (tmp_path / "run" / "chat_template.json").exists()  # ChatML: ours, no file
+    out = convert.import_model(str(tmp_path / "rel"), tmp_path / "run2", stage="pretrain",
+                               chat_template="chatml")
+    assert rundir.read_model_file(tmp_path / "run2")["stage"] == "pretrain"
 
 
 def test_import_through_the_hub_with_shards_and_an_untied_head(tmp_path, tok, hub):
@@ -377,10 +383,10 @@ def test_hf_export_files_say_what_transformers_needs(tmp_path, tok):
     tensors, metadata = safetensors_file.read_safetensors(tmp_path / "hf" / "model.safetensors")
     assert metadata == {"format": "pt"} and "lm_head.weight" not in tensors  # tied: left out
     tok_config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
-    assert tok_config["chat_template"] == hf_tokenizer.CHATML_TEMPLATE and tok_config["eos_token"] == "<|im_end|>"
+    assert tok_config["chat_template"] == chat_templates.CHATML_TEMPLATE and tok_config["eos_token"] == "<|im_end|>"
     assert tok_config["model_max_length"] == 64
     generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
-    assert generation["eos_token_id"] == [tok.special_tokens["<|im_end|>"], tok.special_tokens["<|endoftext|>"]]
+    assert generation["eos_token_id"] == [tok.special_tokens[n] for n in ("<|im_end|>", "<|im_start|>", "<|endoftext|>")]
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "Qwen3ForCausalLM" in card and "step 7" in card
 
@@ -447,7 +453,7 @@ def test_gguf_refuses_a_split_llama_cpp_does_not_know_and_says_why(tmp_path):
         "special_tokens": {"<|endoftext|>": 258}, "merges": [[194, 178], [120, 256]]}))
     v1 = bpe.Tokenizer.load(tmp_path / "v1.json")
     with pytest.raises(bpe.UserError, match="none that llama.cpp knows by name.*version-1"):
-        hf_tokenizer.gguf_tokenizer(v1, chat=False)
+        hf_tokenizer.gguf_tokenizer(v1, **chat_templates.export_tokens(v1, False))
 
 
 def test_gguf_q8_0_and_gpt2(tmp_path, tok):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import bpe
+import chat_templates
 import convert
 import hf_tokenizer
 import rundir
@@ -54,7 +55,7 @@ def test_imported_model_gives_transformers_logits_and_tokenizers_ids(tmp_path, f
     model = tiny_hf_model(transformers, family, hf_tok.get_vocab_size())
     model.save_pretrained(tmp_path / "release")
     hf_tok.save(str(tmp_path / "release" / "tokenizer.json"))
-    (tmp_path / "release" / "tokenizer_config.json").write_text(json.dumps({"chat_template": hf_tokenizer.CHATML_TEMPLATE}))
+    (tmp_path / "release" / "tokenizer_config.json").write_text(json.dumps({"chat_template": chat_templates.CHATML_TEMPLATE}))
     convert.main([str(tmp_path / "release"), str(tmp_path / "run"), "--max-seq-len", "256"])
     ours, tok, _ = rundir.load_run(tmp_path / "run")
     texts = released.MIXED[:-1] + [TEXT]

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import bpe
+import chat_templates
 import convert
 import gguf_file
 import gguf_import
@@ -392,7 +393,7 @@ def test_every_pre_name_reads_as_the_split_the_exporter_writes_it_for(tok):
         first = next((p, i) for n, p, i in hf_tokenizer.GGUF_PRE if n == name)
         t = bpe.Tokenizer(tok.vocab, [(a, b, m) for (a, b), m in zip(tok.merges, tok.merged)],
                           tok.added_list(), split=patterns, ignore_merges=ignore)
-        metadata = {k: v for k, v, _ in hf_tokenizer.gguf_tokenizer(t, chat=True)}
+        metadata = {k: v for k, v, _ in hf_tokenizer.gguf_tokenizer(t, **chat_templates.export_tokens(t, True))}
         back = hf_tokenizer.from_gguf(metadata, "m.gguf")
         assert (back.split_patterns, back.ignore_merges) == first
         assert hf_tokenizer.gguf_pre(back) == name
