@@ -197,9 +197,13 @@ def split_of(module, test_percent):
     return "test" if ngrams.stable_hash(module.split(".")[0]) % 100 < test_percent else "train"
 
 
+def prompt_of(item):
+    """The question, the same in training, evaluation and use: [one user message]."""
+    return [{"role": "user", "content": PROMPT.format(kind=item["kind"], source=item["source"])}]
+
+
 def messages_of(item):
-    return [{"role": "user", "content": PROMPT.format(kind=item["kind"], source=item["source"])},
-            {"role": "assistant", "content": item["summary"]}]
+    return prompt_of(item) + [{"role": "assistant", "content": item["summary"]}]
 
 
 def drop_duplicates(items, card, threshold):
@@ -375,10 +379,14 @@ def read_pairs(path):
 
 def propose(engine, item, max_new_tokens):
     """A run's summary line for an item, greedy: the prompt as a chat model is trained on it
-    (a pre-trained model gets the same words as text to continue, chat.Engine's text mode)."""
-    messages = messages_of(item)[:1]
-    answer = chat.Answer(engine, engine.prompt_ids(messages), max_new_tokens, temperature=0,
-                         top_k=0, top_p=1.0, repetition_penalty=1.0)
+    (a pre-trained model gets the same words as text to continue, chat.Engine's text mode).
+    None when the prompt does not fit the model's context, as serve.py refuses it: cutting
+    the code's start off would hide the very signature to describe."""
+    ids = engine.prompt_ids(prompt_of(item))
+    if len(ids) >= engine.context:
+        return None
+    answer = chat.Answer(engine, ids, max_new_tokens, temperature=0, top_k=0, top_p=1.0,
+                         repetition_penalty=1.0)
     return first_paragraph("".join(answer.stream()))
 
 
@@ -405,16 +413,21 @@ def evaluate(cfg):
     nearest = NearestSummary(train_items)
     answers = {"baseline: name as a sentence": [name_sentence(it["name"]) for it in test],
                "baseline: nearest training summary": [nearest(it["source"]) for it in test]}
+    too_long = {}
     for run_dir in cfg.run_dirs:
         engine = chat.Engine(run_dir, cfg.device, cfg.dtype)
-        answers[run_dir] = [propose(engine, it, cfg.max_new_tokens)
-                            for it in tqdm(test, desc=engine.name, leave=False)]
+        got = [propose(engine, it, cfg.max_new_tokens)
+               for it in tqdm(test, desc=engine.name, leave=False)]
+        answers[run_dir] = [g or "" for g in got]      # a prompt too long scores 0
+        too_long[run_dir] = got.count(None)
     figures = {name: overlap_scores(truth, got) for name, got in answers.items()}
+    every = max(1, len(test) // max(cfg.examples, 1))     # examples spread over the packages
+    shown = list(enumerate(test))[::every][:cfg.examples]
     report = {"data": str(cfg.data), "pairs": len(test), "train_pairs": len(train_items),
-              "figures": figures,
+              "figures": figures, "too_long_for_the_context": too_long,
               "examples": [{"name": f"{it['module']}.{it['name']}", "truth": it["summary"],
                             **{k: v[i] for k, v in answers.items()}}
-                           for i, it in enumerate(test[:cfg.examples])]}
+                           for i, it in shown]}
     text = report_markdown(report)
     print(text)
     for run_dir in cfg.run_dirs:
@@ -430,7 +443,10 @@ def report_markdown(report):
            f"{report['pairs']:,} held-out pairs from `{report['data']}/test.jsonl` "
            f"({report['train_pairs']:,} training pairs). ROUGE-L: mean F-measure (rouge-score's "
            "defaults); BLEU: corpus BLEU-4 (sacrebleu's defaults); both 0-100.", "",
-           datacard.table(("answers from", "ROUGE-L", "BLEU"), rows), "", "## Examples", ""]
+           datacard.table(("answers from", "ROUGE-L", "BLEU"), rows), ""]
+    out += [f"{run}: {n} prompt(s) longer than its context, answered by nothing (scored 0)."
+            for run, n in report["too_long_for_the_context"].items() if n]
+    out += ["", "## Examples", ""]
     for ex in report["examples"]:
         out += [f"**`{ex['name']}`**", "", f"- truth: {ex['truth']}"]
         out += [f"- {k}: {v}" for k, v in ex.items() if k not in ("name", "truth")] + [""]
@@ -466,7 +482,8 @@ def ask_server(url, item, max_new_tokens):
     """The same prompt through a running `python serve.py` (POST /v1/chat/completions)."""
     url = url.rstrip("/")
     url = url if url.endswith("/v1/chat/completions") else url + "/v1/chat/completions"
-    body = {"messages": messages_of(item)[:1], "temperature": 0, "max_tokens": max_new_tokens}
+    body = {"messages": prompt_of(item), "max_tokens": max_new_tokens, "temperature": 0,
+            "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0}   # greedy, as propose() is
     request = urllib.request.Request(url, json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})
     try:
@@ -474,7 +491,10 @@ def ask_server(url, item, max_new_tokens):
             reply = json.loads(response.read())
         return first_paragraph(reply["choices"][0]["message"]["content"])
     except urllib.error.HTTPError as e:
-        raise UserError(f"{url}: the server answered {e.code} {e.read()[:200]!r}") from None
+        answer = e.read()
+        if b"context_length_exceeded" in answer:
+            return None
+        raise UserError(f"{url}: the server answered {e.code} {answer[:200]!r}") from None
     except (urllib.error.URLError, OSError) as e:
         raise UserError(f"{url}: no server answers there ({e})") from None
     except (ValueError, KeyError, IndexError, TypeError):
@@ -483,8 +503,10 @@ def ask_server(url, item, max_new_tokens):
 
 def docstring_lines(text, indent, width=99):
     """A summary as docstring lines at this indent: one line when it fits, else wrapped."""
-    text = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
-    text = text[:-1] + '\\"' if text.endswith('"') else text
+    text = text.replace("\\", "\\\\")
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    if '""' in text or text.endswith('"'):   # quotes that could close the docstring early
+        text = text.replace('"', '\\"')
     if len(indent) + len(text) + 6 <= width:
         return [f'{indent}"""{text}"""']
     wrapped = textwrap.wrap(text, width - len(indent) - 3)
@@ -537,7 +559,8 @@ def document(cfg):
     proposals = []
     for node, name, kind, item in found:
         summary = ask(item)
-        print(f"{cfg.file}:{node.lineno}: {kind} {name}: {summary}")
+        print(f"{cfg.file}:{node.lineno}: {kind} {name}: "
+              + (summary if summary is not None else "(skipped: longer than the model's context)"))
         proposals.append((node, summary))
     if not found:
         print(f"{cfg.file}: every function and class has a docstring")
