@@ -7,16 +7,14 @@ deployed, measured assistant (book chapter 12, "Production Projects").
     python docgen.py document my_code.py --run out/docgen     # docstrings for what has none
     python docgen.py document my_code.py --write my_code_documented.py --run out/docgen
     python docgen.py document my_code.py --server http://127.0.0.1:8000   # via serve.py
-
-From a released model instead, with LoRA (convert.py imports it first):
     python docgen.py sft --init out/smollm2 --preset cpu-lora --out-dir out/docgen-smollm2
+                                     # a released model (convert.py imports it), with LoRA
 
-Every Python installation ships the standard library's source, and most of its functions and
-classes carry a docstring a person wrote for them: about 12,000 pairs of code and a description,
-offline. The task: given a function's code without its docstring, write the docstring's summary
-line. Each step uses the stage of the project that already does it: chapter 4's cleaning,
-duplicate and length filters (prepare.py), chapter 9's SFT (sft.py), the server of chapter 11
-(serve.py). What is new here is the data, the split, the measurement and the use.
+Every Python installation ships the standard library's source: about 18,000 functions and
+classes, 7,800 with a docstring a person wrote. The task: given a definition's code without
+its docstrings, write the docstring's summary line. Each step uses the stage that already does
+it: chapter 4's cleaning and duplicate filters (prepare.py), chapter 9's SFT (sft.py), chapter
+11's server (serve.py). New here: the data, the split, the measurement and the use.
 
 Reading order: 1. the pairs (a definition's source with every docstring removed -> its summary
 line), the split by package, the filters, the files -> 2. training (sft.py's main) -> 3.
@@ -166,23 +164,18 @@ def pairs_of_file(path, root, card, min_words):
     lines, module, items = text.splitlines(), module_name(path, root), []
     for node, name, kind in definitions(tree):
         doc = ast.get_docstring(node)
-        where = f"{module}.{name}"
         card.count("definitions", len(doc or ""))
-        if not doc:
-            card.remove("pairs", "no docstring", where, name)
-            continue
-        summary = summary_line(doc, min_words)
-        if summary is None:
-            card.remove("pairs", "summary too short or not a sentence", where, doc)
-            continue
-        source = undocumented_source(lines, node)
-        if source is None:
-            card.remove("pairs", "docstring shares a line with code", where, doc)
-            continue
-        source, summary = prepare.clean(source), prepare.clean(summary)
+        summary = doc and summary_line(doc, min_words)
+        source = summary and undocumented_source(lines, node)
+        if source:
+            source, summary = prepare.clean(source), prepare.clean(summary)
         # Code that repeats its own summary (an error message, a comment) would give it away.
-        if " ".join(summary.split()) in " ".join(source.split()):
-            card.remove("pairs", "summary written in the code too", where, summary)
+        reason = ("no docstring" if not doc else "summary too short or not a sentence"
+                  if not summary else "a docstring shares a line with code" if not source
+                  else "summary written in the code too"
+                  if " ".join(summary.split()) in " ".join(source.split()) else None)
+        if reason:
+            card.remove("pairs", reason, f"{module}.{name}", doc or name)
             continue
         card.count("pairs", len(source.encode()))
         items.append({"module": module, "name": name, "kind": kind, "line": node.lineno,
@@ -250,15 +243,14 @@ def build_data(cfg):
     model, tok, _ = load_run(cfg.run)       # raises UserError naming the run if it is not one
     seq_len = cfg.seq_len or model.context_length
     root = Path(cfg.stdlib)
-    card = datacard.Card(["definitions", "pairs", "duplicates", "length", "written"])
+    card = datacard.Card(["definitions", "pairs", "duplicates", "length"])
     items = []
     for path in tqdm(source_files(root), desc="read", unit="file", leave=False):
         items += pairs_of_file(path, root, card, cfg.min_words)
-    items = drop_duplicates(items, card, cfg.dedup_threshold)
-    for item in items:
-        card.count("duplicates", len(item["source"].encode()))
     fits = []
-    for item in items:   # the whole conversation must fit, or sft.py would cut the answer off
+    for item in drop_duplicates(items, card, cfg.dedup_threshold):
+        card.count("duplicates", len(item["source"].encode()))
+        # the whole conversation must fit, or sft.py would cut the answer off
         n = len(sft.render_chat(tok, messages_of(item))[0])
         if n > seq_len + 1:
             card.remove("length", f"longer than {seq_len} tokens", item["module"], item["name"])
@@ -274,8 +266,6 @@ def build_data(cfg):
         lines = "".join(json.dumps({"conversations": messages_of(it), **it}) + "\n"
                         for it in chosen)
         atomic_write(out / f"{split}.jsonl", lambda f, t=lines: f.write(t.encode()))
-        for it in chosen:
-            card.kept(len(it["source"].encode()), 0)
     atomic_write(out / "datacard.md", lambda f: f.write(data_card(cfg, card, splits).encode()))
     print(f"{len(splits['train']):,} training pairs, {len(splits['test']):,} held out "
           f"({len({it['module'].split('.')[0] for it in splits['test']})} packages) -> {out}")
@@ -286,7 +276,7 @@ def data_card(cfg, card, splits):
     """What a person reads before training on the pairs: each step and what it removed."""
     steps = [(s, f"{card.docs[s]:,}", ", ".join(f"{r} {n:,}" for r, n in
                                                  sorted(card.removed[s].items())))
-             for s in card.steps[:-1]]
+             for s in card.steps]
     packages = sorted({it["module"].split(".")[0] for it in splits["test"]})
     return "\n".join([
         f"# Data card: {cfg.out}", "", f"Source: `{cfg.stdlib}`, read by `python docgen.py data "
@@ -589,7 +579,7 @@ COMMANDS = {"data": "build the pairs from the standard library (docgen.py data -
 def main(argv=None):
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help"):
-        print(__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1] + "\n\ncommands:")
+        print(__doc__[:__doc__.index("\n\nEvery")] + "\n\ncommands:")
         print("\n".join(f"  {k:<9} {v}" for k, v in COMMANDS.items()))
         return None
     command, rest = args[0], args[1:]

@@ -156,7 +156,7 @@ def test_pairs_remove_every_docstring_and_drop_what_would_leak(tiny_stdlib, tmp_
     outer = next(it for it in items if it["name"] == "outer")["source"]
     assert "def inner(name):" in outer and "visible" not in outer
     card = (tmp_path / "d" / "datacard.md").read_text()
-    assert "docstring shares a line with code 1" in card and "broken.py" in card
+    assert "a docstring shares a line with code 1" in card and "broken.py" in card
 
 
 def test_the_split_is_by_package_disjoint_and_the_same_every_time(tiny_stdlib, tmp_path,
