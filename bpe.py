@@ -204,7 +204,8 @@ def learn_merges(chunk_counts, n_merges, progress=False):
 # chunk, start from its bytes and keep merging the neighbouring pair with the lowest rank, the
 # leftmost one among equals, until no pair has a merge. This is exactly what Hugging Face
 # `tokenizers` does; a heap finds the next pair without rescanning the whole chunk, which matters
-# for long chunks (a Chinese sentence with no spaces is one chunk of hundreds of bytes).
+# for long chunks (a Chinese sentence with no spaces is one chunk of hundreds of bytes). A short
+# chunk (most are) is faster rescanned.
 # Decoding needs no algorithm: each id stands for its bytes; join them and read UTF-8.
 
 def apply_merges(ids, ranks):
@@ -214,30 +215,38 @@ def apply_merges(ids, ranks):
     apply_merges([97, 97, 97, 98], ranks) -> [256, 97, 98]   "aa" first, leftmost; no "ab"
     apply_merges([97, 97, 98], ranks) -> [257]               "aa", then "aa"+"b"
     """
-    ids, n = list(ids), len(ids)
+    ids, n, get = list(ids), len(ids), ranks.get
+    if n <= 10:  # short: rescanning the pairs (min and index run in C) beats building a heap
+        no_merge = (float("inf"), -1)   # after every rank
+        while len(ids) > 1:
+            pairs = [get(p, no_merge) for p in zip(ids, ids[1:])]
+            best = min(pairs)           # the lowest rank; index: the leftmost such pair
+            if best is no_merge:
+                break
+            i = pairs.index(best)
+            ids[i:i + 2] = [best[1]]
+        return ids
     nxt = list(range(1, n + 1))     # nxt[i]: the position of the token after i (n: none)
     prv = list(range(-1, n - 1))    # prv[i]: the position of the token before i (-1: none)
-    heap = [(ranks[p][0], i, ranks[p][1]) for i, p in enumerate(zip(ids, ids[1:])) if p in ranks]
+    heap = [(r[0], i, r[1]) for i, p in enumerate(zip(ids, ids[1:])) if (r := get(p))]
     heapq.heapify(heap)
     while heap:
         _, i, new = heapq.heappop(heap)
         j = nxt[i]
         if ids[i] is None or j >= n:
             continue  # token i was merged into its left neighbour, or is now the last one
-        now = ranks.get((ids[i], ids[j]))
+        now = get((ids[i], ids[j]))
         if now is None or now[1] != new:
             continue  # an old heap entry: the pair at i has changed since it was pushed
         ids[i], ids[j] = new, None      # merge: i takes the new token, j is gone
-        nxt[i] = nxt[j]
-        if nxt[i] < n:
-            prv[nxt[i]] = i
-        # the merged token makes new pairs with its neighbours
-        if prv[i] >= 0 and (ids[prv[i]], new) in ranks:
-            rank, merged = ranks[ids[prv[i]], new]
-            heapq.heappush(heap, (rank, prv[i], merged))
-        if nxt[i] < n and (new, ids[nxt[i]]) in ranks:
-            rank, merged = ranks[new, ids[nxt[i]]]
-            heapq.heappush(heap, (rank, i, merged))
+        k = nxt[i] = nxt[j]
+        # the merged token makes new pairs with its neighbours (get: one dict lookup, not two)
+        if k < n:
+            prv[k] = i
+            if r := get((new, ids[k])):
+                heapq.heappush(heap, (r[0], i, r[1]))
+        if prv[i] >= 0 and (r := get((ids[prv[i]], new))):
+            heapq.heappush(heap, (r[0], prv[i], r[1]))
     return [t for t in ids if t is not None]
 
 
@@ -292,6 +301,9 @@ def compile_split(pattern, syntax="tokenizers"):
 
     def split(text):
         regex = full if text and max(text) > "\uffff" else below_10000
+        chunks = regex.findall(text)  # faster than split, and the same where matches cover text
+        if sum(map(len, chunks)) == len(text) and "" not in chunks:
+            return chunks
         return [chunk for chunk in regex.split(text) if chunk]
     return split
 
@@ -541,7 +553,7 @@ class Tokenizer:
         data = chunk.encode("utf-8")
         if self.ignore_merges and data in self._ordinary:
             return [self._ordinary[data]]
-        ids = [self._byte_ids[b] for b in data]
+        ids = list(map(self._byte_ids.__getitem__, data))  # map: the loop runs in C
         return apply_merges([i for i in ids if i is not None] if None in ids else ids, self._ranks)
 
     def split_text(self, text):
@@ -1137,15 +1149,8 @@ def python_regex(pattern, bmp_only=False):
 # It differs on rare characters: \d misses superscripts "²", fractions "½", Roman numerals "Ⅻ",
 # and \w counts them as word characters, so there they behave like letters; Python's \s also
 # counts U+001C..U+001F as spaces. Every byte still gets a token and decode(encode(s)) == s.
-V1_SPLIT_PATTERN = "|".join([
-    r"'(?i:[sdmt]|ll|ve|re)",
-    r"(?:[^\r\n\w]|_)?[^\W\d_]+",
-    r"\d{1,3}",
-    r" ?(?:[^\s\w]|_)+[\r\n]*",
-    r"\s*[\r\n]",
-    r"\s+(?!\S)",
-    r"\s+",
-])
+V1_SPLIT_PATTERN = "|".join([r"'(?i:[sdmt]|ll|ve|re)", r"(?:[^\r\n\w]|_)?[^\W\d_]+", r"\d{1,3}",
+                             r" ?(?:[^\s\w]|_)+[\r\n]*", r"\s*[\r\n]", r"\s+(?!\S)", r"\s+"])
 
 
 def read_v1(data, bad):
@@ -1181,17 +1186,10 @@ def read_v1(data, bad):
 def v1_lines(tok):
     """A tokenizer loaded from a version-1 file -> the lines of that file, as save() writes it."""
     assert tok.merged == list(range(256, 256 + len(tok.merges))), "not a version-1 layout"
-    return [
-        "{",
-        f'  "format": {json.dumps(FORMAT_NAME)},',
-        '  "version": 1,',
-        f'  "pattern": {json.dumps(tok.split_patterns[0])},',
-        f'  "special_tokens": {json.dumps(tok.special_tokens, ensure_ascii=False)},',
-        '  "merges": [',
-        ",\n".join(f"    [{a}, {b}]" for a, b in tok.merges),
-        "  ]",
-        "}",
-    ]
+    return ["{", f'  "format": {json.dumps(FORMAT_NAME)},', '  "version": 1,',
+            f'  "pattern": {json.dumps(tok.split_patterns[0])},',
+            f'  "special_tokens": {json.dumps(tok.special_tokens, ensure_ascii=False)},',
+            '  "merges": [', ",\n".join(f"    [{a}, {b}]" for a, b in tok.merges), "  ]", "}"]
 
 
 if __name__ == "__main__":

