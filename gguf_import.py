@@ -125,10 +125,10 @@ def llama3_scaling(g, theta, head_dim):
     between = (s > 1e-4) & (s < 1 - 1e-4)
     if len(divisors) == len(f) and between.sum() >= 2:
         slope, intercept = np.polyfit(f[between] / (2 * np.pi), s[between], 1)
-        width = -1 / intercept if intercept < 0 else 0.0  # high - low
+        width = float(-1 / intercept) if intercept < 0 else 0.0  # high - low; plain floats, as
         scaling = {"rope_type": "llama3", "factor": round(factor, 4), "low_freq_factor": 1.0,
-                   "high_freq_factor": round(1 + width, 4),
-                   "original_max_position_embeddings": round(slope * width)}
+                   "high_freq_factor": round(1 + width, 4),  # a checkpoint's config must be
+                   "original_max_position_embeddings": int(round(slope * width))}
         plain = torch.tensor(f, dtype=torch.float32)
         again = (plain / minimind.scale_frequencies(plain, scaling)).double().numpy()
         if width > 0 and np.allclose(again, divisors, rtol=1e-3):
