@@ -471,5 +471,8 @@ def add_rope_scaling(w, arch, theta, head_dim, scaling):
         w.add(f"{arch}.rope.scaling.type", "linear")
         w.add(f"{arch}.rope.scaling.factor", scaling["factor"], "float32")
     elif scaling:
+        if arch != "llama":  # (llama-cpp-python 0.3.36 will not load the file: tested)
+            raise UserError(f"llama.cpp reads Llama 3's RoPE scaling for its llama architecture "
+                            f"only, and this model goes out as {arch}; export it with --to hf")
         plain = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         w.add_tensor("rope_freqs.weight", plain / minimind.scale_frequencies(plain, scaling), "f32")

@@ -143,6 +143,13 @@ def test_a_gguf_rope_freqs_tensor_that_is_not_llama3_is_refused(tmp_path, tok, m
     assert not (tmp_path / "back").exists()
 
 
+def test_llama3_scaling_goes_to_gguf_only_as_llama_and_writes_nothing_else(tmp_path, tok):
+    our_run(tmp_path / "run", tok, rope_scaling=TINY, qkv_bias=True, **SHAPE)
+    with pytest.raises(UserError, match="RoPE scaling for its llama architecture only.*qwen2"):
+        convert.main([str(tmp_path / "run"), str(tmp_path / "m.gguf"), "--to", "gguf"])
+    assert not (tmp_path / "m.gguf").exists()
+
+
 # ---- against transformers and llama.cpp, where installed ------------------------------------------
 def beyond(ours, theirs, start):
     """max |logit difference| at the positions from `start` on."""
@@ -184,10 +191,11 @@ def test_a_llama32_shaped_release_gives_transformers_logits_past_the_original_co
         assert beyond(exported(ids).logits[..., :logits.size(-1)], logits, orig) <= 1e-4
 
 
-@pytest.mark.parametrize("scaling", [TINY, LINEAR])
-def test_llama_cpp_computes_our_logits_past_the_original_context(tmp_path, tok, scaling):
+@pytest.mark.parametrize("scaling, kw", [(TINY, {}), (LINEAR, {}), (LINEAR, {"qkv_bias": True}),
+                                        (LINEAR, {"qk_norm": True})])
+def test_llama_cpp_computes_our_logits_past_the_original_context(tmp_path, tok, scaling, kw):
     llama_cpp = pytest.importorskip("llama_cpp")
-    ours = our_run(tmp_path / "run", tok, rope_scaling=scaling, **SHAPE).eval()
+    ours = our_run(tmp_path / "run", tok, rope_scaling=scaling, **SHAPE, **kw).eval()
     convert.main([str(tmp_path / "run"), str(tmp_path / "m.gguf"), "--to", "gguf", "--type", "f32"])
     llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=128, n_threads=1, verbose=False,
                           logits_all=True)
@@ -197,5 +205,5 @@ def test_llama_cpp_computes_our_logits_past_the_original_context(tmp_path, tok, 
     with torch.no_grad():
         expected = ours(torch.tensor([ids]))[0]
     diff = beyond(theirs, expected, 32)
-    print(f"llama.cpp, {scaling['rope_type']}: max |logit diff| {diff:.2e} at positions 32-99")
+    print(f"llama.cpp, {scaling['rope_type']} {kw}: max |logit diff| {diff:.2e} at positions 32-99")
     assert diff <= 1e-3
