@@ -529,8 +529,7 @@ def gguf_metadata(w, arch, config, name):
              "vocab_size": m.vocab_size}
     for key, value in sizes.items():
         w.add(f"{a}.{key}", value, "uint32")
-    w.add(f"{a}.rope.freq_base", m.rope_theta, "float32")  # llama.cpp's default, 10000, is not ours
-    gguf_file.add_rope_scaling(w, a, m.rope_theta, m.head_dim, m.rope_scaling)
+    gguf_file.add_rope(w, a, m.rope_theta, m.head_dim, m.rope_scaling)
     w.add(f"{a}.attention.layer_norm_rms_epsilon", m.norm_eps, "float32")
     return a
 

@@ -462,11 +462,13 @@ def rotary_pairs_halved(w, n_heads):
     return w.reshape(n_heads, d // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-def add_rope_scaling(w, arch, theta, head_dim, scaling):
-    """A long-context RoPE (MiniMindConfig.rope_scaling) the way llama.cpp's own converter writes
-    it. "linear": two keys, the type and the factor every frequency is divided by. "llama3" has no
-    key: a float32 tensor rope_freqs.weight, [head_dim/2], the number llama.cpp divides each pair's
-    frequency by (factor for the slowest pairs, 1 for the fastest; gguf_import reads it back)."""
+def add_rope(w, arch, theta, head_dim, scaling):
+    """RoPE's base, always (llama.cpp's default, 10000, is not ours), and a long-context RoPE
+    (MiniMindConfig.rope_scaling) the way llama.cpp's own converter writes it. "linear": two keys,
+    the type and the factor every frequency is divided by. "llama3" has no key: a float32 tensor
+    rope_freqs.weight, [head_dim/2], the number llama.cpp divides each pair's frequency by (factor
+    for the slowest pairs, 1 for the fastest; gguf_import reads it back)."""
+    w.add(f"{arch}.rope.freq_base", theta, "float32")
     if (scaling or {}).get("rope_type") == "linear":
         w.add(f"{arch}.rope.scaling.type", "linear")
         w.add(f"{arch}.rope.scaling.factor", scaling["factor"], "float32")

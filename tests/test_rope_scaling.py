@@ -135,7 +135,7 @@ def test_gguf_holds_the_scaling_as_llama_cpp_does_and_reads_it_back(tmp_path, to
 
 def test_a_gguf_rope_freqs_tensor_that_is_not_llama3_is_refused(tmp_path, tok, monkeypatch):
     our_run(tmp_path / "run", tok, rope_scaling=TINY, **SHAPE)
-    monkeypatch.setattr(gguf_file, "add_rope_scaling", lambda w, arch, theta, head_dim, scaling: w.add_tensor(
+    monkeypatch.setattr(gguf_file, "add_rope", lambda w, arch, theta, head_dim, scaling: w.add_tensor(
         "rope_freqs.weight", torch.linspace(3, 1, head_dim // 2), "f32"))  # no bands: a straight ramp
     convert.main([str(tmp_path / "run"), str(tmp_path / "m.gguf"), "--to", "gguf", "--type", "f32"])
     with pytest.raises(UserError, match="m.gguf: rope_freqs.weight is not Llama 3's RoPE scaling"):
