@@ -69,6 +69,8 @@ HF_DEFAULTS = {  # the transformers defaults that decide the model, per family
     "gpt2": dict(n_positions=1024, layer_norm_epsilon=1e-5, activation_function="gelu_new",
                  tie_word_embeddings=True, n_inner=None),
 }
+ROPE_SCALINGS = {"linear": ["factor"], "llama3": ["factor", "low_freq_factor", "high_freq_factor",
+                                                "original_max_position_embeddings"]}
 GELUS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}  # GPT-2's -> nn.GELU's
 
 
@@ -78,8 +80,7 @@ class HFConfig:
     def __init__(self, config, family, where):
         self.values, self.where = {**HF_DEFAULTS[family], **config}, where
         rope = self.values.get("rope_parameters") or {}  # transformers 5 writes the RoPE here
-        if "rope_theta" in rope:
-            self.values["rope_theta"] = rope["rope_theta"]
+        self.values["rope_theta"] = rope.get("rope_theta", self.values.get("rope_theta"))
 
     def get(self, key):
         if key not in self.values:
@@ -99,18 +100,12 @@ class HFConfig:
 def llama_family_config(hf, family, max_seq_len):
     """A Llama / Qwen2 / Qwen3 / Qwen3-MoE config.json -> a MiniMindConfig dict, exactly, or a
     UserError naming the field we do not model (never a silently different model)."""
-    rope = hf.values.get("rope_parameters") or {}
-    scaling = hf.values.get("rope_scaling") or ({} if rope.get("rope_type", "default") == "default"
-                                                else rope)
-    if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
-        hf.refuse("rope_scaling", scaling, "RoPE scaling (long-context variants) is not modelled")
     hf.require("hidden_act", ("silu",), "the MLP here is SwiGLU (silu)")
     hf.require("use_sliding_window", (None, False), "sliding-window attention is not modelled")
     if "sliding_attention" in (hf.values.get("layer_types") or []):
         hf.refuse("layer_types", "sliding_attention", "sliding-window attention is not modelled")
     hf.require("mlp_bias", (None, False), "the MLP here has no biases")
-    hf.require("pretraining_tp", (None, 1),
-               "split (tensor-parallel) linear layers are not modelled")
+    hf.require("pretraining_tp", (None, 1), "split (tensor-parallel) linear layers: not modelled")
     hf.require("partial_rotary_factor", (None, 1, 1.0), "RoPE here turns the whole head")
     if family == "llama":  # Llama's attention_bias puts biases on q, k, v AND o; we have q, k, v
         hf.require("attention_bias", (False,), "biases on the attention output are not modelled")
@@ -123,17 +118,27 @@ def llama_family_config(hf, family, max_seq_len):
                   vocab_size=hf.get("vocab_size"), rope_theta=float(hf.get("rope_theta")),
                   norm_eps=float(hf.get("rms_norm_eps")), ffn_hidden=hf.get("intermediate_size"),
                   max_seq_len=min(max_seq_len, hf.get("max_position_embeddings")),
-                  tie_embeddings=bool(hf.get("tie_word_embeddings")), dropout=0.0,
+                  tie_embeddings=bool(hf.get("tie_word_embeddings")), rope_scaling=rope_scaling(hf),
                   qk_norm=family in ("qwen3", "qwen3_moe"), qkv_bias=family == "qwen2")
     if family == "qwen3_moe":
         config.update(moe_config(hf))
     return config
 
 
+def rope_scaling(hf):
+    """config.json's rope_scaling (transformers 5: rope_parameters) -> ours: None or plain data."""
+    scaling = hf.values.get("rope_scaling") or hf.values.get("rope_parameters") or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    keys = ROPE_SCALINGS.get(kind, [""]) if kind != "default" else []
+    if not set(keys) <= set(scaling):
+        hf.refuse("rope_scaling", scaling, f"{kind!r} is not modelled (linear and llama3 are)"
+                  if kind not in ROPE_SCALINGS else f"{kind} needs {', '.join(keys)}")
+    return {"rope_type": kind, **{k: scaling[k] for k in keys}} if keys else None
+
+
 def moe_config(hf):
     """Qwen3-MoE's experts -> ours: every layer sparse, no shared experts, and the routing weights
-    renormalised exactly when ours are (top_k > 1; with one expert ours
-    keep the raw probability)."""
+    renormalised exactly when ours are (top_k > 1; with one expert, ours keep the raw weight)."""
     hf.require("decoder_sparse_step", (1,), "every layer here is a mixture of experts")
     hf.require("mlp_only_layers", ([],), "every layer here is a mixture of experts")
     top_k = hf.get("num_experts_per_tok")
@@ -353,8 +358,7 @@ def export_family(arch, config):
 
 def export_config(arch, config, tok):
     """Our config -> (transformers class name, config.json dict). Every field whose default could
-    build another model is written out (tie_word_embeddings, head_dim, rope_theta,
-    the GELU, ...)."""
+    build another model is written out (tie_word_embeddings, head_dim, rope_theta, the GELU...)."""
     family = export_family(arch, config)
     name = next(n for n, f in HF_ARCHS.items() if f == family)
     specials = tok.special_tokens
@@ -374,8 +378,9 @@ def export_config(arch, config, tok):
            "num_attention_heads": model.n_heads, "num_key_value_heads": model.n_kv_heads,
            "head_dim": model.head_dim, "intermediate_size": model.hidden_dim, "hidden_act": "silu",
            "max_position_embeddings": model.max_seq_len, "rms_norm_eps": model.norm_eps,
-           "rope_theta": model.rope_theta, "rope_scaling": None,
-           "rope_parameters": {"rope_theta": model.rope_theta, "rope_type": "default"},
+           "rope_theta": model.rope_theta, "rope_scaling": model.rope_scaling,
+           "rope_parameters": {"rope_theta": model.rope_theta,
+                               **(model.rope_scaling or {"rope_type": "default"})},
            "tie_word_embeddings": model.tie_embeddings, "attention_bias": False,
            "attention_dropout": 0.0}
     if family == "llama":
@@ -523,7 +528,7 @@ def gguf_metadata(w, arch, config, name):
              "vocab_size": m.vocab_size}
     for key, value in sizes.items():
         w.add(f"{a}.{key}", value, "uint32")
-    w.add(f"{a}.rope.freq_base", m.rope_theta, "float32")  # llama.cpp's default, 10000, is not ours
+    gguf_file.add_rope(w, a, m.rope_theta, m.head_dim, m.rope_scaling)
     w.add(f"{a}.attention.layer_norm_rms_epsilon", m.norm_eps, "float32")
     return a
 

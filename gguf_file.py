@@ -12,13 +12,15 @@
 
 What is here is the format itself, the same for every model: the file's layout and its table of
 value types (shared by the reader and the writer), the writer, the reader, and the facts of
-llama.cpp a file must follow: its tensor names and the order of the rows its "llama" RoPE expects.
+llama.cpp a file must follow: its tensor names, the order of the rows its "llama" RoPE expects,
+and how it holds RoPE scaling.
 The tensor types (F16, Q8_0, Q4_K, ...) and how each is decoded are gguf_quants.py's. Which
 architecture, which keys and which tensors go into a file are convert.py's decisions, and what a
 file read back means as a model is gguf_import.py's.
 
-Imported by convert.py (--to gguf) and gguf_import.py. Imports gguf_quants.py (the tensor types)
-and bpe.py (UserError): numpy, torch, tqdm and the standard library.
+Imported by convert.py (--to gguf) and gguf_import.py. Imports gguf_quants.py (the tensor types),
+minimind.py (RoPE scaling's frequencies) and bpe.py (UserError): numpy, torch, tqdm and the
+standard library.
 """
 import collections
 import numbers
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import minimind
 from bpe import UserError
 from gguf_quants import GGML_TYPE_NAMES, GGML_TYPES, dequantize, ggml_nbytes, quantize_q8_0
 
@@ -457,3 +460,21 @@ def rotary_pairs_halved(w, n_heads):
     """The inverse, for reading a "llama" file: [a0 b0 a1 b1 ..] -> [a0 a1 .. | b0 b1 ..]."""
     d = w.shape[0] // n_heads
     return w.reshape(n_heads, d // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def add_rope(w, arch, theta, head_dim, scaling):
+    """RoPE's base, always (llama.cpp's default, 10000, is not ours), and a long-context RoPE
+    (MiniMindConfig.rope_scaling) the way llama.cpp's own converter writes it. "linear": two keys,
+    the type and the factor every frequency is divided by. "llama3" has no key: a float32 tensor
+    rope_freqs.weight, [head_dim/2], the number llama.cpp divides each pair's frequency by (factor
+    for the slowest pairs, 1 for the fastest; gguf_import reads it back)."""
+    w.add(f"{arch}.rope.freq_base", theta, "float32")
+    if (scaling or {}).get("rope_type") == "linear":
+        w.add(f"{arch}.rope.scaling.type", "linear")
+        w.add(f"{arch}.rope.scaling.factor", scaling["factor"], "float32")
+    elif scaling:
+        if arch != "llama":  # (llama-cpp-python 0.3.36 will not load the file: tested)
+            raise UserError(f"llama.cpp reads Llama 3's RoPE scaling for its llama architecture "
+                            f"only, and this model goes out as {arch}; export it with --to hf")
+        plain = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        w.add_tensor("rope_freqs.weight", plain / minimind.scale_frequencies(plain, scaling), "f32")

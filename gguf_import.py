@@ -13,17 +13,19 @@ one 3-D tensor per layer, and the tensors themselves in block formats, decoded t
 at a time (gguf_quants.py) while convert.py builds the model.
 
 Imported by convert.py. Imports gguf_file.py (the reader, llama.cpp's names), gguf_quants.py
-(decoding one expert's slice), hf_tokenizer.py (GGUF's tokenizer section) and bpe.py
-(UserError); numpy and the standard library.
+(decoding one expert's slice), hf_tokenizer.py (GGUF's tokenizer section), minimind.py (RoPE
+scaling's frequencies) and bpe.py (UserError); numpy, torch and the standard library.
 """
 import functools
 import re
 
 import numpy as np
+import torch
 
 import gguf_file
 import gguf_quants
 import hf_tokenizer
+import minimind
 from bpe import UserError
 
 # llama.cpp's architecture name -> (the transformers class, its model_type): the families
@@ -53,8 +55,9 @@ def read_release(path):
 #
 # Floats are stored as float32: 1e-5 comes back as 9.99999974738e-06, so each is read as the
 # shortest decimal that is the same float32 (1e-05), as it was in the release's config.json.
-# What llama.cpp's file has and our models do not (RoPE scaling, a partial rotary dimension,
-# attention biases in Llama) is passed on to convert.py's config reader, which refuses it by name.
+# What llama.cpp's file has and our models do not (RoPE scaling other than linear and Llama 3's,
+# a partial rotary dimension, attention biases in Llama) is passed on to convert.py's config
+# reader, which refuses it by name.
 # ---------------------------------------------------------------------------------------------
 def hf_config(g, arch):
     def get(key, default=REQUIRED):
@@ -82,8 +85,10 @@ def hf_config(g, arch):
         raise UserError(f"{g.path}: {arch}.attention.value_length differs from key_length: "
                         f"not modelled")
     scaling = get("rope.scaling.type", "none")
-    if scaling == "none" and "rope_freqs.weight" in g.tensors:
-        scaling = "llama3"  # Llama 3.1's long-context RoPE, stored as a tensor of frequencies
+    if scaling == "linear":
+        scaling = {"rope_type": "linear", "factor": get("rope.scaling.factor")}
+    elif scaling == "none" and "rope_freqs.weight" in g.tensors:  # Llama 3.1, 3.2
+        scaling = llama3_scaling(g, get("rope.freq_base", 10000.0), head_dim)
     config = {**common, "hidden_size": get("embedding_length"), "hidden_act": "silu",
               "num_hidden_layers": get("block_count"), "num_attention_heads": heads,
               "num_key_value_heads": get("attention.head_count_kv", heads), "head_dim": head_dim,
@@ -92,7 +97,8 @@ def hf_config(g, arch):
               "rope_theta": get("rope.freq_base", 10000.0),
               "max_position_embeddings": get("context_length"),
               "partial_rotary_factor": get("rope.dimension_count", head_dim) / head_dim,
-              "rope_scaling": None if scaling == "none" else {"rope_type": scaling},
+              "rope_scaling": scaling if isinstance(scaling, dict) else
+              None if scaling == "none" else {"rope_type": scaling},
               "attention_bias": "blk.0.attn_q.bias" in g.tensors and arch != "qwen2"}
     if arch == "qwen3moe":
         if get("expert_shared_count", 0):
@@ -103,6 +109,32 @@ def hf_config(g, arch):
             "expert_used_count"), moe_intermediate_size=get("expert_feed_forward_length"),
             norm_topk_prob=True)
     return config
+
+
+def llama3_scaling(g, theta, head_dim):
+    """rope_freqs.weight -> config.json's llama3 rope_scaling. The tensor holds what divides each
+    pair's frequency f: factor for the slowest pairs, 1 for the fastest, 1 / ((1 - s) / factor + s)
+    between them, where s = (orig * f / 2pi - low) / (high - low) is a straight line in f. The
+    pairs between give that line, its slope orig / (high - low) and its intercept -low / (high -
+    low). Only those two ratios decide the model, so low_freq_factor is taken as 1 (Llama 3's);
+    the numbers found are checked by computing the tensor again from them."""
+    divisors = g.tensor("rope_freqs.weight").double().numpy()
+    f = 1.0 / theta ** (np.arange(0, head_dim, 2) / head_dim)
+    factor = float(divisors.max())
+    s = (factor / divisors - 1) / max(factor - 1, 1e-9)
+    between = (s > 1e-4) & (s < 1 - 1e-4)
+    if len(divisors) == len(f) and between.sum() >= 2:
+        slope, intercept = np.polyfit(f[between] / (2 * np.pi), s[between], 1)
+        width = float(-1 / intercept) if intercept < 0 else 0.0  # high - low; plain floats, as
+        scaling = {"rope_type": "llama3", "factor": round(factor, 4), "low_freq_factor": 1.0,
+                   "high_freq_factor": round(1 + width, 4),  # a checkpoint's config must be
+                   "original_max_position_embeddings": int(round(slope * width))}
+        plain = torch.tensor(f, dtype=torch.float32)
+        again = (plain / minimind.scale_frequencies(plain, scaling)).double().numpy()
+        if width > 0 and np.allclose(again, divisors, rtol=1e-3):
+            return scaling
+    raise UserError(f"{g.path}: rope_freqs.weight is not Llama 3's RoPE scaling with two or more "
+                    f"pairs between its slowed and its kept ones: not modelled")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,8 +183,10 @@ def hf_tensors(g, arch, config):
                 out[f"model.layers.{experts[1]}.mlp.experts.{e}.{experts[2]}_proj.weight"] = \
                     functools.partial(read_expert, g, name, e)
             continue
+        if name == "rope_freqs.weight":
+            continue  # read into the config's rope_scaling (llama3_scaling)
         ours = gguf_file.our_name(name, gpt2)
-        if ours is None or name == "rope_freqs.weight":  # refused: by name, or by the config
+        if ours is None:  # refused by name
             out[name] = functools.partial(g.tensor, name)
             continue
         heads = 0

@@ -43,19 +43,17 @@ class MiniMindConfig:
     dim: int = 512  # width of the residual stream
     n_layers: int = 8  # number of blocks
     n_heads: int = 8  # query heads
-    # key/value heads; n_heads must be a multiple (n_kv_heads == n_heads is plain MHA)
-    n_kv_heads: int = 2
-    # width of one head; 0 = dim // n_heads (Qwen3 sets it: 128 at dim 1024, 16 heads)
-    head_dim: int = 0
+    n_kv_heads: int = 2  # key/value heads; n_heads is a multiple (equal: plain multi-head)
+    head_dim: int = 0  # width of one head; 0 = dim // n_heads (Qwen3: 128 at dim 1024, 16 heads)
     vocab_size: int = 6400  # set from the tokenizer by the trainer
     max_seq_len: int = 512  # longest context; the RoPE tables and the KV cache are this long
     rope_theta: float = 1e6  # RoPE base: larger = slower-turning angles = longer usable context
+    rope_scaling: dict = None  # long-context RoPE, config.json's dict or None: scale_frequencies
     norm_eps: float = 1e-6  # added under the square root in RMSNorm
     ffn_hidden: int = 0  # hidden width of each SwiGLU; 0 or None = derive it with ffn_rule
     # "8/3": 64*ceil((8*dim/3)/64) (MiniMind2); "pi": 64*ceil(pi*dim/64) (MiniMind-3)
     ffn_rule: str = "8/3"
-    # RMSNorm over head_dim on queries and keys before RoPE (MiniMind-3, Qwen3)
-    qk_norm: bool = False
+    qk_norm: bool = False  # RMSNorm on each query and key head before RoPE (MiniMind-3, Qwen3)
     qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2, Qwen2.5)
     dropout: float = 0.0
     tie_embeddings: bool = True  # lm_head shares its weight with embed_tokens
@@ -66,14 +64,12 @@ class MiniMindConfig:
 
     def __post_init__(self):
         if not self.head_dim:
-            assert self.dim % self.n_heads == 0, (
-                "dim must be a multiple of n_heads (or set head_dim)")
+            assert self.dim % self.n_heads == 0, "dim must be a multiple of n_heads (or head_dim)"
             self.head_dim = self.dim // self.n_heads
         assert self.n_heads % self.n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads"
         assert self.head_dim % 2 == 0, "head_dim must be even for RoPE"
         assert self.ffn_rule in ("8/3", "pi"), f"ffn_rule is '8/3' or 'pi', not {self.ffn_rule!r}"
-        assert self.n_experts == 0 or 1 <= self.top_k <= self.n_experts, (
-            "need 1 <= top_k <= n_experts")
+        assert self.n_experts == 0 or 1 <= self.top_k <= self.n_experts, "top_k: 1 to n_experts"
 
     @property
     def hidden_dim(self):
@@ -97,8 +93,7 @@ SIZES = {
                       ffn_rule="pi"),  # 63.91M
     "minimind3-moe": dict(dim=768, n_layers=8, n_heads=8, n_kv_heads=4, qk_norm=True, ffn_rule="pi",
                           n_experts=4, top_k=1),  # 198.42M total, 63.94M active per token
-    # 361M: train.py's a100-350m
-    "minimind-350m": dict(dim=1024, n_layers=32, n_heads=16, n_kv_heads=4),
+    "minimind-350m": dict(dim=1024, n_layers=32, n_heads=16, n_kv_heads=4),  # 361M: a100-350m
 }
 
 
@@ -111,8 +106,7 @@ class RMSNorm(nn.Module):
 
     LayerNorm subtracts the mean, divides by the standard deviation, then scales and shifts.
     RMSNorm keeps only the rescaling: cheaper, and it trains as well. The sum of squares is done in
-    fp32 even when x is bf16 (squaring bf16 values loses precision and can overflow in fp16), and
-    the result is cast back to x's dtype."""
+    fp32 even when x is bf16 (squaring bf16 loses precision, fp16 can overflow), then cast back."""
 
     def __init__(self, dim, eps=1e-6):
         super().__init__()
@@ -129,18 +123,36 @@ class RMSNorm(nn.Module):
 # 3. Rotary position embeddings (RoPE)
 
 
-def rope_tables(head_dim, max_seq_len, theta=1e6):
+def rope_tables(head_dim, max_seq_len, theta=1e6, scaling=None):
     """cos and sin tables, each [max_seq_len, head_dim], in the rotate-half layout.
 
     Channel pair i (channels i and i + head_dim/2) at position m is rotated by the angle
     m * theta^(-2i/head_dim): pair 0 turns fastest (one radian per token), the last pair slowest.
     Rotate-half pairs channel i with channel i + head_dim/2 (not 2i with 2i+1), as Hugging Face's
-    Llama and Qwen do, so the weights export to them without permuting rows."""
-    # [hd/2]
+    Llama and Qwen do, so the weights export to them without permuting rows. scaling: below."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    inv_freq = scale_frequencies(inv_freq, scaling) if scaling else inv_freq  # [hd/2]
     angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # [L, hd/2]
     angles = torch.cat([angles, angles], dim=-1)  # [L, hd]: both halves of a pair share an angle
     return angles.cos(), angles.sin()
+
+
+def scale_frequencies(inv_freq, scaling):
+    """RoPE scaling (a config's rope_scaling): run a model past the context it was trained on by
+    slowing its frequencies, so that angles at the new positions look like angles it has seen.
+    "linear": every frequency / factor, the new context squeezed into the trained one (position m
+    turns as m / factor did), at the price of blurring neighbouring positions.
+    "llama3" (Llama 3.1, 3.2) slows only the pairs that need it. A pair's turns over the original
+    context: orig * f / 2pi. Under low_freq_factor turns it never came round in training, so later
+    angles would be new to it: slowed by factor, as linear. Over high_freq_factor turns it has seen
+    every angle and carries the local order: kept. Between, a mix linear in the turns."""
+    if scaling["rope_type"] == "linear":
+        return inv_freq / scaling["factor"]
+    assert scaling["rope_type"] == "llama3", f"rope_scaling {scaling} is not linear or llama3"
+    turns = scaling["original_max_position_embeddings"] * inv_freq / (2 * math.pi)
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    keep = ((turns - low) / (high - low)).clamp(0, 1)  # 0: slowed by factor ... 1: kept
+    return inv_freq * ((1 - keep) / scaling["factor"] + keep)
 
 
 def rotate_half(x):
@@ -152,7 +164,6 @@ def rotate_half(x):
 def apply_rope(x, cos, sin):
     """Rotate each channel pair (a, b) of x by its angle: (a cos - b sin, b cos + a sin).
     x: [B, H, T, hd]; cos, sin: [T, hd] for the positions of x's T tokens.
-
     Why this encodes position: a rotation by angle m*f, then a dot product with a vector rotated by
     n*f, depends only on (m - n)*f. So a query at position m and a key at position n score
     q.k by their *relative* position, whatever m and n are (tested in tests/test_minimind.py)."""
@@ -177,9 +188,6 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.length = 0  # positions filled; forward() sets it to start_pos + T
 
-    def nbytes(self):
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
-
 
 # ----------------------------------------------------------------------------------------------
 # 5. Attention: hand-written, grouped-query, with a KV cache
@@ -199,15 +207,13 @@ def attention_by_hand(q, k, v, mask=None, dropout_p=0.0):
 
 
 def causal_mask(T, L, start_pos, device):
-    """bool [T, L]: the query at position start_pos + t may see keys at positions
-    0..start_pos + t."""
+    """bool [T, L]: the query at position start_pos + t may see the keys at 0..start_pos + t."""
     q_pos = start_pos + torch.arange(T, device=device)
     return torch.arange(L, device=device)[None, :] <= q_pos[:, None]
 
 
 def repeat_kv(x, n_rep):
-    """[B, H_kv, L, hd] -> [B, H_kv * n_rep, L, hd]: KV head j serves query heads
-    j*n_rep .. j*n_rep+n_rep-1."""
+    """[B, H_kv, L, hd] -> [B, H_kv * n_rep, L, hd]: KV head j serves j*n_rep..(j+1)*n_rep-1."""
     if n_rep == 1:
         return x
     B, H_kv, L, hd = x.shape
@@ -327,8 +333,7 @@ class MoE(nn.Module):
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
             token, slot = torch.where(chosen == e)  # the tokens sent to expert e, which slot
-            # An expert with no tokens still runs (on 0 rows), so all parameters get a gradient,
-            # which distributed training (DDP) expects.
+            # an expert with no tokens runs on 0 rows: DDP wants a gradient for every parameter
             y = expert(x[token]) * weight[token, slot, None]  # [n_e, D]
             out.index_add_(0, token, y.to(out.dtype))
         for expert in self.shared_experts:
@@ -411,15 +416,14 @@ class MiniMind(nn.Module):
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:  # the same matrix maps ids to vectors and vectors to logits
             self.lm_head.weight = self.embed_tokens.weight
-        # RoPE tables: computed, not learned, so kept out of the state_dict (persistent=False)
-        # and rebuilt from the config on load.
-        cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
+        # RoPE tables: computed, not learned: out of the state_dict, rebuilt from the config on load
+        cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta,
+                               config.rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)  # [max_seq_len, hd]
         self.register_buffer("rope_sin", sin, persistent=False)
         self.aux_loss = torch.zeros(())  # the MoE term of the last forward's loss (0 when dense)
-        # Weights ~ N(0, 0.02); the projections that write into the residual stream (o_proj,
-        # down_proj) shrink by 1/sqrt(2 n_layers) so the stream's variance does not grow with depth.
-        # Biases (Qwen2's q/k/v) start at 0.
+        # Weights ~ N(0, 0.02), biases (Qwen2's q/k/v) 0; o_proj and down_proj, which write into the
+        # residual stream, shrink by 1/sqrt(2 n_layers) so its variance does not grow with depth.
         for name, p in self.named_parameters():
             if p.dim() == 2:
                 writes_to_stream = name.endswith(("o_proj.weight", "down_proj.weight"))
@@ -452,12 +456,11 @@ class MiniMind(nn.Module):
         targets: [B, T] next-token ids, -100 where no loss is wanted (padding, prompt tokens).
         kv_cache: a KVCache from new_kv_cache(B); this call's keys and values are written into it
         at start_pos, and the queries attend to everything it holds up to start_pos + T.
-        Returns logits [B, T, vocab_size] and loss: mean cross-entropy + the MoE auxiliary term
-        (None without targets). self.aux_loss holds that auxiliary term (aux_loss_coef * the sum of
-        the layers' aux), so loss - model.aux_loss is the plain cross-entropy.
-        With model.grad_checkpoint = True, training keeps only each block's input for the backward
-        pass and runs the block again there (gradient checkpointing): activation memory of about
-        one block instead of all of them, for about a third more compute. Gradients are the same."""
+        Returns logits [B, T, vocab_size] and loss (None without targets): mean cross-entropy +
+        self.aux_loss, the MoE term (aux_loss_coef * the sum of the layers' aux; 0 when dense).
+        model.grad_checkpoint = True: training keeps only each block's input for the backward pass
+        and runs the block again there: activation memory of about one block instead of all of
+        them, for about a third more compute. Gradients are the same."""
         B, T = idx.shape
         if start_pos + T > self.config.max_seq_len:
             raise ValueError(f"positions up to {start_pos + T}, "
@@ -482,8 +485,7 @@ class MiniMind(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(B * T, -1).float(), targets.reshape(B * T),
-                                   ignore_index=-100)
-            loss = loss + self.aux_loss
+                                   ignore_index=-100) + self.aux_loss
         return logits, loss
 
     # on a generator function torch turns grad off only while it runs, not between yields
@@ -491,8 +493,7 @@ class MiniMind(nn.Module):
     def generate(self, idx, max_new_tokens=256, temperature=1.0, top_k=None, top_p=None,
                  repetition_penalty=1.0, stop_tokens=(), seed=None, generator=None, use_cache=True,
                  next_logits=None):
-        """Yield new token ids (ints) one at a time, for one sequence, so a chat can print as
-        it goes.
+        """Yield new token ids (ints) one by one, for one sequence, so a chat can print as it goes.
 
         idx: the prompt, a list of ids, a 1-D tensor or a [1, T] tensor.
         temperature, top_k, top_p: see sample_next (temperature 0 = greedy).
@@ -501,14 +502,14 @@ class MiniMind(nn.Module):
         so a caller can tell "stopped" from "ran out of max_new_tokens".
         seed or generator: make sampling reproducible (a seed makes a fresh torch.Generator).
 
-        use_cache=True runs the prompt once (prefill), filling a KVCache (section 4); then each
-        step runs only the newest token. use_cache=False runs the whole window through forward()
-        for every token: the slow reference, and the baseline of the benchmark. When the window
-        is full, crop_start drops the oldest tokens and the cache is filled again from the rest
-        (RoPE positions change, so old keys cannot be reused); greedy output is the same either
-        way. next_logits(context, fresh) -> [V]: forward()'s logits after the window's tokens
-        computed another way (decode.py's fast path passes its own); fresh: the prompt, or the
-        window after a crop. The model is in eval mode meanwhile."""
+        use_cache=True runs the prompt once (prefill), filling a KVCache (section 4), then only the
+        newest token each step; use_cache=False runs the whole window through forward() for every
+        token: the slow reference, the benchmark's baseline. When the window is full, crop_start
+        drops the oldest tokens and the cache is filled again from the rest (RoPE positions
+        change, so old keys cannot be reused); greedy output is the same either way.
+        next_logits(context, fresh) -> [V]: forward()'s logits after the window's tokens computed
+        another way (decode.py's fast path passes its own); fresh: the prompt, or the window after
+        a crop. The model is in eval mode meanwhile."""
         if torch.is_tensor(idx) and idx.dim() == 2 and idx.size(0) != 1:
             raise ValueError("generate takes one sequence: a list, a 1-D tensor or a [1, T] tensor")
         tokens = idx.reshape(-1).tolist() if torch.is_tensor(idx) else [int(t) for t in idx]
@@ -555,7 +556,6 @@ def flops_per_token(config, seq_len=None):
     """Training FLOPs per token (forward + backward), the estimate of Kaplan et al. / PaLM:
 
         6 * N  +  12 * n_layers * dim * seq_len
-
     N: parameters in matmuls one token goes through (active ones for MoE; the embedding lookup
     is not a matmul, but with tied embeddings the same matrix is the lm_head, which is). Each
     multiply-add is 2 FLOPs in the forward pass and 4 in the backward, hence 6N. The second term
