@@ -393,8 +393,7 @@ class Tokenizer:
         self.split_patterns, self.syntax = list(split), syntax
         self._splitters = [compile_split(p, syntax) for p in self.split_patterns]
         self.normalizer, self.ignore_merges = normalizer, ignore_merges
-        self.bos_added = None if bos_added is None else list(bos_added)
-        self.eos_added = None if eos_added is None else list(eos_added)
+        self.bos_added, self.eos_added = (x if x is None else [*x] for x in (bos_added, eos_added))
         self.vocab = dict(vocab)    # id -> bytes, the ordinary tokens
         self._ordinary = {}         # bytes -> id (if two ids share bytes, the lower one)
         for id in sorted(self.vocab):
