@@ -38,25 +38,39 @@ from bpe import (BYTE_TO_CHAR, FORMAT_NAME, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTE
 # 1. Reading tokenizer.json
 # ---------------------------------------------------------------------------------------------
 # A model on the Hugging Face hub ships its tokenizer as tokenizer.json, written by the Rust
-# library `tokenizers`. For a byte-level BPE (GPT-2, Llama 3, Qwen2/2.5/3, SmolLM2) it holds:
+# library `tokenizers`. For a byte-level BPE (GPT-2, Llama 3, Qwen2/2.5/3, SmolLM2, and
+# the families below) it holds:
 #
 #   "model": {"type": "BPE", "vocab": {"Ġthe": 279, ...}, "merges": ["Ġ t", ...] (or, in newer
 #             files, [["Ġ", "t"], ...]), "ignore_merges": false, ...}   tokens in the byte-level
 #             alphabet (bpe.py's step 7); the bytes need not be ids 0..255, and the token a
 #             merge makes is whatever id the vocab gives the joined string ("Ġt")
 #   "added_tokens": [{"id": 151643, "content": "<|endoftext|>", "special": true, ...}, ...]
-#   "normalizer": null, or {"type": "NFC"} (Qwen: compose "e" + U+0301 into "é" first)
+#                 found whole, leftmost then longest (GPT-NeoX's runs of spaces); DeepSeek Coder's
+#                 "õ" ... (ids 32000-32012) are matched in the text and decode, as `tokenizers`
+#                 decodes them, to the byte their character stands for (f5: "\ufffd")
+#   "normalizer": null, or {"type": "NFC"} (Qwen, GPT-NeoX: compose "e" + U+0301 into "é"
+#                 first), or NFKC, NFD, NFKD; DeepSeek's empty Sequence is none
 #   "pre_tokenizer": how text is cut into chunks:
 #       GPT-2:            ByteLevel(use_regex: true)                    -> GPT2_SPLIT_PATTERN
 #       Llama 3, Qwen:    Sequence[Split(Regex P, "Isolated"), ByteLevel(use_regex: false)] -> P
 #       SmolLM2:          Sequence[Digits(individual_digits: true), ByteLevel(use_regex: true)]
 #                                                        -> r"\p{N}", then GPT2_SPLIT_PATTERN
+#       StarCoder2, Refact: as SmolLM2.      GPT-NeoX, MPT: as GPT-2, with an NFC normalizer
+#       Falcon:           Sequence[Punctuation(Contiguous), ByteLevel(use_regex: true),
+#                         Digits(individual_digits: false), Split([0-9][0-9][0-9])]
+#                         -> PUNCTUATION_CLASS+, GPT2_SPLIT_PATTERN, [0-9][0-9][0-9], and the
+#                         Digits, which sees bytes, as merges left out (digit_cuts)
+#       DeepSeek LLM, Coder: Sequence[Split(R, "Isolated") ..., Digits(true), ByteLevel(false)]
+#                         -> each R (LLM's "\s+$": Oniguruma's $, before any "\n"), r"\p{N}"
 #   "decoder": ByteLevel (bytes back from the alphabet: decode needs nothing more)
 #   "post_processor": what encode(..., add_special_tokens=True) adds around a text (Llama 3: a
 #                     <|begin_of_text|> in front); not part of encoding, see from_hf.
 #
-# Everything else (SentencePiece-style BPE with "▁" for spaces like Llama 2 and TinyLlama,
-# byte_fallback, WordPiece, Unigram, ...) is refused with one error naming the field and value.
+# Everything else (ByteLevel add_prefix_space, Split behaviours other than Isolated, lstrip /
+# rstrip / single_word, Prepend and Replace normalizers, SentencePiece-style BPE with "▁" for
+# spaces like Llama 2 and TinyLlama, byte_fallback, WordPiece, Unigram, ...) is refused with one
+# error naming the field and value.
 
 def from_hf(source):
     """A released model's tokenizer.json (a path, or the dict json.load gives) of a
