@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 import bpe  # noqa: E402
 import hf_tokenizer  # noqa: E402
 from bpe import UserError  # noqa: E402
+from test_bpe_released import tokenizer_json  # noqa: E402
 
 CHAR = bpe.bytes_to_unicode()
 
@@ -110,14 +111,7 @@ def family_json(family, vocab, merges):
                          {"Sequence": {"id": "B", "type_id": 1}}],
                 "special_tokens": {name: {"id": name, "ids": [items[-2]["id"]],
                                           "tokens": [name]}}}
-    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": items,
-            "normalizer": normalizer, "pre_tokenizer": pre, "post_processor": post,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
-                        "use_regex": True},
-            "model": {"type": "BPE", "dropout": None, "unk_token": None,
-                      "continuing_subword_prefix": None, "end_of_word_suffix": None,
-                      "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                      "vocab": vocab, "merges": merges}}
+    return tokenizer_json(vocab, merges, items, pre, normalizer, post)
 
 
 # ---------------------------------------------------------------------------------------------
