@@ -399,14 +399,13 @@ class Tokenizer:
         always; `normalized`: looked for after the normalizer ran, not before.
         split: regexes applied one after the other, each cutting every chunk further.
         syntax: "tokenizers" (\\p{L} ... as tokenizer.json writes them) or "python" (version 1).
-        normalizer: None or "NFC". ignore_merges: a chunk that is one whole token in the
+        normalizer: None, "NFC", "NFKC", ... ignore_merges: a chunk that is one whole token in the
         vocabulary becomes that token (Llama 3). bos_added, eos_added: see hf_tokenizer.from_hf.
         """
         self.split_patterns, self.syntax = list(split), syntax
         self._splitters = [compile_split(p, syntax) for p in self.split_patterns]
         self.normalizer, self.ignore_merges = normalizer, ignore_merges
-        self.bos_added = None if bos_added is None else list(bos_added)
-        self.eos_added = None if eos_added is None else list(eos_added)
+        self.bos_added, self.eos_added = (x if x is None else [*x] for x in (bos_added, eos_added))
         self.vocab = dict(vocab)    # id -> bytes, the ordinary tokens
         self._ordinary = {}         # bytes -> id (if two ids share bytes, the lower one)
         for id in sorted(self.vocab):
@@ -438,7 +437,7 @@ class Tokenizer:
             self._normalized.add(name)
         if id >= len(self._vocab):
             self._vocab.extend([None] * (id + 1 - len(self._vocab)))
-        self._vocab[id] = name.encode("utf-8")
+        self._vocab[id] = from_byte_level(name) or name.encode("utf-8")  # what tokenizers do
 
     @classmethod
     def from_merges(cls, merges, special_tokens=(), pattern=GPT4_SPLIT_PATTERN,
@@ -702,7 +701,7 @@ class Tokenizer:
 # One JSON file a person can open. Version 2 (what save() writes) holds everything:
 #
 #   {"format": "slm-bpe", "version": 2,
-#    "normalizer": null,                       (or "NFC")
+#    "normalizer": null,                       (or "NFC", "NFKC", "NFD", "NFKD")
 #    "split": ["<regex>", ...],                (in tokenizer.json's syntax, applied in order)
 #    "ignore_merges": false,
 #    "bos_added": [], "eos_added": [],         (what the released tokenizer's post-processor
@@ -762,8 +761,8 @@ def read_v2(data, bad):
             compile_split(p)
         except (ValueError, re.error) as e:
             raise bad(f'"split" pattern {p!r} cannot be used: {e}') from None
-    if normalizer not in (None, "NFC"):
-        raise bad(f'"normalizer" must be null or "NFC", not {normalizer!r}')
+    if normalizer not in (None, "NFC", "NFKC", "NFD", "NFKD"):
+        raise bad(f'"normalizer" must be null or "NFC", "NFKC", "NFD", "NFKD", not {normalizer!r}')
     vocab = read_v2_vocab(data.get("vocab"), bad)
     merges = read_v2_merges(data.get("merges"), vocab, bad)
     added = read_v2_added_tokens(data.get("added_tokens"), vocab, bad)
@@ -845,7 +844,7 @@ def read_v2_added_tokens(items, vocab, bad):
         id, name = t["id"], t["content"]
         if name in names or id in ids:
             raise bad(f"added token {name!r} (id {id}): that name or id is listed twice")
-        if id in vocab and vocab[id] != name.encode("utf-8"):
+        if id in vocab and vocab[id] != (from_byte_level(name) or name.encode("utf-8")):
             raise bad(f"added token {name!r} has id {id}, which the vocab gives to "
                       f"{to_byte_level(vocab[id])!r}")
         names.add(name)
@@ -1063,8 +1062,7 @@ def re_class_body(ranges):
 
 def translate_escape(pattern, i, in_class, bmp_only=False):
     """The escape at pattern[i] (a backslash) -> (its `re` spelling, index after it)."""
-    e = pattern[i + 1:i + 2]
-    end = i + 2
+    e, end = pattern[i + 1:i + 2], i + 2
     if e in ("p", "P") and pattern[i + 2:i + 3] == "{":       # \p{L}, \P{N}
         end = pattern.index("}", i) + 1
         ranges = unicode_class(pattern[i + 3:end - 1])
@@ -1123,7 +1121,9 @@ def python_regex(pattern, bmp_only=False):
             c, i = (c + "+" if POSSESSIVE_OK else c), i + 1
         elif c == "}" and after == "+":
             raise ValueError("{n,m}+ is not supported (Oniguruma's Ruby syntax repeats it)")
-        elif c in ".^$":
+        elif c == "$":                          # Oniguruma's: before any "\n", or at the end
+            c = r"(?=\n|\Z)"
+        elif c in ".^":
             raise ValueError(f"{c} is not supported (its meaning differs between the engines)")
         out.append(c)
         i += 1

@@ -27,8 +27,9 @@ byte).
 import collections
 import json
 import re
+import unicodedata
 
-from bpe import (FORMAT_NAME, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN,
+from bpe import (BYTE_TO_CHAR, FORMAT_NAME, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN,
                  V1_SPLIT_PATTERN, Tokenizer, UserError, all_characters, compile_split,
                  from_byte_level, read_json, to_byte_level, to_ranges)
 
@@ -37,25 +38,39 @@ from bpe import (FORMAT_NAME, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN,
 # 1. Reading tokenizer.json
 # ---------------------------------------------------------------------------------------------
 # A model on the Hugging Face hub ships its tokenizer as tokenizer.json, written by the Rust
-# library `tokenizers`. For a byte-level BPE (GPT-2, Llama 3, Qwen2/2.5/3, SmolLM2) it holds:
+# library `tokenizers`. For a byte-level BPE (GPT-2, Llama 3, Qwen2/2.5/3, SmolLM2, and
+# the families below) it holds:
 #
 #   "model": {"type": "BPE", "vocab": {"Ġthe": 279, ...}, "merges": ["Ġ t", ...] (or, in newer
 #             files, [["Ġ", "t"], ...]), "ignore_merges": false, ...}   tokens in the byte-level
 #             alphabet (bpe.py's step 7); the bytes need not be ids 0..255, and the token a
 #             merge makes is whatever id the vocab gives the joined string ("Ġt")
 #   "added_tokens": [{"id": 151643, "content": "<|endoftext|>", "special": true, ...}, ...]
-#   "normalizer": null, or {"type": "NFC"} (Qwen: compose "e" + U+0301 into "é" first)
+#                 found whole, leftmost then longest (GPT-NeoX's runs of spaces); DeepSeek Coder's
+#                 "õ" ... (ids 32000-32012) are matched in the text and decode, as `tokenizers`
+#                 decodes them, to the byte their character stands for (f5: "\ufffd")
+#   "normalizer": null, or {"type": "NFC"} (Qwen, GPT-NeoX: compose "e" + U+0301 into "é"
+#                 first), or NFKC, NFD, NFKD; DeepSeek's empty Sequence is none
 #   "pre_tokenizer": how text is cut into chunks:
 #       GPT-2:            ByteLevel(use_regex: true)                    -> GPT2_SPLIT_PATTERN
 #       Llama 3, Qwen:    Sequence[Split(Regex P, "Isolated"), ByteLevel(use_regex: false)] -> P
 #       SmolLM2:          Sequence[Digits(individual_digits: true), ByteLevel(use_regex: true)]
 #                                                        -> r"\p{N}", then GPT2_SPLIT_PATTERN
+#       StarCoder2, Refact: as SmolLM2.      GPT-NeoX, MPT: as GPT-2, with an NFC normalizer
+#       Falcon:           Sequence[Punctuation(Contiguous), ByteLevel(use_regex: true),
+#                         Digits(individual_digits: false), Split([0-9][0-9][0-9])]
+#                         -> PUNCTUATION_CLASS+, GPT2_SPLIT_PATTERN, [0-9][0-9][0-9], and the
+#                         Digits, which sees bytes, as merges left out (digit_cuts)
+#       DeepSeek LLM, Coder: Sequence[Split(R, "Isolated") ..., Digits(true), ByteLevel(false)]
+#                         -> each R (LLM's "\s+$": Oniguruma's $, before any "\n"), r"\p{N}"
 #   "decoder": ByteLevel (bytes back from the alphabet: decode needs nothing more)
 #   "post_processor": what encode(..., add_special_tokens=True) adds around a text (Llama 3: a
 #                     <|begin_of_text|> in front); not part of encoding, see from_hf.
 #
-# Everything else (SentencePiece-style BPE with "▁" for spaces like Llama 2 and TinyLlama,
-# byte_fallback, WordPiece, Unigram, ...) is refused with one error naming the field and value.
+# Everything else (ByteLevel add_prefix_space, Split behaviours other than Isolated, lstrip /
+# rstrip / single_word, Prepend and Replace normalizers, SentencePiece-style BPE with "▁" for
+# spaces like Llama 2 and TinyLlama, byte_fallback, WordPiece, Unigram, ...) is refused with one
+# error naming the field and value.
 
 def from_hf(source):
     """A released model's tokenizer.json (a path, or the dict json.load gives) of a
@@ -86,8 +101,10 @@ def hf_arguments(data, where):
         if isinstance(model, dict) else None
     if kind != "BPE":
         raise bad(f"model type {kind} is not supported (byte-level BPE only)")
-    split = hf_pre_tokenizer(data.get("pre_tokenizer"), bad)
+    split, cut = hf_pre_tokenizer(data.get("pre_tokenizer"), bad)
     normalizer = hf_normalizer(data.get("normalizer"), bad)
+    if cut and model.get("ignore_merges"):
+        raise bad("model.ignore_merges true with Digits after ByteLevel is not supported")
     for field, allowed in (("dropout", (None, 0)), ("byte_fallback", (None, False)),
                            ("continuing_subword_prefix", (None, "")),
                            ("end_of_word_suffix", (None, ""))):
@@ -102,48 +119,114 @@ def hf_arguments(data, where):
     if not isinstance(strings, dict):
         raise bad("model.vocab must map token strings to ids")
     added = hf_added_tokens(data.get("added_tokens") or [], strings, bad)
+    for _, name, _, normalized in added:  # `tokenizers` would look for the normalized name
+        if normalized and normalizer and unicodedata.normalize(normalizer, name) != name:
+            raise bad(f"added token {name!r}: normalized true, and {normalizer} changes it")
     vocab = hf_vocab(strings, {name for _, name, _, _ in added}, bad)
     bos, eos = hf_post_processor(data.get("post_processor"))
-    return dict(vocab=vocab, merges=hf_read_merges(model.get("merges"), strings, vocab, bad),
+    merges = digit_cuts(hf_read_merges(model.get("merges"), strings, vocab, bad), vocab, cut)
+    return dict(vocab=vocab, merges=merges,
                 added_tokens=added, split=split, normalizer=normalizer,
                 ignore_merges=bool(model.get("ignore_merges", False)),
                 bos_added=bos, eos_added=eos)
 
 
+# `tokenizers`' Punctuation pre-tokenizer (Falcon) cuts at ASCII punctuation and at the Unicode
+# categories P*, but in the Unicode version of the Rust crate it asks, older than Python's (whose
+# \p{P} would add 30 ranges and miss 2 characters): so its set is written out here, code point
+# ranges in hex, found by running it on every character.
+PUNCTUATION = """
+21-2f 3a-40 5b-60 7b-7e a1 a7 ab b6-b7 bb bf 37e 387 55a-55f 589-58a 5be 5c0 5c3 5c6
+5f3-5f4 609-60a 60c-60d 61b 61e-61f 66a-66d 6d4 700-70d 7f7-7f9 830-83e 85e 964-965 970
+af0 df4 e4f e5a-e5b f04-f12 f14 f3a-f3d f85 fd0-fd4 fd9-fda 104a-104f 10fb 1360-1368
+1400 166d-166e 169b-169c 16eb-16ed 1735-1736 17d4-17d6 17d8-17da 1800-180a 1944-1945
+1a1e-1a1f 1aa0-1aa6 1aa8-1aad 1b5a-1b60 1bfc-1bff 1c3b-1c3f 1c7e-1c7f 1cc0-1cc7 1cd3
+2010-2027 2030-2043 2045-2051 2053-205e 207d-207e 208d-208e 2308-230b 2329-232a
+2768-2775 27c5-27c6 27e6-27ef 2983-2998 29d8-29db 29fc-29fd 2cf9-2cfc 2cfe-2cff 2d70
+2e00-2e2e 2e30-2e42 3001-3003 3008-3011 3014-301f 3030 303d 30a0 30fb a4fe-a4ff
+a60d-a60f a673 a67e a6f2-a6f7 a874-a877 a8ce-a8cf a8f8-a8fa a8fc a92e-a92f a95f
+a9c1-a9cd a9de-a9df aa5c-aa5f aade-aadf aaf0-aaf1 abeb fd3e-fd3f fe10-fe19 fe30-fe52
+fe54-fe61 fe63 fe68 fe6a-fe6b ff01-ff03 ff05-ff0a ff0c-ff0f ff1a-ff1b ff1f-ff20
+ff3b-ff3d ff3f ff5b ff5d ff5f-ff65 10100-10102 1039f 103d0 1056f 10857 1091f 1093f
+10a50-10a58 10a7f 10af0-10af6 10b39-10b3f 10b99-10b9c 11047-1104d 110bb-110bc
+110be-110c1 11140-11143 11174-11175 111c5-111c9 111cd 111db 111dd-111df 11238-1123d
+112a9 114c6 115c1-115d7 11641-11643 1173c-1173e 12470-12474 16a6e-16a6f 16af5
+16b37-16b3b 16b44 1bc9f 1da87-1da8b
+"""
+PUNCTUATION_CLASS = "[" + "".join("-".join(f"\\x{{{c}}}" for c in item.split("-"))
+                                  for item in PUNCTUATION.split()) + "]"
+# After ByteLevel, a step sees the byte-level alphabet ("ü" is "Ã¼"), where Digits finds numbers
+# in 0-9 and in ²³¹¼½¾ (bytes b2 b3 b9 bc bd be, which end "ü" and "β"): see digit_cuts.
+NUMERIC_BYTES = frozenset(b for b, c in BYTE_TO_CHAR.items() if unicodedata.category(c)[0] == "N")
+ASCII_DIGIT_REGEX = re.compile(r"(?:\[0-9\](?:[+*?]|\{\d+(?:,\d*)?\})?)+")
+
+
 def hf_pre_tokenizer(pre, bad):
-    """"pre_tokenizer" -> the split patterns, in order, as tokenizer.json writes regexes.
-    A ByteLevel step must come last: it turns the text into the byte-level alphabet, so any
-    step after it would see other characters."""
+    """"pre_tokenizer" -> (the split patterns, in order, as tokenizer.json writes regexes, and
+    the Digits cut made after ByteLevel: None, "runs" or "each", see digit_cuts).
+    Steps before ByteLevel cut the text and are split patterns; ByteLevel cuts with GPT-2's
+    pattern if use_regex, then maps the text to the byte-level alphabet; the steps after it see
+    that alphabet: a Split there must match ASCII digits only (Falcon's [0-9][0-9][0-9], the
+    same in both alphabets), and Digits cuts between bytes, inside characters."""
     if pre is None:
         raise bad("pre_tokenizer null is not supported (byte-level BPE only; a SentencePiece-"
                   "style BPE such as Llama 2's or TinyLlama's has none)")
     steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" \
         else [pre]
-    steps = steps if isinstance(steps, list) else [steps]
-    patterns = []
-    for k, step in enumerate(steps):
+    patterns, after_bytes, cut = [], False, None
+    for step in steps if isinstance(steps, list) else [steps]:
         kind = step.get("type") if isinstance(step, dict) else json.dumps(step)
-        if kind == "ByteLevel" and k == len(steps) - 1:
-            if step.get("add_prefix_space"):
+        where = "after ByteLevel " if after_bytes else ""
+        if kind == "ByteLevel" and not after_bytes:
+            if step.get("add_prefix_space"):   # a space before every piece between added tokens
                 raise bad("pre_tokenizer ByteLevel add_prefix_space true is not supported")
-            return patterns + ([GPT2_SPLIT_PATTERN] if step.get("use_regex", True) else [])
-        if kind == "Split":
+            patterns += [GPT2_SPLIT_PATTERN] if step.get("use_regex", True) else []
+            after_bytes = True
+        elif kind == "Split":
             patterns.append(hf_split_regex(step, bad))
-        elif kind == "Digits":   # `tokenizers` tests char::is_numeric, i.e. the categories N*
+            if after_bytes and not ASCII_DIGIT_REGEX.fullmatch(patterns[-1]):
+                raise bad(f"pre_tokenizer Split {where}with regex {patterns[-1]!r} is not "
+                          f"supported (only ASCII digits, as [0-9][0-9][0-9])")
+        elif kind == "Digits" and not after_bytes:  # char::is_numeric: the categories N*
             patterns.append(r"\p{N}" if step.get("individual_digits") else r"\p{N}+")
-        elif kind == "ByteLevel":
-            raise bad("pre_tokenizer ByteLevel is supported as the last step only")
+        elif kind == "Digits" and cut is None:
+            cut = "each" if step.get("individual_digits") else "runs"
+        elif kind == "Punctuation" and not after_bytes:
+            behavior = step.get("behavior", "Isolated")
+            if behavior not in ("Isolated", "Contiguous"):
+                raise bad(f"pre_tokenizer Punctuation behavior {behavior} is not supported "
+                          f"(only Isolated and Contiguous)")
+            patterns.append(PUNCTUATION_CLASS + ("+" if behavior == "Contiguous" else ""))
         else:
-            raise bad(f"pre_tokenizer type {kind} is not supported (byte-level BPE only)")
-    raise bad("pre_tokenizer has no ByteLevel step (byte-level BPE only)")
+            raise bad(f"pre_tokenizer type {kind} {where}is not supported (byte-level BPE only)")
+    if not after_bytes:
+        raise bad("pre_tokenizer has no ByteLevel step (byte-level BPE only)")
+    return patterns, cut
+
+
+def digit_cuts(merges, vocab, cut):
+    """The merges that can apply after a Digits step that comes after ByteLevel. That step cuts
+    between two bytes where one is numeric and the other not ("runs"; "each": where either is),
+    inside a character too: Falcon encodes "ü" (c3 bc) as two pieces, "Ã" and "¼". Whether a
+    cut falls between two bytes depends on those two bytes only, so a merge that joins across
+    such a cut can never apply, and every other merge applies as it would inside the pieces:
+    leaving those merges out gives, on the uncut chunk, exactly the ids of the pieces."""
+    def apart(x, y):
+        return (x in NUMERIC_BYTES) != (y in NUMERIC_BYTES) if cut == "runs" else \
+            x in NUMERIC_BYTES or y in NUMERIC_BYTES
+    return [m for m in merges if not apart(vocab[m[0]][-1], vocab[m[1]][0])] if cut else merges
 
 
 def hf_split_regex(step, bad):
-    """A Split pre-tokenizer -> its regex, checked to be one this file can run exactly."""
+    """A Split pre-tokenizer -> its regex, checked to be one this file can run exactly
+    ({"String": s} becomes the regex matching s)."""
     pattern = step.get("pattern")
+    if isinstance(pattern, dict) and isinstance(pattern.get("String"), str) and pattern["String"]:
+        pattern = {"Regex": "".join("\\" + c if c.isascii() and not c.isalnum() else c
+                                    for c in pattern["String"])}
     if not (isinstance(pattern, dict) and isinstance(pattern.get("Regex"), str)):
         raise bad(f"pre_tokenizer Split pattern {json.dumps(pattern)} is not supported "
-                  f"(only Regex)")
+                  f"(only Regex and String)")
     if step.get("behavior") != "Isolated":
         raise bad(f"pre_tokenizer Split behavior {step.get('behavior')} is not supported "
                   f"(only Isolated)")
@@ -157,14 +240,19 @@ def hf_split_regex(step, bad):
 
 
 def hf_normalizer(normalizer, bad):
-    """"normalizer" -> None or "NFC" (also inside a Sequence)."""
+    """"normalizer" -> None or a Unicode normal form, "NFC", "NFKC", "NFD" or "NFKD" (also alone
+    in a Sequence; an empty Sequence, as DeepSeek's, is none)."""
     steps = [] if normalizer is None else normalizer.get("normalizers") \
         if isinstance(normalizer, dict) and normalizer.get("type") == "Sequence" else [normalizer]
+    forms = []
     for step in steps if isinstance(steps, list) else [steps]:
         kind = step.get("type") if isinstance(step, dict) else json.dumps(step)
-        if kind != "NFC":
-            raise bad(f"normalizer type {kind} is not supported (only NFC)")
-    return "NFC" if steps else None
+        if kind not in ("NFC", "NFKC", "NFD", "NFKD"):  # Prepend, Replace: SentencePiece-style
+            raise bad(f"normalizer type {kind} is not supported (only NFC, NFKC, NFD, NFKD)")
+        forms.append(kind)
+    if len(set(forms)) > 1:
+        raise bad(f"normalizer Sequence {forms} is not supported (one normal form only)")
+    return forms[0] if forms else None
 
 
 def ids_tokenizers_would_give(vocab, names):
@@ -209,8 +297,6 @@ def hf_added_tokens(items, strings, bad):
         if id != given:
             raise bad(f"added token {name!r} has id {id}, but `tokenizers` gives it id {given} "
                       f"(the ids of added tokens must follow the vocabulary, in order)")
-        if name in strings and from_byte_level(name) not in (None, name.encode("utf-8")):
-            raise bad(f"added token {name!r} is also in model.vocab, standing for other bytes")
     return out
 
 
@@ -479,7 +565,16 @@ GGUF_PRE = [  # (llama.cpp's name, the tokenizer's split patterns, ignore_merges
     ("dbrx", [GPT4_SPLIT_PATTERN], False), ("dbrx", [LLAMA3_SPLIT], False),
     ("llama-bpe", [GPT4_SPLIT_PATTERN], True), ("llama-bpe", [LLAMA3_SPLIT], True),
     ("qwen2", [QWEN2_SPLIT], False), ("gpt-2", [GPT2_SPLIT_PATTERN], False),
-    ("smollm", [r"\p{N}", GPT2_SPLIT_PATTERN], False)]
+    ("smollm", [r"\p{N}", GPT2_SPLIT_PATTERN], False),
+    # Falcon's Digits after ByteLevel is in the merges, not in a pattern (digit_cuts); llama.cpp
+    # has no Digits step, so it cuts the same given our merges. Its deepseek-llm joins digits
+    # (\p{N}+) where the release splits each: left out, an export refuses it.
+    ("falcon", [PUNCTUATION_CLASS + "+", GPT2_SPLIT_PATTERN, "[0-9][0-9][0-9]"], False),
+    ("deepseek-coder", ["[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+",
+                        "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+", r"\p{N}"], False),
+    # the same patterns as above, under the names llama.cpp gives other releases: read only
+    ("starcoder", [r"\p{N}", GPT2_SPLIT_PATTERN], False),
+    ("refact", [r"\p{N}", GPT2_SPLIT_PATTERN], False), ("mpt", [GPT2_SPLIT_PATTERN], False)]
 
 
 def gguf_pre(tok):
