@@ -396,7 +396,9 @@ def test_every_pre_name_reads_as_the_split_the_exporter_writes_it_for(tok):
         metadata = {k: v for k, v, _ in hf_tokenizer.gguf_tokenizer(t, **chat_templates.export_tokens(t, True))}
         back = hf_tokenizer.from_gguf(metadata, "m.gguf")
         assert (back.split_patterns, back.ignore_merges) == first
-        assert hf_tokenizer.gguf_pre(back) == name
+        # names that only reading knows (starcoder: smollm's patterns) export as the first name
+        exported = next(n for n, p, i in hf_tokenizer.GGUF_PRE if (p, i) == first)
+        assert hf_tokenizer.gguf_pre(back) == exported
         assert back.encode(TEXT, allowed_special="all") == t.encode(TEXT, allowed_special="all")
 
 
