@@ -56,6 +56,7 @@ class ServeConfig(EngineConfig):
     guard: str = option("", "blocklist file (words, phrases, re:PATTERN) checked on requests "
                         "and answers, guard.py")
     refusal_message: str = option("I can't help with that.", "the answer to what --guard blocks")
+    guard_hold: int = option(64, "characters of a streamed answer held back for re: patterns")
 
 
 def parse_args(argv=None, overrides=None):
@@ -590,7 +591,7 @@ class App:
         self.scoring = threading.Lock()  # /v1/completions' logprobs: one forward pass at a time
         where = "" if quiet and cfg.request_log == "-" else cfg.request_log
         self.log = guard.RequestLog(where, cfg.log_content, self.metrics)
-        policy = guard.Policy.load(cfg.guard) if cfg.guard else guard.Policy()
+        policy = guard.Policy.load(cfg.guard, cfg.guard_hold) if cfg.guard else guard.Policy()
         self.guard = guard.Guard(policy, cfg.refusal_message, self.metrics)
 
 
