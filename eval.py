@@ -535,8 +535,10 @@ def format_table(results):
              for label, key in (("distinct-1", "distinct_1"), ("distinct-2", "distinct_2"),
                                 ("repetition (4-grams)", "repetition"), ("stopped", "stopped"),
                                 ("mean length", "mean_length"), ("chat format", "format"))]
-    rows += [(f"safety: {k.replace('_', ' ')}", lambda r, k=k: f"{r['safety'][k]:.3f}"
-              if "safety" in r else "-") for k in ("harmful_compliance", "over_refusal")]
+    rows += [(label, lambda r, k=k: f"{r['safety'][k]:.3f}" if "safety" in r else "-")
+             for label, k in (("harmful compliance", "harmful_compliance"),
+                              ("over-refusal", "over_refusal"))
+             if any("safety" in r for r in results)]
     for t, f in results[0]["benchmarks"].items():  # every run has the same tasks
         rows += [(f"{t}: {k}", lambda r, t=t, k=k: f"{r['benchmarks'][t][k]:.3f}")
                  for k in ("acc", "acc_norm", "centred")]
