@@ -15,10 +15,11 @@ of tensor names serving both directions) -> 2. tokenizers and chat templates -> 
 
 Imports: rundir.py (run directories, flags, errors), hf_tokenizer.py and chat_templates.py
 (released tokenizers and chat templates, GGUF's tokenizer section), minimind.py (its config's
-derived sizes), and the file formats, each written by hand from its specification in a companion
-file: safetensors_file.py (how the hub stores weights), download.py (the hub: which files make a
-model, fetched over plain HTTP), gguf_file.py (GGUF v3, for llama.cpp and Ollama) and
-gguf_import.py (a GGUF file read as the files of a release).
+derived sizes), modelcard.py (the card written with each export), and the file formats, each
+written by hand from its specification in a companion file: safetensors_file.py (how the hub
+stores weights), download.py (the hub: which files make a model, fetched over plain HTTP),
+gguf_file.py (GGUF v3, for llama.cpp and Ollama) and gguf_import.py (a GGUF file read as the
+files of a release).
 Runtime: numpy, torch, tqdm and the standard library.
 """
 import json
@@ -34,6 +35,7 @@ import gguf_file
 import gguf_import
 import hf_tokenizer
 import minimind
+import modelcard
 import rundir
 import safetensors_file
 from rundir import UserError, option
@@ -416,29 +418,6 @@ def export_tensors(payload):
             for ours, theirs, transposed in tensor_names(payload["arch"], payload["config"])}
 
 
-def model_card(run_dir, payload, name):
-    """A short README.md: what the model is, how it was trained, how to load it."""
-    log = (rundir.read_log(Path(run_dir) / "log.jsonl") if (Path(run_dir) / "log.jsonl").exists()
-           else [])
-    final = next((r for r in reversed(log) if r.get("eval") == "after"), {})
-    figures = ", ".join(f"{k} {v:.4f}" for k, v in final.items() if isinstance(v, float))
-    source = payload.get("source", {}).get("from")
-    params = sum(t.numel() for k, t in payload["model"].items() if k != "lm_head.weight"
-                 or not payload["config"].get("tie_embeddings", True))
-    return "\n".join([
-        f"# {Path(run_dir).resolve().name}", "",
-        f"A {params / 1e6:.1f}M-parameter {name} exported by slm's convert.py from the run "
-        f"directory `{run_dir}` (stage {payload.get('stage', 'pretrain')}, "
-        f"step {payload.get('step')}"
-        + (f", started from {source}" if source else "") + ").", "",
-        f"Held-out figures at the end of training: {figures}." if figures else "", "",
-        "Chats are written in the run's chat template, which `tokenizer_config.json` holds "
-        "(`chat_template`).", "",
-        "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "tok = AutoTokenizer.from_pretrained(PATH)",
-        "model = AutoModelForCausalLM.from_pretrained(PATH)", "```", ""])
-
-
 def write_hf(run_dir, out):
     """Export a run directory to the transformers directory `out` (which must not exist)."""
     payload = export_payload(run_dir, "hf")
@@ -468,7 +447,7 @@ def write_hf(run_dir, out):
                             lambda f: safetensors_file.write_safetensors(f, tensors))
         for file, value in files.items():
             rundir.write_json(folder / file, value)
-        card = model_card(run_dir, payload, name)
+        card = modelcard.model_card(run_dir, payload, name, "hf")
         rundir.atomic_write(folder / "README.md", lambda f: f.write(card.encode("utf-8")))
     rundir.write_folder(out, fill)
     return name
@@ -635,9 +614,10 @@ def main(argv=None, **overrides):
     modelfile_path = Path(cfg.dest).with_name("Modelfile")
     text = modelfile(cfg.dest, chat, rundir.load_tokenizer(cfg.source))
     rundir.atomic_write(modelfile_path, lambda f: f.write(text.encode("utf-8")))
-    print(f"wrote {cfg.dest} (GGUF, arch {arch}, {cfg.type}) and {modelfile_path}: "
+    card = modelcard.write_beside(cfg.source, cfg.dest, arch)  # the model card, NAME.md
+    print(f"wrote {cfg.dest} (GGUF, arch {arch}, {cfg.type}), {card} and {modelfile_path}: "
           f"ollama create NAME -f {modelfile_path}")
-    return {"dest": cfg.dest, "arch": arch, "modelfile": str(modelfile_path)}
+    return {"dest": cfg.dest, "arch": arch, "modelfile": str(modelfile_path), "card": str(card)}
 
 
 if __name__ == "__main__":

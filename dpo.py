@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import lora
+import safety
 import sft
 import train
 from rundir import UserError, autocast, option, parse_config, pick_dtype, run_cli
@@ -34,6 +35,8 @@ from rundir import UserError, autocast, option, parse_config, pick_dtype, run_cl
 # ---------------------------------------------------------------------------------------------
 def parse_pair_line(obj, where):
     """One MiniMind DPO line -> {"chosen": messages, "rejected": messages}, checked."""
+    if safety.is_hh(obj):  # HH-RLHF: transcripts as text, parsed into messages
+        return safety.hh_pair(obj, where)
     if not isinstance(obj, dict):
         raise UserError(f'{where}: expected an object with "chosen" and "rejected" message lists')
     for side in ("chosen", "rejected"):
@@ -62,6 +65,9 @@ def load_pairs(data, tok, seq_len, heldout_every=20):
         train_items, heldout = sft.python_docs_conversations()
         train_pairs, held_pairs = builtin_pairs(train_items), builtin_pairs(heldout)
         exact = [it for it in heldout if it["kind"] != "doc"]
+    elif data == "safety":
+        train_pairs, held_pairs, exact = (builtin_pairs(safety.builtin_conversations()),
+                                          builtin_pairs(safety.builtin_conversations("test")), [])
     else:
         pairs = sft.read_jsonl(data, parse_pair_line)
         train_pairs = [p for i, p in enumerate(pairs) if i % heldout_every != heldout_every - 1]
@@ -256,7 +262,8 @@ def dpo_stage(cfg, policy, ref, ref_table, held_ref, tok, rows, held, exact, dty
 @dataclass
 class DPOConfig(sft.FineTuneConfig):
     init: str = option("out/sft", "run directory to start from (an SFT run)")
-    data: str = option("python-docs", "python-docs (built in) | a MiniMind DPO .jsonl")
+    data: str = option("python-docs", "python-docs | safety (built in) | a .jsonl: "
+                       "MiniMind DPO or HH-RLHF")
     batch_size: int = option(16, "preference pairs per micro-batch (per process)")
     max_steps: int = option(300, "optimizer steps (0: only evaluate and write the start model)")
     lr: float = option(2e-4, "peak learning rate (below SFT's)")

@@ -6,6 +6,7 @@ multiple-choice benchmarks and a readiness report (book chapter 7).
     python eval.py out/sft --data my.txt --json figures.json      # your text; the figures as JSON
     python eval.py out/sft --chat-data my_chats.jsonl             # chat runs judged on your chats
     python eval.py out/sft --tasks pydoc,arc_easy=ARC-Easy-Test.jsonl --num-fewshot 5
+    python eval.py out/sft out/safe --safety builtin       # harmful compliance, over-refusal
 
 Every run is measured on the same text: the validation split of --data (as train.py splits it),
 encoded with that run's own tokenizer. Runs with different tokenizers cut the same text into
@@ -24,12 +25,12 @@ checks -> one run, then the table across runs -> the command line.
 
 Imports: rundir.py (opening any run directory, float or INT8), data.py (the validation text and
 the held-out figures on it), sft.py (the chat template and the held-out conversations), tasks.py
-(the task files, the built-in task, the contamination check).
+(the task files, the built-in task, the contamination check), safety.py (--safety: the
+prompts and the judging rule).
 """
 import hashlib
 import json
 import math
-import random
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from tqdm import tqdm
 
 import chat_templates
 import data
+import safety
 import sft
 import tasks
 from rundir import (UserError, atomic_write, check_device, check_positive, is_chat, load_run,
@@ -81,6 +83,9 @@ class EvalConfig:
     task_batch_size: int = option(32, "rows per forward pass when scoring choices")
     contamination: str = option("data", "check the items for shared 13-grams with: data (all of "
                                         "--data) | a file or folder | none")
+    safety: str = option("", "chat runs: harmful compliance and over-refusal on builtin | a "
+                         "file in XSTest's layout (prompt, type, label), safety.py")
+    safety_judge: str = option("", "a command judging each reply (stdin; prints refuse|comply)")
     json: str = option("", "also write the figures to this JSON file")
     report: bool = option(True, "write readiness.md into each run directory")
     device: str = option("auto", "auto | cpu | cuda | mps")
@@ -340,37 +345,6 @@ def continuation_logprobs(model, requests, device, batch_size=32, desc="score"):
     return out
 
 
-LETTERS = "ABCDEFGHIJ"
-
-
-def prompts(items, style, shots=0, seed=1234):
-    """Each item as [(context, continuation, text length)] per choice.
-
-    cloze: the choice's own text after the context ("Question: ...\nAnswer:" + " Paris").
-    letters: the choices listed under the question as "A. ...", scored as the one-token answers
-    " A", " B" ...: what MMLU's harness task does; a model must know the letters' convention, so
-    small models sit at chance there long after their cloze figure rises.
-    shots: k solved items first (prompt + right answer, blank lines between), drawn with a fixed
-    seed from the other items, so every run and every model sees the same prompts."""
-    rng, out = random.Random(seed), []
-
-    def render(item):
-        n, delim = len(item["choices"]), item.get("delimiter", " ")
-        if style == "letters" and "contexts" not in item:
-            listed = "".join(f"\n{L}. {c}" for L, c in zip(LETTERS, item["choices"]))
-            body = item.get("question", item["context"]) + listed + "\nAnswer:"
-            return [(body, " " + L, 1) for L in LETTERS[:n]]
-        contexts = item.get("contexts") or [item["context"]] * n
-        return [(c, delim + ch, len(ch)) for c, ch in zip(contexts, item["choices"])]
-
-    for i, item in enumerate(items):
-        picked = [j for j in rng.sample(range(len(items)), min(shots + 1, len(items))) if j != i]
-        solved = [render(items[j])[items[j]["label"]] for j in picked[:shots]]
-        prefix = item.get("description", "") + "".join(c + a + "\n\n" for c, a, _ in solved)
-        out.append([(prefix + c, a, n) for c, a, n in render(item)])
-    return out
-
-
 def choice_figures(items, lls, lengths, headline):
     """acc: the share where the likeliest choice is the right one. acc_norm: the same with each
     log-likelihood divided by its choice's length in characters, as the harness defines it: a long
@@ -398,7 +372,7 @@ def benchmark_figures(model, tok, cfg, device, cache):
                                           cfg.data)
     results = {}
     for name, layout, items, style, headline, dirty in cache["tasks"]:
-        per_item = prompts(items, style, cfg.num_fewshot, cfg.fewshot_seed)
+        per_item = tasks.prompts(items, style, cfg.num_fewshot, cfg.fewshot_seed)
         requests = [encode_pair(tok, c, a) for choices in per_item for c, a, _ in choices]
         flat = continuation_logprobs(model, requests, device, cfg.task_batch_size, name)
         lls, start = [], 0
@@ -484,6 +458,8 @@ def readiness_markdown(r, cfg):
     if r["chat"]:
         lines += figure_lines(r["chats"], "held-out chats")
     lines += [f"| {k} (prompt suite) | {v:.3f} |" for k, v in r["generation"].items()]
+    lines += [f"| {k} (safety, {cfg.safety}) | {r['safety'][k]:.3f} |" for k in
+              ("harmful_compliance", "over_refusal") if "safety" in r]
     lines += ["", "## Samples", ""] + [f"- `{s['prompt']}` -> {json.dumps(s['output'])}"
                                        for s in r["samples"]]
     return "\n".join(lines) + "\n"
@@ -522,6 +498,11 @@ def evaluate_run(run_dir, cfg, device, fits):
     r["baselines"] = baseline_losses(fit, windows, lengths)
     if r["chat"]:
         r["chats"] = chat_figures(model, tok, cfg, device)
+    if r["chat"] and cfg.safety:  # greedy replies to the prompts, judged (safety.py)
+        reply = lambda p: sft.greedy_reply(model, tok, [{"role": "user", "content": p}],
+                                           cfg.max_new_tokens)
+        r["safety"] = safety.safety_figures(safety.read_prompts(cfg.safety), reply,
+                                            cfg.safety_judge)
     r["generation"], r["samples"] = prompt_suite(model, tok, payload, cfg, device)
     r["benchmarks"] = benchmark_figures(model, tok, cfg, device, fits)
     if r["benchmarks"] and cfg.report:
@@ -553,6 +534,10 @@ def format_table(results):
              for label, key in (("distinct-1", "distinct_1"), ("distinct-2", "distinct_2"),
                                 ("repetition (4-grams)", "repetition"), ("stopped", "stopped"),
                                 ("mean length", "mean_length"), ("chat format", "format"))]
+    rows += [(label, lambda r, k=k: f"{r['safety'][k]:.3f}" if "safety" in r else "-")
+             for label, k in (("harmful compliance", "harmful_compliance"),
+                              ("over-refusal", "over_refusal"))
+             if any("safety" in r for r in results)]
     for t, f in results[0]["benchmarks"].items():  # every run has the same tasks
         rows += [(f"{t}: {k}", lambda r, t=t, k=k: f"{r['benchmarks'][t][k]:.3f}")
                  for k in ("acc", "acc_norm", "centred")]

@@ -1,6 +1,7 @@
-"""metrics.py: the server's Prometheus metrics, what GET /metrics answers: counters of requests
-and tokens, histograms (time to first token, tokens/s, batch size), gauges of the queue and the
-batch, in Prometheus' text exposition format (what Prometheus scrapes and Grafana draws).
+"""metrics.py: the server's Prometheus metrics, what GET /metrics answers: counters of requests,
+tokens, the guard's decisions and the private items masked in the log, histograms (time to first
+token, tokens/s, batch size), gauges of the queue and the batch, in Prometheus' text format
+(what Prometheus scrapes and Grafana draws).
 
 Imported by serve.py, which counts each request once it is answered and renders the text on
 GET /metrics. Imports only the standard library.
@@ -45,6 +46,8 @@ class Metrics:
         self.requests = collections.Counter()  # (path, status) -> count
         self.tokens = collections.Counter()  # "prompt", "completion" -> count
         self.hist = {name: Histogram(bounds) for name, (_, bounds) in self.HISTOGRAMS.items()}
+        self.guard = collections.Counter()  # (stage, action) -> count: guard.py's decisions
+        self.masks = collections.Counter()  # kind -> private items masked in the request log
 
     def observe(self, name, value):
         with self.lock:
@@ -56,6 +59,14 @@ class Metrics:
             self.tokens["prompt"] += prompt_tokens
             self.tokens["completion"] += completion_tokens
 
+    def guard_decision(self, stage, action):
+        with self.lock:
+            self.guard[stage, action] += 1
+
+    def masked(self, kind, n=1):
+        with self.lock:
+            self.masks[kind] += n
+
     def render(self, batcher):
         lines = ["# HELP slm_requests_total HTTP requests answered, by path and status.",
                  "# TYPE slm_requests_total counter"]
@@ -66,6 +77,14 @@ class Metrics:
                 name = f"slm_{kind}_tokens_total"
                 lines += [f"# HELP {name} {kind.capitalize()} tokens of answered requests.",
                           f"# TYPE {name} counter", f"{name} {self.tokens[kind]}"]
+            lines += ["# HELP slm_guard_decisions_total Guard decisions, by stage and action.",
+                      "# TYPE slm_guard_decisions_total counter"]
+            lines += [f'slm_guard_decisions_total{{stage="{s}",action="{a}"}} {n}'
+                      for (s, a), n in sorted(self.guard.items())]
+            lines += ["# HELP slm_log_masked_total Private items masked in the request log.",
+                      "# TYPE slm_log_masked_total counter"]
+            lines += [f'slm_log_masked_total{{kind="{k}"}} {n}'
+                      for k, n in sorted(self.masks.items())]
             for name, (text, _) in self.HISTOGRAMS.items():
                 unit = "_seconds" if name == "ttft" else ""
                 full = f"slm_{name}{unit}"

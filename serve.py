@@ -6,19 +6,16 @@
     python serve.py out/dpo --host 0.0.0.0 --api-key SECRET --max-batch 16   # on the network
 
 Reading order: the flags -> checking a request (OpenAI's JSON objects and error object) -> the
-batch that decodes many requests at once -> what a deployment needs (API keys, a request log;
-the Prometheus metrics are metrics.py's) -> the routes (JSON answers, server-sent events) ->
+batch that decodes many requests at once -> the routes (JSON answers, server-sent events) ->
 main. Only the standard library serves HTTP: no web framework, nothing to install.
 
 It is run, not imported: nothing imports it but its tests (tests/test_serve.py; the server
 benchmark starts it as a subprocess). Imports: chat.py (Engine, Answer, make_generator and the
 flags both commands share; the chat template comes through the Engine, from sft.py), decode.py
 (the batched decoder), minimind.py (the sampling step and the window crop), metrics.py (what
-GET /metrics reports), completions.py (POST /v1/completions) and rundir.py (flags, errors)."""
+GET /metrics reports), completions.py (POST /v1/completions), guard.py (API keys, the request
+log with private data masked, --guard's blocklist on requests and answers) and rundir.py."""
 import collections
-import datetime
-import hmac
-import ipaddress
 import json
 import os
 import queue
@@ -35,6 +32,7 @@ import torch
 import completions
 import decode
 import minimind
+import guard
 from chat import Answer, Engine, EngineConfig, check_sampling, make_generator
 from metrics import Metrics
 from rundir import UserError, check_device, option, parse_config, run_cli
@@ -55,6 +53,10 @@ class ServeConfig(EngineConfig):
     insecure: bool = option(False, "allow listening beyond 127.0.0.1 without an API key")
     request_log: str = option("-", "JSON-lines request log: a file, - for stderr, empty for none")
     log_content: bool = option(False, "put the messages and answers in the request log too")
+    guard: str = option("", "blocklist file (words, phrases, re:PATTERN) checked on requests "
+                        "and answers, guard.py")
+    refusal_message: str = option("I can't help with that.", "the answer to what --guard blocks")
+    guard_hold: int = option(64, "characters of a streamed answer held back for re: patterns")
 
 
 def parse_args(argv=None, overrides=None):
@@ -339,59 +341,6 @@ class Batcher:
 
 
 # ---------------------------------------------------------------------------------------------
-# What a deployment needs: API keys, a request log (and metrics.py's Prometheus metrics)
-# ---------------------------------------------------------------------------------------------
-def is_loopback(host):
-    """Does listening on `host` keep the server to this machine? ("" and 0.0.0.0 mean
-    everywhere.)"""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_exposure(cfg):
-    """Anyone who can reach an open server can use it (and its CPU): beyond 127.0.0.1 a key is
-    required, unless --insecure says that this is meant (a trusted network, a proxy in front)."""
-    if not (cfg.api_key or cfg.insecure or is_loopback(cfg.host)):
-        raise UserError(f"--host {cfg.host} lets other machines reach the server: set an API key "
-                        f"(--api-key KEY or SLM_API_KEY), or add --insecure if that is what "
-                        "you want")
-
-
-def authorized(headers, key):
-    """Is 'Authorization: Bearer KEY' there? Compared in constant time (hmac.compare_digest), so the
-    time a wrong key takes to refuse does not tell an attacker how many characters were right."""
-    sent = headers.get("Authorization", "")
-    return hmac.compare_digest(sent.encode("utf-8", "replace"), f"Bearer {key}".encode("utf-8"))
-
-
-class RequestLog:
-    """One JSON object per line and request: time, client, path, status, tokens, latency and time
-    to first token. The conversation itself only with --log-content: it may be private."""
-
-    def __init__(self, where, content=False):
-        self.where, self.content, self.lock = where, content, threading.Lock()
-
-    def write(self, entry):
-        if not self.where:
-            return
-        if not self.content:
-            entry = {k: v for k, v in entry.items() if k not in ("messages", "answer")}
-        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-        line = json.dumps({"time": now, **entry}) + "\n"
-        with self.lock:
-            if self.where == "-":
-                sys.stderr.write(line)
-                sys.stderr.flush()
-            else:
-                with open(self.where, "a", encoding="utf-8") as f:
-                    f.write(line)
-
-
-# ---------------------------------------------------------------------------------------------
 # The HTTP server: its routes, and the objects its request threads share
 # ---------------------------------------------------------------------------------------------
 # metrics label others "other"
@@ -432,7 +381,7 @@ class Handler(BaseHTTPRequestHandler):
         self.entry = {"client": self.client_address[0], "method": self.command, "path": path,
                       "status": None}
         key = self.server.app.cfg.api_key
-        if key and path != "/health" and not authorized(self.headers, key):
+        if key and path != "/health" and not guard.authorized(self.headers, key):
             message = ("incorrect API key" if "Authorization" in self.headers
                        else "no API key: send the header 'Authorization: Bearer KEY'")
             raise ApiError(401, message, None, "invalid_api_key",
@@ -541,9 +490,13 @@ class Handler(BaseHTTPRequestHandler):
         if len(ids) >= engine.context:
             raise ApiError(400, f"the prompt is {len(ids)} tokens; this model's context is "
                                 f"{engine.context}", "messages", "context_length_exceeded")
-        generator = make_generator(engine, req["seed"])
-        job = app.batcher.submit(ids, req["max_tokens"], generator, req["sampling"])
-        answer = Answer(engine, ids, req["max_tokens"], stop=req["stop"], tokens=job.tokens())
+        if app.guard.blocks_input(req["messages"], self.entry):  # not generated at all
+            job, answer = None, guard.Refused(app.guard.refusal, ids)
+        else:
+            job = app.batcher.submit(ids, req["max_tokens"], make_generator(engine, req["seed"]),
+                                     req["sampling"])
+            answer = Answer(engine, ids, req["max_tokens"], stop=req["stop"], tokens=job.tokens())
+        answer = app.guard.watch(answer, self.entry)  # the answer checked on its way out
         try:
             if req["stream"]:
                 self.stream(answer, req["include_usage"])
@@ -553,8 +506,9 @@ class Handler(BaseHTTPRequestHandler):
                     "index": 0, "message": {"role": "assistant", "content": text},
                     "finish_reason": answer.finish_reason, "logprobs": None}], usage=usage(answer)))
         finally:
-            job.cancelled = True  # however this ended, the batch need not go on with it
-            ttft = job.first_token_at and round(job.first_token_at - job.submitted, 4)
+            if job:  # however this ended, the batch need not go on with it
+                job.cancelled = True
+            ttft = job and job.first_token_at and round(job.first_token_at - job.submitted, 4)
             self.entry.update(completion_tokens=answer.n_tokens, finish_reason=answer.finish_reason,
                               ttft_s=ttft, answer=answer.text)
 
@@ -636,7 +590,9 @@ class App:
         self.batcher = Batcher(engine, cfg.max_batch, cfg.max_queue, self.metrics)
         self.scoring = threading.Lock()  # /v1/completions' logprobs: one forward pass at a time
         where = "" if quiet and cfg.request_log == "-" else cfg.request_log
-        self.log = RequestLog(where, cfg.log_content)
+        self.log = guard.RequestLog(where, cfg.log_content, self.metrics)
+        policy = guard.Policy.load(cfg.guard, cfg.guard_hold) if cfg.guard else guard.Policy()
+        self.guard = guard.Guard(policy, cfg.refusal_message, self.metrics)
 
 
 class ChatServer(ThreadingHTTPServer):
@@ -655,7 +611,7 @@ class ChatServer(ThreadingHTTPServer):
 def make_server(engine, cfg, quiet=False):
     """The server on cfg.host:cfg.port (port 0: any free one, see server.server_port), with its
     batcher thread running; call serve_forever() on it. quiet: no request log on stderr (tests)."""
-    check_exposure(cfg)
+    guard.check_exposure(cfg)
     app = App(engine, cfg, quiet)
     try:
         return ChatServer(app)

@@ -32,6 +32,7 @@ import chat_templates
 import data
 import lora
 import resources
+import safety
 import train
 from rundir import (UserError, autocast, check_device, check_positive, load_run, load_tokenizer,
                     option, parse_config, pick_dtype, read_jsonl, read_saved_config,
@@ -140,6 +141,8 @@ def check_messages(messages, where):
 
 
 def parse_sft_line(obj, where):
+    if safety.is_hh(obj):  # HH-RLHF's transcripts: the chosen one is the conversation
+        return {"messages": safety.hh_pair(obj, where)["chosen"]}
     if not isinstance(obj, dict) or "conversations" not in obj:
         raise UserError(f'{where}: expected an object with a "conversations" list')
     check_messages(obj["conversations"], where)
@@ -231,6 +234,9 @@ def load_sft_data(data, tok, seq_len, heldout_every=20, quiet=False):
     if data == "python-docs":
         train_items, heldout = python_docs_conversations()
         exact = [it for it in heldout if it["kind"] != "doc"]
+    elif data == "safety":  # the built-in refusals and look-alikes; eval.py measures the rest
+        train_items, heldout, exact = (safety.builtin_conversations(),
+                                       safety.builtin_conversations("test"), [])
     else:
         items = read_jsonl(data, parse_sft_line)
         train_items = [it for i, it in enumerate(items) if i % heldout_every != heldout_every - 1]
@@ -324,7 +330,8 @@ class FineTuneConfig(train.LoopConfig):
     where to start from. Each script's config adds its own."""
     preset: str = option("", "named defaults, listed below; flags given explicitly win")
     init: str = option("out/pretrain", "run directory to start from (a pre-training run)")
-    data: str = option("python-docs", "python-docs (built in) | a MiniMind SFT .jsonl")
+    data: str = option("python-docs", "python-docs | safety (built in) | a .jsonl: "
+                                 "MiniMind SFT or HH-RLHF")
     seq_len: int = option(0, "longest conversation in tokens (0: the model's context)")
     batch_size: int = option(32, "conversations per micro-batch (per process)")
     lr: float = option(1e-3, "peak learning rate (below pre-training's)")

@@ -13,7 +13,8 @@ An item is a dict: "context" (the text before the answer), "choices" (the answer
 " " unless the layout says otherwise, as the harness's target_delimiter), "question" (what the
 lettered A/B/C/D format lists the choices under), "contexts" (one context per choice: Winogrande
 puts each option into the sentence and scores the same ending after it) and "description" (a line
-before the prompt: MMLU's subject). eval.py turns items into prompts and scores them.
+before the prompt: MMLU's subject). prompts() turns items into the
+texts eval.py scores.
 
 Imported by eval.py. Imports data.py (the built-in corpus, which the built-in task is kept out of)
 and rundir.py (read_jsonl, UserError).
@@ -234,6 +235,37 @@ def results_file(run, figures, batch_size, against, seed):
             "config": {"model": "slm", "model_args": str(run), "batch_size": batch_size,
                        "contamination": against},
             "date": time.time()}
+
+
+LETTERS = "ABCDEFGHIJ"
+
+
+def prompts(items, style, shots=0, seed=1234):
+    """Each item as [(context, continuation, text length)] per choice.
+
+    cloze: the choice's own text after the context ("Question: ...\nAnswer:" + " Paris").
+    letters: the choices listed under the question as "A. ...", scored as the one-token answers
+    " A", " B" ...: what MMLU's harness task does; a model must know the letters' convention, so
+    small models sit at chance there long after their cloze figure rises.
+    shots: k solved items first (prompt + right answer, blank lines between), drawn with a fixed
+    seed from the other items, so every run and every model sees the same prompts."""
+    rng, out = random.Random(seed), []
+
+    def render(item):
+        n, delim = len(item["choices"]), item.get("delimiter", " ")
+        if style == "letters" and "contexts" not in item:
+            listed = "".join(f"\n{L}. {c}" for L, c in zip(LETTERS, item["choices"]))
+            body = item.get("question", item["context"]) + listed + "\nAnswer:"
+            return [(body, " " + L, 1) for L in LETTERS[:n]]
+        contexts = item.get("contexts") or [item["context"]] * n
+        return [(c, delim + ch, len(ch)) for c, ch in zip(contexts, item["choices"])]
+
+    for i, item in enumerate(items):
+        picked = [j for j in rng.sample(range(len(items)), min(shots + 1, len(items))) if j != i]
+        solved = [render(items[j])[items[j]["label"]] for j in picked[:shots]]
+        prefix = item.get("description", "") + "".join(c + a + "\n\n" for c, a, _ in solved)
+        out.append([(prefix + c, a, n) for c, a, n in render(item)])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

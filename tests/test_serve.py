@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import chat
+import guard
 import metrics
 import serve
 import train
@@ -424,7 +425,7 @@ def test_no_listening_beyond_localhost_without_a_key(engine, sft_run):
     for flags in (dict(api_key="k"), dict(insecure=True)):
         serve.make_server(engine, serve.ServeConfig(host="0.0.0.0", port=0, **flags), quiet=True).server_close()
     for host in ("127.0.0.1", "localhost", "::1"):
-        assert serve.is_loopback(host)
+        assert guard.is_loopback(host)
     done = run_cli(sft_run, "--host", "0.0.0.0", "--port", "0")
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "--insecure" in done.stderr
 

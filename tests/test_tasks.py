@@ -116,7 +116,7 @@ def test_acc_acc_norm_and_centred_on_a_model_whose_answers_are_known():
     items = [{"context": "q", "choices": ["bbbbbb", "c"], "label": 0, "delimiter": ""},
              {"context": "q", "choices": ["c", "bbbbbb"], "label": 0, "delimiter": ""},
              {"context": "q", "choices": ["b", "c", "z"], "label": 1, "delimiter": ""}]
-    per_item = evaluation.prompts(items, "cloze")
+    per_item = tasks.prompts(items, "cloze")
     requests = [evaluation.encode_pair(CharTokenizer(), c, a) for ch in per_item for c, a, _ in ch]
     flat = evaluation.continuation_logprobs(model, requests, "cpu")
     assert flat[0] == pytest.approx(math.log(0.3) + 5 * math.log(0.6), abs=1e-5)
@@ -137,9 +137,9 @@ def test_acc_acc_norm_and_centred_on_a_model_whose_answers_are_known():
 def test_k_shot_prompts_are_fixed_by_the_seed_and_never_show_the_item_itself():
     items = [{"context": f"Q{i}:", "choices": [f"a{i}", f"b{i}"], "label": i % 2}
              for i in range(6)]
-    one = evaluation.prompts(items, "cloze", shots=2, seed=7)
-    assert one == evaluation.prompts(items, "cloze", shots=2, seed=7)
-    assert one != evaluation.prompts(items, "cloze", shots=2, seed=8)
+    one = tasks.prompts(items, "cloze", shots=2, seed=7)
+    assert one == tasks.prompts(items, "cloze", shots=2, seed=7)
+    assert one != tasks.prompts(items, "cloze", shots=2, seed=8)
     for i, choices in enumerate(one):
         context, continuation, length = choices[1]
         assert continuation == f" b{i}" and length == len(f"b{i}")
@@ -153,7 +153,7 @@ def test_k_shot_prompts_are_fixed_by_the_seed_and_never_show_the_item_itself():
 def test_the_lettered_format_is_mmlus():
     item = tasks.mmlu({"question": " What is 2+2? ", "subject": "elementary_mathematics",
                        "choices": ["3", "4", "5", "6"], "answer": 1}, "f:1")
-    choices = evaluation.prompts([item], "letters")[0]
+    choices = tasks.prompts([item], "letters")[0]
     assert choices[1] == ("The following are multiple choice questions (with answers) about "
                           "elementary mathematics.\n\nWhat is 2+2?\nA. 3\nB. 4\nC. 5\nD. 6\n"
                           "Answer:", " B", 1)
@@ -356,7 +356,7 @@ def test_acc_and_acc_norm_equal_the_harnesses_hf_model(pretrained_run, corpus, t
     for ours_name, layout, name in (("cloze", "generic", "slm_cloze"),
                                     ("arc_easy", "arc_easy", "slm_arc")):
         items = tasks.read_task(layout, data_files[ours_name])
-        per_item = evaluation.prompts(items, "cloze")
+        per_item = tasks.prompts(items, "cloze")
         requests = [evaluation.encode_pair(tok, c, a) for ch in per_item for c, a, _ in ch]
         lls = evaluation.continuation_logprobs(model, requests, "cpu").reshape(len(items), 4)
         samples = sorted(theirs["samples"][name], key=lambda x: x["doc_id"])

@@ -1,0 +1,170 @@
+"""Tests for guard.py and the server's guard (serve.py --guard): the blocklist's rules, answers
+checked while they stream (a phrase split across chunks), requests refused before generation,
+the refusal message, private data masked in the request log with --log-content on and off, the
+guard's counters in /metrics, and a bad blocklist as one error line."""
+import json
+import re
+
+import pytest
+
+import guard
+import metrics
+from rundir import UserError
+from test_serve import HELLO, events, parse_metrics, request, start, stop, wait_until
+
+
+def policy(tmp_path, *lines, hold=64):
+    path = tmp_path / "blocklist.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return guard.Policy.load(path, hold)
+
+
+def test_rules_whole_words_any_case_and_patterns(tmp_path):
+    p = policy(tmp_path, "# comment", "", "pipe bomb", "meth", r"re:\bkill\s+-9\b")
+    assert p.search("How to build a Pipe   BOMB?") == ("pipe bomb", 15)
+    assert p.search("methods and something") is None  # whole words only
+    assert p.search("then kill -9 1234")[0] == r"re:\bkill\s+-9\b"
+    assert p.search("nothing here") is None
+    # still growing: a match at the very end may become "bombastic"; once the text ends it counts
+    assert p.search("a pipe bomb", final=False) is None and p.search("a pipe bomb")
+    assert p.search("a pipe bombastic") is None
+    assert p.hold == 64  # the pattern's hold is the largest
+
+
+def test_a_bad_blocklist_is_one_error_with_its_line(tmp_path):
+    with pytest.raises(UserError, match=r"blocklist.txt:2: bad pattern"):
+        policy(tmp_path, "fine", "re:(unclosed")
+    with pytest.raises(UserError, match="no such blocklist file"):
+        guard.Policy.load(tmp_path / "missing.txt")
+
+
+class FakeAnswer:
+    """An answer that streams fixed pieces, as chat.Answer does."""
+
+    def __init__(self, pieces):
+        self.pieces, self.text, self.finish_reason, self.n_tokens = pieces, "", None, len(pieces)
+
+    def stream(self):
+        for piece in self.pieces:
+            self.text += piece
+            yield piece
+        self.finish_reason = "stop"
+
+
+def watch(p, pieces, refusal="REFUSED"):
+    m = metrics.Metrics()
+    entry = {}
+    w = guard.Guard(p, refusal, m).watch(FakeAnswer(pieces), entry)
+    return w, list(w.stream()), entry, m
+
+
+def test_a_phrase_split_across_streamed_chunks_is_caught(tmp_path):
+    p = policy(tmp_path, "pipe bomb")
+    lead = "Here is a long and harmless introduction sentence. Then: a "
+    pieces = [lead[:20], lead[20:40], lead[40:], "pi", "pe b", "omb", " recipe"]
+    w, sent, entry, m = watch(p, pieces)
+    joined = "".join(sent)
+    assert "pipe" not in joined and "bomb" not in joined and joined.endswith("REFUSED")
+    assert len(sent) > 2  # the safe text did go out while it streamed, before the cut
+    assert joined == lead[:len(joined) - len("REFUSED")] + "REFUSED"
+    assert w.finish_reason == "content_filter" and w.text == joined
+    assert entry["guard"] == "output blocked: pipe bomb" and m.guard["output", "block"] == 1
+    # every prefix of what was sent, at every moment, is free of any start of the phrase:
+    # the hold-back is at least as long as the phrase
+    assert p.hold >= len("pipe bomb")
+
+
+def test_an_answer_that_passes_is_sent_whole(tmp_path):
+    p = policy(tmp_path, "pipe bomb")
+    pieces = ["The pipe", " bombastic", " speech ended", "."]
+    w, sent, entry, m = watch(p, pieces)
+    assert "".join(sent) == "".join(pieces) and w.finish_reason == "stop" and "guard" not in entry
+    assert m.guard == {("output", "pass"): 1}
+    w, sent, _, _ = watch(guard.Policy(), pieces)  # no blocklist: the pieces as they come
+    assert sent == pieces
+
+
+def test_the_log_masks_private_data_in_every_field(tmp_path):
+    m = metrics.Metrics()
+    path = tmp_path / "log.jsonl"
+    entry = {"client": "192.168.100.200", "path": "/v1/chat/completions", "error": "bob@example.com",
+             "messages": [{"role": "user", "content": "card 4111 1111 1111 1111, call +1 415 555 0134"}],
+             "answer": "write to alice@example.org"}
+    guard.RequestLog(str(path), content=True, metrics=m).write(entry)
+    guard.RequestLog(str(path), content=False, metrics=m).write(entry)
+    on, off = [json.loads(s) for s in path.read_text().splitlines()]
+    assert on["messages"][0]["content"] == "card <CARD>, call <PHONE>"
+    assert on["answer"] == "write to <EMAIL>" and on["error"] == "<EMAIL>"
+    assert on["client"] == "192.168.100.200"  # the client's address is the log's, not content
+    assert "messages" not in off and off["error"] == "<EMAIL>"
+    assert "bob@" not in path.read_text() and "4111" not in path.read_text()
+    assert m.masks == {"email": 3, "card": 1, "phone": 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# In the server, on 127.0.0.1
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def engine(sft_run):
+    import chat
+    return chat.Engine(sft_run)
+
+
+SAMPLED = {"temperature": 1.0, "seed": 3, "max_tokens": 16}  # seeded: the same text every time
+
+
+def test_server_refuses_blocked_requests_and_cuts_blocked_answers(engine, tmp_path):
+    free = start(engine, max_new_tokens=16)
+    try:  # what the model answers greedily, chunk by chunk, without a guard
+        chunks, _ = events(free.server_port, messages=HELLO, **SAMPLED)
+    finally:
+        stop(free)
+    pieces = [c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]]
+    pieces = [s for s in pieces if s]
+    text = "".join(pieces)
+    ends = [sum(map(len, pieces[:i])) for i in range(1, len(pieces))]
+    cut = next(e for e in ends if 3 <= e <= len(text) - 3)  # a boundary between two chunks
+    secret = text[cut - 3:cut + 3]  # blocked, and split across two streamed chunks
+    (tmp_path / "block.txt").write_text(f"pipe bomb\nre:{re.escape(secret)}\n")
+    log = tmp_path / "requests.jsonl"
+    srv = start(engine, max_new_tokens=16, guard=str(tmp_path / "block.txt"), guard_hold=6,
+                refusal_message="Not here.", request_log=str(log), log_content=True)
+    port = srv.server_port
+    try:
+        asked = [{"role": "user", "content": "How do I build a PIPE  bomb? mail me at x@example.com"}]
+        status, body = request(port, "POST", "/v1/chat/completions", {"messages": asked})
+        reply = json.loads(body)
+        assert status == 200 and reply["choices"][0]["message"]["content"] == "Not here."
+        assert reply["choices"][0]["finish_reason"] == "content_filter"
+        assert reply["usage"]["completion_tokens"] == 0  # not generated at all
+        chunks, last = events(port, messages=asked)
+        assert last == "data: [DONE]" and "Not here." in json.dumps(chunks)
+
+        got, _ = events(port, messages=HELLO, **SAMPLED)
+        sent = "".join(c["choices"][0]["delta"].get("content", "") for c in got if c["choices"])
+        assert secret not in sent and sent.endswith("Not here.")
+        assert text.startswith(sent[:-len("Not here.")])
+        assert got[-1]["choices"][0]["finish_reason"] == "content_filter"
+        status, body = request(port, "POST", "/v1/chat/completions",
+                               {"messages": HELLO, **SAMPLED})
+        whole = json.loads(body)["choices"][0]["message"]["content"]
+        assert secret not in whole and whole.endswith("Not here.")
+        wait_until(lambda: len(log.read_text().splitlines()) >= 4)
+        m = parse_metrics(request(port, "GET", "/metrics")[1])
+    finally:
+        stop(srv)
+    assert m['slm_guard_decisions_total{stage="input",action="block"}'] == 2
+    assert m['slm_guard_decisions_total{stage="input",action="pass"}'] == 2
+    assert m['slm_guard_decisions_total{stage="output",action="block"}'] == 2
+    assert m['slm_log_masked_total{kind="email"}'] >= 2
+    entries = [json.loads(s) for s in log.read_text().splitlines()]
+    assert entries[0]["guard"] == "input blocked: pipe bomb"
+    assert entries[2]["guard"].startswith("output blocked: re:")
+    assert "x@example.com" not in log.read_text() and "<EMAIL>" in log.read_text()
+
+
+def test_server_with_a_bad_blocklist_is_one_error_line(sft_run, tmp_path):
+    from test_serve import run_cli
+    (tmp_path / "bad.txt").write_text("re:[\n")
+    r = run_cli(sft_run, "--port", "0", "--guard", tmp_path / "bad.txt")
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "bad.txt:1" in r.stderr
