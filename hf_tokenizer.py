@@ -28,6 +28,7 @@ import collections
 import json
 import re
 
+import sentencepiece_bpe
 from bpe import (FORMAT_NAME, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN,
                  V1_SPLIT_PATTERN, Tokenizer, UserError, all_characters, compile_split,
                  from_byte_level, read_json, to_byte_level, to_ranges)
@@ -70,9 +71,12 @@ def from_hf(source):
     Anything that is not a byte-level BPE, or that this file does not implement, raises
     UserError("<path>: <field> <value> is not supported ...").
     """
-    if isinstance(source, dict):
-        return Tokenizer(**hf_arguments(source, "tokenizer.json"))
-    return Tokenizer(**hf_arguments(read_json(source), str(source)))
+    data, where = (source, "tokenizer.json") if isinstance(source, dict) else \
+        (read_json(source), str(source))
+    if sentencepiece_bpe.is_sentencepiece(data):  # Llama 2, TinyLlama, Mistral: "▁", <0xNN>
+        return sentencepiece_bpe.from_hf(data, where, hf_post_processor(
+            data.get("post_processor")), ids_tokenizers_would_give)
+    return Tokenizer(**hf_arguments(data, where))
 
 
 def hf_arguments(data, where):
@@ -361,6 +365,8 @@ def to_hf(tok):
     """A bpe.Tokenizer as a tokenizer.json dict (json.dump it to write the file), which
     `tokenizers` encodes every text with to exactly our ids. Refuses (UserError) a
     vocabulary where two ids stand for the same token (see duplicate_tokens)."""
+    if isinstance(tok, sentencepiece_bpe.SentencePieceTokenizer):
+        return tok.to_hf() | {"post_processor": hf_template(tok)}
     check_exportable(tok)
     strings = {to_byte_level(data): id for id, data in sorted(tok.vocab.items())}
     added = tok.added_list()

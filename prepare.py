@@ -20,7 +20,7 @@ worker processes, and the report.
 Imports: sources.py (reading .txt .md .jsonl .csv .html in any encoding), ngrams.py (hashed
 n-grams, repetition counts), pii.py (the private-data patterns), spool.py (the order-keeping
 worker pool, scratch files, atomic output), datacard.py (the markdown and SVG report), bpe.py
-(token counts) and rundir.py (flags and errors).
+and sentencepiece_bpe.py (token counts) and rundir.py (flags and errors).
 """
 import re
 import unicodedata
@@ -34,6 +34,7 @@ import bpe
 import datacard
 import ngrams
 import pii
+import sentencepiece_bpe
 import sources
 import spool
 from rundir import UserError, option, parse_config, run_cli
@@ -458,7 +459,7 @@ def setup_worker(state):   # runs once in each worker process
     _STATE.clear()
     _STATE.update(state)
     if state.get("tokenizer"):
-        _STATE["tok"] = bpe.Tokenizer.load(state["tokenizer"])
+        _STATE["tok"] = sentencepiece_bpe.load_tokenizer(state["tokenizer"])
 
 
 def size(text):

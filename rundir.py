@@ -37,7 +37,8 @@ import decode
 import gpt
 import int8
 import minimind
-from bpe import Tokenizer, UserError, jsonl_objects
+import sentencepiece_bpe
+from bpe import UserError, jsonl_objects
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,7 +327,7 @@ def read_model_file(run_dir, mmap=False):
 def load_tokenizer(run_dir):
     path = Path(run_dir) / "tokenizer.json"
     try:
-        return Tokenizer.load(path)
+        return sentencepiece_bpe.load_tokenizer(path)  # bpe.py's files, and version 3
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: {e}")
 
