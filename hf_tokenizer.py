@@ -365,16 +365,19 @@ def to_hf(tok):
     """A bpe.Tokenizer as a tokenizer.json dict (json.dump it to write the file), which
     `tokenizers` encodes every text with to exactly our ids. Refuses (UserError) a
     vocabulary where two ids stand for the same token (see duplicate_tokens)."""
-    if isinstance(tok, sentencepiece_bpe.SentencePieceTokenizer):
-        return tok.to_hf() | {"post_processor": hf_template(tok)}
-    check_exportable(tok)
-    strings = {to_byte_level(data): id for id, data in sorted(tok.vocab.items())}
+    spm = isinstance(tok, sentencepiece_bpe.SentencePieceTokenizer)  # its strings, its steps
+    if not spm:
+        check_exportable(tok)
+    strings = {to_byte_level(data): id for id, data in sorted(tok.vocab.items())} if not spm \
+        else tok.to_hf()["model"]["vocab"]
     added = tok.added_list()
     for (id, name, _, _), given in zip(added, ids_tokenizers_would_give(
             strings, [name for _, name, _, _ in added])):
         if id != given:
             raise UserError(f"cannot write tokenizer.json: `tokenizers` would give {name!r} the "
                             f"id {given}, not {id} (ids must follow the vocabulary without gaps)")
+    if spm:
+        return tok.to_hf() | {"post_processor": hf_template(tok)}
     patterns = tok.split_patterns if tok.syntax == "tokenizers" else \
         [onig_regex(p) for p in tok.split_patterns]
     return {

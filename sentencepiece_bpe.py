@@ -217,6 +217,17 @@ class SentencePieceTokenizer(Tokenizer):
                    d["type"] == "Metaspace" and metaspace_scheme(d) != "never"
                    for d in self._decoders)
 
+    def first_bytes(self, id):
+        """The bytes of a reply's first shown token as decode writes it (Strip takes its leading
+        space, Metaspace its "▁"s), for text streamed token by token: chat.py's Answer takes
+        id_to_bytes for the others. A lone byte token that is not text alone keeps its byte."""
+        data = self.id_to_bytes(id)
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data
+        return self.decode([id]).encode("utf-8")
+
     # -- tokenizer.json out, and our own file --------------------------------------------------
 
     def to_hf(self):
