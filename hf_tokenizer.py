@@ -519,6 +519,8 @@ def gguf_pre(tok):
 def gguf_tokenizer(tok, chat):
     """The tokenizer section of a GGUF file as (key, value, GGUF type) triples: llama.cpp's "gpt2"
     model (byte-level BPE) with our tokens, merges and special ids, and the ChatML template."""
+    if isinstance(tok, sentencepiece_bpe.SentencePieceTokenizer):  # llama.cpp's "llama" model
+        return sentencepiece_bpe.gguf_tokenizer(tok, chat, CHATML_TEMPLATE)
     pre = gguf_pre(tok)
     # Qwen2's NFC normalizer: llama.cpp (and its own converter) leave it out; text already in NFC,
     # which is nearly all text, tokenizes the same.

@@ -276,6 +276,55 @@ class SentencePieceTokenizer(Tokenizer):
         os.replace(tmp, path)
 
 
+# GGUF's tokenizer section, llama.cpp's "llama" (SentencePiece) model. llama.cpp does not replay a
+# merge list: it joins the neighbouring pair whose joined string is a token of the highest score
+# (the leftmost among equals), as SentencePiece does. So a token made by merge r scores -r, which
+# replays the merges in their order; a token no merge makes scores below all of them. It puts a
+# "▁" in front of the text and after each special token when add_space_prefix is true: exactly
+# the Prepend normalizer; Metaspace "first" differs after special tokens, and split true where
+# the vocabulary has tokens across a "▁" (a vocabulary trained with split true has none).
+TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = \
+    1, 2, 3, 4, 5, 6
+
+
+def gguf_tokenizer(tok, chat, template):
+    """The tokenizer section of a GGUF file as (key, value, GGUF type) triples, for llama.cpp's
+    "llama" model: the token strings, scores and types, BOS as the release's post-processor
+    adds it, the project's end tokens (as hf_tokenizer.gguf_tokenizer) and the chat template."""
+    made = {m: r for r, m in enumerate(tok.merged)}
+    strings, scores, types = [], [], []
+    added = {*tok.added_tokens.values()}
+    for id in range(tok.vocab_size):
+        s = tok.token_string(id) if id in tok.pieces or id in tok._name_ids.values() else None
+        strings.append(s if s is not None else f"[PAD{id}]")
+        scores.append(-float(made[id]) if id in made else -float(len(made) + 1))
+        types.append(TOKEN_UNUSED if s is None else TOKEN_UNKNOWN if s == tok.unk_token else
+                     TOKEN_CONTROL if tok.is_special(id) else
+                     TOKEN_USER_DEFINED if id in added and id not in tok.pieces else
+                     TOKEN_BYTE if BYTE_TOKEN.fullmatch(s) else TOKEN_NORMAL)
+    if len(set(strings)) != len(strings):
+        raise UserError("cannot export this tokenizer to GGUF: two ids have the same string")
+    scheme = metaspace_scheme(tok._metaspace) if tok._metaspace else \
+        "always" if any(n["type"] == "Prepend" for n in tok._normalizers) else "never"
+    sp = tok.special_tokens
+    bos = (tok.bos_added or [sp["<|endoftext|>"]])[0]
+    out = [("tokenizer.ggml.model", "llama", None), ("tokenizer.ggml.pre", "default", None),
+           ("tokenizer.ggml.tokens", strings, "string"),
+           ("tokenizer.ggml.scores", scores, "float32"),
+           ("tokenizer.ggml.token_type", types, "int32"),
+           ("tokenizer.ggml.add_space_prefix", scheme != "never", None),
+           ("tokenizer.ggml.bos_token_id", bos, "uint32"),
+           ("tokenizer.ggml.eos_token_id", sp["<|im_end|>" if chat else "<|endoftext|>"],
+            "uint32"),
+           ("tokenizer.ggml.padding_token_id", sp["<|endoftext|>"], "uint32"),
+           ("tokenizer.ggml.add_bos_token", bool(tok.bos_added), None),
+           ("tokenizer.ggml.add_eos_token", bool(tok.eos_added), None),
+           ("tokenizer.chat_template", template, None)]
+    if tok._unk_id is not None:
+        out.append(("tokenizer.ggml.unknown_token_id", tok._unk_id, "uint32"))
+    return out
+
+
 def fall_back_bytes(tokens):
     """The ByteFallback decoder: a run of "<0xNN>" tokens becomes the text its bytes spell, or,
     when the run is not valid UTF-8, one U+FFFD per byte (as `tokenizers`, not Python's

@@ -307,3 +307,28 @@ def test_a_llama_release_imports_chats_and_exports(tmp_path):
                                                                     "tokenizer.json"))
     for text in texts:
         assert back.encode(text).ids == ref.encode(text).ids, text
+
+
+@pytest.mark.parametrize("variant", ["prepend+replace", "always-False"])
+def test_llama_cpp_tokenizes_our_gguf_export_like_us(tmp_path, variant):
+    """The GGUF export's "llama" tokenizer (scores replaying the merge order) read by llama.cpp:
+    the same ids on mixed texts, special tokens included for the Prepend normalizer (which puts
+    "▁" after each special token, as llama.cpp does)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import convert
+    from test_convert import our_run
+    ref, spec = trained(*reference_variants()[variant])
+    tok = hf_tokenizer.from_hf(spec)
+    tok.add_special_tokens(bpe.SPECIAL_TOKENS)
+    our_run(tmp_path / "run", tok, "minimind")
+    convert.main([str(tmp_path / "run"), str(tmp_path / "m.gguf"), "--to", "gguf", "--type", "f32"])
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), vocab_only=True, verbose=False)
+    texts = mixed_texts(300, seed=6)
+    if variant != "prepend+replace":  # Metaspace puts no "▁" before a text starting with one,
+        # llama.cpp always does (also after each special token): texts without either
+        texts = [t.replace("<s>", "").replace("</s>", "").replace("<unk>", "").lstrip(" ▁")
+                 for t in texts]
+    differ = [t for t in texts if llm.tokenize(t.encode(), add_bos=False, special=True)
+              != tok.encode(t, allowed_special="all")]
+    assert differ == []
+    assert llm.tokenize(b"ab", add_bos=True, special=True)[0] == 1
