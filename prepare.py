@@ -19,8 +19,8 @@ worker processes, and the report.
 
 Imports: sources.py (reading .txt .md .jsonl .csv .html in any encoding), ngrams.py (hashed
 n-grams, repetition counts), pii.py (the private-data patterns), spool.py (the order-keeping
-worker pool, scratch files, atomic output), datacard.py (the markdown and SVG report), bpe.py
-and sentencepiece_bpe.py (token counts) and rundir.py (flags and errors).
+worker pool, scratch files, atomic output), datacard.py (the markdown and SVG report),
+sentencepiece_bpe.py (any slm tokenizer file, for token counts) and rundir.py (flags and errors).
 """
 import re
 import unicodedata
@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-import bpe
 import datacard
 import ngrams
 import pii
