@@ -691,8 +691,8 @@ class Tokenizer:
             return cls.from_merges(*read_v1(data, bad), syntax="python")  # Appendix B
         if data.get("version") == 2:
             return read_v2(data, bad)
-        raise bad(f"format version {data.get('version')!r} is not supported "
-                  f"(this bpe.py reads versions 1 and 2)")
+        raise bad(f"format version {data.get('version')!r} is not supported (this bpe.py reads "
+                  f"1 and 2; 3, SentencePiece-style: sentencepiece_bpe.load_tokenizer)")
 
 
 # ---------------------------------------------------------------------------------------------

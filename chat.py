@@ -199,6 +199,9 @@ class Answer:
         tokens = self.tokens or self.engine.tokens(self.ids, self.max_new_tokens, self.generator,
                                                    **self.sampling)
         shown = 0  # characters of self.text already yielded
+        # A SentencePiece-style tokenizer (sentencepiece_bpe.py) writes its first token without
+        # the leading space ("▁Hello" -> "Hello"), as its decode of the whole answer does.
+        first = getattr(tok, "first_bytes", None)
         try:
             for t in tokens:
                 self.n_tokens += 1
@@ -206,7 +209,8 @@ class Answer:
                     self.finish_reason = "stop"
                     break
                 if not tok.is_special(t):  # a stray special token is not text to show
-                    self.text += decoder.decode(tok.id_to_bytes(t))
+                    data, first = (first(t), None) if first else (tok.id_to_bytes(t), None)
+                    self.text += decoder.decode(data)
                 end, hit = stop_cut(self.text, self.stop)
                 if hit:
                     self.text, self.finish_reason = self.text[:end], "stop"

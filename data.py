@@ -15,7 +15,8 @@ gives one, and each split is encoded once into a flat token file that later runs
 
 Imported by train.py (pre-training's batches and held-out figures), eval.py and quantize.py (the
 same windows and figures, so the three always agree) and sft.py (the built-in questions come from
-python_docs_entries). Imports bpe.py, download.py, hf_tokenizer.py and rundir.py.
+python_docs_entries). Imports bpe.py, sentencepiece_bpe.py, download.py, hf_tokenizer.py
+and rundir.py.
 """
 import contextlib
 import functools
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import bpe
+import sentencepiece_bpe
 from download import cache_dir, download
 from hf_tokenizer import TOKEN_NORMAL, TOKEN_USER_DEFINED, token_strings, token_types
 from rundir import UserError, autocast
@@ -168,12 +170,12 @@ def get_tokenizer(cfg, train_docs, cache, fingerprint):
     """--tokenizer FILE, or a BPE trained on (a sample of) the training documents, cached."""
     if cfg.tokenizer:
         try:
-            return bpe.Tokenizer.load(cfg.tokenizer)
+            return sentencepiece_bpe.load_tokenizer(cfg.tokenizer)
         except (OSError, ValueError) as e:
             raise UserError(f"{cfg.tokenizer}: {e}")
     cached = tokenizer_cache(cfg, cache, fingerprint)
     if cached.exists():
-        return bpe.Tokenizer.load(cached)
+        return sentencepiece_bpe.load_tokenizer(cached)
     sample, budget = [], 20_000_000  # at most ~20 MB of text: enough for a good BPE, fast to train
     for d in train_docs:
         sample.append(d)

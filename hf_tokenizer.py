@@ -29,6 +29,7 @@ import json
 import re
 import unicodedata
 
+import sentencepiece_bpe
 from bpe import (BYTE_TO_CHAR, FORMAT_NAME, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN,
                  V1_SPLIT_PATTERN, Tokenizer, UserError, all_characters, compile_split,
                  from_byte_level, read_json, to_byte_level, to_ranges)
@@ -85,9 +86,12 @@ def from_hf(source):
     Anything that is not a byte-level BPE, or that this file does not implement, raises
     UserError("<path>: <field> <value> is not supported ...").
     """
-    if isinstance(source, dict):
-        return Tokenizer(**hf_arguments(source, "tokenizer.json"))
-    return Tokenizer(**hf_arguments(read_json(source), str(source)))
+    data, where = (source, "tokenizer.json") if isinstance(source, dict) else \
+        (read_json(source), str(source))
+    if sentencepiece_bpe.is_sentencepiece(data):  # Llama 2, TinyLlama, Mistral: "▁", <0xNN>
+        return sentencepiece_bpe.from_hf(data, where, hf_post_processor(
+            data.get("post_processor")), ids_tokenizers_would_give)
+    return Tokenizer(**hf_arguments(data, where))
 
 
 def hf_arguments(data, where):
@@ -447,14 +451,19 @@ def to_hf(tok):
     """A bpe.Tokenizer as a tokenizer.json dict (json.dump it to write the file), which
     `tokenizers` encodes every text with to exactly our ids. Refuses (UserError) a
     vocabulary where two ids stand for the same token (see duplicate_tokens)."""
-    check_exportable(tok)
-    strings = {to_byte_level(data): id for id, data in sorted(tok.vocab.items())}
+    spm = isinstance(tok, sentencepiece_bpe.SentencePieceTokenizer)  # its strings, its steps
+    if not spm:
+        check_exportable(tok)
+    strings = {to_byte_level(data): id for id, data in sorted(tok.vocab.items())} if not spm \
+        else tok.to_hf()["model"]["vocab"]
     added = tok.added_list()
     for (id, name, _, _), given in zip(added, ids_tokenizers_would_give(
             strings, [name for _, name, _, _ in added])):
         if id != given:
             raise UserError(f"cannot write tokenizer.json: `tokenizers` would give {name!r} the "
                             f"id {given}, not {id} (ids must follow the vocabulary without gaps)")
+    if spm:
+        return tok.to_hf() | {"post_processor": hf_template(tok)}
     patterns = tok.split_patterns if tok.syntax == "tokenizers" else \
         [onig_regex(p) for p in tok.split_patterns]
     return {
@@ -596,6 +605,8 @@ def gguf_tokenizer(tok, template, bos, eos, eot):
     model (byte-level BPE) with our tokens and merges; the chat template (Jinja text) and the
     names of the tokens it calls bos_token (None: <|endoftext|>) and eos_token, which llama.cpp
     fills in when it renders the template, and of the token that ends a turn (eot)."""
+    if isinstance(tok, sentencepiece_bpe.SentencePieceTokenizer):  # llama.cpp's "llama" model
+        return sentencepiece_bpe.gguf_tokenizer(tok, template, bos, eos, eot)
     pre = gguf_pre(tok)
     # Qwen2's NFC normalizer: llama.cpp (and its own converter) leave it out; text already in NFC,
     # which is nearly all text, tokenizes the same.

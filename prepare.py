@@ -19,8 +19,8 @@ worker processes, and the report.
 
 Imports: sources.py (reading .txt .md .jsonl .csv .html in any encoding), ngrams.py (hashed
 n-grams, repetition counts), pii.py (the private-data patterns), spool.py (the order-keeping
-worker pool, scratch files, atomic output), datacard.py (the markdown and SVG report), bpe.py
-(token counts) and rundir.py (flags and errors).
+worker pool, scratch files, atomic output), datacard.py (the markdown and SVG report),
+sentencepiece_bpe.py (any slm tokenizer file, for token counts) and rundir.py (flags and errors).
 """
 import re
 import unicodedata
@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-import bpe
 import datacard
 import ngrams
 import pii
+import sentencepiece_bpe
 import sources
 import spool
 from rundir import UserError, option, parse_config, run_cli
@@ -458,7 +458,7 @@ def setup_worker(state):   # runs once in each worker process
     _STATE.clear()
     _STATE.update(state)
     if state.get("tokenizer"):
-        _STATE["tok"] = bpe.Tokenizer.load(state["tokenizer"])
+        _STATE["tok"] = sentencepiece_bpe.load_tokenizer(state["tokenizer"])
 
 
 def size(text):

@@ -40,7 +40,8 @@ import decode
 import gpt
 import int8
 import minimind
-from bpe import Tokenizer, UserError, jsonl_objects
+import sentencepiece_bpe
+from bpe import UserError, jsonl_objects
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +337,7 @@ def load_tokenizer(run_dir):
     """The run's tokenizer, with its chat template attached (tok.chat_template: chat_templates)."""
     path = Path(run_dir) / "tokenizer.json"
     try:
-        tok = Tokenizer.load(path)
+        tok = sentencepiece_bpe.load_tokenizer(path)  # bpe.py's files, and version 3
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: {e}")
     tok.chat_template = chat_templates.load(Path(run_dir), tok)
