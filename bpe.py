@@ -265,9 +265,6 @@ GPT4_SPLIT_PATTERN = "|".join([
     r"\s+(?!\S)",                       # spaces, but leave the last one for the next word
     r"\s+",                             # any other spaces
 ])
-# GPT-2's older pattern, which the `tokenizers` library's ByteLevel pre-tokenizer has built in
-# (GPT-2 and SmolLM2 use it): numbers of any length, and no special case for line breaks.
-GPT2_SPLIT_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 
 # Python's `re` has neither \p{L} nor \p{N}: python_regex (Appendix A, at the end of this file)
 # writes each class out as the list of character ranges it stands for, so `re` runs the pattern
