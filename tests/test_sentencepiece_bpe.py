@@ -440,7 +440,8 @@ def test_from_gguf_refuses_what_it_cannot_encode_as_llama_cpp(pieces, types, mes
     assert str(e.value).startswith("m.gguf: ") and "\n" not in str(e.value)
 
 
-ALPHABET_LEFT_OUT = "🙂Ω→ẞ"   # characters without a token: byte fallback
+ALPHABET_LEFT_OUT = "🙂Ω→ẞ\x00"  # characters without a token: byte fallback (llama.cpp reads
+# a token "\x00" as an empty string)
 
 
 def train_pieces(texts, n_merges):
@@ -540,3 +541,28 @@ def test_sentencepiece_scores_give_llama_cpps_ids(tmp_path, trained_spm, prefix)
             differ.append(text)
     assert differ == []
     assert gguf_metadata(loaded)["tokenizer.ggml.scores"] == scores
+
+
+@pytest.mark.parametrize("prefix", [True, False])
+def test_llama_cpp_reads_sentencepiece_scores_as_we_do(tmp_path, trained_spm, prefix):
+    """A GGUF file with SentencePiece-like scores (many tied, not a merge order), add_space_prefix
+    true and false: our import gives llama.cpp's ids on mixed texts, special tokens parsed or not."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import convert
+    import gguf_file
+    from test_convert import our_run
+    from test_gguf_import import rewrite
+    our_run(tmp_path / "run", trained_spm, "minimind")
+    convert.main([str(tmp_path / "run"), str(tmp_path / "m.gguf"), "--to", "gguf", "--type", "f32"])
+    scores = sentencepiece_scores(trained_spm, seed=15, levels=6)
+    rewrite(tmp_path / "m.gguf", tmp_path / "s.gguf", change={
+        "tokenizer.ggml.scores": (scores, "float32"),
+        "tokenizer.ggml.add_space_prefix": (prefix, "bool")})
+    tok = hf_tokenizer.from_gguf(gguf_file.GGUFFile(tmp_path / "s.gguf").metadata, "s.gguf")
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "s.gguf"), vocab_only=True, verbose=False)
+    texts = mixed_texts(300, seed=16) + ["<|im_start|>user\nHi<|im_end|>", "a<s>b</s><unk>"]
+    for special, allowed in ((True, "all"), (False, "none")):
+        differ = [t for t in texts if llm.tokenize(t.encode(), add_bos=False, special=special)
+                  != tok.encode(t, allowed_special=allowed)]
+        assert differ == [], special
+    assert llm.tokenize(b"ab", add_bos=True, special=True)[0] == 1 and tok.bos_added == [1]
