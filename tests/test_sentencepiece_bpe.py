@@ -566,3 +566,34 @@ def test_llama_cpp_reads_sentencepiece_scores_as_we_do(tmp_path, trained_spm, pr
                   != tok.encode(t, allowed_special=allowed)]
         assert differ == [], special
     assert llm.tokenize(b"ab", add_bos=True, special=True)[0] == 1 and tok.bos_added == [1]
+
+
+def test_the_token_cache_key_tells_apart_tokenizers_that_encode_differently(tmp_path):
+    """data.py caches token ids under a hash of the tokenizer: tokenizers that differ only in a
+    step, byte fallback, the unk token, fuse_unk, the merge order or the scores (which all give
+    the same token strings) must get different keys, and the same tokenizer loaded back the same."""
+    import data
+    swapped = MERGES[:4] + [MERGES[5], MERGES[4]] + MERGES[6:]   # ("a", "b") before ("▁", "a")
+    nofall = dict(byte_fallback=False, decoder={"type": "Fuse"})
+    variants = {"prepend": tokenizer_json(OLD_NORMALIZER),
+                "metaspace": tokenizer_json(None, metaspace("always", False), OLD_DECODER),
+                "first": tokenizer_json(None, metaspace("first", False), OLD_DECODER),
+                "swapped": tokenizer_json(OLD_NORMALIZER, merges=swapped),
+                "unk": tokenizer_json(OLD_NORMALIZER, **nofall),
+                "no unk": tokenizer_json(OLD_NORMALIZER, unk=None, **nofall),
+                "apart": tokenizer_json(OLD_NORMALIZER, fuse_unk=False, **nofall)}
+    toks = {name: hf_tokenizer.from_hf(d) for name, d in variants.items()}
+    for name, sign in (("scored", -1.0), ("rescored", 1.0)):  # the same pieces, other scores
+        toks[name] = hf_tokenizer.from_gguf(gguf_section(PIECES, [sign * i for i in
+                                                                  range(len(PIECES))]), "m")
+    texts = ["Hello", "<s>Hello", "xy日a ab", " Hello ab", "Hel lo", "aab"]
+    names = sorted(toks)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert any(toks[a].encode(t, allowed_special="all") !=
+                       toks[b].encode(t, allowed_special="all") for t in texts), (a, b)
+            assert data.tokenizer_key(toks[a]) != data.tokenizer_key(toks[b]), (a, b)
+    for name, tok in toks.items():
+        tok.save(tmp_path / "t.json")
+        assert data.tokenizer_key(sentencepiece_bpe.load_tokenizer(tmp_path / "t.json")) == \
+            data.tokenizer_key(tok), name
