@@ -18,13 +18,16 @@ Strip(" ", 1, 0) (one leading space off the whole text), or a Metaspace decoder.
     tok = hf_tokenizer.from_hf("Llama-2-7b/tokenizer.json")   # a SentencePieceTokenizer
     tok.save("out/llama/tokenizer.json")                       # our format, version 3
     tok = sentencepiece_bpe.load_tokenizer("out/llama/tokenizer.json")  # any slm tokenizer file
+    tok = hf_tokenizer.from_gguf(metadata, "llama-2.gguf")   # GGUF's "llama" tokenizer: from_gguf
 
 SentencePieceTokenizer is a subclass of bpe.Tokenizer: encode's added-token handling, special
 tokens, vocab_size, id_to_bytes ("▁" as a space, a byte token as its byte) and everything else are
 bpe.py's; it overrides how a text between added tokens becomes ids, decode, and save.
 load_tokenizer(path) is the one loader for run directories (version 3 here, versions 1 and 2 by
-bpe.Tokenizer.load). Imports bpe.py only. Imported by hf_tokenizer.py (from_hf, to_hf and GGUF
-dispatch here by the file's structure), rundir.py, data.py and prepare.py (load_tokenizer).
+bpe.Tokenizer.load). GGUF's "llama" tokenizer section is written (gguf_tokenizer) and read
+(from_gguf: the merges rebuilt from its scores, so it encodes as llama.cpp does) here too.
+Imports bpe.py only. Imported by hf_tokenizer.py (from_hf, to_hf and GGUF dispatch here by the
+file's structure), rundir.py, data.py and prepare.py (load_tokenizer).
 """
 import json
 import os
@@ -267,7 +270,8 @@ class SentencePieceTokenizer(Tokenizer):
         lines += [f'  "{key}": {dump(value)},' for key, value in hf.items()
                   if key not in ("version", "added_tokens")]
         if self.scores is not None:   # a GGUF file's: what ranks the merges (from_gguf)
-            lines.append(f'  "scores": {dump([self.scores.get(i) for i in range(len(self._vocab))])},')
+            scores = [self.scores.get(i) for i in range(len(self._vocab))]
+            lines.append(f'  "scores": {dump(scores)},')
         lines += ['  "added_tokens": [', ",\n".join(f"    {dump(t)}" for t in hf["added_tokens"]),
                   "  ],", '  "model": {']
         lines += [f'    "{key}": {dump(value)},' for key, value in model.items()
