@@ -99,6 +99,16 @@ class SentencePieceTokenizer(Tokenizer):
         self.scores = None if scores is None else dict(scores)
         if self.scores is not None:
             self._ranks = score_ranks(self.merges, self.merged, self.scores)
+        # Speed, not meaning: with no Metaspace split (Llama 2's files) the whole text is one word,
+        # and BPE over thousands of characters is slow in Python. When no piece has a "▁" after
+        # another character (SentencePiece never learns one), no merge joins across a "▁" that
+        # follows another character: cutting the text before each such "▁" gives the same ids,
+        # and the word cache then serves. (ignore_merges and an unknown "▁" would see the cut.)
+        r = self._metaspace["replacement"] if self._metaspace else "\u2581"
+        crossing = re.compile(f"[^{re.escape(r)}]{re.escape(r)}")
+        self._cut = re.compile(f"(?<=[^{re.escape(r)}])(?={re.escape(r)})") if (
+            not ignore_merges and r in self.piece_ids
+            and not any(crossing.search(p) for p in self.pieces.values())) else None
 
     def _alone(self, s):
         """A token string as the decoder's Replace / Metaspace steps write it when not first."""
@@ -142,15 +152,21 @@ class SentencePieceTokenizer(Tokenizer):
         split before every "▁" when split is true.  ("a  b", first) -> ["▁a", "▁", "▁b"]"""
         m = self._metaspace
         if m is None:
-            return [text] if text else []
+            return self.cut(text)
         r = m["replacement"]
         text = text.replace(" ", r)
         scheme = metaspace_scheme(m)
         if text and not text.startswith(r) and (scheme == "always" or scheme == "first" and first):
             text = r + text
         if not m.get("split", True):
-            return [text] if text else []
+            return self.cut(text)
         return [w for w in re.split(f"(?={re.escape(r)})", text) if w]
+
+    def cut(self, text):
+        """A text that is one word for BPE, cut where no merge can cross (see __init__)."""
+        if not text:
+            return []
+        return self._cut.split(text) if self._cut else [text]
 
     def _encode_segment(self, text, first):
         out, cache = [], self._cache
@@ -171,6 +187,9 @@ class SentencePieceTokenizer(Tokenizer):
         character is dropped, as `tokenizers` does); then the merges, lowest rank first."""
         if self.ignore_merges and word in self.piece_ids:
             return [self.piece_ids[word]]
+        ids = list(map(self.piece_ids.get, word))   # map: the loop runs in C
+        if None not in ids:
+            return apply_merges(ids, self._ranks)
         ids, unk_before = [], False
         for ch in word:
             id = self.piece_ids.get(ch)

@@ -111,6 +111,22 @@ def test_split_decides_whether_merges_cross_a_space():
                                                 metaspace("always"), pieces=pieces, merges=merges))
     assert tokens(whole, "a b") == ["▁a▁", "b"]   # ("a", "▁") is merged first, then ("▁", "a▁")
     assert tokens(words, "a b") == ["▁a", "▁", "b"]
+    assert whole._cut is None   # a piece holds "a▁": a text is never cut for speed
+
+
+def test_cutting_before_spaces_for_speed_gives_the_ids_of_the_whole_text():
+    # no piece has "▁" after another character: the text is cut before such "▁"s, and every
+    # text still gets the ids of BPE over the whole text (the cut switched off)
+    rng = random.Random(0)
+    texts = ["".join(rng.choice("abcHelo é日x\n") for _ in range(rng.randint(0, 30)))
+             for _ in range(300)]
+    for data in [tokenizer_json(OLD_NORMALIZER), tokenizer_json(None, metaspace("first", False),
+                                                                metaspace("first", False))]:
+        cut, whole = hf_tokenizer.from_hf(data), hf_tokenizer.from_hf(data)
+        whole._cut = None
+        assert cut._cut is not None and cut.words(cut.normalize("ab ab Hello"), True) == [
+            "▁ab", "▁ab", "▁Hello"]
+        assert [cut.encode(t) for t in texts] == [whole.encode(t) for t in texts]
 
 
 def test_unknown_characters_without_byte_fallback():

