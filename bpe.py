@@ -265,9 +265,6 @@ GPT4_SPLIT_PATTERN = "|".join([
     r"\s+(?!\S)",                       # spaces, but leave the last one for the next word
     r"\s+",                             # any other spaces
 ])
-# GPT-2's older pattern, which the `tokenizers` library's ByteLevel pre-tokenizer has built in
-# (GPT-2 and SmolLM2 use it): numbers of any length, and no special case for line breaks.
-GPT2_SPLIT_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 
 # Python's `re` has neither \p{L} nor \p{N}: python_regex (Appendix A, at the end of this file)
 # writes each class out as the list of character ranges it stands for, so `re` runs the pattern
@@ -287,10 +284,9 @@ def compile_split(pattern, syntax="tokenizers"):
     "python": a version-1 file's pattern (Appendix B), for `re` as it is, used with findall as
     it always was.
 
-    Speed: `re` looks a character below U+10000 up in a table, but compares one beyond it with
-    each range of the class in turn, and \\p{L} has 268 such ranges. So most text (all of it
-    below U+10000: no emoji, no rare CJK) is cut by a second version of the pattern without
-    those ranges, six times faster and exactly the same for such text.
+    Speed: `re` compares a character beyond U+FFFF with each range of a class in turn (\\p{L}
+    has 268 there), so text without one (no emoji, no rare CJK) is cut by a second version of
+    the pattern without those ranges: six times faster, the same chunks.
     """
     if syntax == "python":
         return re.compile(pattern).findall
@@ -973,25 +969,16 @@ def main(argv=None):
 # =============================================================================================
 # APPENDIX A: GPT-4's split pattern for Python's `re` (Oniguruma's \p{..} classes as ranges)
 # =============================================================================================
-# Step 5 needs this, and a reader of the chapter can skip it: the `regex` package and the
-# `tokenizers` library understand \p{L} ("any letter") and \p{N} ("any number"); Python's `re`
-# does not, and this file imports nothing outside the standard library.
-#
-# To run the real patterns with `re`, we write each class out as the list of character ranges it
-# stands for, computed once from Python's `unicodedata` (lazily: a user of a version-1 tokenizer
-# never pays for it). The definitions are those of Oniguruma, the regex engine `tokenizers` runs:
-#   \p{L}, \p{N}, \p{Lu}, ...   the Unicode general categories
-#   \s    \t \n \v \f \r, U+0085, and the categories Zs Zl Zp (Python's \s adds U+001C..U+001F)
-# Possessive quantifiers ("?+", "++", "*+": never give back what they matched) are kept where
-# `re` has them (Python 3.11+). Python 3.10 lacks them, so there they are dropped; for the
-# patterns of GPT-2, GPT-4, Llama 3 and Qwen that changes nothing: what follows them could never
-# match what they would give back ("\p{L}+" cannot start with a non-letter), and each chunk is the
-# first alternative that matches, at its longest, either way.
-# Where the translation can still differ from `tokenizers`: characters that one side's Unicode
-# version has and the other's lacks (Python 3.11 knows Unicode 14, the tokenizers 0.23 wheel
-# Unicode 16: the letters and numbers added since are "unassigned" here), and case-insensitive
-# matching, which Oniguruma does with full case folding and `re` with simple folding (identical
-# for the contractions 's 't 're 've 'm 'll 'd these patterns use, checked on every character).
+# Step 5 needs this; a first reading skips it. Python's `re` lacks \p{L} ("any letter") and
+# \p{N} ("any number"), so each class is written out as the character ranges it stands for,
+# computed once from `unicodedata` (lazily: a version-1 tokenizer never pays for it), as
+# Oniguruma, the engine of `tokenizers`, defines them: \p{..} are the Unicode general categories,
+# and \s is \t \n \v \f \r, U+0085 and Zs Zl Zp (Python's \s adds U+001C..U+001F). The few
+# other constructs released patterns use (\P{..}, \x{..}, $) are translated here too: a saved
+# file may hold such a pattern, and this file loads every file it saved. Possessive quantifiers
+# ("?+", "++") are kept where `re` has them (3.11+) and dropped on 3.10, which changes no chunk
+# of the released patterns. Where the engines can still differ (Unicode versions, case folding):
+# docs/bpe.md, "The appendices".
 CATEGORIES = set("L Lu Ll Lt Lm Lo M Mn Mc Me N Nd Nl No P Pc Pd Ps Pe Pi Pf Po "
                  "S Sm Sc Sk So Z Zs Zl Zp C Cc Cf Co Cn".split())
 POSSESSIVE_OK = sys.version_info >= (3, 11)
@@ -1135,20 +1122,12 @@ def python_regex(pattern, bmp_only=False):
 # =============================================================================================
 # APPENDIX B: version-1 files, as an older bpe.py wrote them
 # =============================================================================================
-# Version 1 (written by this file before it learned released tokenizers; still read, and still
-# written for tokenizers loaded from version 1, so they keep their pattern) holds only the
-# pattern (for `re`), the special tokens {name: id} and the merges [[left, right], ...]: the
-# vocabulary follows from the merges, in the layout of from_merges().
-#
-# Python's `re` has neither \p{L} nor \p{N}. Version-1 files (written before this file learned
-# to translate \p) spelled the GPT-4 pattern with what `re` has, and they keep that pattern so
-# they encode exactly as they always did:
-#   \p{L}  -> [^\W\d_]   "a word character that is not a digit or underscore"
-#   \p{N}  -> \d         "a decimal digit" (any script: Arabic-Indic, Devanagari, ...)
-#   "not a letter and not a number" -> [^\w]|_   (underscore is a \w character in `re`)
-# It differs on rare characters: \d misses superscripts "²", fractions "½", Roman numerals "Ⅻ",
-# and \w counts them as word characters, so there they behave like letters; Python's \s also
-# counts U+001C..U+001F as spaces. Every byte still gets a token and decode(encode(s)) == s.
+# Version 1 holds only the pattern (for `re`), the special tokens {name: id} and the merges
+# [[left, right], ...]; the vocabulary follows from the merges, in the layout of from_merges().
+# Its pattern is GPT-4's spelt with what `re` has (\p{L} -> [^\W\d_], \p{N} -> \d, "neither"
+# -> [^\w]|_), which differs from the real classes on rare characters ("²", "½", "Ⅻ", U+001C:
+# docs/bpe.md). A tokenizer loaded from version 1 keeps that pattern and is saved as version 1
+# again, so it encodes exactly as it always did; every byte still has a token.
 V1_SPLIT_PATTERN = "|".join([r"'(?i:[sdmt]|ll|ve|re)", r"(?:[^\r\n\w]|_)?[^\W\d_]+", r"\d{1,3}",
                              r" ?(?:[^\s\w]|_)+[\r\n]*", r"\s*[\r\n]", r"\s+(?!\S)", r"\s+"])
 

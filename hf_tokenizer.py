@@ -30,9 +30,9 @@ import re
 import unicodedata
 
 import sentencepiece_bpe
-from bpe import (BYTE_TO_CHAR, FORMAT_NAME, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN,
-                 V1_SPLIT_PATTERN, Tokenizer, UserError, all_characters, compile_split,
-                 from_byte_level, read_json, to_byte_level, to_ranges)
+from bpe import (BYTE_TO_CHAR, FORMAT_NAME, GPT4_SPLIT_PATTERN, V1_SPLIT_PATTERN, Tokenizer,
+                 UserError, all_characters, compile_split, from_byte_level, read_json,
+                 to_byte_level, to_ranges)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,6 +134,10 @@ def hf_arguments(data, where):
                 ignore_merges=bool(model.get("ignore_merges", False)),
                 bos_added=bos, eos_added=eos)
 
+
+# GPT-2's split pattern, which the ByteLevel pre-tokenizer has built in (use_regex): numbers of
+# any length, and no special case for line breaks, unlike GPT-4's (bpe.GPT4_SPLIT_PATTERN).
+GPT2_SPLIT_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 
 # `tokenizers`' Punctuation pre-tokenizer (Falcon) cuts at ASCII punctuation and at the Unicode
 # categories P*, but in the Unicode version of the Rust crate it asks, older than Python's (whose

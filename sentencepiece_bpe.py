@@ -29,9 +29,13 @@ bpe.Tokenizer.load). GGUF's "llama" tokenizer section is written (gguf_tokenizer
 Imports bpe.py only. Imported by hf_tokenizer.py (from_hf, to_hf and GGUF dispatch here by the
 file's structure), rundir.py, data.py and prepare.py (load_tokenizer).
 """
+import itertools
 import json
+import operator
 import os
 import re
+
+import numpy as np
 
 from bpe import FORMAT_NAME, Tokenizer, UserError, apply_merges, cut_at_names, read_json
 
@@ -48,6 +52,24 @@ def is_sentencepiece(data):
     steps = json.dumps([data.get(k) for k in ("normalizer", "pre_tokenizer", "decoder")],
                        ensure_ascii=False)
     return '"ByteLevel"' not in steps and (model.get("byte_fallback") is True or "▁" in steps)
+
+
+class Kinds(dict):
+    """str.translate's table: a character -> its kind as chr(0..3): the space mark ("▁"), a
+    digit, a letter, anything else. Filled as characters are met (then a lookup in C)."""
+
+    def __init__(self, space):
+        super().__init__()
+        self.space = space
+
+    def of(self, ch):
+        return ord(self[ord(ch)])
+
+    def __missing__(self, code):
+        ch = chr(code)
+        self[code] = kind = chr(0 if ch == self.space else 1 if re.fullmatch(r"\d", ch) else
+                                2 if re.fullmatch(r"[^\W\d_]", ch) else 3)
+        return kind
 
 
 def flat(step, key):
@@ -99,16 +121,38 @@ class SentencePieceTokenizer(Tokenizer):
         self.scores = None if scores is None else dict(scores)
         if self.scores is not None:
             self._ranks = score_ranks(self.merges, self.merged, self.scores)
-        # Speed, not meaning: with no Metaspace split (Llama 2's files) the whole text is one word,
-        # and BPE over thousands of characters is slow in Python. When no piece has a "▁" after
-        # another character (SentencePiece never learns one), no merge joins across a "▁" that
-        # follows another character: cutting the text before each such "▁" gives the same ids,
-        # and the word cache then serves. (ignore_merges and an unknown "▁" would see the cut.)
+        self._cut = self.cutter()
+
+    def cutter(self):
+        """Speed, not meaning. With no Metaspace split (Llama 2's files) the whole text is one
+        word for BPE, and BPE over thousands of characters is slow in Python. SentencePiece never
+        learns a piece across a space, a change of script or two digits (Llama 2), so cut the
+        text between characters of four kinds ("▁", digit, letter, other) wherever no merged
+        piece has those two kinds side by side (a few exceptions, "².", are named and not cut).
+        No merge can cross such a place (its piece would hold the two characters), so the ids
+        are the same, and the word cache serves. Not where the cut could be seen: ignore_merges
+        (whole words looked up), merges of byte or unknown pieces, unknown characters fused
+        into one <unk>. Returns (the kinds, where to cut and where to look at the characters,
+        each a [kind, kind] table, the pairs of characters not cut), or None."""
         r = self._metaspace["replacement"] if self._metaspace else "\u2581"
-        crossing = re.compile(f"[^{re.escape(r)}]{re.escape(r)}")
-        self._cut = re.compile(f"(?<=[^{re.escape(r)}])(?={re.escape(r)})") if (
-            not ignore_merges and r in self.piece_ids
-            and not any(crossing.search(p) for p in self.pieces.values())) else None
+        atoms = {*self._byte_piece, self._unk_id} - {None}
+        fused = self.fuse_unk and self._unk_id is not None and not (
+            self.byte_fallback and None not in self._byte_piece)
+        if self.ignore_merges or fused or any(a in atoms or b in atoms for a, b in self._ranks):
+            return None
+        kinds = Kinds(r)
+        seen = {}   # (kind, kind) -> the pairs of characters side by side in merged pieces
+        for _, new in self._ranks.values():
+            piece = self.pieces.get(new, "")
+            for a, b in zip(piece, piece[1:]):
+                seen.setdefault((kinds.of(a), kinds.of(b)), set()).add((a, b))
+        cut, look = np.zeros((4, 4), bool), np.zeros((4, 4), bool)
+        keep = set()   # a few pairs ("².") of a kind pair that is cut are kept whole, by name
+        for (a, b), pairs in [((a, b), seen.get((a, b), ())) for a in range(4) for b in range(4)]:
+            if len(pairs) <= 20:
+                cut[a, b], look[a, b] = True, bool(pairs)
+                keep.update(pairs)
+        return (kinds, cut, look, keep) if cut.any() else None
 
     def _alone(self, s):
         """A token string as the decoder's Replace / Metaspace steps write it when not first."""
@@ -160,26 +204,41 @@ class SentencePieceTokenizer(Tokenizer):
             text = r + text
         if not m.get("split", True):
             return self.cut(text)
-        return [w for w in re.split(f"(?={re.escape(r)})", text) if w]
+        return [c for w in re.split(f"(?={re.escape(r)})", text) if w for c in self.cut(w)]
 
     def cut(self, text):
-        """A text that is one word for BPE, cut where no merge can cross (see __init__)."""
+        """A word for BPE, cut where no merge can cross (see cutter)."""
         if not text:
             return []
-        return self._cut.split(text) if self._cut else [text]
+        if self._cut is None:
+            return [text]
+        kinds, cut, look, keep = self._cut
+        k = np.frombuffer(text.translate(kinds).encode("ascii"), np.uint8)
+        at = np.flatnonzero(cut[k[:-1], k[1:]]) + 1    # numpy: no Python loop over characters
+        if keep:
+            kept = [i for i in (np.flatnonzero(look[k[:-1], k[1:]]) + 1).tolist()
+                    if (text[i - 1], text[i]) in keep]
+            at = np.setdiff1d(at, kept) if kept else at
+        if "\0" not in text:   # a NUL put at each cut, then split there: it all runs in C
+            codes = np.insert(np.frombuffer(text.encode("utf-32-le"), np.uint32), at, 0)
+            return codes.tobytes().decode("utf-32-le").split("\0")
+        at = at.tolist()
+        return [text[i:j] for i, j in zip([0, *at], [*at, len(text)])]
 
     def _encode_segment(self, text, first):
-        out, cache = [], self._cache
-        for word in self.words(text, first):
-            key = word
-            ids = cache.get(key)
-            if ids is None:
-                ids = self._encode_word(word)
-                if len(cache) >= 200_000:
-                    cache.clear()
-                cache[key] = ids
-            out.extend(ids)
-        return out
+        """The ids of a normalized segment: its words, each from the cache or encoded once
+        (map and chain: the loops over the words run in C)."""
+        words, cache = self.words(text, first), self._cache
+        ids = list(map(cache.get, words))
+        if None in ids:
+            new = set(itertools.compress(words, map(operator.not_, ids)))   # not cached yet
+            if len(cache) >= 200_000:   # keep memory bounded on endless streams of text
+                cache.clear()
+                new = set(words)
+            for word in new:
+                cache[word] = self._encode_word(word)
+            ids = list(map(cache.__getitem__, words))
+        return list(itertools.chain.from_iterable(ids))
 
     def _encode_word(self, word):
         """One word -> ids: each character's token, or its UTF-8 bytes' tokens (byte_fallback),

@@ -547,7 +547,8 @@ def test_merges_can_make_tokens_anywhere_and_strings_or_lists_both_load():
 def test_dropping_possessive_quantifiers_changes_nothing_for_these_patterns(monkeypatch):
     # Python 3.10's `re` has no "?+" or "++": there python_regex drops them. Simulated here.
     text = every_kind_of_character() + "".join(texts_to_compare())
-    patterns = [bpe.GPT4_SPLIT_PATTERN, bpe.GPT2_SPLIT_PATTERN, LLAMA3_PATTERN, QWEN2_PATTERN]
+    patterns = [bpe.GPT4_SPLIT_PATTERN, hf_tokenizer.GPT2_SPLIT_PATTERN, LLAMA3_PATTERN,
+                QWEN2_PATTERN]
     kept = [bpe.compile_split(p)(text) for p in patterns]
     monkeypatch.setattr(bpe, "POSSESSIVE_OK", False)
     bpe.python_regex.cache_clear()

@@ -69,7 +69,7 @@ COMPANION_BUDGET = 700
 # Chapter files still carrying machinery that is to move to companion files (bpe.py: see
 # its entry in the README): each may not grow past the size it has now, a ratchet toward its
 # budget above. Remove a line here when its file fits.
-NOT_YET_WITHIN_BUDGET = {"bpe": 1200}
+NOT_YET_WITHIN_BUDGET = {"bpe": 1177}
 # Files that would shadow a package the tests import as a reference.
 REFERENCE_PACKAGES = {"transformers", "tokenizers", "safetensors", "gguf", "openai", "llama_cpp",
                       "lm_eval", "datasketch", "datatrove", "rouge_score", "sacrebleu", "numpy",

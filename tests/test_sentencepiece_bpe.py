@@ -111,22 +111,27 @@ def test_split_decides_whether_merges_cross_a_space():
                                                 metaspace("always"), pieces=pieces, merges=merges))
     assert tokens(whole, "a b") == ["▁a▁", "b"]   # ("a", "▁") is merged first, then ("▁", "a▁")
     assert tokens(words, "a b") == ["▁a", "▁", "b"]
-    assert whole._cut is None   # a piece holds "a▁": a text is never cut for speed
+    assert whole.cut("▁a▁b") == ["▁a▁", "b"]   # a piece holds "a▁": never cut there for speed
 
 
-def test_cutting_before_spaces_for_speed_gives_the_ids_of_the_whole_text():
-    # no piece has "▁" after another character: the text is cut before such "▁"s, and every
-    # text still gets the ids of BPE over the whole text (the cut switched off)
+def test_cutting_for_speed_gives_the_ids_of_the_whole_text():
+    # a word is cut between two characters no merged piece holds side by side (by their kinds:
+    # "▁", digit, letter, other), and every text still gets the ids of BPE over the whole text
     rng = random.Random(0)
-    texts = ["".join(rng.choice("abcHelo é日x\n") for _ in range(rng.randint(0, 30)))
+    texts = ["".join(rng.choice("abcHelo é日x\n12,.") for _ in range(rng.randint(0, 30)))
              for _ in range(300)]
     for data in [tokenizer_json(OLD_NORMALIZER), tokenizer_json(None, metaspace("first", False),
                                                                 metaspace("first", False))]:
         cut, whole = hf_tokenizer.from_hf(data), hf_tokenizer.from_hf(data)
         whole._cut = None
-        assert cut._cut is not None and cut.words(cut.normalize("ab ab Hello"), True) == [
-            "▁ab", "▁ab", "▁Hello"]
+        assert cut.words(cut.normalize("ab ab Hello, 12"), True) == [
+            "▁ab", "▁ab", "▁Hel", "lo", ",", "▁", "1", "2"]   # no merged piece holds "ll", "o,"
         assert [cut.encode(t) for t in texts] == [whole.encode(t) for t in texts]
+    fused = hf_tokenizer.from_hf(tokenizer_json(OLD_NORMALIZER, byte_fallback=False))
+    assert fused._cut is None   # unknown characters side by side become one <unk>: never cut
+    full = hf_tokenizer.from_hf(tokenizer_json(OLD_NORMALIZER))
+    full._cache.update({f"w{i}": [0] for i in range(200_000)})   # the word cache is full
+    assert full.encode(texts[5]) == cut.encode(texts[5]) and len(full._cache) < 100
 
 
 def test_unknown_characters_without_byte_fallback():

@@ -128,15 +128,17 @@ def train_reference(style, docs, vocab_size):
 
 def train_sentencepiece_style(docs, vocab_size):
     """Llama 2's structure: "▁" for spaces, one in front, bytes as <0xNN> pieces at ids 3-258.
-    Trained with words cut before each "▁", as SentencePiece trains (no piece has "▁" inside);
-    the file then has no pre-tokenizer, as Llama 2's has not."""
+    Trained with words cut as SentencePiece cuts them for Llama 2 (before each "▁", where the
+    script changes, between digits); the file then has no pre-tokenizer, as Llama 2's has not."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     hf = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
     hf.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
                                           normalizers.Replace(" ", "\u2581")])
     hf.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-    hf.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never", split=True)
+    hf.pre_tokenizer = pre_tokenizers.Sequence([   # SentencePiece's split_by_whitespace,
+        pre_tokenizers.Metaspace(prepend_scheme="never", split=True),    # split_by_unicode_script
+        pre_tokenizers.UnicodeScripts(), pre_tokenizers.Digits(individual_digits=True)])
     names = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     hf.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=names,
                                                      show_progress=False))
