@@ -409,8 +409,9 @@ def gguf_tokenizer(tok, template, bos, eos, eot):
                      TOKEN_CONTROL if tok.is_special(id) else
                      TOKEN_USER_DEFINED if id in added else
                      TOKEN_BYTE if BYTE_TOKEN.fullmatch(s) else TOKEN_NORMAL)
-    if len(set(strings)) != len(strings):
-        raise UserError("cannot export this tokenizer to GGUF: two ids have the same string")
+    if len(set(strings)) != len(strings) or any("\0" in s for s in strings):
+        raise UserError("cannot export this tokenizer to GGUF: two ids have the same string, or "
+                        "one holds a NUL character (llama.cpp reads a token as a C string)")
     scheme = metaspace_scheme(tok._metaspace) if tok._metaspace else \
         "always" if any(n["type"] == "Prepend" for n in tok._normalizers) else "never"
     sp = tok.special_tokens

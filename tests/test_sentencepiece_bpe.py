@@ -510,6 +510,13 @@ def trained_spm():
     return tok
 
 
+def test_gguf_export_refuses_a_token_holding_a_nul():
+    tok = hf_tokenizer.from_hf(tokenizer_json(OLD_NORMALIZER, pieces=PIECES + ["\x00"]))
+    tok.add_special_tokens(bpe.SPECIAL_TOKENS)
+    with pytest.raises(UserError, match="NUL character"):
+        gguf_metadata(tok)
+
+
 def gguf_metadata(tok):
     return {k: v for k, v, _ in hf_tokenizer.gguf_tokenizer(
         tok, **chat_templates.export_tokens(tok, True))}
