@@ -55,11 +55,15 @@ from rundir import UserError, option
 # a reader with other defaults then cannot build a different model.
 # ---------------------------------------------------------------------------------------------
 HF_ARCHS = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
-            "Qwen3MoeForCausalLM": "qwen3_moe", "GPT2LMHeadModel": "gpt2"}
+            "Qwen3MoeForCausalLM": "qwen3_moe", "GPT2LMHeadModel": "gpt2",
+            "MistralForCausalLM": "mistral"}  # Llama's design, with a sliding window (refused)
 HF_DEFAULTS = {  # the transformers defaults that decide the model, per family
     "llama": dict(rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
                   attention_bias=False, mlp_bias=False, hidden_act="silu",
                   max_position_embeddings=2048),
+    "mistral": dict(rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                    attention_bias=False, mlp_bias=False, hidden_act="silu",
+                    max_position_embeddings=131072, sliding_window=4096),
     "qwen2": dict(rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
                   hidden_act="silu", max_position_embeddings=32768),
     "qwen3": dict(rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, head_dim=128,
@@ -104,6 +108,9 @@ def llama_family_config(hf, family, max_seq_len):
     UserError naming the field we do not model (never a silently different model)."""
     hf.require("hidden_act", ("silu",), "the MLP here is SwiGLU (silu)")
     hf.require("use_sliding_window", (None, False), "sliding-window attention is not modelled")
+    window = hf.values.get("sliding_window") if family == "mistral" else None  # (Qwen2: unused)
+    if window is not None and window < hf.get("max_position_embeddings"):
+        hf.refuse("sliding_window", window, "sliding-window attention is not modelled")
     if "sliding_attention" in (hf.values.get("layer_types") or []):
         hf.refuse("layer_types", "sliding_attention", "sliding-window attention is not modelled")
     hf.require("mlp_bias", (None, False), "the MLP here has no biases")

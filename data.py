@@ -208,6 +208,19 @@ def tokenize_to_bin(docs, tok, path):
     return np.memmap(path, dtype=dtype, mode="r")
 
 
+def tokenizer_key(tok):
+    """The token cache's key: a hash of all that decides the ids a text gets, so two tokenizers
+    that encode differently never share a cache. bpe.py's: split, normalizer, tokens, merges in
+    their order, added tokens; a SentencePiece-style one's also its normalizer, pre-tokenizer
+    and decoder steps, pieces, byte fallback, unk token and the scores that rank its merges."""
+    what = [tok.split_patterns, tok.normalizer, tok.ignore_merges, token_strings(tok),
+            tok.added_list(), tok.merges, tok.merged]
+    if isinstance(tok, sentencepiece_bpe.SentencePieceTokenizer):
+        what += [tok.hf_steps, sorted(tok.pieces.items()), tok.byte_fallback, tok.unk_token,
+                 tok.fuse_unk, sorted((tok.scores or {}).items()), tok.scores is None]
+    return hashlib.sha1(json.dumps(what).encode()).hexdigest()[:10]
+
+
 def prepare_data(cfg):
     """Tokenizer plus train/val token arrays, reading and encoding the text only when not cached."""
     make_docs, cache, fingerprint = resolve_data(cfg.data)
@@ -215,11 +228,7 @@ def prepare_data(cfg):
     if not cfg.tokenizer and not tokenizer_cache(cfg, cache, fingerprint).exists():
         docs = split_documents(make_docs(), cfg.val_fraction)
     tok = get_tokenizer(cfg, docs[0] if docs else None, cache, fingerprint)
-    # The token cache belongs to this exact tokenizer: its split, normalizer, tokens and specials.
-    tok_hash = hashlib.sha1(
-        json.dumps([tok.split_patterns, tok.normalizer, tok.ignore_merges, token_strings(tok),
-                    tok.special_tokens]).encode()).hexdigest()[:10]
-    stem = cache / f"{fingerprint}.{tok_hash}.v{cfg.val_fraction}"
+    stem = cache / f"{fingerprint}.{tokenizer_key(tok)}.v{cfg.val_fraction}"
     paths = [Path(f"{stem}.train.bin"), Path(f"{stem}.val.bin")]
     if not all(p.exists() for p in paths):
         docs = docs or split_documents(make_docs(), cfg.val_fraction)

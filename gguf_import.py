@@ -13,7 +13,8 @@ one 3-D tensor per layer, and the tensors themselves in block formats, decoded t
 at a time (gguf_quants.py) while convert.py builds the model.
 
 Imported by convert.py. Imports gguf_file.py (the reader, llama.cpp's names), gguf_quants.py
-(decoding one expert's slice), hf_tokenizer.py (GGUF's tokenizer section), minimind.py (RoPE
+(decoding one expert's slice), hf_tokenizer.py (GGUF's tokenizer section: "gpt2", byte-level,
+or "llama", SentencePiece-style as Llama 2, TinyLlama and Mistral), minimind.py (RoPE
 scaling's frequencies) and bpe.py (UserError); numpy, torch and the standard library.
 """
 import functools
@@ -37,8 +38,9 @@ REQUIRED = object()
 
 
 def read_release(path):
-    """A GGUF file -> (config.json as a dict, bpe.Tokenizer, {transformers name: tensor, read when
-    popped}, chat template or None). A UserError names what cannot be imported."""
+    """A GGUF file -> (config.json as a dict, bpe.Tokenizer (a SentencePieceTokenizer for a
+    "llama" tokenizer), {transformers name: tensor, read when popped}, chat template or None).
+    A UserError names what cannot be imported."""
     g = gguf_file.GGUFFile(path)
     arch = g.metadata.get("general.architecture")
     if arch not in ARCHS:

@@ -639,16 +639,18 @@ TOKEN_UNKNOWN = 2  # GGUF's <unk>, a special token of its own
 
 def from_gguf(metadata, where):
     """A GGUF file's metadata (gguf_file.GGUFFile.metadata) -> the bpe.Tokenizer its
-    tokenizer.ggml.* keys describe, through hf_arguments; UserError("<where>: ...") for what a
-    byte-level BPE cannot be: a SentencePiece vocabulary ("llama"), a `pre` no one here knows."""
+    tokenizer.ggml.* keys describe, through hf_arguments (a "llama" model: sentencepiece_bpe's
+    from_gguf); UserError("<where>: ...") for another model, a `pre` no one here knows."""
     def get(key, default=None):
         value = metadata.get(f"tokenizer.ggml.{key}", default)
         if value is None:
             raise UserError(f"{where}: no tokenizer.ggml.{key}")
         return value
+    if get("model") == "llama":  # SentencePiece's scores, not merges
+        return sentencepiece_bpe.from_gguf(metadata, where)
     if get("model") != "gpt2":
-        raise UserError(f"{where}: tokenizer.ggml.model {get('model')!r} is not supported (byte-"
-                        f"level BPE, 'gpt2', only; 'llama' is a SentencePiece vocabulary)")
+        raise UserError(f"{where}: tokenizer.ggml.model {get('model')!r} is not supported "
+                        f"('gpt2', a byte-level BPE, and 'llama', a SentencePiece-style one)")
     pre = get("pre", "default")
     split = next(((patterns, ignore) for name, patterns, ignore in GGUF_PRE if name == pre), None)
     if split is None:

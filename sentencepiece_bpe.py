@@ -18,13 +18,16 @@ Strip(" ", 1, 0) (one leading space off the whole text), or a Metaspace decoder.
     tok = hf_tokenizer.from_hf("Llama-2-7b/tokenizer.json")   # a SentencePieceTokenizer
     tok.save("out/llama/tokenizer.json")                       # our format, version 3
     tok = sentencepiece_bpe.load_tokenizer("out/llama/tokenizer.json")  # any slm tokenizer file
+    tok = hf_tokenizer.from_gguf(metadata, "llama-2.gguf")   # GGUF's "llama" tokenizer: from_gguf
 
 SentencePieceTokenizer is a subclass of bpe.Tokenizer: encode's added-token handling, special
 tokens, vocab_size, id_to_bytes ("▁" as a space, a byte token as its byte) and everything else are
 bpe.py's; it overrides how a text between added tokens becomes ids, decode, and save.
 load_tokenizer(path) is the one loader for run directories (version 3 here, versions 1 and 2 by
-bpe.Tokenizer.load). Imports bpe.py only. Imported by hf_tokenizer.py (from_hf, to_hf and GGUF
-dispatch here by the file's structure), rundir.py, data.py and prepare.py (load_tokenizer).
+bpe.Tokenizer.load). GGUF's "llama" tokenizer section is written (gguf_tokenizer) and read
+(from_gguf: the merges rebuilt from its scores, so it encodes as llama.cpp does) here too.
+Imports bpe.py only. Imported by hf_tokenizer.py (from_hf, to_hf and GGUF dispatch here by the
+file's structure), rundir.py, data.py and prepare.py (load_tokenizer).
 """
 import itertools
 import json
@@ -91,7 +94,8 @@ class SentencePieceTokenizer(Tokenizer):
     so to_hf and save write them back unchanged). Make one with hf_tokenizer.from_hf."""
 
     def __init__(self, pieces, merges, added_tokens, *, normalizer, pre_tokenizer, decoder,
-                 byte_fallback, unk_token, fuse_unk, ignore_merges, bos_added, eos_added):
+                 byte_fallback, unk_token, fuse_unk, ignore_merges, bos_added, eos_added,
+                 scores=None):
         self.pieces = dict(pieces)                                # id -> "▁the"
         self.piece_ids = {s: i for i, s in sorted(self.pieces.items(), reverse=True)}
         self.hf_steps = {"normalizer": normalizer, "pre_tokenizer": pre_tokenizer,
@@ -112,6 +116,11 @@ class SentencePieceTokenizer(Tokenizer):
                          bos_added=bos_added, eos_added=eos_added)
         self._byte_piece = [self.piece_ids.get(f"<0x{b:02X}>") for b in range(256)]
         self._unk_id = self.piece_ids.get(unk_token) if unk_token is not None else None
+        # scores {id: float}: a GGUF file's (from_gguf). The merges then rank by the score of the
+        # token they make, highest first, and merges of equal score share a rank (score_ranks).
+        self.scores = None if scores is None else dict(scores)
+        if self.scores is not None:
+            self._ranks = score_ranks(self.merges, self.merged, self.scores)
         self._cut = self.cutter()
 
     def cutter(self):
@@ -338,6 +347,9 @@ class SentencePieceTokenizer(Tokenizer):
                  f'  "eos_added": {dump(self.eos_added)},']
         lines += [f'  "{key}": {dump(value)},' for key, value in hf.items()
                   if key not in ("version", "added_tokens")]
+        if self.scores is not None:   # a GGUF file's: what ranks the merges (from_gguf)
+            scores = [self.scores.get(i) for i in range(len(self._vocab))]
+            lines.append(f'  "scores": {dump(scores)},')
         lines += ['  "added_tokens": [', ",\n".join(f"    {dump(t)}" for t in hf["added_tokens"]),
                   "  ],", '  "model": {']
         lines += [f'    "{key}": {dump(value)},' for key, value in model.items()
@@ -354,13 +366,27 @@ class SentencePieceTokenizer(Tokenizer):
         os.replace(tmp, path)
 
 
-# GGUF's tokenizer section, llama.cpp's "llama" (SentencePiece) model. llama.cpp does not replay a
-# merge list: it joins the neighbouring pair whose joined string is a token of the highest score
-# (the leftmost among equals), as SentencePiece does. So a token made by merge r scores -r, which
-# replays the merges in their order; a token no merge makes scores below all of them. It puts a
-# "▁" in front of the text and after each special token when add_space_prefix is true: exactly
-# the Prepend normalizer; Metaspace "first" differs after special tokens, and split true where
-# the vocabulary has tokens across a "▁" (a vocabulary trained with split true has none).
+# ---------------------------------------------------------------------------------------------
+# GGUF's tokenizer section, llama.cpp's "llama" (SentencePiece) model, written and read
+# ---------------------------------------------------------------------------------------------
+# llama.cpp does not replay a merge list (src/llama-vocab.cpp, the SPM tokenizer). It cuts the
+# text into characters and, again and again, joins the neighbouring pair whose joined string is a
+# token (any token: control, byte and user-defined ones too) of the highest score, the leftmost
+# pair among equal scores; a character left without a token becomes its UTF-8 bytes' <0xNN>
+# tokens. Before that it cuts out the control and unknown tokens (when told to parse specials)
+# and the user-defined ones (always), and with add_space_prefix it puts a space in front of the
+# text and after each token it cut out; then every space is "▁". That is the Prepend and Replace
+# normalizer, per stretch between added tokens, as this file runs it.
+#
+# Writing: a token made by merge r scores -r, which replays the merges in their order; a token
+# no merge makes scores below all of them. (Metaspace "first" differs after special tokens, and
+# split true where the vocabulary has tokens across a "▁": one trained with split true has none.)
+#
+# Reading (from_gguf): the merges are rebuilt from the scores, as transformers' converter builds
+# Llama 2's tokenizer.json from its SentencePiece model: every way of cutting a token in two
+# tokens is a merge, ranked by the score of the token it makes, highest first. Merges of equal
+# score share one rank, so bpe.apply_merges takes the leftmost of them, as llama.cpp does
+# (ScoreRank); a tokenizer.json cannot say that, so to_hf writes them in id order.
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = \
     1, 2, 3, 4, 5, 6
 
@@ -370,19 +396,22 @@ def gguf_tokenizer(tok, template, bos, eos, eot):
     "llama" model: the token strings, scores and types, BOS as the release's post-processor
     adds it (or the token the template calls bos_token), the end tokens and the chat template
     (the arguments as hf_tokenizer.gguf_tokenizer's)."""
-    made = {m: r for r, m in enumerate(tok.merged)}
+    made = {m: -float(r) for r, m in enumerate(tok.merged)}   # merge r: score -r
+    given = tok.scores if tok.scores is not None else made     # or the GGUF file's own
+    low = min(given.values(), default=0.0) - 1.0               # below every merge
     strings, scores, types = [], [], []
-    added = {*tok.added_tokens.values()}
+    added = {*tok.added_tokens.values()}  # matched whole before BPE, as llama.cpp's user-defined
     for id in range(tok.vocab_size):
         s = tok.token_string(id) if id in tok.pieces or id in tok._name_ids.values() else None
         strings.append(s if s is not None else f"[PAD{id}]")
-        scores.append(-float(made[id]) if id in made else -float(len(made) + 1))
+        scores.append(given.get(id, low))
         types.append(TOKEN_UNUSED if s is None else TOKEN_UNKNOWN if s == tok.unk_token else
                      TOKEN_CONTROL if tok.is_special(id) else
-                     TOKEN_USER_DEFINED if id in added and id not in tok.pieces else
+                     TOKEN_USER_DEFINED if id in added else
                      TOKEN_BYTE if BYTE_TOKEN.fullmatch(s) else TOKEN_NORMAL)
-    if len(set(strings)) != len(strings):
-        raise UserError("cannot export this tokenizer to GGUF: two ids have the same string")
+    if len(set(strings)) != len(strings) or any("\0" in s for s in strings):
+        raise UserError("cannot export this tokenizer to GGUF: two ids have the same string, or "
+                        "one holds a NUL character (llama.cpp reads a token as a C string)")
     scheme = metaspace_scheme(tok._metaspace) if tok._metaspace else \
         "always" if any(n["type"] == "Prepend" for n in tok._normalizers) else "never"
     sp = tok.special_tokens
@@ -402,6 +431,92 @@ def gguf_tokenizer(tok, template, bos, eos, eot):
     if tok._unk_id is not None:
         out.append(("tokenizer.ggml.unknown_token_id", tok._unk_id, "uint32"))
     return out
+
+
+class ScoreRank(tuple):
+    """(rank, merged id), compared by the rank alone. bpe.apply_merges takes the pair of lowest
+    rank, the leftmost among equals; it compares these whole on short words (min()), where a
+    plain tuple would put the lower merged id first among merges of equal score."""
+    __slots__ = ()
+
+    def __lt__(self, other):
+        return self[0] < other[0]
+
+    def __gt__(self, other):
+        return self[0] > other[0]
+
+
+def score_ranks(merges, merged, scores):
+    """{(left, right): ScoreRank((rank, merged id))}: rank 0 for the merges making the tokens of
+    the highest score, 1 for the next score, and so on."""
+    levels = {s: r for r, s in enumerate(sorted({scores[m] for m in merged}, reverse=True))}
+    return {pair: ScoreRank((levels[scores[m]], m)) for pair, m in zip(merges, merged)}
+
+
+def from_gguf(metadata, where):
+    """A GGUF file's "llama" tokenizer section (gguf_file.GGUFFile.metadata) -> the
+    SentencePieceTokenizer that encodes every text to the ids llama.cpp gives with that file
+    (docs/sentencepiece_bpe.md lists the few places where it cannot, each refused or named)."""
+    def get(key, default=None):
+        value = metadata.get(f"tokenizer.ggml.{key}", default)
+        if value is None:
+            raise UserError(f"{where}: no tokenizer.ggml.{key}")
+        return value
+    tokens = get("tokens")
+    n = len(tokens)
+    types, scores = get("token_type", [TOKEN_NORMAL] * n), get("scores", [0.0] * n)
+    if len(types) < n or len(scores) < n or not all(
+            isinstance(x, (int, float)) and x == x for x in scores[:n]):
+        raise UserError(f"{where}: tokenizer.ggml.token_type and scores must give a type and a "
+                        f"score (a number) to each of the {n} tokens")
+    if not all(isinstance(t, str) and t for t in tokens) or len(set(tokens)) != n:
+        raise UserError(f"{where}: tokenizer.ggml.tokens has an empty or a repeated token")
+    pieces = {i: t for i, t in enumerate(tokens) if types[i] != TOKEN_UNUSED}
+    added = [(i, t, types[i] != TOKEN_USER_DEFINED, False) for i, t in pieces.items()
+             if types[i] in (TOKEN_CONTROL, TOKEN_UNKNOWN, TOKEN_USER_DEFINED)]
+    prefix = get("add_space_prefix", True)  # llama.cpp's default for this model
+    spaces = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+    decoders = [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"}]
+    if prefix:
+        decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+    ends = [[get(f"{end}_token_id")] if get(f"add_{end}_token", end == "bos") else []
+            for end in ("bos", "eos")]  # llama.cpp's defaults: BOS in front, no EOS
+    if not all(type(i) is int and 0 <= i < n for end in ends for i in end):
+        raise UserError(f"{where}: tokenizer.ggml.bos_token_id / eos_token_id is not a token id")
+    tok = SentencePieceTokenizer(
+        pieces, merges_from_scores(tokens, pieces, scores, where), added,
+        normalizer={"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+                                                        spaces]} if prefix else spaces,
+        pre_tokenizer=None, decoder={"type": "Sequence", "decoders": decoders},
+        byte_fallback=True, fuse_unk=True, ignore_merges=False,
+        unk_token=next((t for i, t in pieces.items() if types[i] == TOKEN_UNKNOWN), None),
+        bos_added=ends[0], eos_added=ends[1], scores={i: scores[i] for i in pieces})
+    tok.reserve(n)
+    return tok
+
+
+def merges_from_scores(tokens, pieces, scores, where):
+    """[(left, right, merged)] ids: every cut of a token into two tokens, highest score first.
+    Refused: a token llama.cpp could make here that this tokenizer cannot, one that joins a
+    character without a token of its own (which byte fallback has already turned into bytes),
+    or an unused token (left out of the vocabulary) that text can reach."""
+    ids = {t: i for i, t in pieces.items()}
+    merges = []
+    for i, t in enumerate(tokens):
+        if i not in pieces and len(t) == 1:
+            raise UserError(f"{where}: tokenizer.ggml.tokens[{i}] {t!r} is an unused token of "
+                            f"one character: not supported")
+        for k in range(1, len(t)):
+            a, b = t[:k], t[k:]
+            if a in ids and b in ids and i in pieces:
+                merges.append((ids[a], ids[b], i))
+            elif (a in ids or len(a) == 1) and (b in ids or len(b) == 1):
+                why = "it is unused" if i not in pieces else \
+                    f"{a if a not in ids else b!r} is no token"
+                raise UserError(f"{where}: tokenizer.ggml.tokens[{i}] {t!r}: llama.cpp joins "
+                                f"{a!r} and {b!r} into it, but {why}: not supported")
+    return sorted(merges, key=lambda m: (-scores[m[2]], m[2]))
 
 
 def fall_back_bytes(tokens):
@@ -466,9 +581,10 @@ def check_steps(data, bad):
                       f"{', '.join(DECODERS)})")
 
 
-def from_hf(data, where, post=([], []), given_ids=None):
+def from_hf(data, where, post=([], []), given_ids=None, scores=None):
     """A parsed tokenizer.json of a SentencePiece-style BPE -> SentencePieceTokenizer.
     post: (bos_added, eos_added), what its post-processor adds (hf_tokenizer reads it);
+    scores: {id: score} that rank the merges instead of their order (a GGUF file's);
     given_ids: hf_tokenizer.ids_tokenizers_would_give, to refuse added tokens whose ids
     `tokenizers` would change. UserError("<where>: ...") for anything not run exactly."""
     def bad(why):
@@ -506,12 +622,14 @@ def from_hf(data, where, post=([], []), given_ids=None):
             raise bad(f"model.merges[{r}] {m!r}: expected two tokens of model.vocab whose join "
                       f"is one too")
         merges.append(tuple(ids))
+    if scores is not None and any(m not in scores for _, _, m in merges):
+        raise bad("scores: a token that a merge makes has no score")
     return SentencePieceTokenizer(
         pieces, merges, added, normalizer=data.get("normalizer"),
         pre_tokenizer=data.get("pre_tokenizer"), decoder=data.get("decoder"),
         byte_fallback=bool(model.get("byte_fallback")), unk_token=unk,
         fuse_unk=bool(model.get("fuse_unk")), ignore_merges=bool(model.get("ignore_merges")),
-        bos_added=post[0], eos_added=post[1])
+        bos_added=post[0], eos_added=post[1], scores=scores)
 
 
 def read_added(items, strings, bad):
@@ -558,7 +676,12 @@ def load_tokenizer(path):
         if value is not None and not (isinstance(value, list) and set(value) <= known):
             raise bad(f'"{key}" must be null or a list of ids of this tokenizer')
         post.append(value)
-    tok = from_hf(data, path, post)
+    scores = data.get("scores")
+    if scores is not None and not (isinstance(scores, list) and all(
+            x is None or isinstance(x, (int, float)) for x in scores)):
+        raise bad('"scores" must be null or a list of numbers (or nulls), one for each id')
+    tok = from_hf(data, path, post, scores=None if scores is None else
+                  {i: x for i, x in enumerate(scores) if x is not None})
     size = data.get("vocab_size", tok.vocab_size)
     if type(size) is not int or size < tok.vocab_size:
         raise bad(f'"vocab_size" must be an integer of at least {tok.vocab_size}, not {size!r}')

@@ -178,6 +178,57 @@ def test_llama_family_imports_every_tensor_where_it_belongs(tmp_path, tok, famil
     torch.testing.assert_close(step, full, atol=1e-4, rtol=1e-4)
 
 
+MISTRAL = {**FAMILIES["llama"], "architectures": ["MistralForCausalLM"], "sliding_window": None}
+
+
+@pytest.mark.parametrize("window", [None, 128, 4096])
+def test_mistral_without_a_sliding_window_is_llama(tmp_path, tok, window):
+    """Mistral is Llama's design plus a sliding window: with none (null, or at least
+    max_position_embeddings, 128 here) it imports as the same model as the Llama release."""
+    release = write_release(tmp_path / "rel", "llama", tok, config={**MISTRAL, "sliding_window": window})
+    write_release(tmp_path / "llama", "llama", tok)
+    out = convert.import_model(str(tmp_path / "rel"), tmp_path / "run")
+    assert convert.import_model(str(tmp_path / "llama"), tmp_path / "run2")["config"] == out["config"]
+    state = rundir.read_model_file(tmp_path / "run")["model"]
+    assert all(torch.equal(state[name.removeprefix("model.")], t.float()) for name, t in release.items())
+    assert out["source"]["family"] == "mistral" and out["source"]["architecture"] == "MistralForCausalLM"
+
+
+@pytest.mark.parametrize("change", [{"sliding_window": 64}, {"sliding_window": 4096, "max_position_embeddings": 32768},
+                                    {"sliding_window": "absent"}])
+def test_mistral_with_a_sliding_window_is_refused_by_name(tmp_path, tok, change):
+    config = {**MISTRAL, **change}
+    if config["sliding_window"] == "absent":  # transformers' default: 4096 of 131072 positions
+        del config["sliding_window"], config["max_position_embeddings"]
+    write_release(tmp_path / "rel", "llama", tok, config=config)
+    with pytest.raises(UserError, match="config.json: sliding_window = [0-9]+ is not supported"):
+        convert.import_model(str(tmp_path / "rel"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_mistral_gives_transformers_logits(tmp_path, tok):
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "MistralForCausalLM"):
+        pytest.skip("this transformers has no MistralForCausalLM")
+    config = transformers.MistralConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=96,
+                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=256, sliding_window=None, rope_theta=50000.0)
+    torch.manual_seed(0)
+    model = transformers.MistralForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(tmp_path / "release")
+    (tmp_path / "release" / "tokenizer.json").write_text(json.dumps(hf_tokenizer.to_hf(tok)))
+    convert.main([str(tmp_path / "release"), str(tmp_path / "run"), "--max-seq-len", "256"])
+    ours = rundir.load_run(tmp_path / "run")[0]
+    ids = torch.tensor([tok.encode(TEXT)[:100]])
+    with torch.no_grad():
+        diff = (ours(ids)[0][..., :tok.vocab_size] - model(ids).logits).abs().max().item()
+    assert diff <= 1e-4
+
+
 def test_gpt2_conv1d_weights_are_transposed_and_chat_tokens_added(tmp_path, tok):
     config = {**FAMILIES["gpt2"], "vocab_size": tok.vocab_size - 2}  # GPT-2: rows = its tokens
     release = write_release(tmp_path / "rel", "gpt2", tok, template=None, specials=["<|endoftext|>"],
@@ -241,7 +292,7 @@ def run_cli(*args):
     ({"use_sliding_window": True}, "use_sliding_window"),
     ({"attention_bias": True}, "attention_bias"),
     ({"hidden_act": "gelu"}, "hidden_act"),
-    ({"architectures": ["MistralForCausalLM"]}, "architectures"),
+    ({"architectures": ["MixtralForCausalLM"]}, "architectures"),
 ])
 def test_what_we_do_not_model_is_refused_naming_the_field(tmp_path, tok, change, field):
     write_release(tmp_path / "rel", "llama", tok, config={**FAMILIES["llama"], **change})

@@ -1,12 +1,17 @@
 """SentencePiece-style BPE (sentencepiece_bpe.py): hand-built tokenizer.json files in each variant
 (expected ids checked once against `tokenizers`), the run-directory round trip, the refusals;
-then, behind importorskip, models trained with `tokenizers` compared on mixed texts."""
+then, behind importorskip, models trained with `tokenizers` compared on mixed texts. Then GGUF's
+"llama" tokenizer read back: hand-checked cases of llama.cpp's rule on scores, a rule written here
+from its description as the oracle, a file round trip; behind importorskip, llama.cpp itself."""
+import collections
 import json
 import random
+import re
 
 import pytest
 
 import bpe
+import chat_templates
 import hf_tokenizer
 import sentencepiece_bpe
 from bpe import UserError
@@ -353,3 +358,270 @@ def test_llama_cpp_tokenizes_our_gguf_export_like_us(tmp_path, variant):
               != tok.encode(t, allowed_special="all")]
     assert differ == []
     assert llm.tokenize(b"ab", add_bos=True, special=True)[0] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF's "llama" tokenizer read back (sentencepiece_bpe.from_gguf): llama.cpp's rule on scores
+# ---------------------------------------------------------------------------------------------
+def llama_cpp_rule(tokens, scores, text, add_space_prefix=True):
+    """llama.cpp's SPM tokenizer on a text holding no special token, written here from the
+    description in src/llama-vocab.cpp, the slow way: again and again join the neighbouring pair
+    whose joined string is a token of the highest score, the leftmost among equals; then a
+    symbol that is no token becomes its UTF-8 bytes' <0xNN> tokens."""
+    ids = {t: i for i, t in enumerate(tokens)}
+    if not text:
+        return []
+    symbols = list(((" " if add_space_prefix else "") + text).replace(" ", "▁"))
+    while True:
+        best = None
+        for k in range(len(symbols) - 1):
+            joined = symbols[k] + symbols[k + 1]
+            if joined in ids and (best is None or scores[ids[joined]] > best[0]):
+                best = (scores[ids[joined]], k)
+        if best is None:
+            break
+        k = best[1]
+        symbols[k:k + 2] = [symbols[k] + symbols[k + 1]]
+    return [i for s in symbols for i in ([ids[s]] if s in ids else
+                                         [ids[f"<0x{b:02X}>"] for b in s.encode("utf-8")])]
+
+
+def gguf_section(pieces, scores, types=None, add_space_prefix=True, **more):
+    """A GGUF tokenizer section as gguf_file.GGUFFile.metadata gives it: <unk> <s> </s>, the 256
+    byte tokens, then `pieces` (a list, or the keys of a dict) with `scores` (the others score
+    0, as SentencePiece's do)."""
+    tokens = SPECIALS + [f"<0x{b:02X}>" for b in range(256)] + list(pieces)
+    return {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.scores": [0.0] * 259 + list(scores),
+            "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 256 + (types or [1] * len(pieces)),
+            "tokenizer.ggml.add_space_prefix": add_space_prefix,
+            "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
+            **{f"tokenizer.ggml.{k}": v for k, v in more.items()}}
+
+
+def strings(tok, text, allowed="all"):
+    return [tok.token_string(i) for i in tok.encode(text, allowed_special=allowed)]
+
+
+HAND = {  # piece: score. Not a merge order: ties, and tokens a merge list would not make
+    "▁": -9.0, "a": -9.0, "b": -9.0, "c": -9.0, "d": -9.0, "x": -9.0,
+    "cd": -1.0, "ab": -1.0, "abc": 0.5, "bc": -2.0, "▁a": -5.0, "▁x": -0.5, "xa": -0.5,
+    "<u>": -9.0}
+
+
+@pytest.mark.parametrize("text, prefix, expected", [
+    # ab and cd tie: the leftmost (ab) goes first, then abc (0.5) beats cd; with the lower id
+    # (cd) first it would be ab cd. Short words and long ones (bpe.apply_merges' heap) alike.
+    ("abcd", False, ["abc", "d"]),
+    ("abcd" * 4, False, ["abc", "d"] * 4),
+    ("cdab", False, ["cd", "ab"]),
+    # bc (-2) is below ab: ab c -> abc; "abc" is made from (a, bc) too, where bc comes first
+    ("abc", False, ["abc"]), ("bc", False, ["bc"]),
+    # ▁x and xa tie: the leftmost; "▁" then goes in front (add_space_prefix)
+    ("xa", True, ["▁x", "a"]), ("xa", False, ["xa"]), (" xa", False, ["▁x", "a"]),
+    ("a b", True, ["▁a", "▁", "b"]), ("", True, []),
+    # a character without a token: its UTF-8 bytes
+    ("é", False, ["<0xC3>", "<0xA9>"]),
+    # control tokens cut out when allowed, a "▁" after each; the user-defined one always
+    ("a<s>a", True, ["▁a", "<s>", "▁a"]), ("x<u>", False, ["x", "<u>"]),
+])
+def test_llama_cpp_rule_by_hand(text, prefix, expected):
+    types = [4 if p == "<u>" else 1 for p in HAND]
+    tok = hf_tokenizer.from_gguf(gguf_section(HAND, HAND.values(), types, prefix), "m.gguf")
+    assert strings(tok, text) == expected
+    if "<" not in text:
+        tokens = SPECIALS + [f"<0x{b:02X}>" for b in range(256)] + list(HAND)
+        scores = [0.0] * 259 + list(HAND.values())
+        assert [tok.token_string(i) for i in llama_cpp_rule(tokens, scores, text, prefix)] == \
+            expected
+
+
+def test_from_gguf_reads_the_rest_of_the_section():
+    types = [4 if p == "<u>" else 1 for p in HAND]
+    tok = hf_tokenizer.from_gguf(gguf_section(HAND, HAND.values(), types), "m.gguf")
+    assert tok.bos_added == [1] and tok.eos_added == [] and tok.unk_token == "<unk>"
+    assert set(tok.special_tokens) == {"<unk>", "<s>", "</s>"} and tok.added_tokens == {"<u>": 259 + 13}
+    assert strings(tok, "a<s>", "none") == ["▁a", "<0x3C>", "<0x73>", "<0x3E>"]  # not cut out
+    assert tok.decode(tok.encode("xa ab é")) == "xa ab é"
+    none = hf_tokenizer.from_gguf(gguf_section(HAND, HAND.values(), add_bos_token=False,
+                                               add_eos_token=True, add_space_prefix=False), "m")
+    assert none.bos_added == [] and none.eos_added == [2] and none.decode(none.encode(" a")) == " a"
+
+
+@pytest.mark.parametrize("pieces, types, message", [
+    (["ab", "b"], None, r"'ab': llama.cpp joins 'a' and 'b' into it, but 'a' is no token"),
+    (["a", "b", "ab"], [1, 1, 5], "it is unused"),
+    (["a"], [5], "unused token of one character"),
+    (["a", "a"], None, "empty or a repeated token"),
+    (["a", "<s>"], None, "empty or a repeated token"),
+])
+def test_from_gguf_refuses_what_it_cannot_encode_as_llama_cpp(pieces, types, message):
+    with pytest.raises(UserError, match=message) as e:
+        hf_tokenizer.from_gguf(gguf_section(pieces, [-1.0] * len(pieces), types), "m.gguf")
+    assert str(e.value).startswith("m.gguf: ") and "\n" not in str(e.value)
+
+
+ALPHABET_LEFT_OUT = "🙂Ω→ẞ\x00"  # characters without a token: byte fallback (llama.cpp reads
+# a token "\x00" as an empty string)
+
+
+def train_pieces(texts, n_merges):
+    """A tiny SentencePiece-style BPE trainer (characters, "▁" for spaces, words cut before
+    each "▁", the most frequent pair merged first): (characters, merges) for tokenizer_json."""
+    words = collections.Counter()
+    for text in texts:
+        for word in re.split("(?=▁)", "▁" + text.replace(" ", "▁")):
+            if word:
+                words[tuple(word)] += 1
+    chars = sorted({c for w in words for c in w})
+    merges = []
+    for _ in range(n_merges):
+        pairs = collections.Counter()
+        for w, count in words.items():
+            for pair in zip(w, w[1:]):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = max(pairs, key=lambda p: (pairs[p], p))
+        merges.append(best)
+        joined = collections.Counter()
+        for w, count in words.items():
+            out, k = [], 0
+            while k < len(w):
+                if w[k:k + 2] == best:
+                    out.append(w[k] + w[k + 1])
+                    k += 2
+                else:
+                    out.append(w[k])
+                    k += 1
+            joined[tuple(out)] += count
+        words = joined
+    return chars, merges
+
+
+@pytest.fixture(scope="module")
+def trained_spm():
+    """A SentencePiece-style tokenizer.json trained here (no reference package), as Llama 2's."""
+    corpus = [re.sub(f"[{ALPHABET_LEFT_OUT}]", "", t) for t in mixed_texts(400, seed=11)]
+    chars, merges = train_pieces(corpus, 300)
+    pieces = chars + ["".join(m) for m in merges]
+    tok = hf_tokenizer.from_hf(tokenizer_json(OLD_NORMALIZER, pieces=pieces, merges=merges))
+    tok.add_special_tokens(bpe.SPECIAL_TOKENS)
+    return tok
+
+
+def test_gguf_export_refuses_a_token_holding_a_nul():
+    tok = hf_tokenizer.from_hf(tokenizer_json(OLD_NORMALIZER, pieces=PIECES + ["\x00"]))
+    tok.add_special_tokens(bpe.SPECIAL_TOKENS)
+    with pytest.raises(UserError, match="NUL character"):
+        gguf_metadata(tok)
+
+
+def gguf_metadata(tok):
+    return {k: v for k, v, _ in hf_tokenizer.gguf_tokenizer(
+        tok, **chat_templates.export_tokens(tok, True))}
+
+
+def sentencepiece_scores(tok, seed, levels):
+    """Scores as SentencePiece's (0 for control and byte tokens, a negative score for each
+    piece), but not in the merge order: drawn from `levels` values, so many tie."""
+    rng = random.Random(seed)
+    return [0.0 if tok.is_special(i) or i < 259 else -float(rng.randrange(levels))
+            for i in range(tok.vocab_size)]
+
+
+def test_gguf_export_then_import_gives_the_same_ids(tmp_path, trained_spm):
+    """Through a real file (gguf_file's writer and reader): the same ids as the tokenizer.json
+    it came from on mixed texts, special tokens included, and the same file written again."""
+    import gguf_file
+    w = gguf_file.GGUFWriter()
+    for key, value, kind in hf_tokenizer.gguf_tokenizer(
+            trained_spm, **chat_templates.export_tokens(trained_spm, True)):
+        w.add(key, value, kind)
+    with open(tmp_path / "t.gguf", "wb") as f:
+        w.write(f)
+    metadata = gguf_file.GGUFFile(tmp_path / "t.gguf").metadata
+    back = hf_tokenizer.from_gguf(metadata, "t.gguf")
+    texts = mixed_texts(300, seed=12) + ["日本語 🙂 x**2\n\t  café", "<s>Hello</s> <|im_start|>x"]
+    for text in texts:
+        assert back.encode(text, allowed_special="all") == \
+            trained_spm.encode(text, allowed_special="all"), text
+    again = gguf_metadata(back)
+    assert again == {**metadata, "tokenizer.chat_template": again["tokenizer.chat_template"]}
+
+
+@pytest.mark.parametrize("prefix", [True, False])
+def test_sentencepiece_scores_give_llama_cpps_ids(tmp_path, trained_spm, prefix):
+    """Scores that are not a merge order, many tied: the merges rebuilt from them give the ids of
+    llama.cpp's rule on mixed texts; saved in a run directory's file and loaded, still."""
+    metadata = gguf_metadata(trained_spm)
+    scores = sentencepiece_scores(trained_spm, seed=13, levels=6)
+    metadata.update({"tokenizer.ggml.scores": scores, "tokenizer.ggml.add_space_prefix": prefix})
+    tok = hf_tokenizer.from_gguf(metadata, "m.gguf")
+    tokens = metadata["tokenizer.ggml.tokens"]
+    tok.save(tmp_path / "tokenizer.json")
+    loaded = sentencepiece_bpe.load_tokenizer(tmp_path / "tokenizer.json")
+    differ = []
+    for text in mixed_texts(300, seed=14):
+        text = text.replace("<s>", "").replace("</s>", "").replace("<unk>", "")
+        expected = llama_cpp_rule(tokens, scores, text, prefix)
+        if tok.encode(text) != expected or loaded.encode(text) != expected:
+            differ.append(text)
+    assert differ == []
+    assert gguf_metadata(loaded)["tokenizer.ggml.scores"] == scores
+
+
+@pytest.mark.parametrize("prefix", [True, False])
+def test_llama_cpp_reads_sentencepiece_scores_as_we_do(tmp_path, trained_spm, prefix):
+    """A GGUF file with SentencePiece-like scores (many tied, not a merge order), add_space_prefix
+    true and false: our import gives llama.cpp's ids on mixed texts, special tokens parsed or not."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import convert
+    import gguf_file
+    from test_convert import our_run
+    from test_gguf_import import rewrite
+    our_run(tmp_path / "run", trained_spm, "minimind")
+    convert.main([str(tmp_path / "run"), str(tmp_path / "m.gguf"), "--to", "gguf", "--type", "f32"])
+    scores = sentencepiece_scores(trained_spm, seed=15, levels=6)
+    rewrite(tmp_path / "m.gguf", tmp_path / "s.gguf", change={
+        "tokenizer.ggml.scores": (scores, "float32"),
+        "tokenizer.ggml.add_space_prefix": (prefix, "bool")})
+    tok = hf_tokenizer.from_gguf(gguf_file.GGUFFile(tmp_path / "s.gguf").metadata, "s.gguf")
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "s.gguf"), vocab_only=True, verbose=False)
+    texts = mixed_texts(300, seed=16) + ["<|im_start|>user\nHi<|im_end|>", "a<s>b</s><unk>"]
+    for special, allowed in ((True, "all"), (False, "none")):
+        differ = [t for t in texts if llm.tokenize(t.encode(), add_bos=False, special=special)
+                  != tok.encode(t, allowed_special=allowed)]
+        assert differ == [], special
+    assert llm.tokenize(b"ab", add_bos=True, special=True)[0] == 1 and tok.bos_added == [1]
+
+
+def test_the_token_cache_key_tells_apart_tokenizers_that_encode_differently(tmp_path):
+    """data.py caches token ids under a hash of the tokenizer: tokenizers that differ only in a
+    step, byte fallback, the unk token, fuse_unk, the merge order or the scores (which all give
+    the same token strings) must get different keys, and the same tokenizer loaded back the same."""
+    import data
+    swapped = MERGES[:4] + [MERGES[5], MERGES[4]] + MERGES[6:]   # ("a", "b") before ("▁", "a")
+    nofall = dict(byte_fallback=False, decoder={"type": "Fuse"})
+    variants = {"prepend": tokenizer_json(OLD_NORMALIZER),
+                "metaspace": tokenizer_json(None, metaspace("always", False), OLD_DECODER),
+                "first": tokenizer_json(None, metaspace("first", False), OLD_DECODER),
+                "swapped": tokenizer_json(OLD_NORMALIZER, merges=swapped),
+                "unk": tokenizer_json(OLD_NORMALIZER, **nofall),
+                "no unk": tokenizer_json(OLD_NORMALIZER, unk=None, **nofall),
+                "apart": tokenizer_json(OLD_NORMALIZER, fuse_unk=False, **nofall)}
+    toks = {name: hf_tokenizer.from_hf(d) for name, d in variants.items()}
+    for name, sign in (("scored", -1.0), ("rescored", 1.0)):  # the same pieces, other scores
+        toks[name] = hf_tokenizer.from_gguf(gguf_section(PIECES, [sign * i for i in
+                                                                  range(len(PIECES))]), "m")
+    texts = ["Hello", "<s>Hello", "xy日a ab", " Hello ab", "Hel lo", "aab"]
+    names = sorted(toks)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert any(toks[a].encode(t, allowed_special="all") !=
+                       toks[b].encode(t, allowed_special="all") for t in texts), (a, b)
+            assert data.tokenizer_key(toks[a]) != data.tokenizer_key(toks[b]), (a, b)
+    for name, tok in toks.items():
+        tok.save(tmp_path / "t.json")
+        assert data.tokenizer_key(sentencepiece_bpe.load_tokenizer(tmp_path / "t.json")) == \
+            data.tokenizer_key(tok), name
