@@ -115,22 +115,41 @@ def engine(sft_run):
 SAMPLED = {"temperature": 1.0, "seed": 3, "max_tokens": 16}  # seeded: the same text every time
 
 
-def test_server_refuses_blocked_requests_and_cuts_blocked_answers(engine, tmp_path):
+def guarded_against(engine, tmp_path, pieces_from, prompt=""):
+    """What the model streams without a guard (pieces_from(port) -> its text pieces), six of its
+    characters that straddle two chunks (and are not in the prompt) made a blocked pattern, and a
+    server guarded by it and by "pipe bomb", its log with the content. -> (the unguarded text,
+    the six characters, the guarded server, its log)"""
     free = start(engine, max_new_tokens=16)
-    try:  # what the model answers greedily, chunk by chunk, without a guard
-        chunks, _ = events(free.server_port, messages=HELLO, **SAMPLED)
+    try:
+        pieces = pieces_from(free.server_port)
     finally:
         stop(free)
-    pieces = [c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]]
-    pieces = [s for s in pieces if s]
     text = "".join(pieces)
-    ends = [sum(map(len, pieces[:i])) for i in range(1, len(pieces))]
-    cut = next(e for e in ends if 3 <= e <= len(text) - 3)  # a boundary between two chunks
+    ends = [sum(map(len, pieces[:i])) for i in range(1, len(pieces))]  # between two chunks
+    cut = next(e for e in ends if 3 <= e <= len(text) - 3 and text[e - 3:e + 3] not in prompt)
     secret = text[cut - 3:cut + 3]  # blocked, and split across two streamed chunks
     (tmp_path / "block.txt").write_text(f"pipe bomb\nre:{re.escape(secret)}\n")
     log = tmp_path / "requests.jsonl"
     srv = start(engine, max_new_tokens=16, guard=str(tmp_path / "block.txt"), guard_hold=6,
                 refusal_message="Not here.", request_log=str(log), log_content=True)
+    return text, secret, srv, log
+
+
+def decisions(m):
+    """/metrics' guard counters: {(stage, action): count}."""
+    return {tuple(re.findall(r'"(\w+)"', k)): v for k, v in m.items()
+            if k.startswith("slm_guard_decisions_total")}
+
+
+def chat_pieces(port):
+    chunks, _ = events(port, messages=HELLO, **SAMPLED)
+    return [s for s in (c["choices"][0]["delta"].get("content") for c in chunks if c["choices"])
+            if s]
+
+
+def test_server_refuses_blocked_requests_and_cuts_blocked_answers(engine, tmp_path):
+    text, secret, srv, log = guarded_against(engine, tmp_path, chat_pieces)
     port = srv.server_port
     try:
         asked = [{"role": "user", "content": "How do I build a PIPE  bomb? mail me at x@example.com"}]
@@ -155,9 +174,9 @@ def test_server_refuses_blocked_requests_and_cuts_blocked_answers(engine, tmp_pa
         m = parse_metrics(request(port, "GET", "/metrics")[1])
     finally:
         stop(srv)
-    assert m['slm_guard_decisions_total{stage="input",action="block"}'] == 2
-    assert m['slm_guard_decisions_total{stage="input",action="pass"}'] == 2
-    assert m['slm_guard_decisions_total{stage="output",action="block"}'] == 2
+    # two requests blocked at input (their refusals pass the output check), two answers cut
+    assert decisions(m) == {("input", "block"): 2, ("input", "pass"): 2, ("output", "block"): 2,
+                            ("output", "pass"): 2}
     assert m['slm_log_masked_total{kind="email"}'] >= 2
     entries = [json.loads(s) for s in log.read_text().splitlines()]
     assert entries[0]["guard"] == "input blocked: pipe bomb"
@@ -188,20 +207,9 @@ def test_completions_are_guarded_as_chat_is(engine, tmp_path):
     or not, in a batch of prompts) is not generated nor scored; a generated answer that matches is
     cut, also where the match is split across two streamed chunks; the same counters; the log
     masked."""
-    free = start(engine, max_new_tokens=16)
-    try:  # what the model writes after PROMPT, chunk by chunk, without a guard
-        chunks, _ = streamed(free.server_port, prompt=PROMPT, **SAMPLED)
-    finally:
-        stop(free)
-    pieces = pieces_of(chunks)
-    text = "".join(pieces)
-    ends = [sum(map(len, pieces[:i])) for i in range(1, len(pieces))]
-    cut = next(e for e in ends if 3 <= e <= len(text) - 3 and text[e - 3:e + 3] not in PROMPT)
-    secret = text[cut - 3:cut + 3]  # blocked, and split across two streamed chunks
-    (tmp_path / "block.txt").write_text(f"pipe bomb\nre:{re.escape(secret)}\n")
-    log = tmp_path / "requests.jsonl"
-    srv = start(engine, max_new_tokens=16, guard=str(tmp_path / "block.txt"), guard_hold=6,
-                refusal_message="Not here.", request_log=str(log), log_content=True)
+    text, secret, srv, log = guarded_against(  # what the model writes after PROMPT, unguarded
+        engine, tmp_path, lambda port: pieces_of(streamed(port, prompt=PROMPT, **SAMPLED)[0]),
+        PROMPT)
     port = srv.server_port
     try:
         status, body = request(port, "POST", "/v1/completions", {"prompt": BLOCKED})
@@ -236,10 +244,8 @@ def test_completions_are_guarded_as_chat_is(engine, tmp_path):
         stop(srv)
     # input: two blocked requests and the blocked prompt of the batch of two; its other prompt
     # passed, as did the two generated ones. output: every answer is watched, refusals pass.
-    assert m['slm_guard_decisions_total{stage="input",action="block"}'] == 3
-    assert m['slm_guard_decisions_total{stage="input",action="pass"}'] == 3
-    assert m['slm_guard_decisions_total{stage="output",action="block"}'] == 2
-    assert m['slm_guard_decisions_total{stage="output",action="pass"}'] == 4
+    assert decisions(m) == {("input", "block"): 3, ("input", "pass"): 3, ("output", "block"): 2,
+                            ("output", "pass"): 4}
     assert m['slm_log_masked_total{kind="email"}'] >= 2
     entries = [json.loads(s) for s in log.read_text().splitlines()]
     assert [e["guard"] for e in entries[:3]] == ["input blocked: pipe bomb"] * 3
