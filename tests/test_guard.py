@@ -262,14 +262,16 @@ def test_the_openai_client_gets_the_refusal_from_completions(engine, tmp_path):
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{srv.server_port}/v1", api_key="none")
         reply = client.completions.create(model="sft", prompt=BLOCKED, max_tokens=4)
-        streamed = list(client.completions.create(model="sft", prompt=BLOCKED, stream=True))
+        streamed = list(client.completions.create(model="sft", prompt=BLOCKED, stream=True,
+                                                  stream_options={"include_usage": True}))
         fine = client.completions.create(model="sft", prompt=PROMPT, max_tokens=4, temperature=0)
     finally:
         stop(srv)
     assert reply.object == "text_completion" and reply.choices[0].text == "Not here."
     assert reply.choices[0].finish_reason == "content_filter" and reply.usage.completion_tokens == 0
-    assert "".join(c.choices[0].text for c in streamed) == "Not here."
-    assert streamed[-1].choices[0].finish_reason == "content_filter"
+    assert "".join(c.choices[0].text for c in streamed[:-1]) == "Not here."
+    assert streamed[-2].choices[0].finish_reason == "content_filter"
+    assert not streamed[-1].choices and streamed[-1].usage.completion_tokens == 0  # include_usage
     assert fine.choices[0].finish_reason in ("stop", "length") and fine.usage.completion_tokens
 
 
