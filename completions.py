@@ -2,7 +2,9 @@
 request checked, the log-probabilities of a prompt's own tokens, and the `logprobs` object as
 OpenAI returns it. This is what lm-evaluation-harness's `local-completions` model calls: with
 `echo` and `logprobs` it reads the log-likelihood of every prompt token, which is all a
-multiple-choice benchmark needs; without them it is plain text generation.
+multiple-choice benchmark needs; without them it is plain text generation, whole or streamed.
+serve.py passes every prompt and answer through its guard as on chat completions (guard.py): a
+choice the guard stopped has finish_reason "content_filter" and no logprobs.
 
     POST /v1/completions {"prompt": "The capital of France is", "max_tokens": 0, "echo": true,
                           "logprobs": 5}
@@ -49,10 +51,11 @@ def prompts_of(body, tok):
 
 def check(body):
     """echo, and logprobs (how many alternatives per token, OpenAI allows 0 to 5; None: no
-    logprobs object at all). Streaming is for chat completions only."""
-    if body.get("stream"):
-        raise BadRequest("'stream' is not supported on /v1/completions", "stream")
+    logprobs object at all). A streamed answer is text only: its logprobs are not sent."""
     echo, logprobs = body.get("echo", False), body.get("logprobs")
+    if body.get("stream") is True and logprobs is not None:
+        raise BadRequest("'logprobs' is not supported with 'stream' on /v1/completions",
+                         "logprobs")
     if not isinstance(echo, bool):
         raise BadRequest("'echo' must be true or false", "echo")
     if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
@@ -72,15 +75,22 @@ def answer_ids(engine, generated, text):
 
 def choice(engine, index, ids, new, text, finish, echo, top, lock):
     """One entry of the response's choices: the text (after the prompt's own, with echo) and,
-    when logprobs were asked for, the logprobs of the prompt (with echo) and of the answer."""
+    when logprobs were asked for, the logprobs of the prompt (with echo) and of the answer. None
+    where the guard stopped the choice: scores would tell what it held back."""
     logprobs = None
-    if top is not None:
+    if top is not None and finish != "content_filter":
         with lock:  # one scoring pass at a time, beside the batch
             chosen, alternatives = token_logprobs(engine.model, ids + new, top, engine.device)
         logprobs = logprobs_object(engine.tok, ids + new, chosen, alternatives,
                                    0 if echo else len(ids))
     return {"text": (engine.tok.decode(ids) if echo else "") + text, "index": index,
             "logprobs": logprobs, "finish_reason": finish}
+
+
+def chunk(head, index, text, finish=None):
+    """One event of a streamed completion: a piece of choice `index`'s text, or its end."""
+    return dict(head, choices=[{"text": text, "index": index, "logprobs": None,
+                                "finish_reason": finish}])
 
 
 @torch.no_grad()

@@ -8,9 +8,10 @@ private data (e-mail addresses, phone and card numbers, keys) masked whatever --
 
 A blocklist file holds one entry a line: a word or phrase, matched whole and case-insensitively
 ("pipe bomb" matches "Pipe  Bomb" but "bomb" does not match "bombastic"), or `re:PATTERN`, a
-Python regular expression; blank lines and `# comments` are skipped. A request whose messages
-match is not generated: the answer is the refusal message, finish_reason "content_filter". An
-answer that matches is cut there: the refusal message follows what was already sent.
+Python regular expression; blank lines and `# comments` are skipped. Both routes are guarded
+alike: a chat request whose messages match, or a /v1/completions prompt that matches, is not
+generated: the answer is the refusal message, finish_reason "content_filter". An answer that
+matches is cut there: the refusal message follows what was already sent.
 
 Streaming: a phrase may arrive split across chunks ("pipe b" + "omb"). The guard sends only text
 that no later text can complete into a match: it holds back the last H characters, H being the
@@ -111,23 +112,26 @@ class Policy:
 
 
 class Guard:
-    """The policy, the refusal message and the counters: serve.py asks it about every request
-    (blocks_input) and passes every answer through it (watch)."""
+    """The policy, the refusal message and the counters: serve.py asks it about every prompt of
+    both routes (blocks_input) and passes every answer through it (watch)."""
 
     def __init__(self, policy, refusal, metrics):
         self.policy, self.refusal, self.metrics = policy, refusal, metrics
 
     def decide(self, stage, hit, entry):
         self.metrics.guard_decision(stage, "block" if hit else "pass")
-        if hit:
-            entry["guard"] = f"{stage} blocked: {hit[0]}"
+        if hit:  # a request of several prompts (/v1/completions) may have several reasons
+            reason = f"{stage} blocked: {hit[0]}"
+            entry["guard"] = f"{entry['guard']}; {reason}" if "guard" in entry else reason
         return bool(hit)
 
-    def blocks_input(self, messages, entry):
-        """Does any message match? (Counted; the log entry says which rule.)"""
+    def blocks_input(self, prompt, entry):
+        """Does the prompt match: a chat request's messages, or a completion's prompt text?
+        (Counted; the log entry says which rule.)"""
         if not self.policy.rules:
             return False
-        text = "\n".join(m["content"] for m in messages if isinstance(m.get("content"), str))
+        text = prompt if isinstance(prompt, str) else "\n".join(
+            m["content"] for m in prompt if isinstance(m.get("content"), str))
         return self.decide("input", self.policy.search(text), entry)
 
     def watch(self, answer, entry):
@@ -195,7 +199,8 @@ KEEP = ("time", "client")  # operational fields, never content (an IPv4 address 
 
 class RequestLog:
     """One JSON object per line and request: time, client, path, status, tokens, latency and time
-    to first token. The conversation itself only with --log-content: it may be private. Every
+    to first token. The conversation itself (messages or prompt, and answer) only with
+    --log-content: it may be private. Every
     string written goes through pii.redact first, whatever --log-content says (an error message or
     a guard's reason can quote the request too); metrics counts what was masked."""
 
@@ -220,7 +225,7 @@ class RequestLog:
         if not self.where:
             return
         if not self.content:
-            entry = {k: v for k, v in entry.items() if k not in ("messages", "answer")}
+            entry = {k: v for k, v in entry.items() if k not in ("messages", "prompt", "answer")}
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
         line = json.dumps({"time": now, **self.mask(entry)}) + "\n"
         with self.lock:

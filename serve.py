@@ -483,20 +483,13 @@ class Handler(BaseHTTPRequestHandler):
     def complete(self, req):
         """Answer a checked request: its prompt joins the batch; the answer goes back whole, or as
         events while it is written."""
-        app = self.server.app
-        engine = app.engine
+        engine = self.server.app.engine
         ids = engine.prompt_ids(req["messages"])
         self.entry.update(prompt_tokens=len(ids), stream=req["stream"], messages=req["messages"])
         if len(ids) >= engine.context:
             raise ApiError(400, f"the prompt is {len(ids)} tokens; this model's context is "
                                 f"{engine.context}", "messages", "context_length_exceeded")
-        if app.guard.blocks_input(req["messages"], self.entry):  # not generated at all
-            job, answer = None, guard.Refused(app.guard.refusal, ids)
-        else:
-            job = app.batcher.submit(ids, req["max_tokens"], make_generator(engine, req["seed"]),
-                                     req["sampling"])
-            answer = Answer(engine, ids, req["max_tokens"], stop=req["stop"], tokens=job.tokens())
-        answer = app.guard.watch(answer, self.entry)  # the answer checked on its way out
+        job, answer = self.answer(ids, req["messages"], req)
         try:
             if req["stream"]:
                 self.stream(answer, req["include_usage"])
@@ -506,15 +499,36 @@ class Handler(BaseHTTPRequestHandler):
                     "index": 0, "message": {"role": "assistant", "content": text},
                     "finish_reason": answer.finish_reason, "logprobs": None}], usage=usage(answer)))
         finally:
-            if job:  # however this ended, the batch need not go on with it
-                job.cancelled = True
-            ttft = job and job.first_token_at and round(job.first_token_at - job.submitted, 4)
-            self.entry.update(completion_tokens=answer.n_tokens, finish_reason=answer.finish_reason,
-                              ttft_s=ttft, answer=answer.text)
+            self.settle(job, answer)
+            self.entry["answer"] = answer.text
+
+    def answer(self, ids, prompt, req):
+        """One prompt's answer, as both routes get it: the prompt (chat messages, or a completion's
+        text) checked by the guard first, then generated in the batch (unless blocked, or
+        max_tokens is 0), the answer checked on its way out. -> (its job, or None; the answer)"""
+        app, engine, job = self.server.app, self.server.app.engine, None
+        if app.guard.blocks_input(prompt, self.entry):  # not generated at all
+            return None, app.guard.watch(guard.Refused(app.guard.refusal, ids), self.entry)
+        if req["max_tokens"]:
+            job = app.batcher.submit(ids, req["max_tokens"], make_generator(engine, req["seed"]),
+                                     req["sampling"])
+        tokens = job.tokens() if job else (t for t in ())  # max_tokens 0: nothing to generate
+        answer = Answer(engine, ids, req["max_tokens"], stop=req["stop"], tokens=tokens)
+        return job, app.guard.watch(answer, self.entry)
+
+    def settle(self, job, answer):
+        """However an answer ended: the batch need not go on with it; its figures in the log."""
+        if job:
+            job.cancelled = True
+        e, t = self.entry, job and job.first_token_at
+        ttft = t and round(t - job.submitted, 4)
+        e.update(completion_tokens=e.get("completion_tokens", 0) + answer.n_tokens,
+                 finish_reason=answer.finish_reason, ttft_s=e.get("ttft_s") or ttft)
 
     def text_complete(self, body):
-        """POST /v1/completions (completions.py): each prompt (one choice each) joins the batch as
-        a chat request does (max_tokens 0: nothing); with logprobs, one pass scores it."""
+        """POST /v1/completions (completions.py): each prompt (one choice each, in turn) is
+        answered as a chat request is, through self.answer and the guard (max_tokens 0: nothing
+        generated); with logprobs, one pass scores it. Streamed: each choice's text as events."""
         app, engine = self.server.app, self.server.app.engine
         try:  # the checks chat completions share (stop, temperature, seed ...) read the same fields
             req = parse_request({"messages": [{"role": "user", "content": ""}], **body}
@@ -522,30 +536,38 @@ class Handler(BaseHTTPRequestHandler):
             prompts, (echo, top) = completions.prompts_of(body, engine.tok), completions.check(body)
         except completions.BadRequest as e:
             raise ApiError(400, str(e), e.param, "invalid_value")
-        choices, self.entry["prompt_tokens"], self.entry["completion_tokens"] = [], 0, 0
-        for index, ids in enumerate(prompts):
-            if req["max_tokens"] and len(ids) >= engine.context:
-                raise ApiError(400, f"the prompt is {len(ids)} tokens; this model's context is "
-                                    f"{engine.context}", "prompt", "context_length_exceeded")
-            text, new, finish = "", [], "length"
-            if req["max_tokens"]:
-                job = app.batcher.submit(ids, req["max_tokens"],
-                                         make_generator(engine, req["seed"]), req["sampling"])
-                answer = Answer(engine, ids, req["max_tokens"], stop=req["stop"],
-                                tokens=job.tokens())
-                try:
-                    text, finish = "".join(answer.stream()), answer.finish_reason
-                finally:
-                    job.cancelled = True
-                new = completions.answer_ids(engine, job.history[len(ids):], text)
-                self.entry["completion_tokens"] += answer.n_tokens
-            choices.append(completions.choice(engine, index, ids, new, text, finish, echo, top,
-                                              app.scoring))
-            self.entry["prompt_tokens"] += len(ids)
+        if req["max_tokens"] and max(map(len, prompts)) >= engine.context:
+            raise ApiError(400, f"the prompt is {max(map(len, prompts))} tokens; this model's "
+                                f"context is {engine.context}", "prompt", "context_length_exceeded")
+        texts = [engine.tok.decode(ids) for ids in prompts]  # what the guard reads, and the log
+        self.entry.update(prompt_tokens=sum(map(len, prompts)), stream=req["stream"],
+                          prompt=texts, answer=[])
+        head, choices = self.head("text_completion"), []
+        if req["stream"]:
+            self.respond(200, "text/event-stream", headers=[("Cache-Control", "no-cache")])
+        for i, ids in enumerate(prompts):
+            job, answer = self.answer(ids, texts[i], req)
+            try:
+                if req["stream"]:
+                    if echo:
+                        self.event(completions.chunk(head, i, texts[i]))
+                    self.send_pieces(answer, lambda piece: completions.chunk(head, i, piece))
+                    self.event(completions.chunk(head, i, "", answer.finish_reason))
+                else:
+                    text = "".join(answer.stream())
+            finally:
+                self.settle(job, answer)
+                self.entry["answer"].append(answer.text)
+            if not req["stream"]:
+                new = completions.answer_ids(engine, job.history[len(ids):], text) if job else []
+                choices.append(completions.choice(engine, i, ids, new, text,
+                                                  answer.finish_reason, echo, top, app.scoring))
         n, m = self.entry["prompt_tokens"], self.entry["completion_tokens"]
-        self.entry.update(finish_reason=finish, answer=[c["text"] for c in choices])
-        self.send_json(200, dict(self.head("text_completion"), choices=choices, usage={
-            "prompt_tokens": n, "completion_tokens": m, "total_tokens": n + m}))
+        counts = {"prompt_tokens": n, "completion_tokens": m, "total_tokens": n + m}
+        if req["stream"]:
+            self.end_stream(head, req["include_usage"] and counts)
+        else:
+            self.send_json(200, dict(head, choices=choices, usage=counts))
 
     def head(self, kind):
         return {"id": "chatcmpl-" + uuid.uuid4().hex, "object": kind, "created": int(time.time()),
@@ -557,22 +579,31 @@ class Handler(BaseHTTPRequestHandler):
         self.respond(200, "text/event-stream", headers=[("Cache-Control", "no-cache")])
         top = self.head("chat.completion.chunk")  # one id for every chunk of this answer
 
-        def event(delta, finish_reason=None):
-            chunk = dict(top, choices=[{"index": 0, "delta": delta, "finish_reason": finish_reason,
-                                        "logprobs": None}])
-            self.wfile.write(b"data: " + json.dumps(chunk).encode("utf-8") + b"\n\n")
+        def chunk(delta, finish_reason=None):
+            return dict(top, choices=[{"index": 0, "delta": delta, "finish_reason": finish_reason,
+                                       "logprobs": None}])
 
-        event({"role": "assistant", "content": ""})
+        self.event(chunk({"role": "assistant", "content": ""}))
+        self.send_pieces(answer, lambda piece: chunk({"content": piece}))
+        self.event(chunk({}, answer.finish_reason))
+        self.end_stream(top, include_usage and usage(answer))
+
+    def event(self, chunk):
+        self.wfile.write(b"data: " + json.dumps(chunk).encode("utf-8") + b"\n\n")
+
+    def send_pieces(self, answer, chunk):
+        """An event chunk(piece) for each piece of the answer (both routes); the answer's stream
+        is closed however this ends (a client that left: its row in the batch is freed)."""
         pieces = answer.stream()
         try:
             for piece in pieces:
-                event({"content": piece})
+                self.event(chunk(piece))
         finally:
             pieces.close()
-        event({}, answer.finish_reason)
-        if include_usage:
-            last = dict(top, choices=[], usage=usage(answer))
-            self.wfile.write(b"data: " + json.dumps(last).encode("utf-8") + b"\n\n")
+
+    def end_stream(self, top, counts):
+        if counts:  # stream_options.include_usage: a last chunk with no choices, the usage
+            self.event(dict(top, choices=[], usage=counts))
         self.wfile.write(b"data: [DONE]\n\n")
 
 

@@ -581,7 +581,8 @@ def test_completions_generate_with_logprobs_and_stop(server):
     ({"prompt": 3}, "prompt"), ({"prompt": []}, "prompt"), ({"prompt": [1, "a"]}, "prompt"),
     ({"prompt": [10**9]}, "prompt"), ({"prompt": "hi", "logprobs": 9}, "logprobs"),
     ({"prompt": "hi", "echo": "yes"}, "echo"), ({"prompt": "hi", "max_tokens": -1}, "max_tokens"),
-    ({"prompt": "hi", "stream": True}, "stream"), ({"prompt": "hi", "temperature": 5}, "temperature"),
+    ({"prompt": "hi", "stream": True, "logprobs": 1}, "logprobs"), ({"prompt": "hi", "stream": 1}, "stream"),
+    ({"prompt": "hi", "temperature": 5}, "temperature"),
     ({"prompt": "word " * 300, "max_tokens": 2}, "prompt")])
 def test_completions_refuse_bad_requests_with_an_openai_error(server, body, param):
     status, text = request(server["port"], "POST", "/v1/completions", body)
