@@ -570,7 +570,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(200, dict(head, choices=choices, usage=counts))
 
     def head(self, kind):
-        return {"id": "chatcmpl-" + uuid.uuid4().hex, "object": kind, "created": int(time.time()),
+        prefix = "chatcmpl-" if kind.startswith("chat") else "cmpl-"   # as OpenAI names them
+        return {"id": prefix + uuid.uuid4().hex, "object": kind, "created": int(time.time()),
                 "model": self.server.app.engine.name}
 
     def stream(self, answer, include_usage):
@@ -658,8 +659,8 @@ def serve(engine, cfg):
     except OSError as e:
         raise UserError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}")
     url = f"http://{cfg.host}:{server.server_port}/v1"
-    print(f"{engine.describe()}\nserving on {url}  (POST /chat/completions, GET /models, "
-          f"GET /health, GET /metrics; up to {cfg.max_batch} requests decoded together, "
+    print(f"{engine.describe()}\nserving on {url}  (POST /chat/completions, POST /completions, "
+          f"GET /models, GET /health, GET /metrics; up to {cfg.max_batch} requests decoded together, "
           f"{cfg.max_queue} waiting; "
           f"{'API key required' if cfg.api_key else 'no API key'}; Ctrl-C stops)", flush=True)
     try:
