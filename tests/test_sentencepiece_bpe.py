@@ -625,3 +625,87 @@ def test_the_token_cache_key_tells_apart_tokenizers_that_encode_differently(tmp_
         tok.save(tmp_path / "t.json")
         assert data.tokenizer_key(sentencepiece_bpe.load_tokenizer(tmp_path / "t.json")) == \
             data.tokenizer_key(tok), name
+
+
+# ---- end to end: a Llama-2-style release (SentencePiece tokenizer, [INST] template) ------------
+LETTERS = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz.!?'," if c not in PIECES]
+QA = [("What is the capital of France?", "Paris."), ("Name a primary colour.", "Red."),
+      ("What is two plus two?", "Four."), ("Say hello.", "Hello!")]
+
+
+@pytest.fixture(scope="module")
+def llama2_sft(tmp_path_factory):
+    """A tiny LlamaForCausalLM with a SentencePiece-style tokenizer.json and Llama 2's chat
+    template, imported by convert.py, then fine-tuned by sft.py until it answers four questions."""
+    import convert
+    import rundir
+    import safetensors_file
+    import sft
+    from test_chat_templates import jinja
+    from test_convert import FAMILIES, release_tensors
+    d = tmp_path_factory.mktemp("llama2")
+    spec = tokenizer_json(OLD_NORMALIZER, pieces=PIECES + LETTERS)
+    config = dict(FAMILIES["llama"], vocab_size=len(spec["model"]["vocab"]))
+    (d / "release").mkdir()
+    (d / "release" / "config.json").write_text(json.dumps(config))
+    (d / "release" / "tokenizer.json").write_text(json.dumps(spec))
+    (d / "release" / "tokenizer_config.json").write_text(json.dumps(
+        {"chat_template": jinja("Llama-2-7b-chat-hf"), "bos_token": "<s>", "eos_token": "</s>"}))
+    tensors = release_tensors("llama", config, config["vocab_size"])
+    rundir.atomic_write(d / "release" / "model.safetensors",
+                        lambda f: safetensors_file.write_safetensors(f, tensors))
+    convert.main([str(d / "release"), str(d / "imported")])
+    lines = [{"conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+             for q, a in QA] * 10
+    (d / "chats.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    sft.main(["--init", str(d / "imported"), "--data", str(d / "chats.jsonl"), "--out-dir",
+              str(d / "sft"), "--max-steps", "60", "--batch-size", "8", "--lr", "1e-2",
+              "--warmup-steps", "5", "--eval-exact", "0", "--eval-heldout", "2", "--dtype", "fp32"])
+    return d
+
+
+def test_sft_from_a_llama2_style_release_ends_its_turn_and_exports(llama2_sft):
+    import convert
+    import gguf_file
+    import rundir
+    from test_chat_templates import chat_answer, jinja
+    tok = rundir.load_tokenizer(llama2_sft / "sft")
+    assert isinstance(tok, sentencepiece_bpe.SentencePieceTokenizer)
+    assert tok.chat_template.family == "llama2"
+    eos = tok.special_tokens["</s>"]
+    for question, answer in QA:
+        out, engine = chat_answer(llama2_sft / "sft", question)
+        assert engine.prompt_ids([{"role": "user", "content": question}])[:1] == [1]   # <s>
+        assert out[-1] == eos and tok.decode(out[:-1]).strip() == answer, tok.decode(out)
+    convert.main([str(llama2_sft / "sft"), str(llama2_sft / "m.gguf"), "--to", "gguf",
+                  "--type", "f32"])
+    meta = gguf_file.GGUFFile(llama2_sft / "m.gguf").metadata
+    assert meta["tokenizer.ggml.model"] == "llama"
+    assert meta["tokenizer.ggml.eos_token_id"] == eos
+    assert meta["tokenizer.chat_template"] == jinja("Llama-2-7b-chat-hf")
+    back = hf_tokenizer.from_gguf(meta, "m.gguf")   # the GGUF's tokenizer reads back the same
+    texts = [q for q, _ in QA] + mixed_texts(100, seed=9)
+    assert [back.encode(t, allowed_special="none") for t in texts] == [
+        tok.encode(t, allowed_special="none") for t in texts]
+    modelfile = (llama2_sft / "Modelfile").read_text()
+    assert "[INST]" in modelfile and 'PARAMETER stop "</s>"' in modelfile
+
+
+def test_llama_cpp_answers_the_llama2_style_run_as_chat_py(llama2_sft):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import rundir
+    from test_chat_templates import chat_answer
+    if not (llama2_sft / "m.gguf").exists():
+        pytest.skip("the export test did not run")
+    llm = llama_cpp.Llama(model_path=str(llama2_sft / "m.gguf"), n_ctx=128, n_threads=1,
+                          verbose=False)
+    tok = rundir.load_tokenizer(llama2_sft / "sft")
+    for question, _ in QA:
+        ours, engine = chat_answer(llama2_sft / "sft", question)
+        reply = llm.create_chat_completion([{"role": "user", "content": question}],
+                                           temperature=0.0, top_k=1, top_p=1.0,
+                                           repeat_penalty=1.0, max_tokens=24)
+        choice = reply["choices"][0]
+        assert choice["finish_reason"] == "stop"
+        assert choice["message"]["content"].strip() == tok.decode(ours[:-1]).strip()
+    llm.close()
