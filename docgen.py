@@ -384,7 +384,7 @@ def propose(engine, item, max_new_tokens):
 class EvalConfig:
     run_dirs: list = option([], "run directories to evaluate", positional="*")
     data: str = option("data/docgen", "the folder `docgen.py data` wrote")
-    limit: int = option(0, "held-out pairs evaluated, at most (0: all)")
+    limit: int = option(0, "held-out pairs evaluated, at most, every k-th (0: all)")
     max_new_tokens: int = option(48, "longest generated summary, in tokens")
     examples: int = option(6, "generated summaries shown beside the real ones in the report")
     device: str = option("cpu", "cpu | cuda | mps")
@@ -398,7 +398,7 @@ def evaluate(cfg):
         raise UserError("--limit must not be negative, --max-new-tokens at least 1")
     train_items = read_pairs(Path(cfg.data) / "train.jsonl")
     test = read_pairs(Path(cfg.data) / "test.jsonl")
-    test = test[:cfg.limit] if cfg.limit else test
+    test = test[::max(1, -(-len(test) // cfg.limit))] if cfg.limit else test   # spread out
     truth = [it["summary"] for it in test]
     nearest = NearestSummary(train_items)
     answers = {"baseline: name as a sentence": [name_sentence(it["name"]) for it in test],
