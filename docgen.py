@@ -4,11 +4,11 @@ deployed, measured assistant (book chapter 12, "Production Projects").
     python docgen.py data --run out/pretrain       # stdlib -> data/docgen/{train,test}.jsonl
     python docgen.py sft --init out/pretrain --max-steps 300    # sft.py on them -> out/docgen
     python docgen.py evaluate out/pretrain out/docgen    # ROUGE-L, BLEU, two baselines
-    python docgen.py document my_code.py --run out/docgen     # docstrings for what has none
-    python docgen.py document my_code.py --write my_code_documented.py --run out/docgen
+    python docgen.py document my_code.py --run out/docgen  # for what has none (--write OUT: a copy)
     python docgen.py document my_code.py --server http://127.0.0.1:8000   # via serve.py
-    python docgen.py sft --init out/smollm2 --preset cpu-lora --out-dir out/docgen-smollm2
-                                     # a released model (convert.py imports it), with LoRA
+    python docgen.py data --run out/smollm2 --seq-len 256 --out data/docgen-smollm2   # a release
+    python docgen.py sft --init out/smollm2 --preset cpu-lora --out-dir out/docgen-smollm2 \\
+        --data data/docgen-smollm2/train.jsonl      # (convert.py imports it), with LoRA
 
 Every Python installation ships the standard library's source: about 18,000 functions and
 classes, 7,800 with a docstring a person wrote. The task: given a definition's code without
@@ -384,7 +384,7 @@ def propose(engine, item, max_new_tokens):
 class EvalConfig:
     run_dirs: list = option([], "run directories to evaluate", positional="*")
     data: str = option("data/docgen", "the folder `docgen.py data` wrote")
-    limit: int = option(0, "held-out pairs evaluated, at most (0: all)")
+    limit: int = option(0, "held-out pairs evaluated, at most, every k-th (0: all)")
     max_new_tokens: int = option(48, "longest generated summary, in tokens")
     examples: int = option(6, "generated summaries shown beside the real ones in the report")
     device: str = option("cpu", "cpu | cuda | mps")
@@ -398,7 +398,7 @@ def evaluate(cfg):
         raise UserError("--limit must not be negative, --max-new-tokens at least 1")
     train_items = read_pairs(Path(cfg.data) / "train.jsonl")
     test = read_pairs(Path(cfg.data) / "test.jsonl")
-    test = test[:cfg.limit] if cfg.limit else test
+    test = test[::max(1, -(-len(test) // cfg.limit))] if cfg.limit else test   # spread out
     truth = [it["summary"] for it in test]
     nearest = NearestSummary(train_items)
     answers = {"baseline: name as a sentence": [name_sentence(it["name"]) for it in test],

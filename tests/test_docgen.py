@@ -21,13 +21,17 @@ import pytest
 import torch
 
 import chat
+import convert
 import docgen
+import lora
 import minimind
 import rundir
 import serve
 import text_overlap
 from bpe import Tokenizer
 from rundir import UserError, run_cli
+from test_chat_templates import jinja
+from test_convert import FAMILIES, write_release
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -541,3 +545,76 @@ def test_each_mistake_is_named_on_one_line(tmp_path, capsys, sft_run):
         err = error_of(capsys, *args)
         assert err.startswith("error: ") and err.count("\n") == 1 and text in err, err
     assert (tmp_path / "mine.py").read_text() == USER_FILE
+
+
+# ---------------------------------------------------------------------------------------------
+# From an imported release, with LoRA (docgen.md: "From a released model with LoRA")
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def imported_smollm(corpus, tmp_path_factory):
+    """A tiny Llama-family release with SmolLM2's pre-tokenizer and its real chat template
+    (a default system message), imported by convert.py as a user imports one."""
+    d = tmp_path_factory.mktemp("release")
+    write_release(d / "rel", "llama", Tokenizer.load(corpus / "tok.json"), style="smollm",
+                  template=jinja("SmolLM2-135M-Instruct"),
+                  config=dict(FAMILIES["llama"], max_position_embeddings=1024))
+    convert.main([str(d / "rel"), str(d / "imp")])
+    return d / "imp"
+
+
+def conversation_lengths(run, items):
+    tok = rundir.load_run(run)[1]
+    return [len(docgen.sft.render_chat(tok, docgen.messages_of(it))[0]) for it in items]
+
+
+def test_data_from_an_imported_release_counts_its_tokens_and_template(tiny_stdlib, tmp_path,
+                                                                      imported_smollm,
+                                                                      pretrained_run):
+    every = sum(build(tiny_stdlib, tmp_path / "all", imported_smollm).values(), [])
+    ids = docgen.sft.render_chat(rundir.load_run(imported_smollm)[1],
+                                 docgen.messages_of(every[0]))[0]
+    text = rundir.load_run(imported_smollm)[1].decode(ids)
+    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    ours, theirs = (conversation_lengths(r, every) for r in (imported_smollm, pretrained_run))
+    limit = sorted(ours)[len(ours) // 2]
+    docgen.main(map(str, ["data", "--run", imported_smollm, "--stdlib", tiny_stdlib, "--out",
+                          tmp_path / "d", "--seq-len", limit - 1, "--test-percent", 50]))
+    kept = [json.loads(line)["name"] for split in ("train", "test")
+            for line in (tmp_path / "d" / f"{split}.jsonl").read_text().splitlines()]
+    # kept: what fits in the release's tokens, its system message included; not in ours
+    assert sorted(kept) == sorted(it["name"] for it, n in zip(every, ours) if n <= limit)
+    assert sorted(kept) != sorted(it["name"] for it, n in zip(every, theirs) if n <= limit)
+    assert f"--run {imported_smollm}" in (tmp_path / "d" / "datacard.md").read_text()
+
+
+def test_lora_sft_from_an_imported_release_trains_only_adapters(tiny_stdlib, tmp_path,
+                                                                imported_smollm, capsys):
+    build(tiny_stdlib, tmp_path / "d", imported_smollm, test_percent=0)
+    (tmp_path / "d" / "test.jsonl").write_text((tmp_path / "d" / "train.jsonl").read_text())
+    out = tmp_path / "lora"
+    docgen.main(map(str, ["sft", "--init", imported_smollm, "--preset", "cpu-lora", "--data",
+                          tmp_path / "d" / "train.jsonl", "--out-dir", out, "--max-steps", 3,
+                          "--batch-size", 2, "--eval-heldout", 2, "--save-adapter"]))
+    assert "parameters train" in capsys.readouterr().out
+    payload, base = rundir.read_model_file(out), rundir.read_model_file(imported_smollm)
+    assert payload["lora"]["rank"] == 16 and payload["base"]["run"] == str(imported_smollm)
+    # the adapter file holds A and B of each adapted layer, nothing of the base
+    adapter = torch.load(out / "adapter.pt", weights_only=True)["weights"]
+    assert adapter and all(k.endswith((".lora_A", ".lora_B")) for k in adapter)
+    # norms and embeddings are the release's to the bit; each adapted weight moved by B A alone
+    merged = lora.apply_adapter(rundir.load_run(imported_smollm)[0], out / "adapter.pt")
+    changed = []
+    for name, w in payload["model"].items():
+        if f"{name.removesuffix('.weight')}.lora_A" not in adapter:
+            assert torch.equal(w, base["model"][name]), name
+        else:
+            changed.append(not torch.equal(w, base["model"][name]))
+        assert torch.allclose(w, merged.state_dict()[name], atol=1e-6), name
+    assert changed and all(changed)
+    report = docgen.evaluate(docgen.EvalConfig(run_dirs=[str(imported_smollm), str(out)],
+                                               data=str(tmp_path / "d"), max_new_tokens=3,
+                                               limit=3, examples=1))
+    assert report["pairs"] == 3 and report["too_long_for_the_context"] == {
+        str(imported_smollm): 0, str(out): 0}
+    assert json.loads((out / "docgen.json").read_text())["figures"][str(out)] == \
+        report["figures"][str(out)]
