@@ -660,8 +660,8 @@ def serve(engine, cfg):
         raise UserError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}")
     url = f"http://{cfg.host}:{server.server_port}/v1"
     print(f"{engine.describe()}\nserving on {url}  (POST /chat/completions, POST /completions, "
-          f"GET /models, GET /health, GET /metrics; up to {cfg.max_batch} requests decoded together, "
-          f"{cfg.max_queue} waiting; "
+          f"GET /models, GET /health, GET /metrics; up to {cfg.max_batch} requests decoded "
+          f"together, {cfg.max_queue} waiting; "
           f"{'API key required' if cfg.api_key else 'no API key'}; Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
