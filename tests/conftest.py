@@ -3,6 +3,9 @@ tests of sft.py, dpo.py, eval.py, quantize.py, chat.py and serve.py start from, 
 relabelled as a chat model, and an untrained tiny GPT run. Seconds, not minutes."""
 import os
 import shutil
+import sys
+import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +26,27 @@ def cli_in_process(main, args, capsys):
     capsys.readouterr()
     try:
         rundir.run_cli(lambda: main([str(a) for a in args]))
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def run_as_notebook_cell(path, monkeypatch, capsys, replace=()):
+    """Run a file as a notebook cell does, in this process: the whole source executed as __main__
+    while a Jupyter kernel is loaded (sys.modules has ipykernel) and sys.argv is the kernel's own
+    (-f kernel.json). `replace` is (old, new) pairs applied to the source first, each of which must
+    occur (a shorter demo for the test). Returns (status, stdout, stderr)."""
+    source = Path(path).read_text(encoding="utf-8")
+    for old, new in replace:
+        assert old in source, f"{path} no longer holds {old!r}"
+        source = source.replace(old, new)
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py", "-f", "/tmp/kernel.json"])
+    capsys.readouterr()
+    try:
+        exec(compile(source, "cell", "exec"), {"__name__": "__main__"})
         status = 0
     except SystemExit as e:
         status = e.code

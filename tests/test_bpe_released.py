@@ -446,7 +446,7 @@ def train_hf(pre_tokenizer, *, normalizer=None, ignore_merges=False, specials_fi
 
 
 def hf_styles():
-    tokenizers = pytest.importorskip("tokenizers")
+    pytest.importorskip("tokenizers")
     from tokenizers import Regex, normalizers, pre_tokenizers
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
 

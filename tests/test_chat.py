@@ -31,11 +31,12 @@ def run_cli(*args, stdin=""):
 # ---------------------------------------------------------------------------------------------
 # One-shot answers
 # ---------------------------------------------------------------------------------------------
-def test_p_mode_is_reproducible_and_matches_generate(pretrained_run):
+def test_p_mode_is_reproducible_and_matches_generate(pretrained_run, capsys):
+    """The same answer from a new process and from this one (cli_in_process) with the same seed."""
     args = (pretrained_run, "-p", "The object", "--seed", "3", "--max-new-tokens", "12", "--device", "cpu")
-    first, second = run_cli(*args), run_cli(*args)
-    assert first.returncode == 0, first.stderr
-    assert first.stdout == second.stdout and first.stdout.strip()
+    first, second = run_cli(*args), cli_in_process(chat.main, args, capsys)
+    assert first.returncode == 0 and second[0] == 0, first.stderr + second[2]
+    assert first.stdout == second[1] and first.stdout.strip()
     # The same continuation computed directly: text mode = <|endoftext|> + the prompt, defaults
     # temperature 0.7, top-k 50, top-p 0.9, repetition penalty 1.1, stop at <|endoftext|>.
     model, tok, _ = train.load_run(pretrained_run)
@@ -59,13 +60,13 @@ def test_prompt_from_stdin_in_chat_mode(sft_run):
     assert done.stdout == tok.decode([i for i in out if i not in stops]) + "\n"
 
 
-def test_user_errors(tmp_path, pretrained_run):
+def test_user_errors(tmp_path, pretrained_run, capsys):
     with pytest.raises(train.UserError, match="no such run directory"):
         chat.main([str(tmp_path / "nope"), "-p", "hi"])
     with pytest.raises(train.UserError, match="temperature"):
         chat.main([str(pretrained_run), "-p", "hi", "--temperature", "-1"])
-    done = run_cli(tmp_path / "nope", "-p", "hi")
-    assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+    status, _, err = cli_in_process(chat.main, [tmp_path / "nope", "-p", "hi"], capsys)
+    assert status == 2 and err.startswith("error: ") and err.count("\n") == 1
 
 
 def test_serve_flag_names_the_server_command(tmp_path, capsys):

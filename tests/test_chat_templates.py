@@ -20,7 +20,8 @@ import chat_templates as ct
 import convert
 import rundir
 import sft
-from test_convert import run_cli, write_release
+from conftest import cli_in_process
+from test_convert import write_release
 
 FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
 RELEASES = {  # fixture -> the family it is
@@ -195,16 +196,17 @@ def test_an_unknown_template_is_one_error_line_that_says_how_to_choose(tok):
         ct.recognise(jinja("Meta-Llama-3-8B-Instruct"), bare, "x")
 
 
-def test_convert_py_refuses_an_unknown_template_in_one_line_and_writes_nothing(tmp_path, corpus):
+def test_convert_py_refuses_an_unknown_template_in_one_line_and_writes_nothing(tmp_path, corpus, capsys):
     write_release(tmp_path / "rel", "llama", bpe.Tokenizer.load(corpus / "tok.json"),
                   template="{% for m in messages %}{{ m.content }}{% endfor %}")
-    r = run_cli(tmp_path / "rel", tmp_path / "run")
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: ")
-    assert "rel: its chat template is none that slm knows" in r.stderr
-    assert "--chat-template chatml|llama3|llama2|mistral|gemma|phi3|zephyr" in r.stderr
+    status, out, err = cli_in_process(convert.main, [tmp_path / "rel", tmp_path / "run"], capsys)
+    assert status == 2 and err.count("\n") == 1 and err.startswith("error: ")
+    assert "rel: its chat template is none that slm knows" in err
+    assert "--chat-template chatml|llama3|llama2|mistral|gemma|phi3|zephyr" in err
     assert not (tmp_path / "run").exists()
-    r = run_cli(tmp_path / "rel", tmp_path / "run", "--chat-template", "chatml")
-    assert r.returncode == 0 and "chat template: chatml" in r.stdout
+    status, out, err = cli_in_process(convert.main, [tmp_path / "rel", tmp_path / "run", "--chat-template", "chatml"],
+                                      capsys)
+    assert status == 0 and "chat template: chatml" in out
 
 
 def test_a_run_directory_keeps_its_template_through_every_stage(tmp_path, tok, pretrained_run):

@@ -21,7 +21,6 @@ import chat_templates
 import convert
 import dpo
 import eval as evaluation
-import gguf_file
 import gguf_quants
 import gpt
 import hf_tokenizer
@@ -308,7 +307,7 @@ def test_command_line_errors_are_one_line_and_damage_nothing(tmp_path, tok, hub,
     env_run = run_cli(tmp_path / "rel", tmp_path / "run")  # the real command line, once
     lines = env_run.stderr.strip().splitlines()
     assert env_run.returncode == 2 and len(lines) == 1 and "already exists" in lines[0], env_run.stderr
-    for args, message in [((f"hf:nobody/nothing", tmp_path / "x"), "hf:nobody/nothing@main: config.json"),
+    for args, message in [(("hf:nobody/nothing", tmp_path / "x"), "hf:nobody/nothing@main: config.json"),
                           ((tmp_path / "nowhere", tmp_path / "x"), "not a transformers directory"),
                           ((tmp_path / "run", tmp_path / "x", "--to", "onnx"), "--to must be")]:
         status, out, err = cli_in_process(convert.main, args, capsys)  # the same path, no torch import

@@ -11,7 +11,6 @@ import torch
 import bpe
 import chat_templates
 import convert
-import hf_tokenizer
 import rundir
 import sft
 import test_bpe_released as released

@@ -2,9 +2,6 @@
 against forward(), a batch of rows against each row alone, decode.generate against minimind's
 generate (readable KV cache) and the uncached reference, 16-bit weights on a trained model, the
 prepared weights following the model, and the demo."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +9,12 @@ import torch
 import torch.nn.functional as F
 
 import decode
+from conftest import run_as_notebook_cell
 import minimind
 from decode import Decoder, FastLinear
 from test_minimind import MOE, VOCAB, small
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def teacher_forced(model, ids):
@@ -187,12 +187,7 @@ def test_the_decoders_rope_is_minimind_apply_rope():
     assert torch.equal(rolled[:, heads:], x[:, heads:])
 
 
-def test_the_demo_runs_pasted_into_a_notebook_cell():
-    root = Path(__file__).resolve().parent.parent
-    code = ("import sys, types; sys.modules['ipykernel'] = types.ModuleType('ipykernel'); "
-            "sys.argv = ['ipykernel_launcher.py', '-f', '/tmp/kernel.json']; "
-            f"exec(compile(open({str(root / 'decode.py')!r}).read(), 'cell', 'exec'))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr
-    assert "the same 128 sampled tokens (random weights, seed 0): True" in r.stdout
+def test_the_demo_runs_pasted_into_a_notebook_cell(monkeypatch, capsys):
+    status, out, err = run_as_notebook_cell(ROOT / "decode.py", monkeypatch, capsys)
+    assert status in (None, 0), err
+    assert "the same 128 sampled tokens (random weights, seed 0): True" in out

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import sysconfig
 import threading
-from itertools import combinations
 from pathlib import Path
 
 import pytest

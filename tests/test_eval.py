@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 import eval as evaluation
+from conftest import cli_in_process
 import minimind
 import quantize
 import rundir
-import train
 from bpe import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,7 +99,7 @@ def test_generation_figures_on_known_outputs():
     assert g["repetition"] == pytest.approx(3 / 7)       # 1231 2312 3123 seen once, then 3 repeats; 67 67: 1 gram
 
 
-def test_eval_two_run_dirs_in_one_call(pretrained_run, corpus, tmp_path):
+def test_eval_two_run_dirs_in_one_call(pretrained_run, corpus, tmp_path, capsys):
     run = tmp_path / "base"
     shutil.copytree(pretrained_run, run)  # readiness.md goes into it; keep the shared fixture clean
     quantize.main([str(run), "--out", str(tmp_path / "base-int8"), "--eval-batches", "0"])
@@ -122,9 +122,8 @@ def test_eval_two_run_dirs_in_one_call(pretrained_run, corpus, tmp_path):
         report = (d / "readiness.md").read_text()
         assert "| tokenizer round trip | PASS |" in report and "beats the bigram baseline" in report
 
-    bad = subprocess.run([sys.executable, str(ROOT / "eval.py"), str(tmp_path / "missing")],
-                         capture_output=True, text=True, env=env)
-    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+    status, _, err = cli_in_process(evaluation.main, [tmp_path / "missing"], capsys)
+    assert status == 2 and err.startswith("error:") and err.count("\n") == 1
 
 
 def test_chat_run_gets_the_format_check(pretrained_run, corpus, tmp_path):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import cli_in_process
+from test_dpo import pairs_file  # noqa: F401 (a fixture)
 import dpo
 import gpt
 import lora
@@ -187,7 +188,7 @@ def test_lora_run_resumes_bit_for_bit_and_writes_a_plain_run(tmp_path, pretraine
     assert moments == 2 * n_adapters
 
 
-def test_resume_refuses_a_changed_base(tmp_path, pretrained_run):
+def test_resume_refuses_a_changed_base(tmp_path, pretrained_run, capsys):
     base = tmp_path / "base"
     model, tok, payload = train.load_run(pretrained_run)
     rundir.save_model(base, model, tok, {"stage": "pretrain"})
@@ -196,14 +197,13 @@ def test_resume_refuses_a_changed_base(tmp_path, pretrained_run):
         model.norm.weight.mul_(1.5)  # someone trains the base run further in place
     rundir.save_model(base, model, tok, {"stage": "pretrain"})
     state_before = (tmp_path / "run" / "train_state.pt").read_bytes()
-    r = subprocess.run([sys.executable, "sft.py", "--resume", "--out-dir", str(tmp_path / "run")], cwd=ROOT,
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith(f"error: {base}: not the weights this run's adapters")
+    status, _, err = cli_in_process(sft.main, ["--resume", "--out-dir", tmp_path / "run"], capsys)
+    assert status == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {base}: not the weights this run's adapters")
     assert (tmp_path / "run" / "train_state.pt").read_bytes() == state_before
 
 
-def test_saved_adapter_applies_to_its_base_and_is_refused_elsewhere(tmp_path, pretrained_run):
+def test_saved_adapter_applies_to_its_base_and_is_refused_elsewhere(tmp_path, pretrained_run, capsys):
     out = tmp_path / "lora"
     sft.main(lora_args(pretrained_run, chat_file(tmp_path), out, "--save-adapter", "--lora-embeddings"))
     adapter = out / "adapter.pt"
@@ -216,18 +216,17 @@ def test_saved_adapter_applies_to_its_base_and_is_refused_elsewhere(tmp_path, pr
     merged = rundir.read_model_file(out)["model"]
     assert all((model.state_dict()[k] - merged[k]).abs().max() <= 1e-6 for k in merged)
     # --max-steps 0 writes the base with the adapter merged as a run directory
-    r = subprocess.run([sys.executable, "sft.py", "--init", str(pretrained_run), "--adapter", str(adapter),
-                        "--max-steps", "0", "--eval-exact", "2", "--max-new-tokens", "2", "--eval-heldout", "4",
-                        "--out-dir", str(tmp_path / "applied")], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    status, _, err = cli_in_process(sft.main, ["--init", pretrained_run, "--adapter", adapter, "--max-steps", "0",
+                                               "--eval-exact", "2", "--max-new-tokens", "2", "--eval-heldout", "4",
+                                               "--out-dir", tmp_path / "applied"], capsys)
+    assert status == 0, err
     applied = rundir.read_model_file(tmp_path / "applied")["model"]
     assert all((applied[k] - merged[k]).abs().max() <= 1e-6 for k in merged)
     # another base (here: the LoRA run itself) is refused with one error line, nothing written
-    r = subprocess.run([sys.executable, "sft.py", "--init", str(out), "--adapter", str(adapter), "--max-steps", "1",
-                        "--out-dir", str(tmp_path / "wrong")], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: {adapter}: trained on the weights of {pretrained_run}")
+    status, _, err = cli_in_process(sft.main, ["--init", out, "--adapter", adapter, "--max-steps", "1",
+                                               "--out-dir", tmp_path / "wrong"], capsys)
+    assert status == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {adapter}: trained on the weights of {pretrained_run}")
     assert not (tmp_path / "wrong").exists()
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="junk.pt: cannot be loaded"):
@@ -289,12 +288,12 @@ def test_calculator_counts_lora_as_a_real_model_does(pretrained_run):
     assert ckpt["flops_per_step"] > full["flops_per_step"]  # the recomputed forward passes
 
 
-def test_dry_run_of_sft_and_dpo_from_the_command_line(pretrained_run, capsys):
+def test_dry_run_of_sft_and_dpo_from_the_command_line(pretrained_run, pairs_file, capsys):  # noqa: F811
     r = subprocess.run([sys.executable, "sft.py", "--init", str(pretrained_run), "--dry-run", "--preset",
                         "t4-lora"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "trained (LoRA)" in r.stdout and "T4" in r.stdout
-    for extra, expect in ((["--lora-rank", "8"], "x 2 rows"), ([], "DPO reference (frozen copy")):
+    for extra, expect in ((["--lora-rank", "8", "--data", pairs_file], "x 2 rows"), ([], "DPO reference (frozen copy")):
         status, out, err = cli_in_process(dpo.main, ["--init", pretrained_run, "--dry-run", *extra], capsys)
         assert status == 0, err
         assert expect in out and "T4" in out

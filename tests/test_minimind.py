@@ -2,15 +2,19 @@
 the KV cache against the uncached model, and sampling. CPU, tiny models, seconds."""
 import math
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from conftest import run_as_notebook_cell
 from minimind import (SIZES, KVCache, MiniMind, MiniMindConfig, MoE, RMSNorm, apply_rope, attention_by_hand,
                       causal_mask, crop_start, flops_per_token, kv_bytes_per_token, rope_tables, sample_next,
                       size_table)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 VOCAB = 97
 
@@ -396,17 +400,10 @@ def test_explicit_head_dim_and_qkv_biases():
     assert (model.context_length, model.n_layers, model.width) == (32, 2, 32)
 
 
-def test_pasted_into_a_notebook_cell_prints_the_size_table():
-    import os, subprocess, sys
-    from pathlib import Path
-    root = Path(__file__).resolve().parent.parent
-    code = ("import sys, types; sys.modules['ipykernel'] = types.ModuleType('ipykernel'); "
-            "sys.argv = ['ipykernel_launcher.py', '-f', '/tmp/kernel.json']; "
-            f"exec(compile(open({str(root / 'minimind.py')!r}).read(), 'cell', 'exec'))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr
-    assert "minimind2-small" in r.stdout and "25.83M" in r.stdout
+def test_pasted_into_a_notebook_cell_prints_the_size_table(monkeypatch, capsys):
+    status, out, err = run_as_notebook_cell(ROOT / "minimind.py", monkeypatch, capsys)
+    assert status in (None, 0), err
+    assert "minimind2-small" in out and "25.83M" in out
 
 
 def test_gradient_checkpointing_still_fills_a_kv_cache():

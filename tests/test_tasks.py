@@ -6,9 +6,6 @@ command's benchmarks.json; and, with lm_eval installed, the same figures as the 
 model on an exported run."""
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +15,7 @@ import torch.nn.functional as F
 
 import data
 import eval as evaluation
+from conftest import cli_in_process
 import gpt
 import rundir
 import minimind
@@ -295,18 +293,15 @@ def test_eval_writes_benchmarks_json_and_table_rows(pretrained_run, corpus, tmp_
     assert 0 <= res["acc_norm,none"] <= 1 and "acc_norm_stderr,none" in res
 
 
-def test_cli_bad_task_file_is_one_error_line(tmp_path, pretrained_run, corpus):
+def test_cli_bad_task_file_is_one_error_line(tmp_path, pretrained_run, corpus, capsys):
     bad = tmp_path / "arc.jsonl"
     bad.write_text(json.dumps(LAYOUT_LINES["arc_easy"][0]) + "\n" + '{"question": 3}\n')
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for spec, message in ((f"arc_easy={bad}", f"error: {bad}:2: "),
                           ("squad=x.jsonl", "error: --tasks")):
-        r = subprocess.run([sys.executable, str(ROOT / "eval.py"), str(pretrained_run),
-                            "--data", str(corpus / "text.txt"), "--no-report", "--tasks", spec,
-                            "--max-new-tokens", "2", "--max-tokens", "128"],
-                           capture_output=True, text=True, env=env, timeout=300)
-        assert r.returncode == 2 and r.stderr.startswith(message), r.stderr
-        assert "Traceback" not in r.stderr
+        status, _, err = cli_in_process(evaluation.main, [pretrained_run, "--data", corpus / "text.txt", "--no-report",
+                                                          "--tasks", spec, "--max-new-tokens", "2",
+                                                          "--max-tokens", "128"], capsys)
+        assert status == 2 and err.startswith(message) and err.count("\n") == 1, err
 
 
 # ---------------------------------------------------------------------------------------------
