@@ -549,8 +549,9 @@ def document(cfg):
     proposals = []
     for node, name, kind, item in found:
         summary = ask(item)
-        print(f"{cfg.file}:{node.lineno}: {kind} {name}: "
-              + (summary if summary is not None else "(skipped: longer than the model's context)"))
+        said = (summary or "(nothing proposed: the model ended its answer at once)"
+                if summary is not None else "(skipped: longer than the model's context)")
+        print(f"{cfg.file}:{node.lineno}: {kind} {name}: {said}")
         proposals.append((node, summary))
     if not found:
         print(f"{cfg.file}: every function and class has a docstring")

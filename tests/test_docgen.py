@@ -399,6 +399,7 @@ async def fetch(url): return url
 def very_long():
     return ''' + repr(" ".join(f"word{i}" for i in range(300))) + "\n"
 SKIPPED = "(skipped: longer than the model's context)"
+NOTHING = "(nothing proposed: the model ended its answer at once)"
 
 
 def test_docstring_lines_quote_and_wrap():
@@ -431,7 +432,8 @@ def check_documented_copy(path, out, printed):
     assert docs["documented"] == "Already has one." and docs["fetch"] is None
     assert printed.pop("very_long") == SKIPPED and docs["very_long"] is None
     for name, summary in printed.items():
-        assert " ".join((docs[name.split(".")[-1]] or "").split()) == summary
+        doc = docs[name.split(".")[-1]]
+        assert doc is None if summary == NOTHING else " ".join(doc.split()) == summary
 
 
 def proposals_of(output, path):
@@ -464,6 +466,20 @@ def test_document_prints_writes_a_copy_and_never_overwrites(tmp_path, wide_run, 
                  "--in-place"])
     capsys.readouterr()
     assert copy.read_text() == out.read_text()
+
+
+def test_an_empty_proposal_is_said_and_not_inserted(tmp_path, wide_run, capsys, monkeypatch):
+    """A model that ends its answer at once (an undertrained one does) proposes nothing: the
+    line says so, and the copy gets no empty docstring."""
+    path, out = tmp_path / "mine.py", tmp_path / "mine_documented.py"
+    path.write_text(USER_FILE)
+    monkeypatch.setattr(docgen, "propose", lambda engine, item, n: "")
+    docgen.main(["document", str(path), "--run", str(wide_run), "--write", str(out)])
+    printed = proposals_of(capsys.readouterr().out, path)
+    assert printed and all(v == NOTHING for v in printed.values())
+    docs = {n.name: ast.get_docstring(n) for n in ast.walk(ast.parse(out.read_text()))
+            if isinstance(n, docgen.DEFS)}
+    assert docs == {"documented": "Already has one.", **{n.split(".")[-1]: None for n in printed}}
 
 
 def test_document_through_a_server_gives_what_the_run_gives(tmp_path, wide_run, capsys):
