@@ -314,6 +314,7 @@ def test_acc_and_acc_norm_equal_the_harnesses_hf_model(pretrained_run, corpus, t
     acc and acc_norm."""
     lm_eval = pytest.importorskip("lm_eval")
     pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")  # what the harness's hf model imports
     import convert
     from lm_eval.tasks import TaskManager
     convert.main([str(pretrained_run), str(tmp_path / "hf"), "--to", "hf"])
