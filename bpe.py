@@ -13,26 +13,27 @@ byte-pair encoding (BPE), the scheme used by GPT-2, GPT-4, Llama, Qwen and MiniM
 6. Special tokens such as <|endoftext|>, which the model sees but text can never produce.
 7. Write each byte as a printable character, so tokens can be stored as readable JSON strings.
 8. The Tokenizer puts these together; 9. it saves to a JSON file and loads back.
-Appendix A translates GPT-4's split pattern (\\p{L}, \\p{N}) for Python's `re`, which lacks
-those classes; Appendix B reads the files of an older version of this file.
+Two companion files hold what a first reading skips: unicode_regex.py translates GPT-4's split
+pattern (\\p{L}, \\p{N}) for Python's `re`, which lacks those classes; tokenizer_v1.py reads and
+writes the files of an older version of this file.
 
 Run it:
 
     python bpe.py --input book.txt --vocab-size 4096 --out tokenizer.json
     python bpe.py --tokenizer tokenizer.json --encode "Hello, world!"
 
-or from Python (a notebook cell can hold this whole file, it imports nothing from the project;
-pasted alone into a cell, it trains a small tokenizer on Python's own docs and shows it working):
+or from Python (a notebook cell can hold this whole file, which imports from the project only
+unicode_regex.py: run that file in the cell before; then this cell trains a small tokenizer on
+Python's own docs and shows it working):
 
     tok = Tokenizer.train(text, vocab_size=4096)
     ids = tok.encode("Hello, world!")
     assert tok.decode(ids) == "Hello, world!"
     tok.save("tokenizer.json"); tok = Tokenizer.load("tokenizer.json")
 
-Released models' tokenizers (the tokenizer.json of Llama 3, Qwen, SmolLM2, GPT-2) are read and
-written by hf_tokenizer.py, which builds a Tokenizer of this file; once read, one is saved and
-loaded here like any other. Imported by nearly every script (rundir.py, data.py, convert.py,
-hf_tokenizer.py, ...), for the Tokenizer and for UserError.
+Released models' tokenizers (Llama 3, Qwen, SmolLM2, GPT-2) are read and written by
+hf_tokenizer.py as Tokenizers of this file, saved and loaded here like any other. Imported by
+nearly every script (rundir.py, data.py, convert.py, ...), for the Tokenizer and UserError.
 
 Token ids of the tokenizers trained here: 0..255 are the raw bytes, 256 + r is the token made by
 merge number r, and the special tokens take the LAST ids, in the order given (by default
@@ -44,7 +45,6 @@ import argparse
 import collections
 import functools
 import heapq
-import itertools
 import json
 import os
 import re
@@ -58,6 +58,13 @@ try:  # a progress bar is nice to have, not needed: the file still works where t
 except ImportError:  # pragma: no cover
     tqdm = None
 
+try:  # step 5's split for `re`, which lacks \p{L} (unicode_regex.py imports nothing of ours)
+    from unicode_regex import isolated_split
+except ImportError:  # in a notebook, unicode_regex.py may have run in an earlier cell instead
+    if "isolated_split" not in globals():
+        raise ImportError("bpe.py needs unicode_regex.py: keep it beside bpe.py (in a notebook, "
+                          "run it in a cell before this one)") from None
+
 # The project's special tokens: one marks the end of a document, two frame a chat turn (ChatML:
 # "<|im_start|>user\nHi<|im_end|>\n"). They take the last three ids of the vocabulary.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -70,9 +77,8 @@ class UserError(ValueError):
     """The project's one exception for a user's mistake: a file, a line, a flag, a value.
 
     Every script prints it as one line `error: ...` (naming the file, and the line where there is
-    one) and exits with status 2, without a traceback. It lives here, in bpe.py, because bpe.py
-    must stand alone (it imports nothing from the project) and every pipeline script imports it.
-    It is a ValueError, so code that catches ValueError keeps working.
+    one) and exits with status 2, without a traceback. It lives here because every pipeline script
+    imports bpe.py, which imports none of them. A ValueError, so `except ValueError` still works.
     """
 
 
@@ -266,42 +272,26 @@ GPT4_SPLIT_PATTERN = "|".join([
     r"\s+",                             # any other spaces
 ])
 
-# Python's `re` has neither \p{L} nor \p{N}: python_regex (Appendix A, at the end of this file)
-# writes each class out as the list of character ranges it stands for, so `re` runs the pattern
-# exactly as the `tokenizers` library does, without the `regex` package.
+# Python's `re` has neither \p{L} nor \p{N}: unicode_regex.py, a companion, writes each class out
+# as the character ranges it stands for, so `re` cuts text exactly as `tokenizers` does.
 
 @functools.lru_cache(maxsize=64)
 def compile_split(pattern, syntax="tokenizers"):
-    """A split pattern -> a function that cuts a text into its chunks.
-
-    The chunks are the pattern's matches and the stretches between them, in order, none empty
-    (the "Isolated" split of `tokenizers`); the patterns above match every character, so there
-    the stretches never occur:
+    """A split pattern -> a function that cuts a text into its chunks: the pattern's matches and
+    the stretches between them, in order, none empty (the "Isolated" split of `tokenizers`; the
+    patterns above match every character, so there the stretches never occur):
         compile_split(GPT4_SPLIT_PATTERN)("Hello world's 12345") ->
             ["Hello", " world", "'s", " ", "123", "45"]
         compile_split(r"\\p{N}")("ab12c") -> ["ab", "1", "2", "c"]
-    syntax "tokenizers": \\p{L} and friends, as tokenizer.json writes them (Appendix A);
-    "python": a version-1 file's pattern (Appendix B), for `re` as it is, used with findall as
-    it always was.
-
-    Speed: `re` compares a character beyond U+FFFF with each range of a class in turn (\\p{L}
-    has 268 there), so text without one (no emoji, no rare CJK) is cut by a second version of
-    the pattern without those ranges: six times faster, the same chunks.
+    syntax "tokenizers": \\p{L} and friends, as tokenizer.json writes them (unicode_regex.py);
+    "python": a version-1 file's pattern (tokenizer_v1.py), for `re` as it is, used with findall
+    as it always was.
     """
     if syntax == "python":
         return re.compile(pattern).findall
     if syntax != "tokenizers":
         raise ValueError(f"unknown pattern syntax {syntax!r}")
-    full = re.compile("(" + python_regex(pattern) + ")")
-    below_10000 = re.compile("(" + python_regex(pattern, bmp_only=True) + ")")
-
-    def split(text):
-        regex = full if text and max(text) > "\uffff" else below_10000
-        chunks = regex.findall(text)  # faster than split, and the same where matches cover text
-        if sum(map(len, chunks)) == len(text) and "" not in chunks:
-            return chunks
-        return [chunk for chunk in regex.split(text) if chunk]
-    return split
+    return isolated_split(pattern)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,11 +369,8 @@ def from_byte_level(text):
 
 class Tokenizer:
     """A byte-level BPE tokenizer: a vocabulary (id -> bytes), merges in rank order, split
-    patterns, special tokens.
-
-    Make one with Tokenizer.train(...) or Tokenizer.load(path) (or, from a released model's
-    tokenizer.json, hf_tokenizer.from_hf(path)), not with the constructor.
-    """
+    patterns, special tokens. Made by Tokenizer.train(...), Tokenizer.load(path) or, from a
+    released model's tokenizer.json, hf_tokenizer.from_hf(path); not by the constructor."""
 
     def __init__(self, vocab, merges, added_tokens=(), *, split=(GPT4_SPLIT_PATTERN,),
                  syntax="tokenizers", normalizer=None, ignore_merges=False,
@@ -654,9 +641,12 @@ class Tokenizer:
     # -- saving and loading: one JSON file a person can open (step 9 shows it) ----------------
 
     def save(self, path):
-        lines = v1_lines(self) if self.syntax == "python" else v2_lines(self)  # v1: Appendix B
-        # Write a temporary file, then rename it over the target in one step: a crash halfway
-        # leaves the old file intact instead of half a tokenizer.
+        if self.syntax == "python":  # loaded from a version-1 file: written as version 1 again
+            from tokenizer_v1 import v1_lines
+            lines = v1_lines(self, FORMAT_NAME)
+        else:
+            lines = v2_lines(self)
+        # A temporary file renamed over the target in one step: a crash never leaves half a file.
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
@@ -684,7 +674,8 @@ class Tokenizer:
                         "reads it)")
             raise bad(f"not an slm tokenizer file{hint}: expected \"format\": \"{FORMAT_NAME}\"")
         if data.get("version") == 1:
-            return cls.from_merges(*read_v1(data, bad), syntax="python")  # Appendix B
+            from tokenizer_v1 import read_v1  # an older bpe.py's file: a companion reads it
+            return cls.from_merges(*read_v1(data, bad), syntax="python")
         if data.get("version") == 2:
             return read_v2(data, bad)
         raise bad(f"format version {data.get('version')!r} is not supported (this bpe.py reads "
@@ -711,7 +702,7 @@ class Tokenizer:
 #    "merges": [                               (rank order: [left, right, merged] ids)
 #      [32, 116, 256], ...]}
 #
-# Version 1, the file of an older bpe.py, is still read and written: see Appendix B.
+# Version 1, the file of an older bpe.py, is still read and written: see tokenizer_v1.py.
 
 
 def v2_lines(tok):
@@ -723,27 +714,13 @@ def v2_lines(tok):
     vocab = [f'    "{id}": {dump(to_byte_level(data))}'
              for id, data in sorted(tok.vocab.items())]
     merges = [f"    [{a}, {b}, {m}]" for (a, b), m in zip(tok.merges, tok.merged)]
-    return [
-        "{",
-        f'  "format": {dump(FORMAT_NAME)},',
-        f'  "version": {FORMAT_VERSION},',
-        f'  "normalizer": {dump(tok.normalizer)},',
-        f'  "split": {dump(tok.split_patterns)},',
-        f'  "ignore_merges": {dump(tok.ignore_merges)},',
-        f'  "bos_added": {dump(tok.bos_added)},',
-        f'  "eos_added": {dump(tok.eos_added)},',
-        f'  "vocab_size": {tok.vocab_size},',
-        '  "added_tokens": [',
-        ",\n".join(f"    {line}" for line in added),
-        "  ],",
-        '  "vocab": {',
-        ",\n".join(vocab),
-        "  },",
-        '  "merges": [',
-        ",\n".join(merges),
-        "  ]",
-        "}",
-    ]
+    header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "normalizer": tok.normalizer,
+              "split": tok.split_patterns, "ignore_merges": tok.ignore_merges,
+              "bos_added": tok.bos_added, "eos_added": tok.eos_added, "vocab_size": tok.vocab_size}
+    return ["{", *(f"  {dump(key)}: {dump(value)}," for key, value in header.items()),
+            '  "added_tokens": [', ",\n".join(f"    {line}" for line in added), "  ],",
+            '  "vocab": {', ",\n".join(vocab), "  },",
+            '  "merges": [', ",\n".join(merges), "  ]", "}"]
 
 
 def read_v2(data, bad):
@@ -886,8 +863,8 @@ def read_texts(paths):
 
 
 def demo():
-    """What this file does when pasted alone into a notebook cell: train a small tokenizer on
-    Python's own documentation (every Python ships it, nothing is downloaded) and show it."""
+    """What this file does pasted into a notebook cell (after unicode_regex.py's): train a small
+    tokenizer on Python's own documentation (every Python ships it, nothing is downloaded)."""
     try:
         import pydoc_data.topics
         topics = pydoc_data.topics.topics
@@ -964,211 +941,6 @@ def main(argv=None):
     except (UserError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-
-# =============================================================================================
-# APPENDIX A: GPT-4's split pattern for Python's `re` (Oniguruma's \p{..} classes as ranges)
-# =============================================================================================
-# Step 5 needs this; a first reading skips it. Python's `re` lacks \p{L} ("any letter") and
-# \p{N} ("any number"), so each class is written out as the character ranges it stands for,
-# computed once from `unicodedata` (lazily: a version-1 tokenizer never pays for it), as
-# Oniguruma, the engine of `tokenizers`, defines them: \p{..} are the Unicode general categories,
-# and \s is \t \n \v \f \r, U+0085 and Zs Zl Zp (Python's \s adds U+001C..U+001F). The few
-# other constructs released patterns use (\P{..}, \x{..}, $) are translated here too: a saved
-# file may hold such a pattern, and this file loads every file it saved. Possessive quantifiers
-# ("?+", "++") are kept where `re` has them (3.11+) and dropped on 3.10, which changes no chunk
-# of the released patterns. Where the engines can still differ (Unicode versions, case folding):
-# docs/bpe.md, "The appendices".
-CATEGORIES = set("L Lu Ll Lt Lm Lo M Mn Mc Me N Nd Nl No P Pc Pd Ps Pe Pi Pf Po "
-                 "S Sm Sc Sk So Z Zs Zl Zp C Cc Cf Co Cn".split())
-POSSESSIVE_OK = sys.version_info >= (3, 11)
-
-
-@functools.lru_cache(maxsize=1)
-def all_characters():
-    """Every Unicode character except the surrogates (which UTF-8 text cannot hold), as one str."""
-    return "".join(map(chr, itertools.chain(range(0xD800), range(0xE000, 0x110000))))
-
-
-def to_ranges(codes):
-    """Sorted code points -> (first, last) ranges.  [48, 49, 50, 178] -> [(48, 50), (178, 178)]"""
-    out = []
-    for c in codes:
-        if out and out[-1][1] == c - 1:
-            out[-1] = (out[-1][0], c)
-        else:
-            out.append((c, c))
-    return out
-
-
-@functools.lru_cache(maxsize=None)
-def unicode_class(name):
-    """The characters of a class as Oniguruma defines it, as ranges: a general category ("L",
-    "N", "Lu", "Nd", ...) or "space" (what \\s matches there).
-
-    unicode_class("N")[:3] -> ((48, 57), (178, 179), (185, 185))     i.e. 0-9, ²³, ¹
-    """
-    chars, category = all_characters(), unicodedata.category
-    if name == "space":
-        members = (c for c in filter(str.isspace, chars)
-                   if c in "\t\n\v\f\r\x85" or category(c) in ("Zs", "Zl", "Zp"))
-    elif name in CATEGORIES:
-        # str.isalpha is true exactly for the letters (Lu Ll Lt Lm Lo) and str.isnumeric for
-        # every number (and a few letters with a numeric value, like 五): these C loops narrow
-        # the search first, so the classes every released pattern uses take milliseconds.
-        pool = chars
-        if name[0] == "L":
-            pool = filter(str.isalpha, chars)
-        elif name[0] == "N":
-            pool = filter(str.isnumeric, chars)
-        members = (c for c in pool if category(c).startswith(name))
-    else:
-        raise ValueError(f"\\p{{{name}}} is not supported (general categories only: L, Lu, N, ...)")
-    return tuple(to_ranges(map(ord, members)))
-
-
-def complement(ranges):
-    """The code points not in `ranges`.  [(1, 5)] -> [(0, 0), (6, 0x10FFFF)]"""
-    out, start = [], 0
-    for a, b in ranges:
-        if a > start:
-            out.append((start, a - 1))
-        start = b + 1
-    if start <= 0x10FFFF:
-        out.append((start, 0x10FFFF))
-    return out
-
-
-def re_class_body(ranges):
-    """Ranges as the inside of a `re` character class.
-    [(48, 57), (178, 178)] -> r"\\u0030-\\u0039\\u00b2" """
-    def esc(c):
-        return f"\\u{c:04x}" if c <= 0xFFFF else f"\\U{c:08x}"
-    return "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges)
-
-
-def translate_escape(pattern, i, in_class, bmp_only=False):
-    """The escape at pattern[i] (a backslash) -> (its `re` spelling, index after it)."""
-    e, end = pattern[i + 1:i + 2], i + 2
-    if e in ("p", "P") and pattern[i + 2:i + 3] == "{":       # \p{L}, \P{N}
-        end = pattern.index("}", i) + 1
-        ranges = unicode_class(pattern[i + 3:end - 1])
-    elif e in ("p", "P"):                                      # \pL
-        ranges, end = unicode_class(pattern[i + 2:i + 3]), i + 3
-    elif e in ("s", "S"):
-        ranges = unicode_class("space")
-    elif e == "x" and pattern[i + 2:i + 3] == "{":             # \x{1F600}
-        end = pattern.index("}", i) + 1
-        code = int(pattern[i + 3:end - 1], 16)
-        return re_class_body([(code, code)]), end
-    elif e and (e in "dDtnrfv" or not e.isalnum()):           # the same in both engines
-        return pattern[i:end], end
-    elif e == "x" and re.fullmatch(r"[0-9a-fA-F]{2}", pattern[i + 2:i + 4]):
-        return pattern[i:i + 4], i + 4
-    else:
-        raise ValueError(f"\\{e} is not supported")
-    if bmp_only:
-        ranges = [(a, min(b, 0xFFFF)) for a, b in ranges if a <= 0xFFFF]
-    negate = e in ("P", "S")
-    if in_class:  # inside [...], put the ranges themselves (or those of the complement)
-        return re_class_body(complement(ranges) if negate else ranges), end
-    return ("[^" if negate else "[") + re_class_body(ranges) + "]", end
-
-
-@functools.lru_cache(maxsize=64)
-def python_regex(pattern, bmp_only=False):
-    """A regex as tokenizer.json writes it (Oniguruma syntax) -> the same regex for `re`.
-
-    r"\\p{N}{1,3}" -> r"[\\u0030-\\u0039\\u00b2-\\u00b3...]{1,3}"    (all 1,791 numbers, as ranges)
-
-    Capturing groups become non-capturing (compile_split needs the only group). Syntax whose
-    meaning differs between the engines, or that no released pattern uses, raises ValueError.
-    bmp_only: leave out the characters beyond U+FFFF (see compile_split).
-    """
-    out, i, in_class = [], 0, False
-    while i < len(pattern):
-        c, after = pattern[i], pattern[i + 1:i + 2]
-        if c == "\\":
-            piece, i = translate_escape(pattern, i, in_class, bmp_only)
-            out.append(piece)
-            continue
-        if in_class:
-            if c == "[" or pattern.startswith("&&", i):
-                raise ValueError("nested classes and && inside [...] are not supported")
-            in_class = c != "]"
-        elif c == "[":
-            if pattern[i + 1:i + 2] == "]" or pattern[i + 1:i + 3] == "^]":
-                raise ValueError("a class that starts with ] is not supported")
-            in_class = True
-        elif c == "(" and after != "?":
-            c = "(?:"
-        elif c == "(" and pattern[i + 1:i + 3] == "?<" and pattern[i + 3:i + 4] not in "=!":
-            raise ValueError("named groups are not supported")
-        elif c in "?*+" and after == "+":      # possessive: kept where `re` has it
-            c, i = (c + "+" if POSSESSIVE_OK else c), i + 1
-        elif c == "}" and after == "+":
-            raise ValueError("{n,m}+ is not supported (Oniguruma's Ruby syntax repeats it)")
-        elif c == "$":                          # Oniguruma's: before any "\n", or at the end
-            c = r"(?=\n|\Z)"
-        elif c in ".^":
-            raise ValueError(f"{c} is not supported (its meaning differs between the engines)")
-        out.append(c)
-        i += 1
-    if in_class:
-        raise ValueError("a [ is never closed")
-    return "".join(out)
-
-
-# =============================================================================================
-# APPENDIX B: version-1 files, as an older bpe.py wrote them
-# =============================================================================================
-# Version 1 holds only the pattern (for `re`), the special tokens {name: id} and the merges
-# [[left, right], ...]; the vocabulary follows from the merges, in the layout of from_merges().
-# Its pattern is GPT-4's spelt with what `re` has (\p{L} -> [^\W\d_], \p{N} -> \d, "neither"
-# -> [^\w]|_), which differs from the real classes on rare characters ("²", "½", "Ⅻ", U+001C:
-# docs/bpe.md). A tokenizer loaded from version 1 keeps that pattern and is saved as version 1
-# again, so it encodes exactly as it always did; every byte still has a token.
-V1_SPLIT_PATTERN = "|".join([r"'(?i:[sdmt]|ll|ve|re)", r"(?:[^\r\n\w]|_)?[^\W\d_]+", r"\d{1,3}",
-                             r" ?(?:[^\s\w]|_)+[\r\n]*", r"\s*[\r\n]", r"\s+(?!\S)", r"\s+"])
-
-
-def read_v1(data, bad):
-    """A version-1 file's parsed JSON -> (merges, special token names, pattern), the arguments
-    of Tokenizer.from_merges; bad(why) makes the UserError that names the file."""
-    pattern, merges = data.get("pattern"), data.get("merges")
-    specials = data.get("special_tokens")
-    if not isinstance(pattern, str):
-        raise bad('"pattern" must be a string')
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        raise bad(f'"pattern" is not a valid regular expression ({e})') from None
-    if not isinstance(merges, list):
-        raise bad('"merges" must be a list of [left_id, right_id] pairs')
-    for r, m in enumerate(merges):
-        # A merge may only use tokens that exist before it: bytes and earlier merges.
-        ok = (isinstance(m, list) and len(m) == 2
-              and all(type(x) is int and 0 <= x < 256 + r for x in m))
-        if not ok:
-            raise bad(f"merge {r} is {m!r}; expected two ids of earlier tokens "
-                      f"(below {256 + r})")
-    if not isinstance(specials, dict) or not all(isinstance(k, str) and k for k in specials):
-        raise bad('"special_tokens" must map token names to ids')
-    first = 256 + len(merges)
-    names = sorted(specials, key=lambda k: specials[k] if type(specials[k]) is int else -1)
-    if [specials[k] for k in names] != list(range(first, first + len(names))):
-        raise bad(f'"special_tokens" must have the ids {first}..{first + len(names) - 1}, '
-                  f"right after the merges; found {specials}")
-    return merges, names, pattern
-
-
-def v1_lines(tok):
-    """A tokenizer loaded from a version-1 file -> the lines of that file, as save() writes it."""
-    assert tok.merged == list(range(256, 256 + len(tok.merges))), "not a version-1 layout"
-    return ["{", f'  "format": {json.dumps(FORMAT_NAME)},', '  "version": 1,',
-            f'  "pattern": {json.dumps(tok.split_patterns[0])},',
-            f'  "special_tokens": {json.dumps(tok.special_tokens, ensure_ascii=False)},',
-            '  "merges": [', ",\n".join(f"    [{a}, {b}]" for a, b in tok.merges), "  ]", "}"]
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ Functions rather than a subclass: a released tokenizer, once read, is a plain bp
 directory and loaded back by bpe.Tokenizer.load like any other; and every Tokenizer, trained or
 imported, can be exported. So there is no second kind of tokenizer to keep through a save.
 
-Imports bpe.py (the Tokenizer, its byte-level alphabet and split patterns, UserError), nothing
+Imports bpe.py (the Tokenizer, its byte-level alphabet and split patterns, UserError), and its
+companions tokenizer_v1.py (version 1's pattern) and unicode_regex.py (character ranges), nothing
 else from the project. Imported by convert.py (release in, run directory out), gguf_import.py
 (a GGUF file's tokenizer) and data.py (token strings and types, for the token cache and bits per
 byte).
@@ -30,9 +31,10 @@ import re
 import unicodedata
 
 import sentencepiece_bpe
-from bpe import (BYTE_TO_CHAR, FORMAT_NAME, GPT4_SPLIT_PATTERN, V1_SPLIT_PATTERN, Tokenizer,
-                 UserError, all_characters, compile_split, from_byte_level, read_json,
-                 to_byte_level, to_ranges)
+from bpe import (BYTE_TO_CHAR, FORMAT_NAME, GPT4_SPLIT_PATTERN, Tokenizer, UserError,
+                 compile_split, from_byte_level, read_json, to_byte_level)
+from tokenizer_v1 import V1_SPLIT_PATTERN
+from unicode_regex import all_characters, to_ranges
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from bpe import UserError, jsonl_objects
 # ---------------------------------------------------------------------------------------------
 # 1. Errors: a user's mistake ends with one line "error: ...", exit status 2, no traceback
 # ---------------------------------------------------------------------------------------------
-# UserError (defined in bpe.py, which must stand alone) is the one exception for a user's mistake:
+# UserError (defined in bpe.py, which imports no script) is the one exception for a user's mistake:
 # a missing file, a malformed line (named FILE:LINE), a bad flag value, weights that do not fit.
 def run_cli(main_fn):
     """Call main_fn(); turn a UserError into one `error:` line and exit status 2."""

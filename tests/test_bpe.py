@@ -4,6 +4,7 @@ command line. Released tokenizers (tokenizer.json) are tested in test_bpe_releas
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ sys.path.insert(0, str(ROOT))
 
 import bpe  # noqa: E402
 from bpe import SPECIAL_TOKENS, Tokenizer, UserError  # noqa: E402
+import tokenizer_v1  # noqa: E402
+import unicode_regex  # noqa: E402
 
 
 def sample_text():
@@ -67,33 +70,33 @@ def test_split_pattern_keeps_words_numbers_and_spaces_apart():
     # The real \p{N} knows "²" and "½" are numbers; version 1's stand-in (\d, [^\W\d_]) took
     # them for letters. And \s is Oniguruma's: U+001C (a separator) is not a space.
     assert split("x² ½ a!\x1c") == ["x", "²", " ", "½", " a", "!\x1c"]
-    v1 = bpe.compile_split(bpe.V1_SPLIT_PATTERN, "python")
+    v1 = bpe.compile_split(tokenizer_v1.V1_SPLIT_PATTERN, "python")
     assert v1("x² ½ a!\x1c") == ["x²", " ½", " a", "!", "\x1c"]
 
 
 def test_unicode_classes_are_oniguruma_s():
     import unicodedata
-    n = bpe.unicode_class("N")
+    n = unicode_regex.unicode_class("N")
     assert n[:3] == ((48, 57), (178, 179), (185, 185))            # 0-9, ²³, ¹
     every = [chr(c) for a, b in n for c in range(a, b + 1)]
     # the fast path (str.isnumeric first) finds exactly the characters of category N*
-    brute = [c for c in bpe.all_characters() if unicodedata.category(c)[0] == "N"]
+    brute = [c for c in unicode_regex.all_characters() if unicodedata.category(c)[0] == "N"]
     assert every == brute
-    space = {chr(c) for a, b in bpe.unicode_class("space") for c in range(a, b + 1)}
+    space = {chr(c) for a, b in unicode_regex.unicode_class("space") for c in range(a, b + 1)}
     assert {"\t", "\n", "\x0b", "\x0c", "\r", " ", "\x85", "\xa0", "\u2028", "\u3000"} <= space
     assert not {"\x1c", "\x1d", "\x1e", "\x1f", "\u200b"} & space   # Python's \s has \x1c-\x1f
 
 
 def test_python_regex_translation():
-    assert bpe.python_regex(r"\p{N}{1,3}").startswith("[\\u0030-\\u0039\\u00b2-\\u00b3")
-    assert bpe.python_regex(r"(a)(?:b)") == "(?:a)(?:b)"    # only compile_split's group captures
-    assert bpe.python_regex(r"\x{1F600}\r\n\'") == "\\U0001f600\\r\\n\\'"
-    rx = bpe.re.compile(bpe.python_regex(r"[^\s\P{L}]+"))   # letters, spelt twice negated
+    assert unicode_regex.python_regex(r"\p{N}{1,3}").startswith("[\\u0030-\\u0039\\u00b2-\\u00b3")
+    assert unicode_regex.python_regex(r"(a)(?:b)") == "(?:a)(?:b)"    # only compile_split's group captures
+    assert unicode_regex.python_regex(r"\x{1F600}\r\n\'") == "\\U0001f600\\r\\n\\'"
+    rx = re.compile(unicode_regex.python_regex(r"[^\s\P{L}]+"))   # letters, spelt twice negated
     assert rx.findall("ab1 é\u0301 日本") == ["ab", "é", "日本"]
     for bad in [r"\w", r"\bx", r"a.b", r"^a", r"[[a]]", r"[a&&b]", r"\p{Han}", r"(?<n>a)",
                 r"a{2}+", r"[ab"]:
         with pytest.raises(ValueError):
-            bpe.python_regex(bad)
+            unicode_regex.python_regex(bad)
 
 
 def test_apply_merges_lowest_rank_then_leftmost():
@@ -248,11 +251,11 @@ V1_FILE = """{
     [194, 189]
   ]
 }
-""" % json.dumps(bpe.V1_SPLIT_PATTERN)
+""" % json.dumps(tokenizer_v1.V1_SPLIT_PATTERN)
 
 
 def test_version_1_files_load_and_encode_exactly_as_before(tmp_path):
-    assert bpe.V1_SPLIT_PATTERN == (
+    assert tokenizer_v1.V1_SPLIT_PATTERN == (
         "'(?i:[sdmt]|ll|ve|re)|(?:[^\\r\\n\\w]|_)?[^\\W\\d_]+|\\d{1,3}| ?(?:[^\\s\\w]|_)+"
         "[\\r\\n]*|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+")       # the pattern of every version-1 file
     path = tmp_path / "v1.json"
@@ -398,19 +401,32 @@ def test_cli_refuses_unknown_flags(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_pasted_into_a_notebook_cell_it_runs_a_demo(tmp_path):
-    # What a Jupyter kernel does with a cell: run the code as __main__, with its own argv and
-    # ipykernel imported. Faked here: no notebook needed.
-    script = ("import runpy, sys, types\n"
+def run_as_notebook_cells(paths, cwd):
+    """What a Jupyter kernel does with cells: run each one's code as __main__, in one namespace,
+    with the kernel's own argv and ipykernel imported. Faked in a fresh Python whose path does
+    not hold the project (as in Colab, where only the pasted code exists)."""
+    script = ("import os, sys, types\n"
               "sys.modules['ipykernel'] = types.ModuleType('ipykernel')\n"
               "sys.argv = ['ipykernel_launcher.py', '-f', '/tmp/kernel-1.json']\n"
-              "runpy.run_path(sys.argv_bpe, run_name='__main__')\n").replace(
-                  "sys.argv_bpe", repr(str(ROOT / "bpe.py")))
-    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
-                       text=True, encoding="utf-8")
+              "namespace = {'__name__': '__main__'}\n"
+              f"for path in {[str(p) for p in paths]!r}:\n"
+              "    with open(path, encoding='utf-8') as f:\n"
+              "        exec(compile(f.read(), path, 'exec'), namespace)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True,
+                          text=True, encoding="utf-8", env=env)
+
+
+def test_pasted_into_notebook_cells_it_runs_a_demo(tmp_path):
+    # bpe.py's cell after unicode_regex.py's (the one project file it needs at once)
+    r = run_as_notebook_cells([ROOT / "unicode_regex.py", ROOT / "bpe.py"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "bpe.py demo:" in r.stdout and "gave back each text exactly" in r.stdout
     assert "[<|im_start|>]" in r.stdout and "SystemExit" not in r.stderr
+    # alone, it says in one line what it needs
+    r = run_as_notebook_cells([ROOT / "bpe.py"], tmp_path)
+    assert r.returncode != 0 and "bpe.py demo:" not in r.stdout
+    assert "ImportError: bpe.py needs unicode_regex.py" in r.stderr, r.stderr
     # with real arguments after the kernel's, the command line runs as usual
     sys.modules.setdefault("ipykernel", None)
     try:

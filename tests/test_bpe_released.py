@@ -21,6 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 import bpe  # noqa: E402
 import hf_tokenizer  # noqa: E402
+import tokenizer_v1  # noqa: E402
+import unicode_regex  # noqa: E402
 from bpe import Tokenizer, UserError  # noqa: E402
 
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
@@ -231,7 +233,7 @@ def test_to_hf_and_back_for_the_project_s_own_tokenizers(tmp_path):
     same_tokenizer(own, hf_tokenizer.from_hf(hf_tokenizer.to_hf(own)))
     # a version-1 file keeps its `re` pattern: to_hf writes it out as explicit classes
     (tmp_path / "v1.json").write_text(json.dumps({
-        "format": "slm-bpe", "version": 1, "pattern": bpe.V1_SPLIT_PATTERN,
+        "format": "slm-bpe", "version": 1, "pattern": tokenizer_v1.V1_SPLIT_PATTERN,
         "special_tokens": {"<|endoftext|>": 258}, "merges": [[194, 178], [120, 256]]}))
     v1 = Tokenizer.load(tmp_path / "v1.json")
     hf = hf_tokenizer.to_hf(v1)
@@ -470,7 +472,7 @@ def every_kind_of_character():
     """A text with every 50th character Python's Unicode knows, and all of its numbers, spaces,
     separators, controls and rarer letters, each doubled, after a letter, punctuation, a space."""
     kinds = ("Nd", "Nl", "No", "Zs", "Zl", "Zp", "Cc", "Cf", "Lm", "Lt")
-    chars = [c for i, c in enumerate(bpe.all_characters()) if unicodedata.category(c) != "Cn"
+    chars = [c for i, c in enumerate(unicode_regex.all_characters()) if unicodedata.category(c) != "Cn"
              and (i % 50 == 0 or unicodedata.category(c) in kinds or c.isspace())]
     return "".join(f"{c}{c} x{c}!{c}\t{c}\n" for c in chars)
 
@@ -524,7 +526,7 @@ def test_the_project_s_tokenizers_written_as_tokenizer_json_encode_the_same(tmp_
     chars = compare(own, hf, texts)
     # a version-1 tokenizer: its `re` pattern written out as explicit classes for Oniguruma
     (tmp_path / "v1.json").write_text(json.dumps({
-        "format": "slm-bpe", "version": 1, "pattern": bpe.V1_SPLIT_PATTERN,
+        "format": "slm-bpe", "version": 1, "pattern": tokenizer_v1.V1_SPLIT_PATTERN,
         "special_tokens": {"<|endoftext|>": 261},
         "merges": [[194, 178], [120, 256], [32, 97], [194, 189], [32, 116]]}))
     v1 = Tokenizer.load(tmp_path / "v1.json")
@@ -550,14 +552,14 @@ def test_dropping_possessive_quantifiers_changes_nothing_for_these_patterns(monk
     patterns = [bpe.GPT4_SPLIT_PATTERN, hf_tokenizer.GPT2_SPLIT_PATTERN, LLAMA3_PATTERN,
                 QWEN2_PATTERN]
     kept = [bpe.compile_split(p)(text) for p in patterns]
-    monkeypatch.setattr(bpe, "POSSESSIVE_OK", False)
-    bpe.python_regex.cache_clear()
+    monkeypatch.setattr(unicode_regex, "POSSESSIVE_OK", False)
+    unicode_regex.python_regex.cache_clear()
     bpe.compile_split.cache_clear()
     try:
-        assert "?+" not in bpe.python_regex(bpe.GPT4_SPLIT_PATTERN)
+        assert "?+" not in unicode_regex.python_regex(bpe.GPT4_SPLIT_PATTERN)
         assert [bpe.compile_split(p)(text) for p in patterns] == kept
     finally:
-        bpe.python_regex.cache_clear()
+        unicode_regex.python_regex.cache_clear()
         bpe.compile_split.cache_clear()
     # and GPT-4's pattern cuts exactly as Llama 3's (which llama.cpp knows as "llama-bpe")
     assert kept[0] == kept[2]

@@ -29,6 +29,7 @@ import quantize
 import rundir
 import safetensors_file
 import sft
+import tokenizer_v1
 import train
 from gguf_reader import read_gguf
 from rundir import UserError
@@ -499,7 +500,7 @@ def test_gguf_qwen_archs_keep_the_rotate_half_layout(tmp_path, tok, kw, arch):
 
 def test_gguf_refuses_a_split_llama_cpp_does_not_know_and_says_why(tmp_path):
     (tmp_path / "v1.json").write_text(json.dumps({
-        "format": "slm-bpe", "version": 1, "pattern": bpe.V1_SPLIT_PATTERN,
+        "format": "slm-bpe", "version": 1, "pattern": tokenizer_v1.V1_SPLIT_PATTERN,
         "special_tokens": {"<|endoftext|>": 258}, "merges": [[194, 178], [120, 256]]}))
     v1 = bpe.Tokenizer.load(tmp_path / "v1.json")
     with pytest.raises(bpe.UserError, match="none that llama.cpp knows by name.*version-1"):

@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 import bpe  # noqa: E402
 import hf_tokenizer  # noqa: E402
+import unicode_regex  # noqa: E402
 from bpe import UserError  # noqa: E402
 from test_bpe_released import tokenizer_json  # noqa: E402
 
@@ -321,7 +322,7 @@ def test_ids_and_decode_equal_tokenizers(tokenizers_lib, family):
 
 def test_punctuation_is_that_of_tokenizers_on_every_character(tokenizers_lib):
     pre = tokenizers_lib.pre_tokenizers.Punctuation("isolated")
-    chars = bpe.all_characters()
+    chars = unicode_regex.all_characters()
     ours = bpe.compile_split(hf_tokenizer.PUNCTUATION_CLASS)
     for k in range(0, len(chars), 20000):
         text = "a".join(chars[k:k + 20000])
